@@ -1,0 +1,195 @@
+"""The model card: every fact about a model that the serving path needs, in one frozen place.
+
+A card is read once at load time, either from a jaxembed card JSON (shipped in
+`checkpoints/cards/` or written by `jaxembed convert`) or derived from what
+sentence-transformers stores beside the weights (`modules.json`,
+`1_Pooling/config.json`, `sentence_bert_config.json`,
+`config_sentence_transformers.json`). Nothing downstream re-derives pooling or
+normalisation from the architecture name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from jaxembed.errors import ModelLoadError
+
+POOLING_MODES = ("cls", "mean", "max", "last_token", "mean_sqrt_len")
+DTYPES = ("float32", "bfloat16")
+CARD_FILENAME = "card.json"
+
+# sentence-transformers' pooling flags, in the order it prefers them when several are set.
+_ST_POOLING_FLAGS = (
+    ("pooling_mode_cls_token", "cls"),
+    ("pooling_mode_lasttoken", "last_token"),
+    ("pooling_mode_max_tokens", "max"),
+    ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len"),
+    ("pooling_mode_mean_tokens", "mean"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCard:
+    """What a model is and how its embeddings are made.
+
+    Attributes:
+      name: the canonical short name, also the default served name.
+      family: the Hugging Face `model_type` (bert, roberta, xlm-roberta, ...).
+      pooling: one of POOLING_MODES.
+      normalize: L2-normalise the pooled vector (sentence-transformers' Normalize module).
+      max_length: most tokens per input, special tokens included.
+      dimensions: width of the embedding.
+      prompts: named prefixes, e.g. {"query": "Represent this sentence ...: "}.
+      matryoshka_dims: widths the model was trained to be truncated to; empty
+        means any width 1..dimensions is accepted.
+      served_names: extra names clients may send as `model`.
+      source: the Hugging Face repository id the weights come from.
+      package: a Python package that carries the weights in `<package>/model`.
+      dtype: default compute/storage dtype for this model.
+      append_eos: add the EOS token to every input (last-token pooled decoders).
+      modalities: what inputs the model embeds ("text", "image", "video").
+    """
+
+    name: str
+    family: str
+    pooling: str
+    normalize: bool
+    max_length: int
+    dimensions: int
+    prompts: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    matryoshka_dims: tuple[int, ...] = ()
+    served_names: tuple[str, ...] = ()
+    source: str = ""
+    package: str = ""
+    dtype: str = "float32"
+    append_eos: bool = False
+    modalities: tuple[str, ...] = ("text",)
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLING_MODES:
+            raise ModelLoadError(
+                f"card {self.name!r}: pooling {self.pooling!r} is not one of {POOLING_MODES}"
+            )
+        if self.dtype not in DTYPES:
+            raise ModelLoadError(f"card {self.name!r}: dtype {self.dtype!r} is not one of {DTYPES}")
+        if self.max_length < 2 or self.dimensions < 1:
+            raise ModelLoadError(f"card {self.name!r}: max_length and dimensions must be positive")
+        bad = [d for d in self.matryoshka_dims if not 1 <= d <= self.dimensions]
+        if bad:
+            raise ModelLoadError(
+                f"card {self.name!r}: matryoshka dims {bad} are outside 1..{self.dimensions}"
+            )
+        # Freeze the containers so a card can be shared across threads without copies.
+        object.__setattr__(self, "prompts", dict(self.prompts))
+        object.__setattr__(self, "matryoshka_dims", tuple(self.matryoshka_dims))
+        object.__setattr__(self, "served_names", tuple(self.served_names))
+        object.__setattr__(self, "modalities", tuple(self.modalities))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name this model answers to, canonical name first, without repeats."""
+        return tuple(dict.fromkeys((self.name, *self.served_names)))
+
+    def allows_dimensions(self, dims: int) -> bool:
+        if not 1 <= dims <= self.dimensions:
+            return False
+        return not self.matryoshka_dims or dims in self.matryoshka_dims or dims == self.dimensions
+
+    def replace(self, **changes: Any) -> ModelCard:
+        return dataclasses.replace(self, **changes)
+
+    # -- serialisation -------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["matryoshka_dims"] = list(self.matryoshka_dims)
+        out["served_names"] = list(self.served_names)
+        out["modalities"] = list(self.modalities)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], *, origin: str = "card") -> ModelCard:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ModelLoadError(f"{origin}: unknown card fields {unknown}")
+        try:
+            return cls(**data)
+        except TypeError as e:  # a required field is missing
+            raise ModelLoadError(f"{origin}: {e}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelCard:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ModelLoadError(f"no model card at {path}") from None
+        except json.JSONDecodeError as e:
+            raise ModelLoadError(f"model card {path} is not valid JSON: {e}") from None
+        return cls.from_json(data, origin=str(path))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+
+def _read_json(path: Path) -> dict[str, Any] | list[Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{path.name} is not valid JSON: {e}") from None
+
+
+def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> ModelCard:
+    """Derive a card from a Hugging Face / sentence-transformers directory.
+
+    Without sentence-transformers files the model is treated as a plain HF
+    encoder: mean pooling, no normalisation (what sentence-transformers itself
+    does for a bare transformers checkpoint).
+    """
+    model_dir = Path(model_dir)
+    modules = _read_json(model_dir / "modules.json") or []
+    module_types = [str(m.get("type", "")) for m in modules if isinstance(m, dict)]
+
+    pooling = "mean"
+    pooling_dir = next(
+        (m.get("path") for m in modules if str(m.get("type", "")).endswith("Pooling")), "1_Pooling"
+    )
+    pooling_cfg = _read_json(model_dir / str(pooling_dir) / "config.json") or {}
+    if pooling_cfg.get("pooling_mode") in POOLING_MODES:  # newer sentence-transformers spelling
+        pooling = pooling_cfg["pooling_mode"]
+    else:
+        for flag, mode in _ST_POOLING_FLAGS:
+            if pooling_cfg.get(flag):
+                pooling = mode
+                break
+
+    st_config = _read_json(model_dir / "sentence_bert_config.json") or {}
+    family = str(hf_config.get("model_type", ""))
+    max_positions = int(hf_config.get("max_position_embeddings", 512))
+    if family in ("roberta", "xlm-roberta", "camembert"):
+        # Their position table reserves padding_idx + 1 slots before the first real position.
+        max_positions -= int(hf_config.get("pad_token_id", 1)) + 1
+    max_length = int(st_config.get("max_seq_length") or max_positions)
+
+    st_meta = _read_json(model_dir / "config_sentence_transformers.json") or {}
+    prompts = {k: v for k, v in (st_meta.get("prompts") or {}).items() if v}
+
+    hidden = int(hf_config.get("hidden_size", 0) or pooling_cfg.get("word_embedding_dimension", 0))
+    return ModelCard(
+        name=model_dir.resolve().name.lower(),
+        family=family,
+        pooling=pooling,
+        normalize=any(t.endswith("Normalize") for t in module_types),
+        max_length=min(max_length, max_positions),
+        dimensions=hidden,
+        prompts=prompts,
+        source=str(hf_config.get("_name_or_path", "")),
+        append_eos=pooling == "last_token",
+    )

@@ -1,0 +1,1 @@
+"""The serving core without HTTP: tokenisation, bucketing, compiled per-bucket runners, `Embedder`."""

@@ -1,0 +1,353 @@
+"""Dynamic batching: concurrent requests → token-budget bucket batches → results per request.
+
+Two threads do the device work so the event loop never blocks on it:
+the *dispatcher* picks rows from pending requests (priority with aging, then
+arrival), plans them into length-sorted bucket batches and dispatches them
+(JAX returns at once); the *collector* waits for each batch's result, writes
+rows back into their request's output and resolves the request's future on
+its event loop. While the device works on step n, new requests queue up and
+form step n+1 — batching without any fixed wait, so a lone request when idle
+goes out at once.
+
+A batch whose computation fails is retried request by request, so a request
+that breaks the engine fails alone and the others in its batch still succeed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from jaxembed.engine.buckets import Bucket, pad_batch, plan_batches
+from jaxembed.engine.embedder import Embedder
+from jaxembed.errors import EngineError, OverloadedError
+
+log = logging.getLogger(__name__)
+
+FaultHook = Callable[[Sequence[np.ndarray]], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchStats:
+    """What one device batch held, for metrics."""
+
+    bucket: Bucket
+    rows: int
+    requests: int
+    real_tokens: int
+    seconds: float
+
+    @property
+    def fill_ratio(self) -> float:
+        return self.real_tokens / (self.bucket.batch * self.bucket.seq)
+
+
+@dataclasses.dataclass(eq=False)
+class _Job:
+    token_lists: list[np.ndarray]
+    priority: int
+    seq: int
+    enqueued: float
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    out: np.ndarray
+    next_row: int = 0  # rows before this one have been dispatched
+    remaining: int = 0  # rows not yet written to `out`
+    done: bool = False
+
+    def queued_tokens(self) -> int:
+        return sum(len(t) for t in self.token_lists[self.next_row :])
+
+
+@dataclasses.dataclass
+class _Row:
+    job: _Job
+    index: int  # row within job
+
+    @property
+    def tokens(self) -> np.ndarray:
+        return self.job.token_lists[self.index]
+
+
+@dataclasses.dataclass
+class _Dispatched:
+    rows: list[_Row]
+    bucket: Bucket
+    result: object  # jax.Array, or the exception raised at dispatch
+    started: float
+
+
+class Batcher:
+    """Async front of an `Embedder`: `await batcher.embed(token_lists, priority)`."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        *,
+        max_queued_requests: int = 1024,
+        max_queued_tokens: int = 1_000_000,
+        aging_seconds: float = 1.0,
+        step_batches: int = 4,
+        pipeline_depth: int = 2,
+        on_batch: Callable[[BatchStats], None] | None = None,
+        fault_hook: FaultHook | None = None,
+    ):
+        self.embedder = embedder
+        self.max_queued_requests = max_queued_requests
+        self.max_queued_tokens = max_queued_tokens
+        self.aging_seconds = aging_seconds
+        self.step_tokens = embedder.grid.token_budget * step_batches
+        self._on_batch = on_batch
+        self._fault_hook = fault_hook
+        self._cond = threading.Condition()
+        self._pending: list[_Job] = []  # jobs with rows not yet dispatched
+        self._queued_tokens = 0
+        self._seq = itertools.count()
+        self._inflight: queue.Queue[_Dispatched | None] = queue.Queue(maxsize=pipeline_depth)
+        self._stopping = False
+        self._accepting = True
+        self.ready = threading.Event()
+        self.warmup_seconds: float | None = None
+        self._threads: list[threading.Thread] = []
+        self._active_jobs = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, *, warmup: bool = True, warmup_progress=None) -> None:
+        """Start the worker threads; warm-up (compiling every bucket) runs first, off the caller."""
+
+        def dispatcher() -> None:
+            if warmup:
+                self.warmup_seconds = self.embedder.runner.warmup(warmup_progress)
+            self.ready.set()
+            self._dispatch_loop()
+
+        self._threads = [
+            threading.Thread(target=dispatcher, name="jaxembed-dispatch", daemon=True),
+            threading.Thread(target=self._collect_loop, name="jaxembed-collect", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def stop_accepting(self) -> None:
+        with self._cond:
+            self._accepting = False
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Stop accepting, finish queued work (up to `timeout` s), stop threads. True if drained."""
+        self.stop_accepting()
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._active_jobs and time.monotonic() < deadline:
+                self._cond.wait(timeout=0.05)
+            drained = self._active_jobs == 0
+            self._stopping = True
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(timeout=max(0.1, deadline - time.monotonic()))
+        return drained
+
+    # -- queue state ------------------------------------------------------------------------
+
+    @property
+    def queued_requests(self) -> int:
+        return len(self._pending)
+
+    @property
+    def queued_tokens(self) -> int:
+        return self._queued_tokens
+
+    @property
+    def active_requests(self) -> int:
+        return self._active_jobs
+
+    # -- submitting -------------------------------------------------------------------------
+
+    async def embed(self, token_lists: Sequence[np.ndarray], priority: int = 0) -> np.ndarray:
+        """Embeddings of validated token lists, [N, D] float32 in order. Lower priority = sooner."""
+        loop = asyncio.get_running_loop()
+        tokens = sum(len(t) for t in token_lists)
+        job = _Job(
+            token_lists=list(token_lists),
+            priority=priority,
+            seq=next(self._seq),
+            enqueued=time.monotonic(),
+            loop=loop,
+            future=loop.create_future(),
+            out=np.empty((len(token_lists), self.embedder.dimensions), dtype=np.float32),
+            remaining=len(token_lists),
+        )
+        with self._cond:
+            if not self._accepting:
+                raise OverloadedError("the server is shutting down", retry_after=5.0)
+            if self._pending and (
+                len(self._pending) >= self.max_queued_requests
+                or self._queued_tokens + tokens > self.max_queued_tokens
+            ):
+                raise OverloadedError(
+                    f"the queue is full ({len(self._pending)} requests, {self._queued_tokens} tokens waiting)",
+                    retry_after=1.0,
+                )
+            self._pending.append(job)
+            self._queued_tokens += tokens
+            self._active_jobs += 1
+            self._cond.notify_all()
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            self._cancel(job)
+            raise
+
+    def _cancel(self, job: _Job) -> None:
+        """Drop a job whose client went away: its undispatched rows never reach the device."""
+        with self._cond:
+            if job in self._pending:
+                self._pending.remove(job)
+                self._queued_tokens -= job.queued_tokens()
+            self._finish(job)
+
+    def _finish(self, job: _Job) -> None:  # caller holds the lock
+        if not job.done:
+            job.done = True
+            self._active_jobs -= 1
+            self._cond.notify_all()
+
+    # -- dispatcher ---------------------------------------------------------------------------
+
+    def _take_rows(self) -> list[_Row]:
+        """Rows for the next step: most urgent jobs first, up to the step's token budget."""
+        now = time.monotonic()
+        urgency = lambda j: (j.priority - (now - j.enqueued) / self.aging_seconds, j.seq)  # noqa: E731
+        rows, budget = [], self.step_tokens
+        for job in sorted(self._pending, key=urgency):
+            while job.next_row < len(job.token_lists):
+                tokens = job.token_lists[job.next_row]
+                cost = self.embedder.grid.seq_bucket(len(tokens))  # padded tokens it will occupy
+                if rows and cost > budget:
+                    break
+                budget -= cost
+                self._queued_tokens -= len(tokens)
+                rows.append(_Row(job, job.next_row))
+                job.next_row += 1
+            if budget <= 0 or job.next_row < len(job.token_lists):
+                break
+        self._pending = [j for j in self._pending if j.next_row < len(j.token_lists)]
+        return rows
+
+    def _dispatch_loop(self) -> None:
+        runner = self.embedder.runner
+        while True:
+            with self._cond:
+                while not self._pending and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    break
+                rows = self._take_rows()
+            for planned in plan_batches([len(r.tokens) for r in rows], self.embedder.grid):
+                batch_rows = [rows[i] for i in planned.indices]
+                started = time.perf_counter()
+                try:
+                    result = self._run(runner, batch_rows, planned.bucket)
+                except Exception as e:  # surfaced per request by the collector
+                    result = e
+                self._inflight.put(_Dispatched(batch_rows, planned.bucket, result, started))
+        self._inflight.put(None)
+
+    def _run(self, runner, rows: list[_Row], bucket: Bucket):
+        token_lists = [r.tokens for r in rows]
+        if self._fault_hook is not None:
+            self._fault_hook(token_lists)
+        ids, mask = pad_batch(token_lists, bucket, self.embedder.pad_id)
+        return runner.run(ids, mask)
+
+    # -- collector ----------------------------------------------------------------------------
+
+    def _collect_loop(self) -> None:
+        while (item := self._inflight.get()) is not None:
+            try:
+                if isinstance(item.result, Exception):
+                    raise item.result
+                vectors = np.asarray(item.result)  # waits for the device
+            except Exception as e:
+                log.warning(
+                    "batch %s failed (%s); retrying its requests one by one", item.bucket, e
+                )
+                self._isolate(item.rows)
+                continue
+            self._deliver(item.rows, vectors)
+            if self._on_batch:
+                self._on_batch(
+                    BatchStats(
+                        bucket=item.bucket,
+                        rows=len(item.rows),
+                        requests=len({id(r.job) for r in item.rows}),
+                        real_tokens=sum(len(r.tokens) for r in item.rows),
+                        seconds=time.perf_counter() - item.started,
+                    )
+                )
+
+    def _deliver(self, rows: list[_Row], vectors: np.ndarray) -> None:
+        completed = []
+        with self._cond:
+            for row, vector in zip(rows, vectors, strict=False):
+                job = row.job
+                if job.done:
+                    continue
+                job.out[row.index] = vector
+                job.remaining -= 1
+                if job.remaining == 0:
+                    self._finish(job)
+                    completed.append(job)
+        for job in completed:
+            job.loop.call_soon_threadsafe(_resolve, job.future, job.out, None)
+
+    def _isolate(self, rows: list[_Row]) -> None:
+        """Re-run a failed batch's rows job by job; fail only the jobs that fail again."""
+        by_job: dict[int, list[_Row]] = {}
+        for row in rows:
+            by_job.setdefault(id(row.job), []).append(row)
+        for job_rows in by_job.values():
+            job = job_rows[0].job
+            try:
+                vectors = np.zeros((len(job_rows), self.embedder.dimensions), dtype=np.float32)
+                for planned in plan_batches([len(r.tokens) for r in job_rows], self.embedder.grid):
+                    part = [job_rows[i] for i in planned.indices]
+                    result = np.asarray(self._run(self.embedder.runner, part, planned.bucket))
+                    vectors[planned.indices] = result[: len(part)]
+            except Exception as e:
+                log.error("request failed in the engine: %s", e)
+                self._fail(job, e)
+                continue
+            self._deliver(job_rows, vectors)
+
+    def _fail(self, job: _Job, error: Exception) -> None:
+        with self._cond:
+            if job.done:
+                return
+            if job in self._pending:
+                self._pending.remove(job)
+                self._queued_tokens -= job.queued_tokens()
+            self._finish(job)
+        wrapped = (
+            error
+            if isinstance(error, EngineError)
+            else EngineError(f"the engine failed: {type(error).__name__}")
+        )
+        job.loop.call_soon_threadsafe(_resolve, job.future, None, wrapped)
+
+
+def _resolve(future: asyncio.Future, value, error: BaseException | None) -> None:
+    if future.done():  # the client went away
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)

@@ -1,0 +1,128 @@
+"""The (batch, sequence-length) bucket grid, and planning of inputs into padded bucket batches.
+
+XLA compiles one program per input shape. A fixed grid bounds the number of
+programs (all compiled at warm-up), and a token budget bounds how much work
+one batch holds: on a 2-core CPU small batches are fastest, an accelerator
+wants large ones, so the budget is a per-backend setting.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+# Measured on the 2-vCPU development machine (docs/benchmarks.md); accelerators want far more.
+DEFAULT_TOKEN_BUDGET = {"cpu": 512, "gpu": 16384, "tpu": 16384}
+DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+MIN_SEQ_BUCKET = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Bucket:
+    batch: int
+    seq: int
+
+
+@dataclasses.dataclass(frozen=True)
+class BucketGrid:
+    """Sorted sequence lengths and batch sizes, and the most tokens one batch may hold."""
+
+    seq_lengths: tuple[int, ...]
+    batch_sizes: tuple[int, ...]
+    token_budget: int
+
+    def __post_init__(self) -> None:
+        if not self.seq_lengths or not self.batch_sizes:
+            raise ValueError("a bucket grid needs at least one sequence length and batch size")
+        if list(self.seq_lengths) != sorted(set(self.seq_lengths)) or self.seq_lengths[0] < 1:
+            raise ValueError(f"seq_lengths must be increasing and positive: {self.seq_lengths}")
+        if list(self.batch_sizes) != sorted(set(self.batch_sizes)) or self.batch_sizes[0] < 1:
+            raise ValueError(f"batch_sizes must be increasing and positive: {self.batch_sizes}")
+        if self.token_budget < 1:
+            raise ValueError("token_budget must be positive")
+
+    @classmethod
+    def for_max_length(
+        cls,
+        max_length: int,
+        token_budget: int,
+        batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+        seq_lengths: Sequence[int] | None = None,
+    ) -> BucketGrid:
+        """Powers of two from 16 up to the model's max length (which is always a bucket)."""
+        if seq_lengths is None:
+            seq_lengths, s = [], MIN_SEQ_BUCKET
+            while s < max_length:
+                seq_lengths.append(s)
+                s *= 2
+            seq_lengths.append(max_length)
+        seqs = tuple(sorted({min(s, max_length) for s in seq_lengths} | {max_length}))
+        return cls(seqs, tuple(sorted(set(batch_sizes))), token_budget)
+
+    @property
+    def max_length(self) -> int:
+        return self.seq_lengths[-1]
+
+    def seq_bucket(self, length: int) -> int:
+        i = bisect.bisect_left(self.seq_lengths, length)
+        if i == len(self.seq_lengths):
+            raise ValueError(f"length {length} exceeds the largest bucket {self.max_length}")
+        return self.seq_lengths[i]
+
+    def max_rows(self, seq: int) -> int:
+        """Most rows a batch of length `seq` may have; at least the smallest batch size."""
+        fitting = [b for b in self.batch_sizes if b * seq <= self.token_budget]
+        return fitting[-1] if fitting else self.batch_sizes[0]
+
+    def batch_bucket(self, rows: int) -> int:
+        i = bisect.bisect_left(self.batch_sizes, rows)
+        return self.batch_sizes[min(i, len(self.batch_sizes) - 1)]
+
+    def buckets(self) -> list[Bucket]:
+        """Every shape the planner can produce: what warm-up compiles."""
+        return [
+            Bucket(b, s)
+            for s in self.seq_lengths
+            for b in self.batch_sizes
+            if b <= self.max_rows(s)
+        ]
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedBatch:
+    indices: np.ndarray  # positions in the caller's input list, one per real row
+    bucket: Bucket
+
+
+def plan_batches(lengths: Sequence[int], grid: BucketGrid) -> list[PlannedBatch]:
+    """Group inputs by length into bucket batches; rows of one batch have similar lengths.
+
+    Inputs are sorted longest first; each batch takes as many of the next
+    inputs as the budget allows at the bucket of its longest member, so short
+    inputs never pay for a long one's padding.
+    """
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        seq = grid.seq_bucket(int(lengths[order[start]]))
+        rows = min(grid.max_rows(seq), len(order) - start)
+        batches.append(
+            PlannedBatch(order[start : start + rows], Bucket(grid.batch_bucket(rows), seq))
+        )
+        start += rows
+    return batches
+
+
+def pad_batch(
+    token_lists: Sequence[np.ndarray], bucket: Bucket, pad_id: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad rows into [bucket.batch, bucket.seq] ids and mask; missing rows are all padding."""
+    ids = np.full((bucket.batch, bucket.seq), pad_id, dtype=np.int32)
+    mask = np.zeros((bucket.batch, bucket.seq), dtype=np.int32)
+    for row, tokens in enumerate(token_lists):
+        ids[row, : len(tokens)] = tokens
+        mask[row, : len(tokens)] = 1
+    return ids, mask

@@ -1,0 +1,192 @@
+"""`Embedder`: the synchronous in-process API — texts or token ids in, an [N, D] float32 array out.
+
+Inputs of any count are split into bucket batches sorted by length, all
+batches are dispatched before any result is read (so padding batch n+1 on the
+host overlaps the device running batch n), and rows come back in input order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+
+from jaxembed.card import ModelCard
+from jaxembed.engine.buckets import (
+    DEFAULT_BATCH_SIZES,
+    DEFAULT_TOKEN_BUDGET,
+    Bucket,
+    BucketGrid,
+    pad_batch,
+    plan_batches,
+)
+from jaxembed.engine.compile_cache import enable_compile_cache
+from jaxembed.engine.runner import BucketRunner
+from jaxembed.engine.tokenize import TextTokenizer
+from jaxembed.errors import InvalidInputError
+from jaxembed.pooling import truncate_dimensions
+from jaxembed.weights.loader import LoadedModel, load_model
+
+Inputs = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]
+
+
+def default_token_budget() -> int:
+    return DEFAULT_TOKEN_BUDGET.get(jax.default_backend(), DEFAULT_TOKEN_BUDGET["gpu"])
+
+
+def classify_inputs(inputs: Inputs) -> tuple[str, list]:
+    """("text", [str, ...]) or ("tokens", [[int, ...], ...]); anything else is invalid input."""
+    if isinstance(inputs, str):
+        return "text", [inputs]
+    if not isinstance(inputs, Sequence | np.ndarray) or len(inputs) == 0:
+        raise InvalidInputError("input must be a string or a non-empty list")
+    items = list(inputs)
+    if all(isinstance(x, str) for x in items):
+        return "text", items
+    if all(isinstance(x, int | np.integer) and not isinstance(x, bool) for x in items):
+        return "tokens", [items]
+    if all(isinstance(x, Sequence | np.ndarray) and not isinstance(x, str) for x in items):
+        return "tokens", [list(x) for x in items]
+    raise InvalidInputError(
+        "input must be a string, a list of strings, a list of token ids or a list of token-id lists"
+    )
+
+
+class Embedder:
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        token_budget: int | None = None,
+        batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+        seq_lengths: Sequence[int] | None = None,
+    ):
+        self.model = model
+        self.card: ModelCard = model.card
+        self.tokenizer = TextTokenizer(model.model_dir, model.card.max_length)
+        self.grid = BucketGrid.for_max_length(
+            model.card.max_length,
+            token_budget or default_token_budget(),
+            batch_sizes=batch_sizes,
+            seq_lengths=seq_lengths,
+        )
+        self.runner = BucketRunner(
+            model.module(),
+            model.params,
+            pooling=model.card.pooling,
+            normalize=model.card.normalize,
+            grid=self.grid,
+        )
+        self.pad_id = int(getattr(model.config, "pad_token_id", 0))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        spec: str | os.PathLike | None = None,
+        *,
+        dtype: str | None = None,
+        compile_cache_dir: str | os.PathLike | bool | None = None,
+        warmup: bool = False,
+        warmup_progress: Callable[[int, int, Bucket], None] | None = None,
+        **grid_options,
+    ) -> Embedder:
+        """Load `spec` (directory or card name; None = embedded default) and build its engine.
+
+        `compile_cache_dir=False` leaves JAX's persistent cache alone; None uses the default directory.
+        """
+        if compile_cache_dir is not False:
+            enable_compile_cache(None if compile_cache_dir is True else compile_cache_dir)
+        embedder = cls(load_model(spec, dtype=dtype), **grid_options)
+        if warmup:
+            embedder.runner.warmup(warmup_progress)
+        return embedder
+
+    @property
+    def dimensions(self) -> int:
+        return self.card.dimensions
+
+    @property
+    def max_length(self) -> int:
+        return self.card.max_length
+
+    def check_dimensions(self, dimensions: int | None) -> None:
+        if dimensions is None:
+            return
+        if isinstance(dimensions, bool) or not isinstance(dimensions, int | np.integer):
+            raise InvalidInputError("dimensions must be an integer", param="dimensions")
+        if not self.card.allows_dimensions(int(dimensions)):
+            allowed = (
+                f"one of {sorted({*self.card.matryoshka_dims, self.dimensions})}"
+                if self.card.matryoshka_dims
+                else f"between 1 and {self.dimensions}"
+            )
+            raise InvalidInputError(
+                f"dimensions={dimensions} is not supported by {self.card.name}: use {allowed}",
+                param="dimensions",
+            )
+
+    def apply_prompt(self, texts: Sequence[str], prompt_name: str | None) -> list[str]:
+        if prompt_name is None:
+            return list(texts)
+        if prompt_name not in self.card.prompts:
+            known = sorted(self.card.prompts) or "none"
+            raise InvalidInputError(
+                f"{self.card.name} has no prompt {prompt_name!r} (prompts: {known})",
+                param="input_type",
+            )
+        prefix = self.card.prompts[prompt_name]
+        return [prefix + t for t in texts]
+
+    def tokenize(
+        self,
+        inputs: Inputs,
+        *,
+        truncate: bool = False,
+        truncation_direction: str = "right",
+        prompt_name: str | None = None,
+    ) -> list[np.ndarray]:
+        """Token ids per input (texts through the tokenizer, token ids validated as they are)."""
+        kind, items = classify_inputs(inputs)
+        if kind == "text":
+            return self.tokenizer.encode(
+                self.apply_prompt(items, prompt_name),
+                truncate=truncate,
+                direction=truncation_direction,
+            )
+        return self.tokenizer.check_ids(items, truncate=truncate, direction=truncation_direction)
+
+    def embed_token_lists(self, token_lists: Sequence[np.ndarray]) -> np.ndarray:
+        """Embeddings of already-validated token id arrays, [N, D] float32 in input order."""
+        out = np.empty((len(token_lists), self.dimensions), dtype=np.float32)
+        pending = []
+        for planned in plan_batches([len(t) for t in token_lists], self.grid):
+            ids, mask = pad_batch(
+                [token_lists[i] for i in planned.indices], planned.bucket, self.pad_id
+            )
+            pending.append((planned.indices, self.runner.run(ids, mask)))
+        for indices, result in pending:
+            out[indices] = np.asarray(result)[: len(indices)]
+        return out
+
+    def embed(
+        self,
+        inputs: Inputs,
+        *,
+        truncate: bool = False,
+        truncation_direction: str = "right",
+        dimensions: int | None = None,
+        prompt_name: str | None = None,
+    ) -> np.ndarray:
+        """Embed texts or token ids → [N, dimensions] float32, rows in input order."""
+        self.check_dimensions(dimensions)
+        token_lists = self.tokenize(
+            inputs,
+            truncate=truncate,
+            truncation_direction=truncation_direction,
+            prompt_name=prompt_name,
+        )
+        return truncate_dimensions(
+            self.embed_token_lists(token_lists), dimensions, self.card.normalize
+        )

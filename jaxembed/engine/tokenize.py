@@ -1,0 +1,106 @@
+"""Text → token ids with the model's own fast tokenizer, and validation of raw token ids.
+
+Padding and truncation that a `tokenizer.json` may enable are switched off:
+padding is the bucketer's job, and an over-long input is an error unless the
+caller asked for truncation, in which case the tokenizer truncates the text
+part and keeps the special tokens, as sentence-transformers does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from jaxembed.errors import InputTooLongError, InvalidInputError
+
+TRUNCATION_DIRECTIONS = ("right", "left")
+
+
+class TextTokenizer:
+    def __init__(self, model_dir: str | Path, max_length: int):
+        path = Path(model_dir) / "tokenizer.json"
+        self._tokenizer = self._load(path)
+        self._path = path
+        self._truncating: dict[str, Tokenizer] = {}
+        self.max_length = max_length
+        self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @staticmethod
+    def _load(path: Path) -> Tokenizer:
+        tokenizer = Tokenizer.from_file(str(path))
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        return tokenizer
+
+    def _truncating_tokenizer(self, direction: str) -> Tokenizer:
+        if direction not in self._truncating:
+            tokenizer = self._load(self._path)
+            tokenizer.enable_truncation(self.max_length, direction=direction)
+            self._truncating[direction] = tokenizer
+        return self._truncating[direction]
+
+    def encode(
+        self, texts: Sequence[str], *, truncate: bool = False, direction: str = "right"
+    ) -> list[np.ndarray]:
+        """Token ids (special tokens included) per text, as int32 arrays."""
+        if direction not in TRUNCATION_DIRECTIONS:
+            raise InvalidInputError(
+                f"truncation_direction must be one of {TRUNCATION_DIRECTIONS}",
+                param="truncation_direction",
+            )
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InvalidInputError(f"input[{i}] is not a string", index=i)
+            if not text.strip():
+                raise InvalidInputError(f"input[{i}] is empty or only whitespace", index=i)
+        # encode_batch runs in Rust threads without the GIL.
+        encodings = self._tokenizer.encode_batch(list(texts))
+        ids = [np.asarray(e.ids, dtype=np.int32) for e in encodings]
+        too_long = [i for i, x in enumerate(ids) if len(x) > self.max_length]
+        if too_long and not truncate:
+            i = too_long[0]
+            raise InputTooLongError(i, len(ids[i]), self.max_length)
+        if too_long:
+            redone = self._truncating_tokenizer(direction).encode_batch(
+                [texts[i] for i in too_long]
+            )
+            for i, enc in zip(too_long, redone, strict=True):
+                ids[i] = np.asarray(enc.ids, dtype=np.int32)
+        return ids
+
+    def check_ids(
+        self,
+        token_lists: Sequence[Sequence[int]],
+        *,
+        truncate: bool = False,
+        direction: str = "right",
+    ) -> list[np.ndarray]:
+        """Validate pre-tokenised inputs (used as given: no special tokens are added)."""
+        out = []
+        for i, tokens in enumerate(token_lists):
+            if len(tokens) == 0:
+                raise InvalidInputError(f"input[{i}] is an empty list of token ids", index=i)
+            if not all(
+                isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in tokens
+            ):
+                raise InvalidInputError(f"input[{i}] must contain only integer token ids", index=i)
+            arr = np.asarray(tokens, dtype=np.int64)
+            bad = arr[(arr < 0) | (arr >= self.vocab_size)]
+            if bad.size:
+                raise InvalidInputError(
+                    f"input[{i}] has token id {int(bad[0])} outside the vocabulary "
+                    f"(0..{self.vocab_size - 1})",
+                    index=i,
+                )
+            if len(arr) > self.max_length:
+                if not truncate:
+                    raise InputTooLongError(i, len(arr), self.max_length)
+                arr = arr[: self.max_length] if direction == "right" else arr[-self.max_length :]
+            out.append(arr.astype(np.int32))
+        return out
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tokenizer.decode(list(ids))

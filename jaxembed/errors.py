@@ -1,0 +1,63 @@
+"""Typed errors of the library.
+
+The HTTP layer maps each class to a status code once (`server/errors.py`), so
+every message here is written for the person who sent the input: it says what
+was wrong and what the limit is, never a stack trace or a host path they did
+not give us.
+"""
+
+from __future__ import annotations
+
+
+class JaxEmbedError(Exception):
+    """Base class of every error jaxembed raises on purpose."""
+
+
+class ModelLoadError(JaxEmbedError):
+    """A model directory, card or checkpoint cannot be loaded."""
+
+
+class UnsupportedArchitectureError(ModelLoadError):
+    """The checkpoint's architecture is not one jaxembed implements."""
+
+
+class WeightMismatchError(ModelLoadError):
+    """Tensors are missing, unexpected, or of the wrong shape for the architecture."""
+
+
+class InvalidInputError(JaxEmbedError, ValueError):
+    """An input cannot be embedded as given (empty text, bad token ids, ...).
+
+    `index` is the position of the offending item in the caller's input list,
+    so that an error in a batch of 1,000 texts points at the right one.
+    """
+
+    def __init__(self, message: str, *, index: int | None = None, param: str = "input"):
+        super().__init__(message)
+        self.index = index
+        self.param = param
+
+
+class InputTooLongError(InvalidInputError):
+    """An input has more tokens than the model accepts and truncation was not requested."""
+
+    def __init__(self, index: int, num_tokens: int, max_tokens: int):
+        super().__init__(
+            f"input[{index}] has {num_tokens} tokens, more than this model's maximum of "
+            f"{max_tokens}; shorten it or send truncate=true",
+            index=index,
+        )
+        self.num_tokens = num_tokens
+        self.max_tokens = max_tokens
+
+
+class EngineError(JaxEmbedError):
+    """The device computation of a batch failed; only that batch's requests are affected."""
+
+
+class OverloadedError(JaxEmbedError):
+    """The queue is full (or the server is draining); the client should retry later."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0):
+        super().__init__(message)
+        self.retry_after = retry_after

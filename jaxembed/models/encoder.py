@@ -1,0 +1,201 @@
+"""Flax BERT-style encoders: BERT, RoBERTa, XLM-RoBERTa (and CamemBERT, the same graph).
+
+One module covers the family; the differences are data in `EncoderConfig`:
+RoBERTa-style models number positions from `pad_token_id + 1` and count them
+only over non-pad tokens, and some have no token-type table.
+
+Layers are stacked with `nn.scan`, so a 24-layer model compiles one layer body
+(compile time grows with buckets, not with depth) and every layer parameter
+carries a leading `layers` axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxembed.errors import UnsupportedArchitectureError
+
+# HF activation names → functions. "gelu" in HF is the exact (erf) form.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+
+# Families whose positions start after the padding index (fairseq heritage).
+_OFFSET_POSITION_FAMILIES = frozenset({"roberta", "xlm-roberta", "camembert"})
+ENCODER_FAMILIES = frozenset({"bert", *_OFFSET_POSITION_FAMILIES})
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+    """Architecture hyper-parameters of a BERT-family encoder."""
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    type_vocab_size: int
+    layer_norm_eps: float
+    activation: str
+    pad_token_id: int
+    positions_from_padding: bool  # RoBERTa-style position ids
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise UnsupportedArchitectureError(
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+            )
+        if self.activation not in ACTIVATIONS:
+            raise UnsupportedArchitectureError(
+                f"activation {self.activation!r} is not supported; known: {sorted(ACTIVATIONS)}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @classmethod
+    def from_hf(cls, hf: Mapping[str, Any]) -> EncoderConfig:
+        family = hf.get("model_type")
+        if family not in ENCODER_FAMILIES:
+            raise UnsupportedArchitectureError(
+                f"model_type {family!r} is not an encoder family ({sorted(ENCODER_FAMILIES)})"
+            )
+        position_type = hf.get("position_embedding_type", "absolute")
+        if position_type != "absolute":
+            raise UnsupportedArchitectureError(
+                f"position_embedding_type {position_type!r} is not supported (only 'absolute')"
+            )
+        try:
+            return cls(
+                vocab_size=int(hf["vocab_size"]),
+                hidden_size=int(hf["hidden_size"]),
+                num_layers=int(hf["num_hidden_layers"]),
+                num_heads=int(hf["num_attention_heads"]),
+                intermediate_size=int(hf["intermediate_size"]),
+                max_position_embeddings=int(hf["max_position_embeddings"]),
+                type_vocab_size=int(hf.get("type_vocab_size", 0) or 0),
+                layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
+                activation=str(hf.get("hidden_act", "gelu")),
+                pad_token_id=int(hf.get("pad_token_id", 0) or 0),
+                positions_from_padding=family in _OFFSET_POSITION_FAMILIES,
+            )
+        except KeyError as e:
+            raise UnsupportedArchitectureError(f"config.json lacks {e.args[0]!r}") from None
+
+
+class _Embeddings(nn.Module):
+    config: EncoderConfig
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, input_ids: jax.Array) -> jax.Array:  # [B, L] -> [B, L, D]
+        cfg = self.config
+        embed = lambda n, name: nn.Embed(  # noqa: E731
+            n, cfg.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype, name=name
+        )
+        if cfg.positions_from_padding:
+            # As HF's create_position_ids_from_input_ids: pad tokens keep padding_idx.
+            not_pad = (input_ids != cfg.pad_token_id).astype(jnp.int32)
+            positions = jnp.cumsum(not_pad, axis=1) * not_pad + cfg.pad_token_id
+        else:
+            positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+        x = embed(cfg.vocab_size, "word")(input_ids)
+        x = x + embed(cfg.max_position_embeddings, "position")(positions)
+        if cfg.type_vocab_size:
+            # Single-segment inputs: every token has type 0, i.e. row 0 of the table.
+            x = x + embed(cfg.type_vocab_size, "token_type")(jnp.zeros_like(input_ids))
+        return _layer_norm(cfg, self.dtype, self.param_dtype, "norm")(x)
+
+
+def _layer_norm(cfg: EncoderConfig, dtype: jnp.dtype, param_dtype: jnp.dtype, name: str):
+    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dtype, param_dtype=param_dtype, name=name)
+
+
+class _SelfAttention(nn.Module):
+    config: EncoderConfig
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x_bld: jax.Array, bias_b11l: jax.Array) -> jax.Array:
+        cfg = self.config
+        proj = lambda name: nn.DenseGeneral(  # noqa: E731
+            (cfg.num_heads, cfg.head_dim), dtype=self.dtype, param_dtype=self.param_dtype, name=name
+        )
+        q_blhd, k_blhd, v_blhd = proj("query")(x_bld), proj("key")(x_bld), proj("value")(x_bld)
+        scores_bhqk = jnp.einsum("bqhd,bkhd->bhqk", q_blhd, k_blhd) / math.sqrt(cfg.head_dim)
+        # Softmax in float32 whatever the compute dtype; masked keys get ~-inf so a
+        # padded position contributes exactly 0 to every real query.
+        probs_bhqk = jax.nn.softmax(scores_bhqk.astype(jnp.float32) + bias_b11l, axis=-1)
+        ctx_blhd = jnp.einsum("bhqk,bkhd->bqhd", probs_bhqk.astype(self.dtype), v_blhd)
+        return nn.DenseGeneral(
+            cfg.hidden_size,
+            axis=(-2, -1),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="output",
+        )(ctx_blhd)
+
+
+class _EncoderLayer(nn.Module):
+    config: EncoderConfig
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x_bld: jax.Array, bias_b11l: jax.Array) -> tuple[jax.Array, None]:
+        cfg, dt, pdt = self.config, self.dtype, self.param_dtype
+        attn = _SelfAttention(cfg, dt, pdt, name="attention")(x_bld, bias_b11l)
+        x_bld = _layer_norm(cfg, dt, pdt, "attention_norm")(x_bld + attn)
+        h_blf = nn.Dense(cfg.intermediate_size, dtype=dt, param_dtype=pdt, name="intermediate")(
+            x_bld
+        )
+        h_blf = ACTIVATIONS[cfg.activation](h_blf)
+        h_bld = nn.Dense(cfg.hidden_size, dtype=dt, param_dtype=pdt, name="output")(h_blf)
+        return _layer_norm(cfg, dt, pdt, "output_norm")(x_bld + h_bld), None
+
+
+class Encoder(nn.Module):
+    """token ids [B, L] + attention mask [B, L] → last hidden states [B, L, D].
+
+    Rows are independent and masked keys get zero attention weight, so padded
+    rows and padded positions cannot change any real output.
+    """
+
+    config: EncoderConfig
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        x_bld = _Embeddings(self.config, self.dtype, self.param_dtype, name="embeddings")(input_ids)
+        bias_b11l = jnp.where(
+            attention_mask[:, None, None, :].astype(bool), 0.0, jnp.finfo(jnp.float32).min
+        ).astype(jnp.float32)
+        layers = nn.scan(
+            _EncoderLayer,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=nn.broadcast,
+            length=self.config.num_layers,
+        )
+        x_bld, _ = layers(self.config, self.dtype, self.param_dtype, name="layers")(
+            x_bld, bias_b11l
+        )
+        return x_bld

@@ -1,0 +1,60 @@
+"""Pooling of hidden states into one vector per row, normalisation, matryoshka truncation.
+
+Everything here runs in float32 whatever the model's compute dtype: the sums
+over hundreds of positions and the norm are where bfloat16 would lose most.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxembed.card import POOLING_MODES
+
+# torch.nn.functional.normalize's default, which sentence-transformers uses.
+NORM_EPS = 1e-12
+
+
+def last_token_index(mask_bl: jax.Array) -> jax.Array:
+    """Index of the last real position of each row; right or left padding alike."""
+    length = mask_bl.shape[1]
+    return length - 1 - jnp.argmax(jnp.flip(mask_bl, axis=1), axis=1)
+
+
+def pool(hidden_bld: jax.Array, mask_bl: jax.Array, mode: str) -> jax.Array:
+    """Pool [B, L, D] hidden states over the real positions of `mask_bl` → [B, D] float32."""
+    h = hidden_bld.astype(jnp.float32)
+    m = mask_bl.astype(jnp.float32)[..., None]  # [B, L, 1]
+    if mode == "cls":
+        return h[:, 0]
+    if mode in ("mean", "mean_sqrt_len"):
+        total = jnp.sum(h * m, axis=1)
+        count = jnp.maximum(jnp.sum(m, axis=1), 1e-9)  # sentence-transformers' clamp
+        return total / (count if mode == "mean" else jnp.sqrt(count))
+    if mode == "max":
+        return jnp.max(jnp.where(m > 0, h, -1e9), axis=1)
+    if mode == "last_token":
+        idx = last_token_index(mask_bl)
+        return jnp.take_along_axis(h, idx[:, None, None], axis=1)[:, 0]
+    raise ValueError(f"unknown pooling mode {mode!r}; expected one of {POOLING_MODES}")
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+    norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
+    return x / jnp.maximum(norm, NORM_EPS)
+
+
+def truncate_dimensions(vectors: np.ndarray, dims: int | None, normalize: bool) -> np.ndarray:
+    """Matryoshka reduction on the host: keep the first `dims` values, renormalise.
+
+    Renormalising only when the model normalises keeps an unnormalised model's
+    truncated vector equal to the prefix of its full vector.
+    """
+    if dims is None or dims >= vectors.shape[-1]:
+        return vectors
+    out = np.ascontiguousarray(vectors[..., :dims], dtype=np.float32)
+    if normalize:
+        norm = np.linalg.norm(out, axis=-1, keepdims=True)
+        out /= np.maximum(norm, NORM_EPS)
+    return out

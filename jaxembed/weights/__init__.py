@@ -1,0 +1,1 @@
+"""Checkpoint I/O: HF safetensors → Flax parameter pytrees, Orbax save/restore."""

@@ -1,0 +1,90 @@
+"""HF tensor names → Flax parameter paths, written as data, one table per family.
+
+A rule names a Flax path, the HF key (with `{layer}` for scanned layers) and
+how the tensor is laid out. The layout decides the one transform (a
+transpose for torch's [out, in] Linear weights) and the shape the HF tensor
+must have, so a wrong checkpoint fails with the tensor's name and both shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+from jaxembed.models.encoder import EncoderConfig
+
+
+class Layout(enum.Enum):
+    COPY = "copy"  # same shape on both sides (embeddings, norms)
+    FLAT = "flat"  # HF keeps it flat; Flax splits it (per-head biases)
+    IN_KERNEL = "in_kernel"  # torch Linear [out..., in] → Flax [in, out...]
+    OUT_KERNEL = "out_kernel"  # torch Linear [out, in...] → Flax [in..., out]
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamRule:
+    flax_path: tuple[str, ...]
+    hf_key: str  # may contain "{layer}": then the Flax param is stacked over layers
+    layout: Layout = Layout.COPY
+    # Older checkpoints spell LayerNorm parameters gamma/beta.
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def per_layer(self) -> bool:
+        return "{layer}" in self.hf_key
+
+
+def _norm(flax_prefix: tuple[str, ...], hf_prefix: str) -> list[ParamRule]:
+    return [
+        ParamRule((*flax_prefix, "scale"), f"{hf_prefix}.weight", aliases=(f"{hf_prefix}.gamma",)),
+        ParamRule((*flax_prefix, "bias"), f"{hf_prefix}.bias", aliases=(f"{hf_prefix}.beta",)),
+    ]
+
+
+def _linear(flax_prefix: tuple[str, ...], hf_prefix: str, layout: Layout) -> list[ParamRule]:
+    bias_layout = Layout.FLAT if layout is Layout.IN_KERNEL else Layout.COPY
+    return [
+        ParamRule((*flax_prefix, "kernel"), f"{hf_prefix}.weight", layout),
+        ParamRule((*flax_prefix, "bias"), f"{hf_prefix}.bias", bias_layout),
+    ]
+
+
+def encoder_rules(config: EncoderConfig) -> list[ParamRule]:
+    """The BERT / RoBERTa / XLM-R table (keys without the `bert.`/`roberta.` prefix)."""
+    rules = [
+        ParamRule(("embeddings", "word", "embedding"), "embeddings.word_embeddings.weight"),
+        ParamRule(("embeddings", "position", "embedding"), "embeddings.position_embeddings.weight"),
+        *_norm(("embeddings", "norm"), "embeddings.LayerNorm"),
+    ]
+    if config.type_vocab_size:
+        rules.append(
+            ParamRule(
+                ("embeddings", "token_type", "embedding"), "embeddings.token_type_embeddings.weight"
+            )
+        )
+    layer = "encoder.layer.{layer}"
+    for name in ("query", "key", "value"):
+        rules += _linear(
+            ("layers", "attention", name), f"{layer}.attention.self.{name}", Layout.IN_KERNEL
+        )
+    rules += _linear(
+        ("layers", "attention", "output"), f"{layer}.attention.output.dense", Layout.OUT_KERNEL
+    )
+    rules += _norm(("layers", "attention_norm"), f"{layer}.attention.output.LayerNorm")
+    rules += _linear(("layers", "intermediate"), f"{layer}.intermediate.dense", Layout.IN_KERNEL)
+    rules += _linear(("layers", "output"), f"{layer}.output.dense", Layout.IN_KERNEL)
+    rules += _norm(("layers", "output_norm"), f"{layer}.output.LayerNorm")
+    return rules
+
+
+# HF tensors that belong to task heads or buffers an embedding model never uses.
+ENCODER_IGNORED_PREFIXES = (
+    "pooler.",
+    "cls.",
+    "lm_head.",
+    "classifier.",
+    "qa_outputs.",
+    "embeddings.position_ids",
+)
+# Wrappers such as BertForMaskedLM store the encoder under one of these.
+ENCODER_WRAPPER_PREFIXES = ("bert.", "roberta.", "xlm-roberta.", "model.")

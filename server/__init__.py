@@ -1,0 +1,1 @@
+"""The HTTP layer of jaxembed: a Sanic app speaking the OpenAI embeddings protocol."""

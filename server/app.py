@@ -1,0 +1,380 @@
+"""Routes of the jaxembed server: /v1/embeddings, /tokenize, /v1/models, /health, /ready, /metrics, docs.
+
+Handlers validate everything before anything is queued, hand token lists to
+the `Batcher` and await its future; no device work runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import logging
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import orjson
+from pydantic import ValidationError
+from sanic import Request, Sanic
+from sanic.exceptions import SanicException
+from sanic.response import HTTPResponse, raw, text
+
+import jaxembed
+from jaxembed.engine.batcher import Batcher
+from jaxembed.engine.embedder import Embedder
+from jaxembed.errors import JaxEmbedError
+from jaxembed.pooling import truncate_dimensions
+from server.auth import OPEN_PATHS, check_api_key
+from server.config import ServerConfig
+from server.errors import (
+    APIError,
+    from_library_error,
+    from_validation_error,
+    invalid,
+    model_not_found,
+)
+from server.metrics import Metrics
+from server.openapi import build_openapi, docs_page
+from server.protocol import EmbeddingRequest, MultimodalItem, TokenizeRequest
+
+log = logging.getLogger("jaxembed.server")
+_app_ids = itertools.count()
+# Tokenising more characters than this moves off the event loop (HF tokenizers release the GIL).
+INLINE_TOKENIZE_CHARS = 4096
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> HTTPResponse:
+    return raw(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+    )
+
+
+def error_response(error: APIError) -> HTTPResponse:
+    return json_response(error.body(), status=error.status, headers=error.headers)
+
+
+def _parse_json(request: Request) -> dict:
+    try:
+        body = orjson.loads(request.body or b"")
+    except orjson.JSONDecodeError:
+        raise invalid("the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise invalid("the request body must be a JSON object")
+    return body
+
+
+def _texts_of(
+    items: list[MultimodalItem], card_modalities: tuple[str, ...], model: str
+) -> list[str]:
+    for i, item in enumerate(items):
+        unsupported = [m for m in item.modalities if m not in card_modalities]
+        if unsupported:
+            raise invalid(
+                f"input[{i}] has {'/'.join(unsupported)} content, but {model} only embeds "
+                f"{'/'.join(card_modalities)}",
+                param="input",
+                code="unsupported_modality",
+            )
+    return [item.text for item in items]
+
+
+def encode_embeddings(vectors: np.ndarray, encoding_format: str) -> list[dict]:
+    if encoding_format == "base64":
+        # Little-endian float32, exactly what the openai client decodes with np.frombuffer.
+        le = vectors.astype("<f4", copy=False)
+        return [
+            {
+                "object": "embedding",
+                "embedding": base64.b64encode(le[i].tobytes()).decode("ascii"),
+                "index": i,
+            }
+            for i in range(len(le))
+        ]
+    return [
+        {"object": "embedding", "embedding": vectors[i], "index": i} for i in range(len(vectors))
+    ]
+
+
+def create_app(
+    config: ServerConfig, embedder: Embedder, *, batcher: Batcher | None = None
+) -> Sanic:
+    app = Sanic(f"jaxembed_{next(_app_ids)}")
+    app.config.REQUEST_MAX_SIZE = config.max_request_bytes
+    app.config.FALLBACK_ERROR_FORMAT = "json"
+    app.config.NOISY_EXCEPTIONS = False
+    metrics = Metrics()
+    batcher = batcher or Batcher(
+        embedder,
+        max_queued_requests=config.max_queued_requests,
+        max_queued_tokens=config.max_queued_tokens,
+        aging_seconds=config.aging_seconds,
+        on_batch=metrics.observe_batch,
+    )
+    card = embedder.card
+    served = list(dict.fromkeys(config.served_model_names or card.names))
+    openapi = build_openapi(jaxembed.__version__)
+    app.ctx.batcher, app.ctx.metrics, app.ctx.embedder = batcher, metrics, embedder
+    state = {"draining": False}
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @app.before_server_start
+    async def _start(app: Sanic) -> None:
+        def progress(i: int, n: int, bucket) -> None:
+            if i == 1 or i == n or i % 10 == 0:
+                log.info(
+                    "warm-up: compiled %d/%d buckets (last %dx%d)", i, n, bucket.batch, bucket.seq
+                )
+
+        batcher.start(warmup=config.warmup, warmup_progress=progress)
+
+    @app.before_server_stop
+    async def _stop(app: Sanic) -> None:
+        state["draining"] = True
+        drained = await asyncio.get_running_loop().run_in_executor(
+            None, batcher.close, config.drain_timeout
+        )
+        log.info("shutdown: %s", "drained" if drained else "drain timed out")
+
+    # -- middleware ---------------------------------------------------------------------------
+
+    @app.on_request
+    async def _before(request: Request):
+        request.ctx.start = time.perf_counter()
+        request.ctx.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        if request.path not in OPEN_PATHS:
+            try:
+                check_api_key(request.headers.get("authorization"), config.api_keys)
+            except APIError as e:
+                return error_response(e)
+        return None
+
+    @app.on_response
+    async def _after(request: Request, response: HTTPResponse):
+        response.headers["X-Request-Id"] = getattr(request.ctx, "request_id", "")
+        route = request.route.path if request.route else "unmatched"
+        metrics.requests.labels(route=route, status=str(response.status)).inc()
+        if hasattr(request.ctx, "start"):
+            metrics.latency.labels(route=route).observe(time.perf_counter() - request.ctx.start)
+        if response.status >= 400:
+            try:
+                code = orjson.loads(response.body)["error"].get("code") or str(response.status)
+            except Exception:
+                code = str(response.status)
+            metrics.errors.labels(code=code).inc()
+
+    # -- errors -------------------------------------------------------------------------------
+
+    @app.exception(APIError)
+    async def _api_error(request: Request, error: APIError):
+        return error_response(error)
+
+    @app.exception(SanicException)
+    async def _sanic_error(request: Request, error: SanicException):
+        status = getattr(error, "status_code", 500) or 500
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        codes = {
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "request_too_large",
+            408: "timeout",
+        }
+        message = str(error) if status < 500 else "internal error"
+        if status == 413:
+            message = f"the request body is larger than {config.max_request_bytes} bytes"
+        return error_response(APIError(status, message, type=kind, code=codes.get(status)))
+
+    @app.exception(Exception)
+    async def _unexpected(request: Request, error: Exception):
+        log.exception("unexpected error on %s", request.path)
+        return error_response(APIError(500, "internal error", type="server_error"))
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def check_model(name: str | None) -> str:
+        if name is None:
+            return served[0]
+        if name in served:
+            return name
+        base, sep, _adapter = name.partition(":")
+        if sep and base in served:
+            raise invalid(
+                "LoRA is not enabled on this server", param="model", code="lora_not_enabled"
+            )
+        raise model_not_found(name, served)
+
+    def prompt_name(input_type: str | None) -> str | None:
+        return input_type if input_type in card.prompts else None
+
+    async def tokenize(
+        items: Any, *, truncate: bool, direction: str, prompt: str | None
+    ) -> list[np.ndarray]:
+        work = lambda: embedder.tokenize(  # noqa: E731
+            items, truncate=truncate, truncation_direction=direction, prompt_name=prompt
+        )
+        size = (
+            len(items)
+            if isinstance(items, str)
+            else sum(len(x) if isinstance(x, str) else 1 for x in items)
+        )
+        if size <= INLINE_TOKENIZE_CHARS:
+            return work()
+        return await asyncio.get_running_loop().run_in_executor(None, work)
+
+    def check_size(items: Any) -> None:
+        count = 1 if isinstance(items, str) else len(items)
+        if count == 0:
+            raise invalid("'input' must not be empty", param="input")
+        if count > config.max_inputs:
+            raise invalid(
+                f"'input' has {count} items; the maximum is {config.max_inputs}", param="input"
+            )
+
+    def check_tokens(token_lists: list[np.ndarray]) -> int:
+        total = sum(len(t) for t in token_lists)
+        if total > config.max_request_tokens:
+            raise APIError(
+                413,
+                f"the request has {total} tokens; the maximum per request is {config.max_request_tokens}",
+                param="input",
+                code="request_too_large",
+            )
+        return total
+
+    # -- routes -------------------------------------------------------------------------------
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request):
+        if state["draining"]:
+            raise APIError(
+                503,
+                "the server is shutting down",
+                type="server_error",
+                code="shutting_down",
+                headers={"Retry-After": "5"},
+            )
+        try:
+            req = EmbeddingRequest.model_validate(_parse_json(request))
+        except ValidationError as e:
+            raise from_validation_error(e) from None
+        model = check_model(req.model)
+        if req.lora_path is not None:
+            raise invalid(
+                "LoRA is not enabled on this server", param="lora_path", code="lora_not_enabled"
+            )
+        items: Any = req.input
+        check_size(items)
+        if isinstance(items, list) and items and isinstance(items[0], MultimodalItem):
+            items = _texts_of(items, card.modalities, model)
+        try:
+            embedder.check_dimensions(req.dimensions)
+            token_lists = await tokenize(
+                items,
+                truncate=req.truncate,
+                direction=req.truncation_direction,
+                prompt=prompt_name(req.input_type),
+            )
+            total = check_tokens(token_lists)
+            vectors = await batcher.embed(token_lists, priority=req.priority)
+        except JaxEmbedError as e:
+            raise from_library_error(e) from None
+        vectors = truncate_dimensions(vectors, req.dimensions, card.normalize)
+        metrics.inputs.inc(len(token_lists))
+        metrics.tokens.inc(total)
+        if req.user:
+            log.info(
+                "request %s user=%s inputs=%d tokens=%d",
+                request.ctx.request_id,
+                req.user,
+                len(token_lists),
+                total,
+            )
+        return json_response(
+            {
+                "object": "list",
+                "data": encode_embeddings(vectors, req.encoding_format),
+                "model": model,
+                "usage": {"prompt_tokens": total, "total_tokens": total},
+            }
+        )
+
+    @app.post("/tokenize")
+    async def tokenize_route(request: Request):
+        try:
+            req = TokenizeRequest.model_validate(_parse_json(request))
+        except ValidationError as e:
+            raise from_validation_error(e) from None
+        check_model(req.model)
+        check_size(req.input)
+        try:
+            token_lists = await tokenize(
+                req.input,
+                truncate=req.truncate,
+                direction=req.truncation_direction,
+                prompt=prompt_name(req.input_type),
+            )
+        except JaxEmbedError as e:
+            raise from_library_error(e) from None
+        total = check_tokens(token_lists)
+        return json_response(
+            {
+                "tokens": [t.tolist() for t in token_lists],
+                "count": total,
+                "max_model_len": card.max_length,
+            }
+        )
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        created = int(time.time())
+        return json_response(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": name,
+                        "object": "model",
+                        "created": created,
+                        "owned_by": "jaxembed",
+                        "dimensions": card.dimensions,
+                        "max_model_len": card.max_length,
+                    }
+                    for name in served
+                ],
+            }
+        )
+
+    @app.get("/health")
+    async def health(request: Request):
+        return text("ok")
+
+    @app.get("/ready")
+    async def ready(request: Request):
+        is_ready = batcher.ready.is_set() and not state["draining"]
+        metrics.ready.set(1 if is_ready else 0)
+        return text("ready" if is_ready else "not ready", status=200 if is_ready else 503)
+
+    @app.get("/metrics")
+    async def metrics_route(request: Request):
+        metrics.queue_requests.set(batcher.queued_requests)
+        metrics.queue_tokens.set(batcher.queued_tokens)
+        metrics.active_requests.set(batcher.active_requests)
+        metrics.ready.set(1 if batcher.ready.is_set() and not state["draining"] else 0)
+        return raw(metrics.render(), content_type="text/plain; version=0.0.4")
+
+    @app.get("/openapi.json")
+    async def openapi_route(request: Request):
+        return json_response(openapi)
+
+    @app.get("/docs")
+    async def docs(request: Request):
+        return raw(docs_page(openapi).encode(), content_type="text/html; charset=utf-8")
+
+    return app

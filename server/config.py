@@ -1,0 +1,118 @@
+"""`jaxembed serve` options and the frozen `ServerConfig` built from them.
+
+Every limit the server enforces is an option here, with its default, so that
+`docs` and `--help` show the same numbers the code uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+
+API_KEY_ENV = "JAXEMBED_API_KEY"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 30000
+    model: str | None = None
+    served_model_names: tuple[str, ...] = ()
+    dtype: str | None = None
+    api_keys: tuple[str, ...] = ()
+    compile_cache: str | None = None
+    warmup: bool = True
+    token_budget: int | None = None
+    batch_sizes: tuple[int, ...] | None = None
+    seq_lengths: tuple[int, ...] | None = None
+    max_request_bytes: int = 8 * 2**20
+    max_inputs: int = 2048
+    max_request_tokens: int = 2048 * 512
+    max_queued_requests: int = 1024
+    max_queued_tokens: int = 4 * 2**20
+    aging_seconds: float = 1.0
+    drain_timeout: float = 30.0
+    log_level: str = "info"
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("values must be positive")
+    return values
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    d = ServerConfig()
+    p.add_argument("--host", default=d.host)
+    p.add_argument("--port", type=int, default=d.port)
+    p.add_argument(
+        "--model",
+        default=None,
+        help="HF or converted model directory, or a card name (default: embedded all-MiniLM-L6-v2)",
+    )
+    p.add_argument(
+        "--served-model-name",
+        action="append",
+        default=[],
+        help="name clients send as `model` (repeatable; default: the card's names)",
+    )
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
+    p.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        help=f"require `Authorization: Bearer KEY` (repeatable; also ${API_KEY_ENV}, comma-separated)",
+    )
+    p.add_argument("--api-key-file", default=None, help="file with one API key per line")
+    p.add_argument(
+        "--compile-cache",
+        default=None,
+        help="persistent XLA cache dir (default ~/.cache/jaxembed/xla)",
+    )
+    p.add_argument(
+        "--no-warmup", dest="warmup", action="store_false", help="compile buckets lazily"
+    )
+    p.add_argument(
+        "--token-budget", type=int, default=None, help="most (padded) tokens per device batch"
+    )
+    p.add_argument(
+        "--batch-sizes", type=_int_tuple, default=None, help="bucket batch sizes, e.g. 1,2,4,8"
+    )
+    p.add_argument("--seq-lengths", type=_int_tuple, default=None, help="bucket sequence lengths")
+    p.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes)
+    p.add_argument("--max-inputs", type=int, default=d.max_inputs, help="inputs per request")
+    p.add_argument("--max-request-tokens", type=int, default=d.max_request_tokens)
+    p.add_argument("--max-queued-requests", type=int, default=d.max_queued_requests)
+    p.add_argument("--max-queued-tokens", type=int, default=d.max_queued_tokens)
+    p.add_argument(
+        "--aging-seconds",
+        type=float,
+        default=d.aging_seconds,
+        help="waiting this long raises a request's priority by one step",
+    )
+    p.add_argument("--drain-timeout", type=float, default=d.drain_timeout)
+    p.add_argument("--log-level", default=d.log_level)
+
+
+def read_api_keys(cli_keys: list[str], key_file: str | None) -> tuple[str, ...]:
+    keys = [k for k in cli_keys if k]
+    keys += [k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip()]
+    if key_file:
+        keys += [line.strip() for line in Path(key_file).read_text().splitlines() if line.strip()]
+    return tuple(dict.fromkeys(keys))
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    fields = {f.name for f in dataclasses.fields(ServerConfig)}
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    values["served_model_names"] = tuple(args.served_model_name)
+    values["api_keys"] = read_api_keys(args.api_key, args.api_key_file)
+    return ServerConfig(**values)

@@ -1,0 +1,103 @@
+"""One exception type for the HTTP layer and the single mapping from library errors to it.
+
+Every error leaves the server as `{"error": {"message", "type", "param",
+"code"}}` with a 4xx/5xx status; messages never carry stack traces or paths.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import ValidationError
+
+from jaxembed.errors import (
+    EngineError,
+    InputTooLongError,
+    InvalidInputError,
+    JaxEmbedError,
+    OverloadedError,
+)
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+def invalid(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def from_validation_error(error: ValidationError) -> APIError:
+    """The first pydantic problem, phrased for a client, with the JSON path as `param`."""
+    first = error.errors()[0]
+    loc = [str(x) for x in first.get("loc", ()) if not str(x).startswith(("list[", "str", "int"))]
+    param = ".".join(loc) if loc else None
+    message = first.get("msg", "invalid request")
+    if loc and loc[0] == "input" and first.get("type") != "missing":
+        return invalid(
+            "'input' must be a string, a list of strings, a list of token ids, a list of token-id "
+            "lists, or a list of multimodal items ({text, image, video})",
+            param="input",
+        )
+    if first.get("type") == "missing":
+        message = f"'{param}' is required"
+    elif param:
+        message = f"invalid '{param}': {message}"
+    return invalid(message, param=param.split(".")[0] if param else None)
+
+
+def from_library_error(error: JaxEmbedError) -> APIError:
+    if isinstance(error, InputTooLongError):
+        return invalid(str(error), param="input", code="context_length_exceeded")
+    if isinstance(error, InvalidInputError):
+        return invalid(str(error), param=error.param)
+    if isinstance(error, OverloadedError):
+        return overloaded(str(error), error.retry_after)
+    if isinstance(error, EngineError):
+        return APIError(500, str(error), type="server_error", code="engine_error")
+    return APIError(500, "internal error", type="server_error")
+
+
+def overloaded(message: str, retry_after: float) -> APIError:
+    return APIError(
+        503,
+        message,
+        type="server_error",
+        code="overloaded",
+        headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
+    )
+
+
+def model_not_found(name: str, served: list[str]) -> APIError:
+    return APIError(
+        404,
+        f"The model '{name}' does not exist; this server serves {served}",
+        param="model",
+        code="model_not_found",
+    )

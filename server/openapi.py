@@ -1,0 +1,123 @@
+"""The server's OpenAPI 3.1 document, built from the pydantic models, and a self-contained docs page."""
+
+from __future__ import annotations
+
+import html
+
+from pydantic.json_schema import models_json_schema
+
+from server.protocol import (
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ErrorResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
+
+_MODELS = [EmbeddingRequest, EmbeddingResponse, ErrorResponse, TokenizeRequest, TokenizeResponse]
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _errors(*codes: int) -> dict:
+    return {
+        str(c): {
+            "description": "error",
+            "content": {"application/json": {"schema": _ref("ErrorResponse")}},
+        }
+        for c in codes
+    }
+
+
+def build_openapi(version: str) -> dict:
+    _, schema = models_json_schema(
+        [(m, "validation" if m.__name__.endswith("Request") else "serialization") for m in _MODELS],
+        ref_template="#/components/schemas/{model}",
+    )
+
+    def json_body(name):
+        return {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(name)}},
+        }
+
+    ok = lambda name: {"description": "OK", "content": {"application/json": {"schema": _ref(name)}}}  # noqa: E731
+    plain = {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "jaxembed",
+            "version": version,
+            "description": "OpenAI-compatible embeddings on JAX/XLA",
+        },
+        "components": {
+            "schemas": schema.get("$defs", {}),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/embeddings": {
+                "post": {
+                    "summary": "Create embeddings",
+                    "operationId": "createEmbedding",
+                    "requestBody": json_body("EmbeddingRequest"),
+                    "responses": {
+                        "200": ok("EmbeddingResponse"),
+                        **_errors(400, 401, 404, 413, 500, 503),
+                    },
+                }
+            },
+            "/tokenize": {
+                "post": {
+                    "summary": "Tokenize texts with the model's tokenizer",
+                    "operationId": "tokenize",
+                    "requestBody": json_body("TokenizeRequest"),
+                    "responses": {"200": ok("TokenizeResponse"), **_errors(400, 401, 404, 413)},
+                }
+            },
+            "/v1/models": {
+                "get": {
+                    "summary": "List served models",
+                    "operationId": "listModels",
+                    "responses": {"200": {"description": "OK"}, **_errors(401)},
+                }
+            },
+            "/health": {
+                "get": {"summary": "Process is alive", "security": [], "responses": {"200": plain}}
+            },
+            "/ready": {
+                "get": {
+                    "summary": "Warm-up finished and accepting",
+                    "security": [],
+                    "responses": {"200": plain, "503": plain},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {"200": plain, **_errors(401)},
+                }
+            },
+        },
+    }
+
+
+def docs_page(spec: dict) -> str:
+    """A docs page with no external scripts (servers here are often offline)."""
+    rows = []
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            rows.append(
+                f"<tr><td><code>{method.upper()}</code></td><td><code>{html.escape(path)}</code></td>"
+                f"<td>{html.escape(op.get('summary', ''))}</td></tr>"
+            )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>jaxembed API</title>"
+        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}td{padding:.2em 1em}</style></head>"
+        "<body><h1>jaxembed API</h1><p>OpenAI-compatible embeddings. Machine-readable spec: "
+        "<a href='/openapi.json'>/openapi.json</a>.</p><table>"
+        + "".join(rows)
+        + "</table></body></html>"
+    )

