@@ -22,7 +22,7 @@ from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, raw, text
 
 import jaxembed
-from jaxembed.engine.batcher import Batcher
+from jaxembed.engine.batcher import Batcher, FaultHook
 from jaxembed.engine.embedder import Embedder
 from jaxembed.errors import JaxEmbedError
 from jaxembed.pooling import truncate_dimensions
@@ -103,19 +103,20 @@ def encode_embeddings(vectors: np.ndarray, encoding_format: str) -> list[dict]:
 
 
 def create_app(
-    config: ServerConfig, embedder: Embedder, *, batcher: Batcher | None = None
+    config: ServerConfig, embedder: Embedder, *, fault_hook: FaultHook | None = None
 ) -> Sanic:
     app = Sanic(f"jaxembed_{next(_app_ids)}")
     app.config.REQUEST_MAX_SIZE = config.max_request_bytes
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.config.NOISY_EXCEPTIONS = False
     metrics = Metrics()
-    batcher = batcher or Batcher(
+    batcher = Batcher(
         embedder,
         max_queued_requests=config.max_queued_requests,
         max_queued_tokens=config.max_queued_tokens,
         aging_seconds=config.aging_seconds,
         on_batch=metrics.observe_batch,
+        fault_hook=fault_hook,
     )
     card = embedder.card
     served = list(dict.fromkeys(config.served_model_names or card.names))
@@ -159,7 +160,7 @@ def create_app(
     @app.on_response
     async def _after(request: Request, response: HTTPResponse):
         response.headers["X-Request-Id"] = getattr(request.ctx, "request_id", "")
-        route = request.route.path if request.route else "unmatched"
+        route = "/" + request.route.path.lstrip("/") if request.route else "unmatched"
         metrics.requests.labels(route=route, status=str(response.status)).inc()
         if hasattr(request.ctx, "start"):
             metrics.latency.labels(route=route).observe(time.perf_counter() - request.ctx.start)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from jaxembed.engine.embedder import Embedder
 from jaxembed.errors import JaxEmbedError
@@ -11,6 +12,23 @@ from server.app import create_app
 from server.config import ServerConfig, config_from_args
 
 log = logging.getLogger("jaxembed.server")
+
+# Test hook: a batch holding this token id raises inside the engine, as a device fault would.
+FAULT_TOKEN_ENV = "JAXEMBED_TEST_FAULT_TOKEN_ID"
+
+
+def fault_hook_from_env():
+    value = os.environ.get(FAULT_TOKEN_ENV)
+    if not value:
+        return None
+    poison = int(value)
+    log.warning("fault injection is enabled: batches containing token id %d will fail", poison)
+
+    def hook(token_lists) -> None:
+        if any(poison in tokens for tokens in token_lists):
+            raise RuntimeError(f"injected engine fault (token id {poison})")
+
+    return hook
 
 
 def build_embedder(config: ServerConfig) -> Embedder:
@@ -44,7 +62,7 @@ def serve(args: argparse.Namespace) -> int:
         len(embedder.grid.buckets()),
         embedder.grid.token_budget,
     )
-    app = create_app(config, embedder)
+    app = create_app(config, embedder, fault_hook=fault_hook_from_env())
     # One process: it owns the JAX devices. Sanic handles SIGINT/SIGTERM with a graceful stop.
     app.run(host=config.host, port=config.port, single_process=True, motd=False, access_log=False)
     return 0

@@ -43,3 +43,9 @@ def corpus():
     from tests.texts import varied_texts
 
     return varied_texts()
+
+
+@pytest.fixture(scope="session")
+def short_texts(corpus, embedder):
+    """Corpus texts that fit the model without truncation."""
+    return [t for t in corpus if len(embedder.tokenize(t, truncate=True)[0]) < embedder.max_length]

@@ -1,0 +1,68 @@
+"""/v1/models, /health, /ready, /metrics, /tokenize, OpenAPI and docs, request ids."""
+
+from __future__ import annotations
+
+import httpx
+
+MODEL = "all-minilm-l6-v2"
+
+
+def test_models_list_shape(server):
+    body = httpx.get(server.url + "/v1/models").json()
+    assert body["object"] == "list"
+    ids = [m["id"] for m in body["data"]]
+    assert ids[0] == MODEL and "sentence-transformers/all-MiniLM-L6-v2" in ids
+    assert all(m["object"] == "model" and m["owned_by"] == "jaxembed" for m in body["data"])
+
+
+def test_health_and_ready(server):
+    assert httpx.get(server.url + "/health").status_code == 200
+    assert httpx.get(server.url + "/ready").text == "ready"
+
+
+def test_tokenize(server, embedder):
+    r = httpx.post(
+        server.url + "/tokenize", json={"input": ["hello world", "x"], "model": MODEL}
+    ).json()
+    assert r["tokens"] == [t.tolist() for t in embedder.tokenize(["hello world", "x"])]
+    assert r["count"] == sum(len(t) for t in r["tokens"]) and r["max_model_len"] == 256
+    bad = httpx.post(server.url + "/tokenize", json={"input": "   "})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "input"
+
+
+def test_metrics_exposes_the_documented_series(server):
+    httpx.post(server.url + "/v1/embeddings", json={"input": "count me", "model": MODEL})
+    text = httpx.get(server.url + "/metrics").text
+    for name in (
+        "jaxembed_requests_total",
+        "jaxembed_errors_total",
+        "jaxembed_request_latency_seconds_bucket",
+        "jaxembed_prompt_tokens_total",
+        "jaxembed_batches_total",
+        "jaxembed_batch_fill_ratio_bucket",
+        "jaxembed_batch_requests_bucket",
+        "jaxembed_queue_requests",
+        "jaxembed_queue_tokens",
+        "jaxembed_ready 1.0",
+    ):
+        assert name in text, name
+    assert 'route="/v1/embeddings",status="200"' in text
+
+
+def test_openapi_document_is_valid(server):
+    from openapi_spec_validator import validate
+
+    spec = httpx.get(server.url + "/openapi.json").json()
+    validate(spec)
+    assert {"/v1/embeddings", "/tokenize", "/v1/models", "/health", "/ready", "/metrics"} <= set(
+        spec["paths"]
+    )
+    assert "EmbeddingRequest" in spec["components"]["schemas"]
+    docs = httpx.get(server.url + "/docs")
+    assert docs.status_code == 200 and "/v1/embeddings" in docs.text and "<script" not in docs.text
+
+
+def test_request_id_is_echoed_or_made(server):
+    r = httpx.get(server.url + "/v1/models", headers={"X-Request-Id": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    assert len(httpx.get(server.url + "/v1/models").headers["x-request-id"]) == 32

@@ -1,0 +1,161 @@
+"""The async Batcher with the real MiniLM engine: merging, order, priority, cancellation, overload, faults."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from jaxembed.engine.batcher import Batcher
+from jaxembed.errors import EngineError, OverloadedError
+
+POISON = 29999  # a token id the fault hook treats as a device failure
+
+
+def _poison_hook(token_lists):
+    if any(POISON in t for t in token_lists):
+        raise RuntimeError("injected device failure")
+
+
+@pytest.fixture
+def make_batcher(embedder):
+    started = []
+
+    def make(**kwargs):
+        batcher = Batcher(embedder, **kwargs)
+        batcher.start(warmup=False)
+        started.append(batcher)
+        return batcher
+
+    yield make
+    for b in started:
+        b.close(timeout=10)
+
+
+def test_concurrent_requests_merge_and_match_single_results(embedder, corpus, make_batcher):
+    stats = []
+    batcher = make_batcher(on_batch=stats.append)
+    texts = corpus[:48]
+    token_lists = embedder.tokenize(texts, truncate=True)
+    expected = embedder.embed_token_lists(token_lists)
+
+    async def main():
+        return await asyncio.gather(*(batcher.embed([t]) for t in token_lists))
+
+    results = asyncio.run(main())
+    got = np.concatenate(results)
+    assert np.abs(got - expected).max() <= 1e-6
+    assert max(s.requests for s in stats) > 1  # some batches held several requests
+    assert all(0 < s.fill_ratio <= 1 for s in stats)
+
+
+def test_large_request_is_split_and_reassembled_in_order(embedder, corpus, make_batcher):
+    batcher = make_batcher()
+    token_lists = embedder.tokenize(corpus, truncate=True)
+    got = asyncio.run(batcher.embed(token_lists))
+    assert np.abs(got - embedder.embed_token_lists(token_lists)).max() <= 1e-6
+
+
+def test_lower_priority_value_runs_first(embedder, make_batcher):
+    import threading
+
+    gate = threading.Event()
+    GATE = 29998
+
+    def hold_until_queued(token_lists):  # keeps the dispatcher busy while the others queue up
+        if any(GATE in t for t in token_lists):
+            gate.wait(timeout=30)
+
+    order = []
+    batcher = make_batcher(step_batches=1, aging_seconds=1e6, fault_hook=hold_until_queued)
+    blocker = [np.array([101, GATE, 102], np.int32)]
+    tokens = embedder.tokenize(["x " * 200], truncate=True)  # one row per step
+
+    async def main():
+        async def tagged(tag, prio):
+            await batcher.embed(tokens, priority=prio)
+            order.append(tag)
+
+        async def until(condition):
+            for _ in range(1000):
+                if condition():
+                    return
+                await asyncio.sleep(0.01)
+            raise AssertionError("timed out")
+
+        first = asyncio.create_task(batcher.embed(blocker))
+        await until(lambda: batcher.active_requests == 1 and batcher.queued_requests == 0)
+        tasks = [asyncio.create_task(tagged(f"low{i}", 10)) for i in range(3)]
+        tasks.append(asyncio.create_task(tagged("high", -5)))
+        await until(lambda: batcher.queued_requests == 4)
+        gate.set()
+        await asyncio.gather(first, *tasks)
+
+    asyncio.run(main())
+    assert order[0] == "high", order
+
+
+def test_aging_prevents_starvation(embedder, make_batcher):
+    batcher = make_batcher(aging_seconds=1e-6)  # any wait outweighs any priority gap
+    tokens = embedder.tokenize(["aging"])
+    assert asyncio.run(batcher.embed(tokens, priority=2**31 - 1)).shape == (1, 384)
+
+
+def test_overload_is_refused_fast_and_accepted_work_completes(embedder, make_batcher):
+    batcher = make_batcher(max_queued_requests=2)
+    tokens = embedder.tokenize(["burst " * 100], truncate=True)
+
+    async def main():
+        tasks = [asyncio.create_task(batcher.embed(tokens * 8)) for _ in range(30)]
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(main())
+    refused = [r for r in results if isinstance(r, OverloadedError)]
+    done = [r for r in results if isinstance(r, np.ndarray)]
+    assert refused and done and len(refused) + len(done) == 30
+    assert all(r.retry_after > 0 for r in refused)
+
+
+def test_cancelled_request_frees_its_queue_slot(embedder, make_batcher):
+    batcher = make_batcher()
+    tokens = embedder.tokenize(["cancel me " * 20] * 300, truncate=True)
+
+    async def main():
+        task = asyncio.create_task(batcher.embed(tokens))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert batcher.queued_requests == 0 and batcher.active_requests == 0
+        return await batcher.embed(embedder.tokenize(["still serving"]))
+
+    assert asyncio.run(main()).shape == (1, 384)
+
+
+def test_engine_failure_fails_only_the_poisoned_request(embedder, make_batcher):
+    batcher = make_batcher(fault_hook=_poison_hook)
+    good = embedder.tokenize(["good one", "another good one", "third"])
+    bad = [np.array([101, POISON, 102], np.int32)]
+
+    async def main():
+        return await asyncio.gather(
+            *(batcher.embed([g]) for g in good), batcher.embed(bad), return_exceptions=True
+        )
+
+    *oks, failed = asyncio.run(main())
+    assert isinstance(failed, EngineError)
+    expected = embedder.embed_token_lists(good)
+    assert np.abs(np.concatenate(oks) - expected).max() <= 1e-6
+    assert asyncio.run(batcher.embed(good)).shape == (3, 384)  # and it keeps serving
+
+
+def test_close_drains_and_then_refuses(embedder):
+    batcher = Batcher(embedder)
+    batcher.start(warmup=False)
+    tokens = embedder.tokenize(["drain"])
+    assert asyncio.run(batcher.embed(tokens)).shape == (1, 384)
+    assert batcher.close(timeout=5)
+
+    with pytest.raises(OverloadedError, match="shutting down"):
+        asyncio.run(batcher.embed(tokens))
