@@ -115,6 +115,7 @@ def create_app(
         max_queued_requests=config.max_queued_requests,
         max_queued_tokens=config.max_queued_tokens,
         aging_seconds=config.aging_seconds,
+        step_batches=config.step_batches,
         on_batch=metrics.observe_batch,
         fault_hook=fault_hook,
     )

