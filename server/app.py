@@ -70,6 +70,19 @@ def _parse_json(request: Request) -> dict:
     return body
 
 
+def _notice_disconnects(request: Request) -> None:
+    """Let a client's disconnect cancel the handler while it waits for the device.
+
+    Sanic pauses reading the socket once a large body fills its receive
+    buffer and leaves it paused while the handler runs, so the client's FIN
+    would go unseen until we answer. With reading resumed, connection loss
+    cancels the handler, and the Batcher drops the request's queued rows.
+    """
+    transport = request.transport
+    if transport is not None and not transport.is_closing():
+        transport.resume_reading()
+
+
 def _texts_of(
     items: list[MultimodalItem], card_modalities: tuple[str, ...], model: str
 ) -> list[str]:
@@ -262,6 +275,7 @@ def create_app(
                 code="shutting_down",
                 headers={"Retry-After": "5"},
             )
+        _notice_disconnects(request)
         try:
             req = EmbeddingRequest.model_validate(_parse_json(request))
         except ValidationError as e:
