@@ -163,3 +163,9 @@ def test_64_concurrent_clients_get_their_own_results(server, client, embedder, c
     )
     total = float(re.search(r"jaxembed_batch_requests_count (\S+)", metrics).group(1))
     assert one_request < total, "no batch ever held more than one request"
+
+
+def test_all_padding_token_ids_give_finite_unit_vectors(client):
+    v = _vectors(client.embeddings.create(model=MODEL, input=[[0, 0, 0], [102]]))
+    assert np.isfinite(v).all()
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
