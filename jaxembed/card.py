@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxembed.errors import ModelLoadError
+from jaxembed.models.decoder import DECODER_FAMILIES
 
 POOLING_MODES = ("cls", "mean", "max", "last_token", "mean_sqrt_len")
 DTYPES = ("float32", "bfloat16")
@@ -52,6 +53,9 @@ class ModelCard:
       dtype: default compute/storage dtype for this model.
       append_eos: add the EOS token to every input (last-token pooled decoders).
       modalities: what inputs the model embeds ("text", "image", "video").
+      causal: decoder attention is causal (False: bidirectional, as gte-Qwen2 uses it).
+      instruction_template: how a per-request instruction becomes a query prefix,
+        e.g. "Instruct: {instruction}\nQuery: ".
     """
 
     name: str
@@ -68,6 +72,8 @@ class ModelCard:
     dtype: str = "float32"
     append_eos: bool = False
     modalities: tuple[str, ...] = ("text",)
+    causal: bool = True
+    instruction_template: str = ""
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLING_MODES:
@@ -78,6 +84,10 @@ class ModelCard:
             raise ModelLoadError(f"card {self.name!r}: dtype {self.dtype!r} is not one of {DTYPES}")
         if self.max_length < 2 or self.dimensions < 1:
             raise ModelLoadError(f"card {self.name!r}: max_length and dimensions must be positive")
+        if self.instruction_template and "{instruction}" not in self.instruction_template:
+            raise ModelLoadError(
+                f"card {self.name!r}: instruction_template lacks '{{instruction}}'"
+            )
         bad = [d for d in self.matryoshka_dims if not 1 <= d <= self.dimensions]
         if bad:
             raise ModelLoadError(
@@ -157,7 +167,10 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
     modules = _read_json(model_dir / "modules.json") or []
     module_types = [str(m.get("type", "")) for m in modules if isinstance(m, dict)]
 
-    pooling = "mean"
+    family = str(hf_config.get("model_type", ""))
+    is_decoder = family in DECODER_FAMILIES
+    # A bare decoder checkpoint has no pooling config; only its last token has seen every token.
+    pooling = "last_token" if is_decoder else "mean"
     pooling_dir = next(
         (m.get("path") for m in modules if str(m.get("type", "")).endswith("Pooling")), "1_Pooling"
     )
@@ -171,7 +184,6 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
                 break
 
     st_config = _read_json(model_dir / "sentence_bert_config.json") or {}
-    family = str(hf_config.get("model_type", ""))
     max_positions = int(hf_config.get("max_position_embeddings", 512))
     if family in ("roberta", "xlm-roberta", "camembert"):
         # Their position table reserves padding_idx + 1 slots before the first real position.
@@ -179,7 +191,7 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
     max_length = int(st_config.get("max_seq_length") or max_positions)
 
     st_meta = _read_json(model_dir / "config_sentence_transformers.json") or {}
-    prompts = {k: v for k, v in (st_meta.get("prompts") or {}).items() if v}
+    prompts = {k: v for k, v in (st_meta.get("prompts") or {}).items() if isinstance(v, str)}
 
     hidden = int(hf_config.get("hidden_size", 0) or pooling_cfg.get("word_embedding_dimension", 0))
     return ModelCard(
@@ -192,4 +204,5 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
         prompts=prompts,
         source=str(hf_config.get("_name_or_path", "")),
         append_eos=pooling == "last_token",
+        dtype="bfloat16" if is_decoder else "float32",
     )

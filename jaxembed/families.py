@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxembed.errors import UnsupportedArchitectureError
+from jaxembed.models.decoder import DECODER_FAMILIES, Decoder, DecoderConfig
 from jaxembed.models.encoder import ENCODER_FAMILIES, Encoder, EncoderConfig
 from jaxembed.weights import maps
 
@@ -43,7 +44,17 @@ _ENCODER = Family(
     wrapper_prefixes=maps.ENCODER_WRAPPER_PREFIXES,
 )
 
-FAMILIES: dict[str, Family] = dict.fromkeys(ENCODER_FAMILIES, _ENCODER)
+_DECODER = Family(
+    config_from_hf=DecoderConfig.from_hf,
+    module=Decoder,
+    rules=maps.decoder_rules,
+    ignored_prefixes=maps.DECODER_IGNORED_PREFIXES,
+    wrapper_prefixes=maps.DECODER_WRAPPER_PREFIXES,
+)
+
+FAMILIES: dict[str, Family] = dict.fromkeys(ENCODER_FAMILIES, _ENCODER) | dict.fromkeys(
+    DECODER_FAMILIES, _DECODER
+)
 
 
 def get_family(model_type: str) -> Family:

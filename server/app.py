@@ -225,15 +225,18 @@ def create_app(
             )
         raise model_not_found(name, served)
 
-    def prompt_name(input_type: str | None) -> str | None:
-        return input_type if input_type in card.prompts else None
-
     async def tokenize(
-        items: Any, *, truncate: bool, direction: str, prompt: str | None
+        items: Any, *, truncate: bool, direction: str, prompt: str | None, instruction: str | None
     ) -> list[np.ndarray]:
-        work = lambda: embedder.tokenize(  # noqa: E731
-            items, truncate=truncate, truncation_direction=direction, prompt_name=prompt
-        )
+        def work() -> list[np.ndarray]:
+            return embedder.tokenize(
+                items,
+                truncate=truncate,
+                truncation_direction=direction,
+                prompt_name=prompt,
+                instruction=instruction,
+            )
+
         size = (
             len(items)
             if isinstance(items, str)
@@ -295,7 +298,8 @@ def create_app(
                 items,
                 truncate=req.truncate,
                 direction=req.truncation_direction,
-                prompt=prompt_name(req.input_type),
+                prompt=req.input_type,
+                instruction=req.instruction,
             )
             total = check_tokens(token_lists)
             vectors = await batcher.embed(token_lists, priority=req.priority)
@@ -334,7 +338,8 @@ def create_app(
                 req.input,
                 truncate=req.truncate,
                 direction=req.truncation_direction,
-                prompt=prompt_name(req.input_type),
+                prompt=req.input_type,
+                instruction=req.instruction,
             )
         except JaxEmbedError as e:
             raise from_library_error(e) from None

@@ -57,6 +57,9 @@ class EmbeddingRequest(BaseModel):
     input_type: Literal["query", "document"] | None = Field(
         None, description="applies the card's prompt of that name (e.g. a query instruction)"
     )
+    instruction: StrictStr | None = Field(
+        None, description="a task instruction put into the card's instruction template (queries)"
+    )
 
 
 class EmbeddingObject(BaseModel):
@@ -85,6 +88,7 @@ class TokenizeRequest(BaseModel):
     truncate: StrictBool = False
     truncation_direction: Literal["left", "right"] = "right"
     input_type: Literal["query", "document"] | None = None
+    instruction: StrictStr | None = None
 
 
 class TokenizeResponse(BaseModel):

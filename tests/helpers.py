@@ -166,3 +166,87 @@ class ServerProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+DECODER_EOS = 30001  # an ordinary id, so appending it is visible
+QUERY_PROMPT = "Instruct: Given a question, find the passage that answers it\nQuery: "
+
+
+def tiny_decoder_config(family: str):
+    import transformers
+
+    common = dict(
+        vocab_size=30522,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-6,
+        eos_token_id=DECODER_EOS,
+        tie_word_embeddings=False,
+    )
+    if family == "mistral":  # GQA 4:2 and a sliding window shorter than the test inputs
+        return transformers.MistralConfig(
+            num_hidden_layers=3, num_key_value_heads=2, head_dim=16, sliding_window=8, **common
+        )
+    if family == "qwen2":  # q/k/v biases, large RoPE theta
+        return transformers.Qwen2Config(
+            num_hidden_layers=2,
+            num_key_value_heads=2,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+            **common,
+        )
+    if family == "qwen3":  # q/k norms, one KV head, explicit head_dim != hidden / heads
+        return transformers.Qwen3Config(
+            num_hidden_layers=2, num_key_value_heads=1, head_dim=32, **common
+        )
+    raise ValueError(family)
+
+
+def save_tiny_decoder(
+    family: str, out_dir: Path, *, seed: int = 0, max_shard_size: str | None = None
+):
+    """A random tiny decoder + MiniLM's tokenizer + sentence-transformers files (last-token, normalised)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    model = transformers.AutoModel.from_config(tiny_decoder_config(family)).eval()
+    # Random init leaves the norms at 1; perturb them so the parity test sees them.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(
+        out_dir,
+        safe_serialization=True,
+        **({"max_shard_size": max_shard_size} if max_shard_size else {}),
+    )
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy2(MINILM_DIR / name, out_dir / name)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+        {
+            "idx": 2,
+            "name": "2",
+            "path": "2_Normalize",
+            "type": "sentence_transformers.models.Normalize",
+        },
+    ]
+    (out_dir / "modules.json").write_text(json.dumps(modules))
+    (out_dir / "1_Pooling").mkdir(exist_ok=True)
+    (out_dir / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": 64, "pooling_mode_lasttoken": True})
+    )
+    (out_dir / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64}))
+    (out_dir / "config_sentence_transformers.json").write_text(
+        json.dumps({"prompts": {"query": QUERY_PROMPT, "document": ""}})
+    )
+    return model

@@ -30,6 +30,8 @@ from jaxembed.pooling import truncate_dimensions
 from jaxembed.weights.loader import LoadedModel, load_model
 
 Inputs = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]
+# Input types every model accepts; a card without a prompt for one means "no prefix".
+STANDARD_INPUT_TYPES = ("query", "document")
 
 
 def default_token_budget() -> int:
@@ -65,7 +67,8 @@ class Embedder:
     ):
         self.model = model
         self.card: ModelCard = model.card
-        self.tokenizer = TextTokenizer(model.model_dir, model.card.max_length)
+        eos_id = getattr(model.config, "eos_token_id", None) if model.card.append_eos else None
+        self.tokenizer = TextTokenizer(model.model_dir, model.card.max_length, eos_id=eos_id)
         self.grid = BucketGrid.for_max_length(
             model.card.max_length,
             token_budget or default_token_budget(),
@@ -127,9 +130,22 @@ class Embedder:
                 param="dimensions",
             )
 
-    def apply_prompt(self, texts: Sequence[str], prompt_name: str | None) -> list[str]:
-        if prompt_name is None:
-            return list(texts)
+    def apply_prompt(
+        self, texts: Sequence[str], prompt_name: str | None, instruction: str | None = None
+    ) -> list[str]:
+        """Prefix texts with the card's named prompt, or with `instruction` in the card's template."""
+        if instruction is not None:
+            if not self.card.instruction_template:
+                raise InvalidInputError(
+                    f"{self.card.name} takes no instructions (its card has no instruction template)",
+                    param="instruction",
+                )
+            prefix = self.card.instruction_template.format(instruction=instruction)
+            return [prefix + t for t in texts]
+        if prompt_name is None or (
+            prompt_name in STANDARD_INPUT_TYPES and prompt_name not in self.card.prompts
+        ):
+            return list(texts)  # e.g. documents of a model that only prefixes queries
         if prompt_name not in self.card.prompts:
             known = sorted(self.card.prompts) or "none"
             raise InvalidInputError(
@@ -146,12 +162,16 @@ class Embedder:
         truncate: bool = False,
         truncation_direction: str = "right",
         prompt_name: str | None = None,
+        instruction: str | None = None,
     ) -> list[np.ndarray]:
-        """Token ids per input (texts through the tokenizer, token ids validated as they are)."""
+        """Token ids per input (texts through the tokenizer, token ids validated as they are).
+
+        Prompts and instructions apply to texts only: token ids are used exactly as given.
+        """
         kind, items = classify_inputs(inputs)
         if kind == "text":
             return self.tokenizer.encode(
-                self.apply_prompt(items, prompt_name),
+                self.apply_prompt(items, prompt_name, instruction),
                 truncate=truncate,
                 direction=truncation_direction,
             )
@@ -178,14 +198,20 @@ class Embedder:
         truncation_direction: str = "right",
         dimensions: int | None = None,
         prompt_name: str | None = None,
+        instruction: str | None = None,
     ) -> np.ndarray:
-        """Embed texts or token ids → [N, dimensions] float32, rows in input order."""
+        """Embed texts or token ids → [N, dimensions] float32, rows in input order.
+
+        `prompt_name` picks a prompt of the card (e.g. "query"); `instruction`
+        instead fills the card's instruction template (decoder embedders).
+        """
         self.check_dimensions(dimensions)
         token_lists = self.tokenize(
             inputs,
             truncate=truncate,
             truncation_direction=truncation_direction,
             prompt_name=prompt_name,
+            instruction=instruction,
         )
         return truncate_dimensions(
             self.embed_token_lists(token_lists), dimensions, self.card.normalize

@@ -20,13 +20,21 @@ TRUNCATION_DIRECTIONS = ("right", "left")
 
 
 class TextTokenizer:
-    def __init__(self, model_dir: str | Path, max_length: int):
+    """`eos_id`: append this token to every text whose encoding does not already end with it
+    (last-token pooled decoders are trained with it); truncation keeps a slot for it."""
+
+    def __init__(self, model_dir: str | Path, max_length: int, eos_id: int | None = None):
         path = Path(model_dir) / "tokenizer.json"
         self._tokenizer = self._load(path)
         self._path = path
         self._truncating: dict[str, Tokenizer] = {}
         self.max_length = max_length
         self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
+        self.eos_id = eos_id
+        # Reserve room for an EOS we add ourselves (not for one the post-processor adds).
+        self._eos_slot = int(
+            eos_id is not None and self._tokenizer.encode("a").ids[-1:] != [eos_id]
+        )
 
     @staticmethod
     def _load(path: Path) -> Tokenizer:
@@ -38,7 +46,7 @@ class TextTokenizer:
     def _truncating_tokenizer(self, direction: str) -> Tokenizer:
         if direction not in self._truncating:
             tokenizer = self._load(self._path)
-            tokenizer.enable_truncation(self.max_length, direction=direction)
+            tokenizer.enable_truncation(self.max_length - self._eos_slot, direction=direction)
             self._truncating[direction] = tokenizer
         return self._truncating[direction]
 
@@ -58,7 +66,7 @@ class TextTokenizer:
                 raise InvalidInputError(f"input[{i}] is empty or only whitespace", index=i)
         # encode_batch runs in Rust threads without the GIL.
         encodings = self._tokenizer.encode_batch(list(texts))
-        ids = [np.asarray(e.ids, dtype=np.int32) for e in encodings]
+        ids = [self._with_eos(e.ids) for e in encodings]
         too_long = [i for i, x in enumerate(ids) if len(x) > self.max_length]
         if too_long and not truncate:
             i = too_long[0]
@@ -68,8 +76,13 @@ class TextTokenizer:
                 [texts[i] for i in too_long]
             )
             for i, enc in zip(too_long, redone, strict=True):
-                ids[i] = np.asarray(enc.ids, dtype=np.int32)
+                ids[i] = self._with_eos(enc.ids)
         return ids
+
+    def _with_eos(self, ids: list[int]) -> np.ndarray:
+        if self.eos_id is not None and ids[-1:] != [self.eos_id]:
+            ids = [*ids, self.eos_id]
+        return np.asarray(ids, dtype=np.int32)
 
     def check_ids(
         self,

@@ -90,6 +90,10 @@ def load_model(
     hf_config = read_hf_config(model_dir)
     family = get_family(str(hf_config.get("model_type")))
     config = family.config_from_hf(hf_config)
+    if (
+        getattr(config, "causal", card.causal) != card.causal
+    ):  # the card decides (gte-Qwen2: bidirectional)
+        config = dataclasses.replace(config, causal=card.causal)
     jdtype = jnp.dtype(dtype or card.dtype)
     if not (model_dir / "tokenizer.json").is_file():
         raise ModelLoadError(f"{model_dir} has no tokenizer.json (a fast tokenizer is required)")

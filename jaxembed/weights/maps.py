@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+from jaxembed.models.decoder import DecoderConfig
 from jaxembed.models.encoder import EncoderConfig
 
 
@@ -88,3 +89,55 @@ ENCODER_IGNORED_PREFIXES = (
 )
 # Wrappers such as BertForMaskedLM store the encoder under one of these.
 ENCODER_WRAPPER_PREFIXES = ("bert.", "roberta.", "xlm-roberta.", "model.")
+
+
+def decoder_rules(config: DecoderConfig) -> list[ParamRule]:
+    """The Mistral / Qwen2 / Qwen3 table (keys without the `model.` prefix)."""
+    layer = "layers.{layer}"
+    rules = [
+        ParamRule(("embed", "embedding"), "embed_tokens.weight"),
+        ParamRule(("final_norm", "scale"), "norm.weight"),
+        ParamRule(("layers", "input_norm", "scale"), f"{layer}.input_layernorm.weight"),
+        ParamRule(
+            ("layers", "post_attention_norm", "scale"), f"{layer}.post_attention_layernorm.weight"
+        ),
+    ]
+    for name in ("q", "k", "v"):
+        key = f"{layer}.self_attn.{name}_proj"
+        rules.append(
+            ParamRule(("layers", "attention", name, "kernel"), f"{key}.weight", Layout.IN_KERNEL)
+        )
+        if config.qkv_bias:
+            rules.append(
+                ParamRule(("layers", "attention", name, "bias"), f"{key}.bias", Layout.FLAT)
+            )
+    rules.append(
+        ParamRule(
+            ("layers", "attention", "o", "kernel"),
+            f"{layer}.self_attn.o_proj.weight",
+            Layout.OUT_KERNEL,
+        )
+    )
+    if config.output_bias:
+        rules.append(
+            ParamRule(("layers", "attention", "o", "bias"), f"{layer}.self_attn.o_proj.bias")
+        )
+    if config.qk_norm:
+        for name in ("q", "k"):
+            rules.append(
+                ParamRule(
+                    ("layers", "attention", f"{name}_norm", "scale"),
+                    f"{layer}.self_attn.{name}_norm.weight",
+                )
+            )
+    for name in ("gate", "up", "down"):
+        rules.append(
+            ParamRule(
+                ("layers", name, "kernel"), f"{layer}.mlp.{name}_proj.weight", Layout.IN_KERNEL
+            )
+        )
+    return rules
+
+
+DECODER_IGNORED_PREFIXES = ("lm_head.", "score.", "rotary_emb.")
+DECODER_WRAPPER_PREFIXES = ("model.",)

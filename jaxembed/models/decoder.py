@@ -1,0 +1,249 @@
+"""Flax decoder-only transformers used as embedders: Mistral, Qwen2, Qwen3.
+
+RoPE (theta and linear scaling from the config), grouped-query attention,
+RMSNorm (plus Qwen3's per-head q/k norm), SwiGLU MLP, causal or bidirectional
+masking and per-layer sliding windows. Positions count real tokens only, so a
+row's result is the same whether it is padded on the left or the right.
+
+Layers are stacked with `nn.scan`; the per-layer sliding window is a scanned
+input, so layers with different windows still share one compiled body.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxembed.errors import UnsupportedArchitectureError
+from jaxembed.models.encoder import ACTIVATIONS
+
+DECODER_FAMILIES = frozenset({"mistral", "qwen2", "qwen3"})
+NO_WINDOW = 2**30  # "window" of a full-attention layer
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    family: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_linear_factor: float  # positions are divided by this ("linear" RoPE scaling)
+    qkv_bias: bool
+    output_bias: bool
+    qk_norm: bool
+    sliding_windows: tuple[int, ...]  # per layer; NO_WINDOW for full attention
+    activation: str
+    pad_token_id: int
+    eos_token_id: int | None
+    causal: bool = True
+
+    def __post_init__(self) -> None:
+        if self.num_heads % self.num_kv_heads:
+            raise UnsupportedArchitectureError(
+                f"num_attention_heads {self.num_heads} is not a multiple of num_key_value_heads {self.num_kv_heads}"
+            )
+        if len(self.sliding_windows) != self.num_layers:
+            raise UnsupportedArchitectureError("one sliding window entry per layer is required")
+        if self.activation not in ACTIVATIONS:
+            raise UnsupportedArchitectureError(f"activation {self.activation!r} is not supported")
+
+    @classmethod
+    def from_hf(cls, hf: Mapping[str, Any]) -> DecoderConfig:
+        family = hf.get("model_type")
+        if family not in DECODER_FAMILIES:
+            raise UnsupportedArchitectureError(f"model_type {family!r} is not a decoder family")
+        try:
+            layers = int(hf["num_hidden_layers"])
+            heads = int(hf["num_attention_heads"])
+            hidden = int(hf["hidden_size"])
+            rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+            rope_type = rope.get("rope_type", rope.get("type", "default"))
+            if rope_type not in ("default", "linear"):
+                raise UnsupportedArchitectureError(
+                    f"RoPE scaling {rope_type!r} is not supported (only default and linear)"
+                )
+            theta = float(rope.get("rope_theta") or hf.get("rope_theta") or 10000.0)
+            window = hf.get("sliding_window")
+            if family == "mistral":
+                windows = [window] * layers
+            else:  # Qwen: per-layer types, or the older use_sliding_window/max_window_layers pair
+                types = hf.get("layer_types") or [
+                    "sliding_attention"
+                    if hf.get("use_sliding_window")
+                    and i >= int(hf.get("max_window_layers", layers))
+                    else "full_attention"
+                    for i in range(layers)
+                ]
+                windows = [window if t == "sliding_attention" else None for t in types]
+            eos = hf.get("eos_token_id")
+            eos = eos[0] if isinstance(eos, list) else eos
+            return cls(
+                family=family,
+                vocab_size=int(hf["vocab_size"]),
+                hidden_size=hidden,
+                intermediate_size=int(hf["intermediate_size"]),
+                num_layers=layers,
+                num_heads=heads,
+                num_kv_heads=int(hf.get("num_key_value_heads") or heads),
+                head_dim=int(hf.get("head_dim") or hidden // heads),
+                rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+                rope_theta=theta,
+                rope_linear_factor=float(rope.get("factor", 1.0)) if rope_type == "linear" else 1.0,
+                qkv_bias=family == "qwen2" or bool(hf.get("attention_bias")),
+                output_bias=family != "qwen2" and bool(hf.get("attention_bias")),
+                qk_norm=family == "qwen3",
+                sliding_windows=tuple(int(w) if w else NO_WINDOW for w in windows),
+                activation=str(hf.get("hidden_act", "silu")),
+                pad_token_id=int(hf.get("pad_token_id") or 0),
+                eos_token_id=None if eos is None else int(eos),
+            )
+        except KeyError as e:
+            raise UnsupportedArchitectureError(f"config.json lacks {e.args[0]!r}") from None
+
+
+class RMSNorm(nn.Module):
+    """HF's RMSNorm: normalise in float32, cast back, then scale."""
+
+    eps: float
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return scale.astype(self.dtype) * normed.astype(self.dtype)
+
+
+def rope_cos_sin(positions_bl: jax.Array, head_dim: int, theta: float, linear_factor: float):
+    """cos/sin tables [B, L, head_dim] in float32 (HF's half-split layout)."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs = (positions_bl.astype(jnp.float32) / linear_factor)[..., None] * inv_freq  # [B, L, Dh/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x_blhd: jax.Array, cos_bld: jax.Array, sin_bld: jax.Array) -> jax.Array:
+    half = x_blhd.shape[-1] // 2
+    rotated = jnp.concatenate([-x_blhd[..., half:], x_blhd[..., :half]], axis=-1)
+    cos, sin = (
+        cos_bld[:, :, None, :].astype(x_blhd.dtype),
+        sin_bld[:, :, None, :].astype(x_blhd.dtype),
+    )
+    return x_blhd * cos + rotated * sin
+
+
+class _Attention(nn.Module):
+    config: DecoderConfig
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x_bld, allowed_b1ll, window, cos_bld, sin_bld):
+        cfg, dt, pdt = self.config, self.dtype, self.param_dtype
+        dense = lambda heads, name, bias: nn.DenseGeneral(  # noqa: E731
+            (heads, cfg.head_dim), use_bias=bias, dtype=dt, param_dtype=pdt, name=name
+        )
+        q = dense(cfg.num_heads, "q", cfg.qkv_bias)(x_bld)  # [B, L, H, Dh]
+        k = dense(cfg.num_kv_heads, "k", cfg.qkv_bias)(x_bld)  # [B, L, KV, Dh]
+        v = dense(cfg.num_kv_heads, "v", cfg.qkv_bias)(x_bld)
+        if cfg.qk_norm:
+            q = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="q_norm")(q)
+            k = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="k_norm")(k)
+        q, k = apply_rope(q, cos_bld, sin_bld), apply_rope(k, cos_bld, sin_bld)
+
+        b, length = x_bld.shape[:2]
+        groups = cfg.num_heads // cfg.num_kv_heads
+        q = q.reshape(b, length, cfg.num_kv_heads, groups, cfg.head_dim)
+        scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k).astype(jnp.float32) / jnp.sqrt(cfg.head_dim)
+        # This layer's sliding window on top of the causal/padding mask shared by all layers.
+        idx = jnp.arange(length)
+        distance = idx[:, None] - idx[None, :]  # q - s
+        in_window = (jnp.abs(distance) if not cfg.causal else distance) < window
+        allowed = allowed_b1ll & in_window  # [B, 1, L, L]
+        scores = jnp.where(allowed[:, :, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+        ctx = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(
+            b, length, cfg.num_heads, cfg.head_dim
+        )
+        return nn.DenseGeneral(
+            cfg.hidden_size,
+            axis=(-2, -1),
+            use_bias=cfg.output_bias,
+            dtype=dt,
+            param_dtype=pdt,
+            name="o",
+        )(ctx)
+
+
+class _DecoderLayer(nn.Module):
+    config: DecoderConfig
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x_bld, window, allowed_b1ll, cos_bld, sin_bld):
+        cfg, dt, pdt = self.config, self.dtype, self.param_dtype
+        norm = lambda name: RMSNorm(cfg.rms_norm_eps, dt, pdt, name=name)  # noqa: E731
+        dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=dt, param_dtype=pdt, name=name)  # noqa: E731
+        h = norm("input_norm")(x_bld)
+        x_bld = x_bld + _Attention(cfg, dt, pdt, name="attention")(
+            h, allowed_b1ll, window, cos_bld, sin_bld
+        )
+        h = norm("post_attention_norm")(x_bld)
+        h = ACTIVATIONS[cfg.activation](dense(cfg.intermediate_size, "gate")(h)) * dense(
+            cfg.intermediate_size, "up"
+        )(h)
+        return x_bld + dense(cfg.hidden_size, "down")(h), None
+
+
+class Decoder(nn.Module):
+    """token ids [B, L] + attention mask [B, L] → final-normed hidden states [B, L, D]."""
+
+    config: DecoderConfig
+    dtype: jnp.dtype = jnp.bfloat16
+    param_dtype: jnp.dtype = jnp.bfloat16
+
+    @nn.compact
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        cfg = self.config
+        mask = attention_mask.astype(bool)
+        # Positions count real tokens: left and right padding give the same numbers.
+        positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+        cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_linear_factor)
+        length = input_ids.shape[1]
+        allowed = jnp.broadcast_to(mask[:, None, None, :], (mask.shape[0], 1, length, length))
+        if cfg.causal:
+            allowed = allowed & jnp.tril(jnp.ones((length, length), bool))[None, None]
+
+        x = nn.Embed(
+            cfg.vocab_size,
+            cfg.hidden_size,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="embed",
+        )(input_ids)
+        layers = nn.scan(
+            _DecoderLayer,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+            length=cfg.num_layers,
+        )
+        windows = jnp.asarray(cfg.sliding_windows, dtype=jnp.int32)
+        x, _ = layers(cfg, self.dtype, self.param_dtype, name="layers")(
+            x, windows, allowed, cos, sin
+        )
+        return RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="final_norm")(x)
