@@ -116,6 +116,8 @@ def assemble_params(
                 out[...] = value
             else:
                 out[layer] = value
+            del value
+            checkpoint.release(key)
         _set_path(params, rule.flax_path, out)
         if progress:
             progress(step + 1, len(rules), "/".join(rule.flax_path))

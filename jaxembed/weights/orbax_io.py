@@ -11,16 +11,29 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxembed.errors import ModelLoadError
 
+# Bytes Orbax may have in flight while writing: bounds the conversion's peak host memory
+# to about one copy of the weights plus this buffer (measured: tools/measure_convert_memory.py).
+SAVE_CONCURRENT_GB = 1
+
 
 def save_params(directory: str | Path, params: Any) -> None:
+    """Write a parameter tree (numpy or jax arrays) as an Orbax checkpoint."""
     directory = Path(directory).resolve()
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(directory, params, force=True)
-    checkpointer.wait_until_finished()
+    # Host arrays become CPU-device arrays (no copy on the CPU backend), never accelerator ones.
+    cpu = jax.devices("cpu")[0]
+    params = jax.tree.map(
+        lambda x: jax.device_put(x, cpu) if isinstance(x, np.ndarray) else x, params
+    )
+    handler = ocp.PyTreeCheckpointHandler(
+        save_concurrent_gb=SAVE_CONCURRENT_GB, use_compression=False
+    )
+    checkpointer = ocp.Checkpointer(handler)
+    checkpointer.save(directory, args=ocp.args.PyTreeSave(params), force=True)
 
 
 def restore_params(directory: str | Path, abstract_params: Any) -> Any:

@@ -70,6 +70,18 @@ class SafetensorsFile:
         buf = memoryview(self._map)[self._data_start + begin : self._data_start + end]
         return np.frombuffer(buf, dtype=dtype).reshape(info["shape"])
 
+    def release(self, key: str) -> None:
+        """Drop the tensor's pages from this process's memory once it has been copied out.
+
+        Without this, every page read through the map stays resident, and a
+        multi-GB conversion would hold the source next to the converted copy.
+        """
+        begin, end = self._header[key]["data_offsets"]
+        start = (self._data_start + begin) // mmap.PAGESIZE * mmap.PAGESIZE
+        length = self._data_start + end - start
+        if length > 0 and hasattr(mmap, "MADV_DONTNEED"):
+            self._map.madvise(mmap.MADV_DONTNEED, start, length)
+
     def close(self) -> None:
         # Views into the map may still be alive in the caller; let GC unmap it then.
         self._file.close()
@@ -126,6 +138,9 @@ class SafetensorsCheckpoint:
 
     def get(self, key: str) -> np.ndarray:
         return self._where[key].get(key)
+
+    def release(self, key: str) -> None:
+        self._where[key].release(key)
 
     def items(self) -> Iterator[tuple[str, np.ndarray]]:
         for key in self._where:
