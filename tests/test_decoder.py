@@ -199,3 +199,41 @@ def test_shipped_decoder_cards():
     assert cards["gte-qwen2-1.5b-instruct"].causal is False
     assert cards["qwen3-embedding-0.6b"].matryoshka_dims
     assert isinstance(cards["e5-mistral-7b-instruct"], ModelCard)
+
+
+@pytest.mark.parametrize(
+    "config, count",
+    [
+        (
+            {
+                "model_type": "qwen2",
+                "vocab_size": 151646,
+                "hidden_size": 1536,
+                "intermediate_size": 8960,
+                "num_hidden_layers": 28,
+                "num_attention_heads": 12,
+                "num_key_value_heads": 2,
+            },
+            1_543_268_864,
+        ),
+        (
+            {
+                "model_type": "qwen3",
+                "vocab_size": 151669,
+                "hidden_size": 1024,
+                "intermediate_size": 3072,
+                "num_hidden_layers": 28,
+                "num_attention_heads": 16,
+                "num_key_value_heads": 8,
+                "head_dim": 128,
+            },
+            595_776_512,
+        ),
+    ],
+)
+def test_qwen_parameter_counts(config, count):
+    from jaxembed.memory import parameter_memory
+
+    family = get_family(config["model_type"])
+    abstract = family.abstract_params(DecoderConfig.from_hf(config), np.dtype("bfloat16"))
+    assert parameter_memory(abstract).parameters == count  # gte-Qwen2-1.5B, Qwen3-Embedding-0.6B

@@ -78,6 +78,12 @@ def assert_error(
         ),
         ({"input": [{"text": "a", "colour": "red"}], "model": MODEL}, "input", None),
         ({"input": [{}], "model": MODEL}, "input", None),
+        (
+            {"input": "x", "model": MODEL, "instruction": "find things"},
+            "instruction",
+            "takes no instructions",
+        ),
+        ({"input": "x", "model": MODEL, "input_type": "passage"}, "input_type", None),
     ],
 )
 def test_invalid_requests_are_400(server, body, param, match):
