@@ -116,3 +116,28 @@ def test_restart_with_compile_cache_compiles_nothing(tmp_path):
     second = run()
     assert second["misses"] == 0, second  # restart: zero compilations
     assert second["hits"] >= second["buckets"]
+
+
+def test_incomplete_conversion_is_refused_and_can_be_redone(tmp_path):
+    from jaxembed.errors import ModelLoadError
+
+    save_tiny_model("bert", tmp_path / "src", seed=8)
+    out = convert(tmp_path / "src", tmp_path / "out", show_progress=False).out_dir
+    (out / "card.json").unlink()  # as if the conversion had died before finishing
+    try:
+        load_model(out)
+    except ModelLoadError as e:
+        assert "incomplete conversion" in str(e)
+    else:
+        raise AssertionError("expected ModelLoadError")
+    convert(tmp_path / "src", out, show_progress=False)  # a retry into the same directory works
+    assert load_model(out).source_format == "orbax"
+
+
+def test_converted_leaves_are_one_orbax_item_each(tmp_path, minilm_dir):
+    result = convert(minilm_dir, tmp_path / "out", show_progress=False)
+    items = sorted(p.name for p in (result.out_dir / "params").iterdir())
+    assert "embeddings.word.embedding" in items and "layers.attention.query.kernel" in items
+    assert result.param_bytes == sum(
+        np.asarray(x).nbytes for x in jax.tree.leaves(load_model(result.out_dir).params)
+    )

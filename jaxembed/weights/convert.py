@@ -1,8 +1,9 @@
 """`jaxembed convert`: an HF / sentence-transformers directory → a jaxembed checkpoint directory.
 
 The output holds `card.json`, `config.json`, the tokenizer files and `params/`
-(Orbax). Tensors are converted one at a time into the target dtype, so peak
-host memory stays near one copy of the converted weights.
+(Orbax, one item per leaf). Names and shapes are checked first; then one leaf
+at a time is built in the target dtype, written and freed, so peak host
+memory stays near the largest leaf rather than the whole model.
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ import time
 from pathlib import Path
 
 import jax.numpy as jnp
+import numpy as np
 from tqdm.auto import tqdm
 
 from jaxembed.card import CARD_FILENAME
 from jaxembed.errors import ModelLoadError
 from jaxembed.families import get_family
 from jaxembed.registry import checkpoints_dir, find_card, read_hf_config, resolve_model
-from jaxembed.weights.convert_params import tree_nbytes
-from jaxembed.weights.loader import PARAMS_DIRNAME, TOKENIZER_FILES, read_safetensors_params
-from jaxembed.weights.orbax_io import save_params
+from jaxembed.weights.convert_params import iter_leaves, plan_conversion
+from jaxembed.weights.loader import PARAMS_DIRNAME, TOKENIZER_FILES
+from jaxembed.weights.orbax_io import save_leaves
+from jaxembed.weights.safetensors_io import SafetensorsCheckpoint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,25 +60,39 @@ def convert(
     out_dir = Path(out) if out is not None else checkpoints_dir() / card.name
     if out_dir.resolve() == src_dir.resolve():
         raise ModelLoadError("the output directory must differ from the source directory")
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / CARD_FILENAME).is_file():
+    ours = (out_dir / CARD_FILENAME).is_file() or (out_dir / PARAMS_DIRNAME).is_dir()
+    if out_dir.exists() and any(out_dir.iterdir()) and not ours:
         raise ModelLoadError(f"{out_dir} exists, is not empty and is not a jaxembed checkpoint")
 
     hf_config = read_hf_config(src_dir)
     family = get_family(str(hf_config.get("model_type")))
     config = family.config_from_hf(hf_config)
-    with tqdm(
-        total=len(family.rules(config)), desc="convert", unit="tensor", disable=not show_progress
-    ) as bar:
-        params = read_safetensors_params(
-            src_dir, family, config, jnp.dtype(card.dtype), progress=lambda *_: bar.update(1)
+    dtype = jnp.dtype(card.dtype)
+    checkpoint = SafetensorsCheckpoint(src_dir)
+    try:
+        # Every name and shape is checked before anything is written.
+        plan = plan_conversion(
+            checkpoint,
+            family.rules(config),
+            family.abstract_params(config, dtype),
+            num_layers=config.num_layers,
+            ignored_prefixes=family.ignored_prefixes,
+            wrapper_prefixes=family.wrapper_prefixes,
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if show_progress:
-        print(f"writing Orbax checkpoint to {out_dir / PARAMS_DIRNAME}", flush=True)
-    save_params(out_dir / PARAMS_DIRNAME, params)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / CARD_FILENAME).unlink(missing_ok=True)  # incomplete until the card is written
+        with tqdm(
+            total=len(plan.leaves), desc="convert", unit="leaf", disable=not show_progress
+        ) as bar:
+            param_bytes = save_leaves(
+                out_dir / PARAMS_DIRNAME,
+                iter_leaves(plan, np.dtype(dtype), lambda *_: bar.update(1)),
+            )
+    finally:
+        checkpoint.close()
     card.save(out_dir / CARD_FILENAME)
     shutil.copy2(src_dir / "config.json", out_dir / "config.json")
     for name in TOKENIZER_FILES:
         if (src_dir / name).is_file():
             shutil.copy2(src_dir / name, out_dir / name)
-    return ConversionResult(out_dir, card.name, tree_nbytes(params), time.perf_counter() - start)
+    return ConversionResult(out_dir, card.name, param_bytes, time.perf_counter() - start)

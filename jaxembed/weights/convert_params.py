@@ -1,14 +1,18 @@
-"""Assemble a Flax parameter pytree from a safetensors checkpoint by applying a rule table.
+"""Turn a safetensors checkpoint into Flax parameters by applying a rule table.
 
-Each Flax leaf is built into one preallocated array of the target dtype and
-stacked layers are filled slice by slice, so peak host memory is about one
-copy of the weights in the target dtype plus a single source tensor.
+Every name and shape is checked from the headers before any data is read
+(`plan_conversion`); then leaves are built one at a time (`iter_leaves`), each
+into a preallocated array of the target dtype with stacked layers filled
+slice by slice and each source tensor's pages released after use. A
+streaming consumer (`jaxembed convert`) therefore holds about one leaf at a
+time; `assemble_params` collects them into the whole tree for serving.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -60,18 +64,39 @@ def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     tree[path[-1]] = value
 
 
-def assemble_params(
+def _resolve(
+    checkpoint: SafetensorsCheckpoint, prefix: str, rule: ParamRule, layer: int | None
+) -> str | None:
+    for key in (rule.hf_key, *rule.aliases):
+        full = prefix + (key.format(layer=layer) if layer is not None else key)
+        if full in checkpoint:
+            return full
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedLeaf:
+    rule: ParamRule
+    shape: tuple[int, ...]  # the Flax leaf's shape (stacked over layers for per-layer rules)
+    keys: tuple[str, ...]  # the HF tensors that fill it, one per layer for per-layer rules
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversionPlan:
+    checkpoint: SafetensorsCheckpoint
+    leaves: tuple[PlannedLeaf, ...]
+
+
+def plan_conversion(
     checkpoint: SafetensorsCheckpoint,
     rules: Sequence[ParamRule],
     abstract_params: Mapping[str, Any],
     *,
     num_layers: int,
-    dtype: np.dtype,
     ignored_prefixes: Sequence[str] = (),
     wrapper_prefixes: Sequence[str] = (),
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Build the parameter tree (numpy arrays of `dtype`) described by `abstract_params`.
+) -> ConversionPlan:
+    """Check every tensor name and shape from the headers alone, before any data is read.
 
     Raises WeightMismatchError listing every missing tensor, every unexpected
     one and every shape mismatch at once, so a bad checkpoint is diagnosed in one run.
@@ -80,47 +105,30 @@ def assemble_params(
     missing: list[str] = []
     mismatched: list[str] = []
     used: set[str] = set()
-    params: dict[str, Any] = {}
-
-    def resolve(rule: ParamRule, layer: int | None) -> str | None:
-        for key in (rule.hf_key, *rule.aliases):
-            full = prefix + (key.format(layer=layer) if layer is not None else key)
-            if full in checkpoint:
-                return full
-        return None
-
-    for step, rule in enumerate(rules):
+    leaves: list[PlannedLeaf] = []
+    for rule in rules:
         try:
             target = tuple(_get_path(abstract_params, rule.flax_path).shape)
         except KeyError:
             raise WeightMismatchError(
                 f"rule for unknown parameter {'/'.join(rule.flax_path)}"
             ) from None
-        layers = range(num_layers) if rule.per_layer else [None]
         leaf_shape = target[1:] if rule.per_layer else target
-        out = np.empty(target, dtype=dtype)
-        for layer in layers:
-            key = resolve(rule, layer)
-            shown = prefix + (rule.hf_key.format(layer=layer) if layer is not None else rule.hf_key)
+        keys = []
+        for layer in range(num_layers) if rule.per_layer else [None]:
+            key = _resolve(checkpoint, prefix, rule, layer)
             if key is None:
-                missing.append(shown)
+                missing.append(
+                    prefix + (rule.hf_key.format(layer=layer) if layer is not None else rule.hf_key)
+                )
                 continue
             used.add(key)
             want = _expected_hf_shape(rule.layout, leaf_shape)
             have = checkpoint.shape(key)
             if have != want:
                 mismatched.append(f"{key}: checkpoint has {list(have)}, model expects {list(want)}")
-                continue
-            value = _to_flax(checkpoint.get(key), rule.layout, leaf_shape)
-            if layer is None:
-                out[...] = value
-            else:
-                out[layer] = value
-            del value
-            checkpoint.release(key)
-        _set_path(params, rule.flax_path, out)
-        if progress:
-            progress(step + 1, len(rules), "/".join(rule.flax_path))
+            keys.append(key)
+        leaves.append(PlannedLeaf(rule, target, tuple(keys)))
 
     unexpected = sorted(
         k
@@ -136,6 +144,52 @@ def assemble_params(
         if mismatched:
             parts.append(f"shape mismatches ({len(mismatched)}): {_preview(mismatched)}")
         raise WeightMismatchError("checkpoint does not fit the architecture: " + "; ".join(parts))
+    return ConversionPlan(checkpoint, tuple(leaves))
+
+
+def iter_leaves(
+    plan: ConversionPlan, dtype: np.dtype, progress: Progress | None = None
+) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
+    """Build one Flax leaf at a time (stacked layers filled slice by slice), in `dtype`."""
+    for step, leaf in enumerate(plan.leaves):
+        out = np.empty(leaf.shape, dtype=dtype)
+        slice_shape = leaf.shape[1:] if leaf.rule.per_layer else leaf.shape
+        for layer, key in enumerate(leaf.keys):
+            value = _to_flax(plan.checkpoint.get(key), leaf.rule.layout, slice_shape)
+            if leaf.rule.per_layer:
+                out[layer] = value
+            else:
+                out[...] = value
+            del value
+            plan.checkpoint.release(key)
+        yield leaf.rule.flax_path, out
+        if progress:
+            progress(step + 1, len(plan.leaves), "/".join(leaf.rule.flax_path))
+
+
+def assemble_params(
+    checkpoint: SafetensorsCheckpoint,
+    rules: Sequence[ParamRule],
+    abstract_params: Mapping[str, Any],
+    *,
+    num_layers: int,
+    dtype: np.dtype,
+    ignored_prefixes: Sequence[str] = (),
+    wrapper_prefixes: Sequence[str] = (),
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """The whole parameter tree (numpy arrays of `dtype`) described by `abstract_params`."""
+    plan = plan_conversion(
+        checkpoint,
+        rules,
+        abstract_params,
+        num_layers=num_layers,
+        ignored_prefixes=ignored_prefixes,
+        wrapper_prefixes=wrapper_prefixes,
+    )
+    params: dict[str, Any] = {}
+    for path, array in iter_leaves(plan, dtype, progress):
+        _set_path(params, path, array)
     return params
 
 

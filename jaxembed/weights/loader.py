@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxembed.card import ModelCard
+from jaxembed.card import CARD_FILENAME, ModelCard
 from jaxembed.errors import ModelLoadError
 from jaxembed.families import Family, get_family
 from jaxembed.registry import read_hf_config, resolve_model
@@ -99,6 +99,10 @@ def load_model(
         raise ModelLoadError(f"{model_dir} has no tokenizer.json (a fast tokenizer is required)")
 
     orbax_dir = model_dir / PARAMS_DIRNAME
+    if orbax_dir.is_dir() and not (model_dir / CARD_FILENAME).is_file():
+        raise ModelLoadError(
+            f"{model_dir} holds an incomplete conversion (no {CARD_FILENAME}); run `jaxembed convert` again"
+        )
     if orbax_dir.is_dir():
         abstract = abstract_with_sharding(family.abstract_params(config, jdtype), sharding)
         params = restore_params(orbax_dir, abstract)

@@ -1,12 +1,14 @@
-"""The one save and the one restore of parameter trees (Orbax).
+"""Orbax save/restore of parameter trees, one Orbax item per leaf.
 
-Restore takes an abstract tree (`jax.ShapeDtypeStruct` with a sharding per
-leaf), so parameters are read straight into the devices and layouts they
-will be used in, never gathered on one host first.
+One item per leaf (`params/<dotted.path>/`) lets `jaxembed convert` write a
+multi-GB model while holding a single leaf in memory, and restore reads each
+leaf straight into the device and sharding named by an abstract tree
+(`jax.ShapeDtypeStruct` with a sharding), never gathering the model on one host.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,38 +18,62 @@ import orbax.checkpoint as ocp
 
 from jaxembed.errors import ModelLoadError
 
-# Bytes Orbax may have in flight while writing: bounds the conversion's peak host memory
-# to about one copy of the weights plus this buffer (measured: tools/measure_convert_memory.py).
+# Bytes Orbax may have in flight while writing one leaf.
 SAVE_CONCURRENT_GB = 1
 
 
-def save_params(directory: str | Path, params: Any) -> None:
-    """Write a parameter tree (numpy or jax arrays) as an Orbax checkpoint."""
+def _names(path: tuple) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", k)) for k in path)
+
+
+def leaf_dir(directory: Path, names: tuple[str, ...]) -> Path:
+    return directory / ".".join(names)
+
+
+def save_leaves(directory: str | Path, leaves: Iterable[tuple[tuple[str, ...], Any]]) -> int:
+    """Write (path, array) pairs as they come; returns the bytes written."""
     directory = Path(directory).resolve()
-    # Host arrays become CPU-device arrays (no copy on the CPU backend), never accelerator ones.
-    cpu = jax.devices("cpu")[0]
-    params = jax.tree.map(
-        lambda x: jax.device_put(x, cpu) if isinstance(x, np.ndarray) else x, params
-    )
+    directory.mkdir(parents=True, exist_ok=True)
+    cpu = jax.devices("cpu")[
+        0
+    ]  # host arrays become CPU-device arrays (no copy), never accelerator ones
     handler = ocp.PyTreeCheckpointHandler(
         save_concurrent_gb=SAVE_CONCURRENT_GB, use_compression=False
     )
     checkpointer = ocp.Checkpointer(handler)
-    checkpointer.save(directory, args=ocp.args.PyTreeSave(params), force=True)
+    total = 0
+    for names, array in leaves:
+        value = jax.device_put(array, cpu) if isinstance(array, np.ndarray) else array
+        checkpointer.save(
+            leaf_dir(directory, names), args=ocp.args.PyTreeSave({"value": value}), force=True
+        )
+        total += value.size * value.dtype.itemsize
+        del value, array
+    return total
+
+
+def save_params(directory: str | Path, params: Any) -> int:
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    return save_leaves(directory, ((_names(path), leaf) for path, leaf in flat))
 
 
 def restore_params(directory: str | Path, abstract_params: Any) -> Any:
-    """Read a tree saved by `save_params` into the shardings named by `abstract_params`."""
+    """Read a tree saved by `save_params`/`save_leaves` into the shardings of `abstract_params`."""
     directory = Path(directory).resolve()
     if not directory.is_dir():
         raise ModelLoadError(f"no Orbax checkpoint at {directory}")
     checkpointer = ocp.StandardCheckpointer()
-    try:
-        return checkpointer.restore(directory, abstract_params)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        raise ModelLoadError(
-            f"Orbax checkpoint {directory.name} does not fit the model: {e}"
-        ) from None
+
+    def restore(path: tuple, abstract: jax.ShapeDtypeStruct) -> jax.Array:
+        where = leaf_dir(directory, _names(path))
+        if not where.is_dir():
+            raise ModelLoadError(f"Orbax checkpoint {directory.name} lacks parameter {where.name}")
+        try:
+            return checkpointer.restore(where, {"value": abstract})["value"]
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            raise ModelLoadError(f"parameter {where.name} does not fit the model: {e}") from None
+
+    return jax.tree_util.tree_map_with_path(restore, abstract_params)
 
 
 def abstract_with_sharding(
