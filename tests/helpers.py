@@ -51,6 +51,37 @@ def tiny_hf_config(family: str, **overrides):
     raise ValueError(family)
 
 
+_ST_POOLING_FLAGS = {
+    "cls": "pooling_mode_cls_token",
+    "mean": "pooling_mode_mean_tokens",
+    "max": "pooling_mode_max_tokens",
+    "last_token": "pooling_mode_lasttoken",
+    "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens",
+}
+
+
+def write_sentence_transformers_files(
+    out_dir: Path, *, pooling: str, normalize: bool, dim: int, prompts: dict | None = None
+) -> None:
+    """MiniLM's tokenizer plus the files sentence-transformers keeps beside a model."""
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy2(MINILM_DIR / name, out_dir / name)
+    kinds = ["Transformer", "Pooling"] + (["Normalize"] if normalize else [])
+    paths = ["", "1_Pooling", "2_Normalize"]
+    modules = [
+        {"idx": i, "name": str(i), "path": paths[i], "type": f"sentence_transformers.models.{kind}"}
+        for i, kind in enumerate(kinds)
+    ]
+    (out_dir / "modules.json").write_text(json.dumps(modules))
+    (out_dir / "1_Pooling").mkdir(exist_ok=True)
+    (out_dir / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": dim, _ST_POOLING_FLAGS[pooling]: True})
+    )
+    (out_dir / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64}))
+    if prompts is not None:
+        (out_dir / "config_sentence_transformers.json").write_text(json.dumps({"prompts": prompts}))
+
+
 def save_tiny_model(
     family: str,
     out_dir: Path,
@@ -73,39 +104,9 @@ def save_tiny_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(out_dir, safe_serialization=True, **kwargs)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy2(MINILM_DIR / name, out_dir / name)
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {
-            "idx": 1,
-            "name": "1",
-            "path": "1_Pooling",
-            "type": "sentence_transformers.models.Pooling",
-        },
-    ]
-    if normalize:
-        modules.append(
-            {
-                "idx": 2,
-                "name": "2",
-                "path": "2_Normalize",
-                "type": "sentence_transformers.models.Normalize",
-            }
-        )
-    (out_dir / "modules.json").write_text(json.dumps(modules))
-    (out_dir / "1_Pooling").mkdir(exist_ok=True)
-    flags = {
-        "cls": "pooling_mode_cls_token",
-        "mean": "pooling_mode_mean_tokens",
-        "max": "pooling_mode_max_tokens",
-        "last_token": "pooling_mode_lasttoken",
-        "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens",
-    }
-    (out_dir / "1_Pooling" / "config.json").write_text(
-        json.dumps({"word_embedding_dimension": TINY_HIDDEN, flags[pooling]: True})
+    write_sentence_transformers_files(
+        out_dir, pooling=pooling, normalize=normalize, dim=TINY_HIDDEN
     )
-    (out_dir / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64}))
     return model
 
 
@@ -223,30 +224,11 @@ def save_tiny_decoder(
         safe_serialization=True,
         **({"max_shard_size": max_shard_size} if max_shard_size else {}),
     )
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy2(MINILM_DIR / name, out_dir / name)
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {
-            "idx": 1,
-            "name": "1",
-            "path": "1_Pooling",
-            "type": "sentence_transformers.models.Pooling",
-        },
-        {
-            "idx": 2,
-            "name": "2",
-            "path": "2_Normalize",
-            "type": "sentence_transformers.models.Normalize",
-        },
-    ]
-    (out_dir / "modules.json").write_text(json.dumps(modules))
-    (out_dir / "1_Pooling").mkdir(exist_ok=True)
-    (out_dir / "1_Pooling" / "config.json").write_text(
-        json.dumps({"word_embedding_dimension": 64, "pooling_mode_lasttoken": True})
-    )
-    (out_dir / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64}))
-    (out_dir / "config_sentence_transformers.json").write_text(
-        json.dumps({"prompts": {"query": QUERY_PROMPT, "document": ""}})
+    write_sentence_transformers_files(
+        out_dir,
+        pooling="last_token",
+        normalize=True,
+        dim=64,
+        prompts={"query": QUERY_PROMPT, "document": ""},
     )
     return model

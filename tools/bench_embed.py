@@ -31,6 +31,12 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def write_results(path: str, results: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+
+
 def best_of(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -131,9 +137,7 @@ def main() -> None:
         keys = ("warmup_cold", "warmup_cached", "warmup_cached_orbax")
         print(json.dumps({k: results[k] for k in keys}), flush=True)
     if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=2)
+        write_results(args.out, results)
 
 
 if __name__ == "__main__":

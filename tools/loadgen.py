@@ -23,7 +23,7 @@ import time
 import httpx
 import numpy as np
 
-from tools.bench_embed import cpu_model
+from tools.bench_embed import cpu_model, write_results
 
 MODEL = "all-minilm-l6-v2"
 
@@ -181,9 +181,7 @@ def main() -> None:
         if server is not None:
             server.stop()
     if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=2)
+        write_results(args.out, results)
 
 
 if __name__ == "__main__":
