@@ -122,6 +122,8 @@ def create_app(
     app.config.REQUEST_MAX_SIZE = config.max_request_bytes
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.config.NOISY_EXCEPTIONS = False
+    # Sanic waits this long for open connections on shutdown; in-flight work gets the same time.
+    app.config.GRACEFUL_SHUTDOWN_TIMEOUT = config.drain_timeout
     metrics = Metrics()
     batcher = Batcher(
         embedder,

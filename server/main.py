@@ -43,9 +43,14 @@ def build_embedder(config: ServerConfig) -> Embedder:
 
 
 def serve(args: argparse.Namespace) -> int:
+    level = args.log_level.upper()
+    # force=True: an imported library may already have configured the root logger, which
+    # would make this call a no-op and leave jaxembed's INFO lines (model load, warm-up
+    # progress, request users, drain) below the root's WARNING level.
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
+    logging.getLogger("jaxembed").setLevel(level)
     config = config_from_args(args)
     try:
         embedder = build_embedder(config)

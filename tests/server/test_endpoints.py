@@ -66,3 +66,16 @@ def test_request_id_is_echoed_or_made(server):
     r = httpx.get(server.url + "/v1/models", headers={"X-Request-Id": "abc-123"})
     assert r.headers["x-request-id"] == "abc-123"
     assert len(httpx.get(server.url + "/v1/models").headers["x-request-id"]) == 32
+
+
+def test_user_and_load_are_logged(server):
+    import time
+
+    httpx.post(server.url + "/v1/embeddings", json={"input": "who am i", "model": MODEL, "user": "alice-42"})
+    for _ in range(50):
+        if "user=alice-42" in server.log():
+            break
+        time.sleep(0.1)
+    log = server.log()
+    assert "user=alice-42" in log
+    assert "jaxembed.server: loaded all-minilm-l6-v2" in server.log_path.read_text()
