@@ -71,7 +71,10 @@ def test_request_id_is_echoed_or_made(server):
 def test_user_and_load_are_logged(server):
     import time
 
-    httpx.post(server.url + "/v1/embeddings", json={"input": "who am i", "model": MODEL, "user": "alice-42"})
+    httpx.post(
+        server.url + "/v1/embeddings",
+        json={"input": "who am i", "model": MODEL, "user": "alice-42"},
+    )
     for _ in range(50):
         if "user=alice-42" in server.log():
             break
