@@ -12,7 +12,6 @@ import math
 from typing import Any
 
 import jax
-import numpy as np
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1}
 
@@ -52,9 +51,3 @@ def parameter_memory(abstract_params: Any) -> ParameterMemory:
         if any("norm" in str(getattr(k, "key", k)) for k in path):
             replicated += count
     return ParameterMemory(int(total), int(replicated))
-
-
-def bytes_of(abstract_params: Any) -> int:
-    return sum(
-        math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(abstract_params)
-    )

@@ -137,7 +137,6 @@ def create_app(
     card = embedder.card
     served = list(dict.fromkeys(config.served_model_names or card.names))
     openapi = build_openapi(jaxembed.__version__)
-    app.ctx.batcher, app.ctx.metrics, app.ctx.embedder = batcher, metrics, embedder
     state = {"draining": False}
 
     # -- lifecycle ----------------------------------------------------------------------------

@@ -71,10 +71,6 @@ class BucketRunner:
                 progress(i + 1, len(buckets), bucket)
         return time.perf_counter() - start
 
-    @property
-    def compiled_buckets(self) -> list[Bucket]:
-        return list(self._compiled)
-
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> jax.Array:
         """Dispatch one padded batch; returns without waiting for the device (async dispatch)."""
         bucket = Bucket(*input_ids.shape)

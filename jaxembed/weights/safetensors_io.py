@@ -142,10 +142,6 @@ class SafetensorsCheckpoint:
     def release(self, key: str) -> None:
         self._where[key].release(key)
 
-    def items(self) -> Iterator[tuple[str, np.ndarray]]:
-        for key in self._where:
-            yield key, self.get(key)
-
     def close(self) -> None:
         for f in self._files.values():
             f.close()
