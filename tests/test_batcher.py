@@ -159,3 +159,37 @@ def test_close_drains_and_then_refuses(embedder):
 
     with pytest.raises(OverloadedError, match="shutting down"):
         asyncio.run(batcher.embed(tokens))
+
+
+def test_out_of_memory_splits_the_batch_and_retries_smaller(embedder, corpus, make_batcher):
+    stats, seen = [], []
+
+    def oom_above_two_rows(token_lists):
+        seen.append(len(token_lists))
+        if len(token_lists) > 2:
+            raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.0GiB")
+
+    batcher = make_batcher(fault_hook=oom_above_two_rows, on_batch=stats.append)
+    texts = [t for t in corpus if len(t) < 300][:16]
+    token_lists = embedder.tokenize(texts, truncate=True)
+    got = asyncio.run(batcher.embed(token_lists))
+    assert np.abs(got - embedder.embed_token_lists(token_lists)).max() <= 1e-6
+    assert max(seen) > 2 and min(seen) <= 2  # a large batch failed, smaller ones succeeded
+
+
+def test_out_of_memory_for_a_single_row_fails_that_request_only(embedder, make_batcher):
+    def oom_for_long_rows(token_lists):
+        if any(len(t) > 100 for t in token_lists):
+            raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory")
+
+    batcher = make_batcher(fault_hook=oom_for_long_rows)
+    long_one = embedder.tokenize(["word " * 200], truncate=True)
+    short = embedder.tokenize(["short and fine"])
+
+    async def main():
+        return await asyncio.gather(
+            batcher.embed(long_one), batcher.embed(short), return_exceptions=True
+        )
+
+    failed, ok = asyncio.run(main())
+    assert isinstance(failed, EngineError) and isinstance(ok, np.ndarray)

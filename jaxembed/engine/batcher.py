@@ -9,7 +9,8 @@ its event loop. While the device works on step n, new requests queue up and
 form step n+1 — batching without any fixed wait, so a lone request when idle
 goes out at once.
 
-A batch whose computation fails is retried request by request, so a request
+A batch whose computation fails is retried: split in halves at smaller buckets
+when the device ran out of memory, request by request otherwise, so a request
 that breaks the engine fails alone and the others in its batch still succeed.
 """
 
@@ -251,7 +252,14 @@ class Batcher:
                 if self._stopping:
                     break
                 rows = self._take_rows()
-            for planned in plan_batches([len(r.tokens) for r in rows], self.embedder.grid):
+            try:
+                plan = plan_batches([len(r.tokens) for r in rows], self.embedder.grid)
+            except Exception:  # a bug here must not stop the dispatcher: fail this step's requests
+                log.exception("planning %d rows failed; failing their requests", len(rows))
+                for row in rows:
+                    self._fail(row.job, EngineError("internal error while planning a batch"))
+                continue
+            for planned in plan:
                 batch_rows = [rows[i] for i in planned.indices]
                 started = time.perf_counter()
                 try:
@@ -273,26 +281,32 @@ class Batcher:
     def _collect_loop(self) -> None:
         while (item := self._inflight.get()) is not None:
             try:
-                if isinstance(item.result, Exception):
-                    raise item.result
-                vectors = np.asarray(item.result)  # waits for the device
-            except Exception as e:
-                log.warning(
-                    "batch %s failed (%s); retrying its requests one by one", item.bucket, e
+                self._collect(item)
+            except Exception:  # a bug here must not stop the collector and hang every request
+                log.exception("collecting batch %s failed; failing its requests", item.bucket)
+                for row in item.rows:
+                    self._fail(row.job, EngineError("internal error while collecting a batch"))
+
+    def _collect(self, item: _Dispatched) -> None:
+        try:
+            if isinstance(item.result, Exception):
+                raise item.result
+            vectors = np.asarray(item.result)  # waits for the device
+        except Exception as e:
+            log.warning("batch %s failed (%s); retrying", item.bucket, e)
+            self._retry(item.rows, e)
+            return
+        self._deliver(item.rows, vectors)
+        if self._on_batch:
+            self._on_batch(
+                BatchStats(
+                    bucket=item.bucket,
+                    rows=len(item.rows),
+                    requests=len({id(r.job) for r in item.rows}),
+                    real_tokens=sum(len(r.tokens) for r in item.rows),
+                    seconds=time.perf_counter() - item.started,
                 )
-                self._isolate(item.rows)
-                continue
-            self._deliver(item.rows, vectors)
-            if self._on_batch:
-                self._on_batch(
-                    BatchStats(
-                        bucket=item.bucket,
-                        rows=len(item.rows),
-                        requests=len({id(r.job) for r in item.rows}),
-                        real_tokens=sum(len(r.tokens) for r in item.rows),
-                        seconds=time.perf_counter() - item.started,
-                    )
-                )
+            )
 
     def _deliver(self, rows: list[_Row], vectors: np.ndarray) -> None:
         completed = []
@@ -309,24 +323,41 @@ class Batcher:
         for job in completed:
             job.loop.call_soon_threadsafe(_resolve, job.future, job.out, None)
 
-    def _isolate(self, rows: list[_Row]) -> None:
-        """Re-run a failed batch's rows job by job; fail only the jobs that fail again."""
+    def _retry(self, rows: list[_Row], error: Exception) -> None:
+        """Recover from a failed batch without failing requests that did nothing wrong.
+
+        Out of device memory: split the rows in halves and run each at a smaller
+        bucket. Any other error: re-run request by request. A single request that
+        still fails on its own gets the error (a 500 for that request only).
+        """
+        if is_out_of_memory(error) and len(rows) > 1:
+            log.warning(
+                "out of memory for %d rows; retrying in halves at smaller buckets", len(rows)
+            )
+            mid = len(rows) // 2
+            self._run_now(rows[:mid])
+            self._run_now(rows[mid:])
+            return
         by_job: dict[int, list[_Row]] = {}
         for row in rows:
             by_job.setdefault(id(row.job), []).append(row)
+        if len(by_job) == 1:
+            log.error("request failed in the engine: %s", error)
+            self._fail(rows[0].job, error)
+            return
         for job_rows in by_job.values():
-            job = job_rows[0].job
+            self._run_now(job_rows)
+
+    def _run_now(self, rows: list[_Row]) -> None:
+        """Run rows synchronously in their own bucket batches, delivering or retrying each."""
+        for planned in plan_batches([len(r.tokens) for r in rows], self.embedder.grid):
+            part = [rows[i] for i in planned.indices]
             try:
-                vectors = np.zeros((len(job_rows), self.embedder.dimensions), dtype=np.float32)
-                for planned in plan_batches([len(r.tokens) for r in job_rows], self.embedder.grid):
-                    part = [job_rows[i] for i in planned.indices]
-                    result = np.asarray(self._run(self.embedder.runner, part, planned.bucket))
-                    vectors[planned.indices] = result[: len(part)]
+                vectors = np.asarray(self._run(self.embedder.runner, part, planned.bucket))
             except Exception as e:
-                log.error("request failed in the engine: %s", e)
-                self._fail(job, e)
+                self._retry(part, e)
                 continue
-            self._deliver(job_rows, vectors)
+            self._deliver(part, vectors)
 
     def _fail(self, job: _Job, error: Exception) -> None:
         with self._cond:
@@ -342,6 +373,12 @@ class Batcher:
             else EngineError(f"the engine failed: {type(error).__name__}")
         )
         job.loop.call_soon_threadsafe(_resolve, job.future, None, wrapped)
+
+
+def is_out_of_memory(error: Exception) -> bool:
+    """XLA reports device OOM as RESOURCE_EXHAUSTED (XlaRuntimeError) on every backend."""
+    text = str(error)
+    return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
 
 
 def _resolve(future: asyncio.Future, value, error: BaseException | None) -> None:
