@@ -244,7 +244,6 @@ class Batcher:
         return rows
 
     def _dispatch_loop(self) -> None:
-        runner = self.embedder.runner
         while True:
             with self._cond:
                 while not self._pending and not self._stopping:
@@ -263,18 +262,18 @@ class Batcher:
                 batch_rows = [rows[i] for i in planned.indices]
                 started = time.perf_counter()
                 try:
-                    result = self._run(runner, batch_rows, planned.bucket)
+                    result = self._run(batch_rows, planned.bucket)
                 except Exception as e:  # surfaced per request by the collector
                     result = e
                 self._inflight.put(_Dispatched(batch_rows, planned.bucket, result, started))
         self._inflight.put(None)
 
-    def _run(self, runner, rows: list[_Row], bucket: Bucket):
+    def _run(self, rows: list[_Row], bucket: Bucket):
         token_lists = [r.tokens for r in rows]
         if self._fault_hook is not None:
             self._fault_hook(token_lists)
         ids, mask = pad_batch(token_lists, bucket, self.embedder.pad_id)
-        return runner.run(ids, mask)
+        return self.embedder.runner.run(ids, mask)
 
     # -- collector ----------------------------------------------------------------------------
 
@@ -353,7 +352,7 @@ class Batcher:
         for planned in plan_batches([len(r.tokens) for r in rows], self.embedder.grid):
             part = [rows[i] for i in planned.indices]
             try:
-                vectors = np.asarray(self._run(self.embedder.runner, part, planned.bucket))
+                vectors = np.asarray(self._run(part, planned.bucket))
             except Exception as e:
                 self._retry(part, e)
                 continue
