@@ -1,4 +1,4 @@
-"""`jaxembed` command line: convert, embed, models — and subcommands contributed by plugins.
+"""`jaxembed` command line: convert, embed, models, plan — and subcommands contributed by plugins.
 
 `serve` comes from the `server` package through the `jaxembed.commands`
 entry-point group, so the library itself never imports the HTTP layer.
@@ -10,8 +10,19 @@ import argparse
 import json
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from jaxembed.errors import JaxEmbedError
+
+
+def mesh_shape_arg(text: str):
+    """argparse type for `--mesh`: a usage error (exit 2) names the problem."""
+    from jaxembed.parallel.mesh import MeshShape
+
+    try:
+        return MeshShape.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +75,37 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from jaxembed.families import get_family
+    from jaxembed.parallel.plan import plan_parameters
+    from jaxembed.registry import read_hf_config, resolve_model
+
+    target = Path(args.model)
+    if target.is_file():  # a bare config.json: plan a model without downloading its weights
+        hf_config = _read_json_config(target)
+        dtype = args.dtype or "bfloat16"
+    else:
+        model_dir, card = resolve_model(args.model)
+        hf_config = read_hf_config(model_dir)
+        dtype = args.dtype or card.dtype
+    family = get_family(str(hf_config.get("model_type")))
+    shape = args.mesh
+    plan = plan_parameters(
+        family, family.config_from_hf(hf_config), shape.data or 1, shape.model, dtype
+    )
+    print(json.dumps(plan.to_dict()) if args.json else plan.render())
+    return 0
+
+
+def _read_json_config(path: Path) -> dict:
+    from jaxembed.errors import ModelLoadError
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"cannot read {path}: {e}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxembed", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the model cards and where their weights are")
     p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser(
+        "plan", help="parameters and bytes per device on a mesh, from shapes only (no weights)"
+    )
+    p.add_argument("model", help="model directory, card name, or a config.json file")
+    p.add_argument(
+        "--mesh", type=mesh_shape_arg, default="data=1,model=1", help="e.g. data=2,model=4"
+    )
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=_cmd_plan)
 
     for ep in entry_points(group="jaxembed.commands"):
         ep.load()(sub)

@@ -61,3 +61,11 @@ class OverloadedError(JaxEmbedError):
     def __init__(self, message: str, *, retry_after: float = 1.0):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class EngineUnavailableError(JaxEmbedError):
+    """The engine cannot run batches now (e.g. a process of a multi-host group is gone)."""
+
+    def __init__(self, message: str, *, retry_after: float = 5.0):
+        super().__init__(message)
+        self.retry_after = retry_after

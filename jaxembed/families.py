@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jaxembed.errors import UnsupportedArchitectureError
 from jaxembed.models.decoder import DECODER_FAMILIES, Decoder, DecoderConfig
 from jaxembed.models.encoder import ENCODER_FAMILIES, Encoder, EncoderConfig
+from jaxembed.parallel.sharding import logical_axes
 from jaxembed.weights import maps
 
 
@@ -28,12 +29,18 @@ class Family:
     ignored_prefixes: tuple[str, ...]
     wrapper_prefixes: tuple[str, ...]
 
-    def abstract_params(self, config: Any, param_dtype: jnp.dtype) -> Any:
-        """Shapes and dtypes of the parameter tree, computed without allocating it."""
+    def _abstract_boxed(self, config: Any, param_dtype: jnp.dtype) -> Any:
         module = self.module(config, param_dtype=param_dtype)
         ids = jax.ShapeDtypeStruct((1, 2), jnp.int32)
-        variables = jax.eval_shape(module.init, jax.random.key(0), ids, ids)
-        return variables["params"]
+        return jax.eval_shape(module.init, jax.random.key(0), ids, ids)["params"]
+
+    def abstract_params(self, config: Any, param_dtype: jnp.dtype) -> Any:
+        """Shapes and dtypes of the parameter tree, computed without allocating it."""
+        return nn.meta.unbox(self._abstract_boxed(config, param_dtype))
+
+    def param_axes(self, config: Any) -> Any:
+        """The logical axis names of every parameter (same tree as `abstract_params`)."""
+        return logical_axes(self._abstract_boxed(config, jnp.float32))
 
 
 _ENCODER = Family(

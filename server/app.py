@@ -34,6 +34,7 @@ from server.errors import (
     from_validation_error,
     invalid,
     model_not_found,
+    unavailable,
 )
 from server.metrics import Metrics
 from server.openapi import build_openapi, docs_page
@@ -138,6 +139,14 @@ def create_app(
     served = list(dict.fromkeys(config.served_model_names or card.names))
     openapi = build_openapi(jaxembed.__version__)
     state = {"draining": False}
+
+    def not_ready_reason() -> str | None:
+        """Readiness: warm-up done, not draining, and (multi-host) every follower alive."""
+        if state["draining"]:
+            return "shutting down"
+        if not batcher.ready.is_set():
+            return "warming up"
+        return embedder.unhealthy_reason()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -279,6 +288,8 @@ def create_app(
                 code="shutting_down",
                 headers={"Retry-After": "5"},
             )
+        if reason := embedder.unhealthy_reason():
+            raise unavailable(f"the model is not available: {reason}", retry_after=5)
         _notice_disconnects(request)
         try:
             req = EmbeddingRequest.model_validate(_parse_json(request))
@@ -379,16 +390,16 @@ def create_app(
 
     @app.get("/ready")
     async def ready(request: Request):
-        is_ready = batcher.ready.is_set() and not state["draining"]
-        metrics.ready.set(1 if is_ready else 0)
-        return text("ready" if is_ready else "not ready", status=200 if is_ready else 503)
+        reason = not_ready_reason()
+        metrics.ready.set(0 if reason else 1)
+        return text(f"not ready: {reason}" if reason else "ready", status=503 if reason else 200)
 
     @app.get("/metrics")
     async def metrics_route(request: Request):
         metrics.queue_requests.set(batcher.queued_requests)
         metrics.queue_tokens.set(batcher.queued_tokens)
         metrics.active_requests.set(batcher.active_requests)
-        metrics.ready.set(1 if batcher.ready.is_set() and not state["draining"] else 0)
+        metrics.ready.set(0 if not_ready_reason() else 1)
         return raw(metrics.render(), content_type="text/plain; version=0.0.4")
 
     @app.get("/openapi.json")

@@ -11,6 +11,10 @@ import dataclasses
 import os
 from pathlib import Path
 
+from jaxembed.cli import mesh_shape_arg
+from jaxembed.parallel.distributed import MODES, DistributedConfig
+from jaxembed.parallel.mesh import MeshShape
+
 API_KEY_ENV = "JAXEMBED_API_KEY"
 
 
@@ -36,6 +40,8 @@ class ServerConfig:
     step_batches: int = 8
     drain_timeout: float = 30.0
     log_level: str = "info"
+    mesh: MeshShape | None = None  # None: every serving device on `data`
+    distributed: DistributedConfig | None = None  # set by --distributed
 
 
 def _int_tuple(text: str) -> tuple[int, ...]:
@@ -108,6 +114,39 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--drain-timeout", type=float, default=d.drain_timeout)
     p.add_argument("--log-level", default=d.log_level)
+    p.add_argument(
+        "--mesh",
+        type=mesh_shape_arg,
+        default=None,
+        help="device mesh, e.g. data=2,model=4 or model=8 (default: every device on data)",
+    )
+    g = p.add_argument_group("multi-host (TPU pod slices, several GPU hosts)")
+    g.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a process group with jax.distributed.initialize (see docs/deploy.md)",
+    )
+    g.add_argument(
+        "--multihost",
+        choices=MODES,
+        default="global",
+        help="global: one model over all hosts, process 0 serves HTTP; "
+        "replica: every host serves its own copy on its local devices",
+    )
+    g.add_argument("--coordinator-address", default=None, help="host:port of process 0")
+    g.add_argument("--num-processes", type=int, default=None)
+    g.add_argument("--process-id", type=int, default=None)
+    g.add_argument(
+        "--control-address",
+        default=None,
+        help="host:port of the leader's batch channel (default: coordinator port + 1)",
+    )
+    g.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=5.0,
+        help="seconds of follower silence before the leader reports not ready",
+    )
 
 
 def read_api_keys(cli_keys: list[str], key_file: str | None) -> tuple[str, ...]:
@@ -123,4 +162,16 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     values = {k: v for k, v in vars(args).items() if k in fields}
     values["served_model_names"] = tuple(args.served_model_name)
     values["api_keys"] = read_api_keys(args.api_key, args.api_key_file)
+    values["distributed"] = (
+        DistributedConfig.from_env(
+            coordinator_address=args.coordinator_address,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+            mode=args.multihost,
+            control_address=args.control_address,
+            heartbeat_timeout=args.heartbeat_timeout,
+        )
+        if args.distributed
+        else None
+    )
     return ServerConfig(**values)

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from jaxembed.errors import (
     EngineError,
+    EngineUnavailableError,
     InputTooLongError,
     InvalidInputError,
     JaxEmbedError,
@@ -79,6 +80,8 @@ def from_library_error(error: JaxEmbedError) -> APIError:
         return invalid(str(error), param=error.param)
     if isinstance(error, OverloadedError):
         return overloaded(str(error), error.retry_after)
+    if isinstance(error, EngineUnavailableError):
+        return unavailable(str(error), error.retry_after)
     if isinstance(error, EngineError):
         return APIError(500, str(error), type="server_error", code="engine_error")
     return APIError(500, "internal error", type="server_error")
@@ -90,6 +93,17 @@ def overloaded(message: str, retry_after: float) -> APIError:
         message,
         type="server_error",
         code="overloaded",
+        headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
+    )
+
+
+def unavailable(message: str, retry_after: float) -> APIError:
+    """The engine cannot serve now (a lost follower process): a 503 for load balancers."""
+    return APIError(
+        503,
+        message,
+        type="server_error",
+        code="engine_unavailable",
         headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
     )
 

@@ -1,4 +1,9 @@
-"""`jaxembed serve`: load the model, build the app, run Sanic in one process that owns the devices."""
+"""`jaxembed serve`: load the model, build the app, run Sanic in one process that owns the devices.
+
+With `--distributed --multihost global`, process 0 becomes the leader (HTTP,
+batcher, batch broadcast) and every other process a follower that runs the
+same compiled steps and serves nothing itself.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,13 @@ import argparse
 import logging
 import os
 
+import jax
+from jax.sharding import Mesh
+
 from jaxembed.engine.embedder import Embedder
 from jaxembed.errors import JaxEmbedError
+from jaxembed.parallel import distributed, multihost
+from jaxembed.parallel.mesh import describe, make_mesh
 from server.app import create_app
 from server.config import ServerConfig, config_from_args
 
@@ -31,15 +41,29 @@ def fault_hook_from_env():
     return hook
 
 
-def build_embedder(config: ServerConfig) -> Embedder:
+def build_embedder(config: ServerConfig, mesh: Mesh | None = None) -> Embedder:
     grid_options = {"token_budget": config.token_budget}
     if config.batch_sizes:
         grid_options["batch_sizes"] = config.batch_sizes
     if config.seq_lengths:
         grid_options["seq_lengths"] = config.seq_lengths
     return Embedder.from_pretrained(
-        config.model, dtype=config.dtype, compile_cache_dir=config.compile_cache, **grid_options
+        config.model,
+        dtype=config.dtype,
+        mesh=mesh,
+        compile_cache_dir=config.compile_cache,
+        **grid_options,
     )
+
+
+def run_follower(config: ServerConfig, embedder: Embedder) -> int:
+    """A non-leader process of a global multi-host group: compile, then follow the leader."""
+    seconds = embedder.runner.warmup()
+    log.info("follower warm-up: %d buckets in %.1f s", len(embedder.grid.buckets()), seconds)
+    address = distributed.control_address(config.distributed)
+    log.info("process %d following the leader at %s:%d", jax.process_index(), *address)
+    sock = multihost.connect_to_leader(address, jax.process_index())
+    return multihost.follow(embedder.runner, sock)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -52,22 +76,63 @@ def serve(args: argparse.Namespace) -> int:
     )
     logging.getLogger("jaxembed").setLevel(level)
     config = config_from_args(args)
+    dist = config.distributed
     try:
-        embedder = build_embedder(config)
-    except JaxEmbedError as e:
+        if dist is not None:
+            distributed.initialize(dist)
+        mesh = make_mesh(config.mesh, distributed.serving_devices(dist))
+        embedder = build_embedder(config, mesh)
+    except (JaxEmbedError, ValueError) as e:
         log.error("cannot load the model: %s", e)
         return 2
+    group = dist is not None and dist.mode == "global" and jax.process_count() > 1
+    if group and jax.process_index() != 0:
+        rc = run_follower(config, embedder)
+        if rc:
+            _exit_broken_group(rc)
+        return rc
+    channel = None
+    if group:
+        host, port = distributed.control_address(dist)
+        # Loopback stays loopback (tests, one machine); otherwise listen on every interface.
+        bind = host if host in ("127.0.0.1", "localhost", "::1") else "0.0.0.0"
+        channel = multihost.LeaderChannel(
+            (bind, port),
+            jax.process_count() - 1,
+            heartbeat_timeout=dist.heartbeat_timeout,
+        )
+        embedder.runner = multihost.BroadcastingRunner(embedder.runner, channel)
     log.info(
-        "loaded %s (%s, %s) in %.2f s from %s; %d buckets, token budget %d",
+        "loaded %s (%s, %s) in %.2f s from %s on mesh %s; %d buckets, token budget %d",
         embedder.card.name,
         embedder.model.source_format,
         embedder.model.dtype,
         embedder.model.load_seconds,
         embedder.model.model_dir,
+        describe(mesh),
         len(embedder.grid.buckets()),
         embedder.grid.token_budget,
     )
     app = create_app(config, embedder, fault_hook=fault_hook_from_env())
     # One process: it owns the JAX devices. Sanic handles SIGINT/SIGTERM with a graceful stop.
-    app.run(host=config.host, port=config.port, single_process=True, motd=False, access_log=False)
+    try:
+        app.run(
+            host=config.host, port=config.port, single_process=True, motd=False, access_log=False
+        )
+    finally:
+        if channel is not None:
+            lost = channel.unhealthy_reason()
+            channel.close()  # followers exit when the leader does
+            if lost:
+                _exit_broken_group(1)
     return 0
+
+
+def _exit_broken_group(rc: int) -> None:
+    """Exit now, skipping JAX's shutdown barrier, which waits for (then aborts over) a dead peer.
+
+    Non-zero so that an orchestrator (JobSet, LeaderWorkerSet) restarts the group.
+    """
+    log.error("the process group is broken; exiting with %d without the shutdown barrier", rc)
+    logging.shutdown()
+    os._exit(rc)

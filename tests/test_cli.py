@@ -50,3 +50,30 @@ def test_serve_help_lists_the_limits():
         "--served-model-name",
     ):
         assert option in proc.stdout
+
+
+def test_plan_e5_mistral_on_a_2x4_mesh(tmp_path):
+    """`jaxembed plan` from a config.json alone: per-device bytes on data=2, model=4."""
+    from tests.test_decoder import E5_MISTRAL_CONFIG
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(E5_MISTRAL_CONFIG))
+    proc = _run("plan", str(config), "--mesh", "data=2,model=4", "--json")
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    assert plan["mesh"] == {"data": 2, "model": 4} and plan["dtype"] == "bfloat16"
+    assert plan["parameters"] == 7_110_660_096
+    replicated = plan["replicated_parameters"] * 2
+    # Everything but the norms splits 4 ways over `model`; `data` replicates.
+    assert plan["per_device_bytes"] == (plan["total_bytes"] - replicated) // 4 + replicated
+    leaves = {leaf["path"]: leaf for leaf in plan["leaves"]}
+    assert leaves["layers.attention.k.kernel"]["shard_shape"] == [32, 4096, 2, 128]
+    assert leaves["layers.down.kernel"]["spec"] == [None, "model", None]
+
+    text = _run("plan", str(config), "--mesh", "data=2,model=4")
+    assert text.returncode == 0 and "3.31 GiB" in text.stdout, text.stdout
+
+
+def test_plan_rejects_a_bad_mesh(tmp_path):
+    proc = _run("plan", "all-minilm-l6-v2", "--mesh", "data=2,tensor=4")
+    assert proc.returncode != 0 and "unknown mesh axis" in proc.stderr

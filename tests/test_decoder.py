@@ -173,18 +173,18 @@ E5_MISTRAL_CONFIG = {  # intfloat/e5-mistral-7b-instruct config.json (architectu
 
 
 def test_7b_parameter_count_and_memory_from_abstract_shapes():
-    from jaxembed.memory import parameter_memory
+    from jaxembed.parallel.plan import plan_parameters
 
     config = DecoderConfig.from_hf(E5_MISTRAL_CONFIG)
-    abstract = get_family("mistral").abstract_params(config, np.dtype("bfloat16"))  # no allocation
-    report = parameter_memory(abstract)
-    assert report.parameters == 7_110_660_096  # MistralModel without lm_head
-    assert report.bytes_per_dtype["bfloat16"] == 2 * 7_110_660_096
-    assert report.bytes_per_dtype["float32"] == 4 * 7_110_660_096
+    family = get_family("mistral")
+    plan = plan_parameters(family, config, data=1, model=8, dtype="bfloat16")  # no allocation
+    assert plan.parameters == 7_110_660_096  # MistralModel without lm_head
+    assert plan.total_bytes == 2 * 7_110_660_096
+    assert plan_parameters(family, config, 1, 1, "float32").per_device_bytes == 4 * 7_110_660_096
     # Tensor parallel over 8 devices: every layer weight splits (heads, kv heads, mlp), the
     # embedding table splits over the vocabulary; only norms stay replicated.
-    per_device = report.per_device_bytes("bfloat16", model_parallel=8)
-    assert 2 * 7_110_660_096 / 8 < per_device < 2 * 7_110_660_096 / 8 * 1.001
+    assert plan.replicated_parameters == 33 * 4096 * 2 - 4096  # 2 norms x 32 layers + final
+    assert 2 * 7_110_660_096 / 8 < plan.per_device_bytes < 2 * 7_110_660_096 / 8 * 1.001
 
 
 def test_shipped_decoder_cards():
@@ -232,8 +232,8 @@ def test_shipped_decoder_cards():
     ],
 )
 def test_qwen_parameter_counts(config, count):
-    from jaxembed.memory import parameter_memory
+    from jaxembed.parallel.plan import plan_parameters
 
     family = get_family(config["model_type"])
-    abstract = family.abstract_params(DecoderConfig.from_hf(config), np.dtype("bfloat16"))
-    assert parameter_memory(abstract).parameters == count  # gte-Qwen2-1.5B, Qwen3-Embedding-0.6B
+    plan = plan_parameters(family, DecoderConfig.from_hf(config), 1, 1, "bfloat16")
+    assert plan.parameters == count  # gte-Qwen2-1.5B, Qwen3-Embedding-0.6B

@@ -29,7 +29,7 @@ import numpy as np
 
 from jaxembed.engine.buckets import Bucket, pad_batch, plan_batches
 from jaxembed.engine.embedder import Embedder
-from jaxembed.errors import EngineError, OverloadedError
+from jaxembed.errors import EngineError, EngineUnavailableError, OverloadedError
 
 log = logging.getLogger(__name__)
 
@@ -329,6 +329,10 @@ class Batcher:
         bucket. Any other error: re-run request by request. A single request that
         still fails on its own gets the error (a 500 for that request only).
         """
+        if isinstance(error, EngineUnavailableError):  # nothing to retry on: fail them all
+            for job in {id(r.job): r.job for r in rows}.values():
+                self._fail(job, error)
+            return
         if is_out_of_memory(error) and len(rows) > 1:
             log.warning(
                 "out of memory for %d rows; retrying in halves at smaller buckets", len(rows)
@@ -368,7 +372,7 @@ class Batcher:
             self._finish(job)
         wrapped = (
             error
-            if isinstance(error, EngineError)
+            if isinstance(error, EngineError | EngineUnavailableError)
             else EngineError(f"the engine failed: {type(error).__name__}")
         )
         job.loop.call_soon_threadsafe(_resolve, job.future, None, wrapped)

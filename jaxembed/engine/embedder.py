@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
 from jaxembed.card import ModelCard
 from jaxembed.engine.buckets import (
@@ -26,6 +27,8 @@ from jaxembed.engine.compile_cache import enable_compile_cache
 from jaxembed.engine.runner import BucketRunner
 from jaxembed.engine.tokenize import TextTokenizer
 from jaxembed.errors import InvalidInputError
+from jaxembed.parallel.mesh import MeshShape, make_mesh
+from jaxembed.parallel.sharding import DATA_AXIS
 from jaxembed.pooling import truncate_dimensions
 from jaxembed.weights.loader import LoadedModel, load_model
 
@@ -36,6 +39,19 @@ STANDARD_INPUT_TYPES = ("query", "document")
 
 def default_token_budget() -> int:
     return DEFAULT_TOKEN_BUDGET.get(jax.default_backend(), DEFAULT_TOKEN_BUDGET["gpu"])
+
+
+def data_parallel_grid_options(
+    data: int, token_budget: int, batch_sizes: Sequence[int]
+) -> tuple[int, tuple[int, ...]]:
+    """Budget and batch sizes for a batch split over `data` devices.
+
+    The token budget is per data shard (what one device computes at once), so
+    a batch may hold `data` times as many tokens, and every batch size must be a
+    multiple of `data` so each device gets the same number of rows.
+    """
+    sizes = tuple(sorted({-(-b // data) * data for b in batch_sizes}))
+    return token_budget * data, sizes
 
 
 def classify_inputs(inputs: Inputs) -> tuple[str, list]:
@@ -69,11 +85,11 @@ class Embedder:
         self.card: ModelCard = model.card
         eos_id = getattr(model.config, "eos_token_id", None) if model.card.append_eos else None
         self.tokenizer = TextTokenizer(model.model_dir, model.card.max_length, eos_id=eos_id)
+        budget, sizes = data_parallel_grid_options(
+            model.mesh.shape[DATA_AXIS], token_budget or default_token_budget(), batch_sizes
+        )
         self.grid = BucketGrid.for_max_length(
-            model.card.max_length,
-            token_budget or default_token_budget(),
-            batch_sizes=batch_sizes,
-            seq_lengths=seq_lengths,
+            model.card.max_length, budget, batch_sizes=sizes, seq_lengths=seq_lengths
         )
         self.runner = BucketRunner(
             model.module(),
@@ -81,6 +97,7 @@ class Embedder:
             pooling=model.card.pooling,
             normalize=model.card.normalize,
             grid=self.grid,
+            mesh=model.mesh,
         )
         self.pad_id = int(getattr(model.config, "pad_token_id", 0))
 
@@ -90,6 +107,7 @@ class Embedder:
         spec: str | os.PathLike | None = None,
         *,
         dtype: str | None = None,
+        mesh: Mesh | MeshShape | None = None,
         compile_cache_dir: str | os.PathLike | bool | None = None,
         warmup: bool = False,
         warmup_progress: Callable[[int, int, Bucket], None] | None = None,
@@ -97,14 +115,21 @@ class Embedder:
     ) -> Embedder:
         """Load `spec` (directory or card name; None = embedded default) and build its engine.
 
+        `mesh`: a mesh, or a shape for one over all devices (default: one device).
         `compile_cache_dir=False` leaves JAX's persistent cache alone; None uses the default directory.
         """
         if compile_cache_dir is not False:
             enable_compile_cache(None if compile_cache_dir is True else compile_cache_dir)
-        embedder = cls(load_model(spec, dtype=dtype), **grid_options)
+        if isinstance(mesh, MeshShape):
+            mesh = make_mesh(mesh)
+        embedder = cls(load_model(spec, dtype=dtype, mesh=mesh), **grid_options)
         if warmup:
             embedder.runner.warmup(warmup_progress)
         return embedder
+
+    def unhealthy_reason(self) -> str | None:
+        """Why the engine cannot serve now (e.g. a lost follower host), or None."""
+        return self.runner.unhealthy_reason()
 
     @property
     def dimensions(self) -> int:

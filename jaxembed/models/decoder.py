@@ -21,6 +21,12 @@ import jax.numpy as jnp
 
 from jaxembed.errors import UnsupportedArchitectureError
 from jaxembed.models.encoder import ACTIVATIONS
+from jaxembed.parallel.sharding import constrain
+
+# Every parameter carries logical axis names; jaxembed/parallel/sharding.py maps them to the mesh.
+_axes = nn.with_logical_partitioning
+_kernel_init = nn.initializers.lecun_normal()
+_zeros = nn.initializers.zeros_init()
 
 DECODER_FAMILIES = frozenset({"mistral", "qwen2", "qwen3"})
 NO_WINDOW = 2**30  # "window" of a full-attention layer
@@ -118,10 +124,12 @@ class RMSNorm(nn.Module):
     eps: float
     dtype: jnp.dtype
     param_dtype: jnp.dtype
+    axis_name: str = "embed"  # logical name of the normalised (last) axis
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+        init = _axes(nn.initializers.ones, (self.axis_name,))
+        scale = self.param("scale", init, (x.shape[-1],), self.param_dtype)
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         return scale.astype(self.dtype) * normed.astype(self.dtype)
@@ -153,15 +161,23 @@ class _Attention(nn.Module):
     @nn.compact
     def __call__(self, x_bld, allowed_b1ll, window, cos_bld, sin_bld):
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
-        dense = lambda heads, name, bias: nn.DenseGeneral(  # noqa: E731
-            (heads, cfg.head_dim), use_bias=bias, dtype=dt, param_dtype=pdt, name=name
+        dense = lambda heads, axis, name, bias: nn.DenseGeneral(  # noqa: E731
+            (heads, cfg.head_dim),
+            use_bias=bias,
+            dtype=dt,
+            param_dtype=pdt,
+            kernel_init=_axes(_kernel_init, ("embed", axis, "head_dim")),
+            bias_init=_axes(_zeros, (axis, "head_dim")),
+            name=name,
         )
-        q = dense(cfg.num_heads, "q", cfg.qkv_bias)(x_bld)  # [B, L, H, Dh]
-        k = dense(cfg.num_kv_heads, "k", cfg.qkv_bias)(x_bld)  # [B, L, KV, Dh]
-        v = dense(cfg.num_kv_heads, "v", cfg.qkv_bias)(x_bld)
+        q_axes = ("batch", "length", "heads", "head_dim")
+        kv_axes = ("batch", "length", "kv_heads", "head_dim")
+        q = constrain(dense(cfg.num_heads, "heads", "q", cfg.qkv_bias)(x_bld), q_axes)
+        k = constrain(dense(cfg.num_kv_heads, "kv_heads", "k", cfg.qkv_bias)(x_bld), kv_axes)
+        v = constrain(dense(cfg.num_kv_heads, "kv_heads", "v", cfg.qkv_bias)(x_bld), kv_axes)
         if cfg.qk_norm:
-            q = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="q_norm")(q)
-            k = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="k_norm")(k)
+            q = RMSNorm(cfg.rms_norm_eps, dt, pdt, "head_dim", name="q_norm")(q)
+            k = RMSNorm(cfg.rms_norm_eps, dt, pdt, "head_dim", name="k_norm")(k)
         q, k = apply_rope(q, cos_bld, sin_bld), apply_rope(k, cos_bld, sin_bld)
 
         b, length = x_bld.shape[:2]
@@ -178,12 +194,15 @@ class _Attention(nn.Module):
         ctx = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(
             b, length, cfg.num_heads, cfg.head_dim
         )
+        ctx = constrain(ctx, q_axes)
         return nn.DenseGeneral(
             cfg.hidden_size,
             axis=(-2, -1),
             use_bias=cfg.output_bias,
             dtype=dt,
             param_dtype=pdt,
+            kernel_init=_axes(_kernel_init, ("heads", "head_dim", "embed")),
+            bias_init=_axes(_zeros, ("embed",)),
             name="o",
         )(ctx)
 
@@ -197,16 +216,24 @@ class _DecoderLayer(nn.Module):
     def __call__(self, x_bld, window, allowed_b1ll, cos_bld, sin_bld):
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
         norm = lambda name: RMSNorm(cfg.rms_norm_eps, dt, pdt, name=name)  # noqa: E731
-        dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=dt, param_dtype=pdt, name=name)  # noqa: E731
+        dense = lambda n, axes, name: nn.Dense(  # noqa: E731
+            n,
+            use_bias=False,
+            dtype=dt,
+            param_dtype=pdt,
+            kernel_init=_axes(_kernel_init, axes),
+            name=name,
+        )
         h = norm("input_norm")(x_bld)
         x_bld = x_bld + _Attention(cfg, dt, pdt, name="attention")(
             h, allowed_b1ll, window, cos_bld, sin_bld
         )
         h = norm("post_attention_norm")(x_bld)
-        h = ACTIVATIONS[cfg.activation](dense(cfg.intermediate_size, "gate")(h)) * dense(
-            cfg.intermediate_size, "up"
-        )(h)
-        return x_bld + dense(cfg.hidden_size, "down")(h), None
+        gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate")(h)
+        up = dense(cfg.intermediate_size, ("embed", "mlp"), "up")(h)
+        h = constrain(ACTIVATIONS[cfg.activation](gate) * up, ("batch", "length", "mlp"))
+        out = x_bld + dense(cfg.hidden_size, ("mlp", "embed"), "down")(h)
+        return constrain(out, ("batch", "length", "embed")), None
 
 
 class Decoder(nn.Module):
@@ -233,14 +260,17 @@ class Decoder(nn.Module):
             cfg.hidden_size,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            embedding_init=_axes(nn.linear.default_embed_init, ("vocab", "embed")),
             name="embed",
         )(input_ids)
+        x = constrain(x, ("batch", "length", "embed"))
         layers = nn.scan(
             _DecoderLayer,
             variable_axes={"params": 0},
             split_rngs={"params": True},
             in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
             length=cfg.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
         )
         windows = jnp.asarray(cfg.sliding_windows, dtype=jnp.int32)
         x, _ = layers(cfg, self.dtype, self.param_dtype, name="layers")(

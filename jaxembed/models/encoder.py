@@ -21,6 +21,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxembed.errors import UnsupportedArchitectureError
+from jaxembed.parallel.sharding import constrain
+
+# Every parameter carries logical axis names; jaxembed/parallel/sharding.py maps them to the mesh.
+_axes = nn.with_logical_partitioning
+_kernel_init = nn.initializers.lecun_normal()
+_zeros, _ones = nn.initializers.zeros_init(), nn.initializers.ones_init()
 
 # HF activation names → functions. "gelu" in HF is the exact (erf) form.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -106,8 +112,13 @@ class _Embeddings(nn.Module):
     @nn.compact
     def __call__(self, input_ids: jax.Array) -> jax.Array:  # [B, L] -> [B, L, D]
         cfg = self.config
-        embed = lambda n, name: nn.Embed(  # noqa: E731
-            n, cfg.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype, name=name
+        embed = lambda n, name, axis: nn.Embed(  # noqa: E731
+            n,
+            cfg.hidden_size,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            embedding_init=_axes(nn.linear.default_embed_init, (axis, "embed")),
+            name=name,
         )
         if cfg.positions_from_padding:
             # As HF's create_position_ids_from_input_ids: pad tokens keep padding_idx.
@@ -115,16 +126,25 @@ class _Embeddings(nn.Module):
             positions = jnp.cumsum(not_pad, axis=1) * not_pad + cfg.pad_token_id
         else:
             positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
-        x = embed(cfg.vocab_size, "word")(input_ids)
-        x = x + embed(cfg.max_position_embeddings, "position")(positions)
+        x = embed(cfg.vocab_size, "word", "vocab")(input_ids)
+        x = x + embed(cfg.max_position_embeddings, "position", "position")(positions)
         if cfg.type_vocab_size:
             # Single-segment inputs: every token has type 0, i.e. row 0 of the table.
-            x = x + embed(cfg.type_vocab_size, "token_type")(jnp.zeros_like(input_ids))
+            x = x + embed(cfg.type_vocab_size, "token_type", "token_type")(
+                jnp.zeros_like(input_ids)
+            )
         return _layer_norm(cfg, self.dtype, self.param_dtype, "norm")(x)
 
 
 def _layer_norm(cfg: EncoderConfig, dtype: jnp.dtype, param_dtype: jnp.dtype, name: str):
-    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dtype, param_dtype=param_dtype, name=name)
+    return nn.LayerNorm(
+        epsilon=cfg.layer_norm_eps,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=_axes(_ones, ("embed",)),
+        bias_init=_axes(_zeros, ("embed",)),
+        name=name,
+    )
 
 
 class _SelfAttention(nn.Module):
@@ -136,9 +156,17 @@ class _SelfAttention(nn.Module):
     def __call__(self, x_bld: jax.Array, bias_b11l: jax.Array) -> jax.Array:
         cfg = self.config
         proj = lambda name: nn.DenseGeneral(  # noqa: E731
-            (cfg.num_heads, cfg.head_dim), dtype=self.dtype, param_dtype=self.param_dtype, name=name
+            (cfg.num_heads, cfg.head_dim),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=_axes(_kernel_init, ("embed", "heads", "head_dim")),
+            bias_init=_axes(_zeros, ("heads", "head_dim")),
+            name=name,
         )
-        q_blhd, k_blhd, v_blhd = proj("query")(x_bld), proj("key")(x_bld), proj("value")(x_bld)
+        heads = ("batch", "length", "heads", "head_dim")
+        q_blhd, k_blhd, v_blhd = (
+            constrain(proj(name)(x_bld), heads) for name in ("query", "key", "value")
+        )
         scores_bhqk = jnp.einsum("bqhd,bkhd->bhqk", q_blhd, k_blhd) / math.sqrt(cfg.head_dim)
         # Softmax in float32 whatever the compute dtype; masked keys get ~-inf so a
         # padded position contributes exactly 0 to every real query.
@@ -149,8 +177,10 @@ class _SelfAttention(nn.Module):
             axis=(-2, -1),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            kernel_init=_axes(_kernel_init, ("heads", "head_dim", "embed")),
+            bias_init=_axes(_zeros, ("embed",)),
             name="output",
-        )(ctx_blhd)
+        )(constrain(ctx_blhd, heads))
 
 
 class _EncoderLayer(nn.Module):
@@ -163,12 +193,22 @@ class _EncoderLayer(nn.Module):
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
         attn = _SelfAttention(cfg, dt, pdt, name="attention")(x_bld, bias_b11l)
         x_bld = _layer_norm(cfg, dt, pdt, "attention_norm")(x_bld + attn)
-        h_blf = nn.Dense(cfg.intermediate_size, dtype=dt, param_dtype=pdt, name="intermediate")(
-            x_bld
-        )
-        h_blf = ACTIVATIONS[cfg.activation](h_blf)
-        h_bld = nn.Dense(cfg.hidden_size, dtype=dt, param_dtype=pdt, name="output")(h_blf)
-        return _layer_norm(cfg, dt, pdt, "output_norm")(x_bld + h_bld), None
+
+        def dense(n: int, axes: tuple[str, str], name: str) -> nn.Dense:
+            return nn.Dense(
+                n,
+                dtype=dt,
+                param_dtype=pdt,
+                kernel_init=_axes(_kernel_init, axes),
+                bias_init=_axes(_zeros, axes[1:]),
+                name=name,
+            )
+
+        h_blf = dense(cfg.intermediate_size, ("embed", "mlp"), "intermediate")(x_bld)
+        h_blf = constrain(ACTIVATIONS[cfg.activation](h_blf), ("batch", "length", "mlp"))
+        h_bld = dense(cfg.hidden_size, ("mlp", "embed"), "output")(h_blf)
+        out_bld = _layer_norm(cfg, dt, pdt, "output_norm")(x_bld + h_bld)
+        return constrain(out_bld, ("batch", "length", "embed")), None
 
 
 class Encoder(nn.Module):
@@ -185,6 +225,7 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
         x_bld = _Embeddings(self.config, self.dtype, self.param_dtype, name="embeddings")(input_ids)
+        x_bld = constrain(x_bld, ("batch", "length", "embed"))
         bias_b11l = jnp.where(
             attention_mask[:, None, None, :].astype(bool), 0.0, jnp.finfo(jnp.float32).min
         ).astype(jnp.float32)
@@ -194,6 +235,7 @@ class Encoder(nn.Module):
             split_rngs={"params": True},
             in_axes=nn.broadcast,
             length=self.config.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
         )
         x_bld, _ = layers(self.config, self.dtype, self.param_dtype, name="layers")(
             x_bld, bias_b11l

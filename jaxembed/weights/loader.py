@@ -2,7 +2,9 @@
 
 Two paths: a Hugging Face directory is read from safetensors through the
 family's name map; a directory written by `jaxembed convert` is restored from
-Orbax straight into the target sharding. Both give identical parameters.
+Orbax straight into the target shardings. Both give identical parameters,
+placed on the mesh as the logical-axis rules say (jaxembed/parallel/sharding.py):
+every device receives only its own shard, never a full copy first.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from jaxembed.card import CARD_FILENAME, ModelCard
 from jaxembed.errors import ModelLoadError
 from jaxembed.families import Family, get_family
+from jaxembed.parallel.mesh import make_mesh
+from jaxembed.parallel.sharding import param_shardings
 from jaxembed.registry import read_hf_config, resolve_model
 from jaxembed.weights.convert_params import Progress, assemble_params
 from jaxembed.weights.orbax_io import abstract_with_sharding, restore_params
@@ -47,6 +52,7 @@ class LoadedModel:
     dtype: jnp.dtype
     source_format: str  # "safetensors" | "orbax"
     load_seconds: float
+    mesh: Mesh
 
     def module(self) -> nn.Module:
         return self.family.module(self.config, dtype=self.dtype, param_dtype=self.dtype)
@@ -77,14 +83,32 @@ def read_safetensors_params(
         checkpoint.close()
 
 
+def _place(host: Any, shardings: Any) -> Any:
+    """Host arrays → global arrays; each device's shard is cut from the host copy directly.
+
+    `make_array_from_callback` also works when the mesh spans several processes
+    (each process fills only its own devices), where `device_put` would not.
+    """
+    return jax.tree.map(
+        lambda array, sharding: jax.make_array_from_callback(
+            array.shape, sharding, lambda index: array[index]
+        ),
+        host,
+        shardings,
+    )
+
+
 def load_model(
     spec: str | os.PathLike | None = None,
     *,
     dtype: str | None = None,
-    sharding: jax.sharding.Sharding | None = None,
+    mesh: Mesh | None = None,
     progress: Progress | None = None,
 ) -> LoadedModel:
-    """Load `spec` (a directory or a card name; None = the embedded default model)."""
+    """Load `spec` (a directory or a card name; None = the embedded default model).
+
+    `mesh`: where the parameters go (default: a 1x1 mesh on the first local device).
+    """
     start = time.perf_counter()
     model_dir, card = resolve_model(spec)
     hf_config = read_hf_config(model_dir)
@@ -103,14 +127,16 @@ def load_model(
         raise ModelLoadError(
             f"{model_dir} holds an incomplete conversion (no {CARD_FILENAME}); run `jaxembed convert` again"
         )
+    mesh = mesh or make_mesh(devices=jax.local_devices()[:1])
+    abstract = family.abstract_params(config, jdtype)
+    shardings = param_shardings(abstract, family.param_axes(config), mesh)
     if orbax_dir.is_dir():
-        abstract = abstract_with_sharding(family.abstract_params(config, jdtype), sharding)
-        params = restore_params(orbax_dir, abstract)
+        params = restore_params(orbax_dir, abstract_with_sharding(abstract, shardings))
         source_format = "orbax"
     else:
         host = read_safetensors_params(model_dir, family, config, jdtype, progress)
-        target = sharding or jax.local_devices()[0]
-        params = jax.device_put(host, target)
+        params = _place(host, shardings)
+        del host
         source_format = "safetensors"
     jax.block_until_ready(params)
     return LoadedModel(
@@ -123,4 +149,5 @@ def load_model(
         dtype=jdtype,
         source_format=source_format,
         load_seconds=time.perf_counter() - start,
+        mesh=mesh,
     )

@@ -76,11 +76,14 @@ def restore_params(directory: str | Path, abstract_params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(restore, abstract_params)
 
 
-def abstract_with_sharding(
-    abstract_params: Any, sharding: jax.sharding.Sharding | None = None
-) -> Any:
-    """Attach a sharding (default: the first local device) to every leaf of an abstract tree."""
-    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+def abstract_with_sharding(abstract_params: Any, shardings: Any) -> Any:
+    """Attach each leaf's target sharding (a tree of the same structure) to an abstract tree.
+
+    Checkpoints hold whole (unsharded) arrays, so one checkpoint restores onto any
+    mesh shape: Orbax reads only the slices each local device needs.
+    """
     return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract_params
+        lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        abstract_params,
+        shardings,
     )

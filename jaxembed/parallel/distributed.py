@@ -1,0 +1,117 @@
+"""Multi-host bring-up: `jax.distributed.initialize` from flags or the environment.
+
+Two ways to use a TPU pod slice (or several GPU hosts), chosen by `mode`:
+
+* `replica`: every host serves its own HTTP port with its own local devices
+  (a load balancer spreads requests); nothing crosses hosts at run time.
+* `global`: one model over every device of every host; process 0 serves HTTP
+  and broadcasts each batch (jaxembed/parallel/multihost.py), the others follow.
+
+On Cloud TPU, `jax.distributed.initialize()` finds the coordinator, process
+count and id by itself; elsewhere they come from flags or from
+`JAXEMBED_COORDINATOR_ADDRESS`, `JAXEMBED_NUM_PROCESSES` and
+`JAXEMBED_PROCESS_ID` (or LeaderWorkerSet's `LWS_WORKER_INDEX`, or an
+indexed Job's `JOB_COMPLETION_INDEX`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import jax
+
+log = logging.getLogger("jaxembed.distributed")
+
+MODES = ("global", "replica")
+# A leader's exit waits at most this long for a follower that is already gone.
+SHUTDOWN_TIMEOUT_SECONDS = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    coordinator_address: str | None = None  # host:port of process 0; None = auto-detect
+    num_processes: int | None = None
+    process_id: int | None = None
+    mode: str = "global"
+    control_address: str | None = None  # leader's batch channel; default coordinator port + 1
+    heartbeat_timeout: float = 5.0
+    initialization_timeout: int = 300
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"multi-host mode must be one of {MODES}, not {self.mode!r}")
+
+    @classmethod
+    def from_env(cls, **overrides) -> DistributedConfig:
+        """Flags (non-None `overrides`) win over the environment."""
+        env = os.environ
+        process_id = next(
+            (
+                env[name]
+                for name in ("JAXEMBED_PROCESS_ID", "LWS_WORKER_INDEX", "JOB_COMPLETION_INDEX")
+                if env.get(name)
+            ),
+            None,
+        )
+        values = {
+            "coordinator_address": env.get("JAXEMBED_COORDINATOR_ADDRESS"),
+            "num_processes": int(env["JAXEMBED_NUM_PROCESSES"])
+            if env.get("JAXEMBED_NUM_PROCESSES")
+            else None,
+            "process_id": int(process_id) if process_id else None,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def initialize(config: DistributedConfig) -> None:
+    """Join the process group (blocks until every process has joined, or times out)."""
+    log.info(
+        "joining the process group (coordinator %s, process %s of %s)",
+        config.coordinator_address or "auto",
+        "auto" if config.process_id is None else config.process_id,
+        config.num_processes or "auto",
+    )
+    jax.distributed.initialize(
+        coordinator_address=config.coordinator_address,
+        num_processes=config.num_processes,
+        process_id=config.process_id,
+        initialization_timeout=config.initialization_timeout,
+        shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_SECONDS,
+    )
+    log.info(
+        "process %d of %d: %d local devices, %d in total",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
+
+
+def serving_devices(config: DistributedConfig | None) -> list[jax.Device]:
+    """The devices one server process drives: its own (replica) or every process's (global)."""
+    if config is None or config.mode == "replica":
+        return jax.local_devices()
+    return jax.devices()
+
+
+def control_address(config: DistributedConfig) -> tuple[str, int]:
+    """Where the leader listens for followers: explicit, or next to the coordinator."""
+    address = config.control_address
+    if address is None:
+        coordinator = config.coordinator_address or _detected_coordinator()
+        if not coordinator:
+            raise ValueError("set --control-address (the coordinator address is unknown)")
+        host, port = coordinator.rsplit(":", 1)
+        return host, int(port) + 1
+    host, port = address.rsplit(":", 1)
+    return host, int(port)
+
+
+def _detected_coordinator() -> str | None:
+    # After an auto-detected initialize (Cloud TPU), JAX knows the coordinator's address.
+    from jax._src import distributed
+
+    return distributed.global_state.coordinator_address

@@ -1,0 +1,121 @@
+"""Embeddings on every mesh shape equal the single-device result; parameters split as the rules say."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from jaxembed.engine.embedder import Embedder
+from jaxembed.parallel.mesh import MeshShape, make_mesh
+from jaxembed.weights.convert import convert
+from tests.helpers import save_tiny_decoder, save_tiny_model
+from tests.texts import varied_texts
+
+MESHES = [(1, 1), (8, 1), (4, 2), (2, 4), (1, 8)]
+GRID = dict(seq_lengths=(16, 32, 64, 128), token_budget=256)
+
+
+@pytest.fixture(scope="module")
+def texts():
+    return varied_texts()[:40]
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-bert")
+    save_tiny_model("bert", path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def mistral_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-mistral")
+    save_tiny_decoder("mistral", path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(texts, bert_dir, mistral_dir):
+    """Single-device embeddings of `texts` per family, computed once."""
+    return {
+        family: _embedder(path, None).embed(texts, truncate=True)
+        for family, path in (("bert", bert_dir), ("mistral", mistral_dir))
+    }
+
+
+def _embedder(path, mesh_shape: tuple[int, int] | None) -> Embedder:
+    if mesh_shape is None:  # the reference: one device, no mesh given
+        return Embedder.from_pretrained(path, dtype="float32", compile_cache_dir=False, **GRID)
+    devices = jax.devices()[: mesh_shape[0] * mesh_shape[1]]
+    mesh = make_mesh(MeshShape(*mesh_shape), devices)
+    return Embedder.from_pretrained(
+        path, dtype="float32", mesh=mesh, compile_cache_dir=False, **GRID
+    )
+
+
+def _specs(embedder: Embedder) -> dict[str, P]:
+    flat = jax.tree_util.tree_leaves_with_path(embedder.model.params)
+    return {".".join(str(k.key) for k in path): leaf.sharding.spec for path, leaf in flat}
+
+
+@pytest.mark.parametrize("family", ["bert", "mistral"])
+@pytest.mark.parametrize("mesh_shape", MESHES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_mesh_matches_single_device(family, mesh_shape, texts, bert_dir, mistral_dir, reference):
+    path = bert_dir if family == "bert" else mistral_dir
+    on_mesh = _embedder(path, mesh_shape)
+    assert dict(on_mesh.runner.mesh.shape) == {"data": mesh_shape[0], "model": mesh_shape[1]}
+    # Every batch size is a multiple of the data axis: each device gets whole rows.
+    assert all(b % mesh_shape[0] == 0 for b in on_mesh.grid.batch_sizes)
+    result = on_mesh.embed(texts, truncate=True)
+    assert result.shape == reference[family].shape
+    assert np.abs(result - reference[family]).max() <= 1e-5
+
+
+def test_encoder_parameter_shardings(bert_dir):
+    specs = _specs(_embedder(bert_dir, (2, 4)))  # 4 heads, 64 MLP units: both split 4 ways
+    assert specs["layers.attention.query.kernel"] == P(None, None, "model", None)
+    assert specs["layers.attention.query.bias"] == P(None, "model", None)
+    assert specs["layers.attention.output.kernel"] == P(None, "model", None, None)
+    assert specs["layers.attention.output.bias"] == P(None, None)
+    assert specs["layers.intermediate.kernel"] == P(None, None, "model")
+    assert specs["layers.intermediate.bias"] == P(None, "model")
+    assert specs["layers.output.kernel"] == P(None, "model", None)
+    assert specs["layers.attention_norm.scale"] == P(None, None)
+    # 30,522 rows do not divide by 4: the table stays whole rather than failing.
+    assert specs["embeddings.word.embedding"] == P(None, None)
+
+    specs = _specs(_embedder(bert_dir, (1, 8)))  # 4 heads cannot split 8 ways; 64 units can
+    assert specs["layers.attention.query.kernel"] == P(None, None, None, None)
+    assert specs["layers.intermediate.kernel"] == P(None, None, "model")
+
+
+def test_decoder_parameter_shardings(mistral_dir):
+    specs = _specs(_embedder(mistral_dir, (2, 4)))  # 4 query heads, 2 KV heads, 128 MLP
+    assert specs["layers.attention.q.kernel"] == P(None, None, "model", None)
+    assert specs["layers.attention.k.kernel"] == P(None, None, None, None)  # 2 KV heads, 4 ways
+    assert specs["layers.attention.o.kernel"] == P(None, "model", None, None)
+    assert specs["layers.gate.kernel"] == P(None, None, "model")
+    assert specs["layers.up.kernel"] == P(None, None, "model")
+    assert specs["layers.down.kernel"] == P(None, "model", None)
+    assert specs["layers.input_norm.scale"] == P(None, None)
+
+    specs = _specs(_embedder(mistral_dir, (4, 2)))
+    assert specs["layers.attention.k.kernel"] == P(None, None, "model", None)  # 2 KV heads, 2 ways
+    assert specs["layers.attention.v.kernel"] == P(None, None, "model", None)
+
+
+@pytest.mark.parametrize("mesh_shape", [(4, 2), (1, 8)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_orbax_checkpoint_restores_on_any_mesh(tmp_path, bert_dir, mesh_shape, texts, reference):
+    converted = tmp_path / "converted"
+    convert(bert_dir, converted, dtype="float32", show_progress=False)
+    embedder = _embedder(converted, mesh_shape)
+    assert embedder.model.source_format == "orbax"
+    kernel = embedder.model.params["layers"]["intermediate"]["kernel"]  # [layers, 32, 64]
+    model = mesh_shape[1]
+    assert kernel.sharding.spec == P(None, None, "model")
+    # Each device holds only its slice, restored straight into place.
+    assert {s.data.shape for s in kernel.addressable_shards} == {(2, 32, 64 // model)}
+    assert len(kernel.addressable_shards) == 8
+    assert np.abs(embedder.embed(texts, truncate=True) - reference["bert"]).max() <= 1e-5

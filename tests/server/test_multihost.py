@@ -1,0 +1,138 @@
+"""One model over two processes (4 CPU devices each) joined with jax.distributed on 127.0.0.1.
+
+Process 0 serves HTTP and broadcasts every batch; process 1 follows. The
+mesh (data=2, model=4) spans both processes, so every step's collectives
+cross the process boundary, as on a multi-host TPU slice.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from jaxembed.engine.embedder import Embedder
+from tests.helpers import ServerProcess, free_port, save_tiny_model
+from tests.texts import varied_texts
+
+GRID = ("--seq-lengths", "16,32,64,128", "--token-budget", "64")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-bert-multihost")
+    save_tiny_model("bert", path, seed=3)
+    return path
+
+
+class ProcessGroup:
+    """A follower (process 1) started first, then the leader (process 0) as a ServerProcess."""
+
+    def __init__(self, model_dir: Path, tmp: Path):
+        coordinator = f"127.0.0.1:{free_port()}"
+        control = f"127.0.0.1:{free_port()}"
+        env = {
+            **os.environ,
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        }
+        common = [
+            "--model", str(model_dir), "--distributed", "--coordinator-address", coordinator,
+            "--control-address", control, "--num-processes", "2", "--mesh", "data=2,model=4",
+            "--heartbeat-timeout", "3", *GRID,
+        ]  # fmt: skip
+        self.follower_log = (tmp / "follower.log").open("wb")
+        self.follower = subprocess.Popen(
+            [sys.executable, "-m", "jaxembed.cli", "serve", *common, "--process-id", "1",
+             "--host", "127.0.0.1", "--port", str(free_port())],
+            stdout=self.follower_log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+        try:
+            self.leader = ServerProcess(*common, "--process-id", "0", env=env, ready_timeout=300)
+        except Exception:
+            self.follower.kill()
+            raise
+
+    def follower_output(self) -> str:
+        self.follower_log.flush()
+        return Path(self.follower_log.name).read_text(errors="replace")[-3000:]
+
+    def cleanup(self) -> None:
+        for proc in (self.leader.proc, self.follower):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.follower_log.close()
+
+
+def _embed(url: str, texts: list[str], encoding: str = "float") -> np.ndarray:
+    r = httpx.post(
+        url + "/v1/embeddings",
+        json={"input": texts, "encoding_format": encoding, "truncate": True},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    rows = sorted(r.json()["data"], key=lambda d: d["index"])
+    if encoding == "base64":
+        return np.stack([np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in rows])
+    return np.asarray([d["embedding"] for d in rows], dtype=np.float32)
+
+
+def test_two_processes_serve_one_model_and_stop_together(tiny_dir, tmp_path):
+    texts = varied_texts()[:24]
+    reference = Embedder.from_pretrained(tiny_dir, compile_cache_dir=False).embed(
+        texts, truncate=True
+    )
+    group = ProcessGroup(tiny_dir, tmp_path)
+    try:
+        url = group.leader.url
+        together = _embed(url, texts[:12])
+        assert np.abs(together - reference[:12]).max() <= 1e-5
+        # A second, differently bucketed request and the base64 encoding.
+        rest = _embed(url, texts[12:], "base64")
+        assert np.abs(rest - reference[12:]).max() <= 1e-5
+        one = _embed(url, [texts[5]])
+        assert np.abs(one[0] - reference[5]).max() <= 1e-5
+
+        # SIGTERM to the leader: it drains, tells the follower to stop, both exit 0.
+        assert group.leader.stop() == 0, group.leader.log()
+        assert group.follower.wait(30) == 0, group.follower_output()
+        assert "the leader stopped" in group.follower_output()
+    finally:
+        group.cleanup()
+
+
+def test_a_dead_follower_turns_ready_false(tiny_dir, tmp_path):
+    group = ProcessGroup(tiny_dir, tmp_path)
+    try:
+        url = group.leader.url
+        assert _embed(url, ["warm"]).shape[0] == 1
+        group.follower.send_signal(signal.SIGKILL)
+        group.follower.wait(10)
+        killed = time.monotonic()
+        while httpx.get(url + "/ready", timeout=5).status_code == 200:
+            assert time.monotonic() - killed < 15, "leader still ready 15 s after the follower died"
+            time.sleep(0.2)
+        assert "follower process 1" in httpx.get(url + "/ready", timeout=5).text
+        # New work fails fast with a 503 in OpenAI shape rather than hanging in a collective.
+        started = time.monotonic()
+        r = httpx.post(url + "/v1/embeddings", json={"input": "after"}, timeout=30)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "engine_unavailable"
+        assert "Retry-After" in r.headers
+        assert time.monotonic() - started < 5
+        assert httpx.get(url + "/health", timeout=5).status_code == 200  # alive, not ready
+        # The leader exits promptly (no wait on JAX's shutdown barrier for a dead peer), non-zero
+        # so that an orchestrator restarts the group.
+        started = time.monotonic()
+        assert group.leader.stop(timeout=30) == 1, group.leader.log()
+        assert time.monotonic() - started < 30
+    finally:
+        group.cleanup()

@@ -1,0 +1,72 @@
+"""The deployment files only use flags, routes and images that exist, with consistent timings."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jaxembed.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFESTS = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
+# Values Kubernetes substitutes into $(VAR) at pod start.
+K8S_VARS = {"LWS_LEADER_ADDRESS": "jaxembed-tpu-0.jaxembed-tpu", "LWS_GROUP_SIZE": "4"}
+
+
+def _documents():
+    for path in MANIFESTS:
+        for doc in yaml.safe_load_all(path.read_text()):
+            yield path.name, doc
+
+
+def _pod_specs(doc):
+    spec = doc.get("spec", {})
+    if doc["kind"] == "Deployment":
+        yield spec["template"]["spec"]
+    elif doc["kind"] == "LeaderWorkerSet":
+        template = spec["leaderWorkerTemplate"]
+        yield template["leaderTemplate"]["spec"]
+        yield template["workerTemplate"]["spec"]
+
+
+def _serve_args(args: list[str]):
+    expanded = [re.sub(r"\$\((\w+)\)", lambda m: K8S_VARS[m.group(1)], a) for a in args]
+    return build_parser().parse_args(["serve", *expanded])
+
+
+def test_there_are_manifests_for_tpu_and_gpu():
+    kinds = {(name, doc["kind"]) for name, doc in _documents()}
+    assert ("tpu-v5e-multihost.yaml", "LeaderWorkerSet") in kinds
+    assert ("gpu-replicas.yaml", "Deployment") in kinds
+    assert ("gpu-replicas.yaml", "HorizontalPodAutoscaler") in kinds
+
+
+@pytest.mark.parametrize("name,doc", list(_documents()), ids=lambda x: str(x)[:40])
+def test_containers_use_real_flags_and_routes(name, doc):
+    from server.app import create_app  # noqa: F401  (routes below are registered there)
+
+    routes = {"/health", "/ready", "/metrics"}
+    for pod in _pod_specs(doc):
+        for container in pod["containers"]:
+            args = _serve_args(container["args"])  # argparse exits on an unknown flag
+            assert args.drain_timeout < pod["terminationGracePeriodSeconds"]
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                if probe in container:
+                    assert container[probe]["httpGet"]["path"] in routes
+            if doc["kind"] == "LeaderWorkerSet":
+                assert args.distributed and args.multihost == "global"
+                assert args.num_processes == doc["spec"]["leaderWorkerTemplate"]["size"] == 4
+                assert args.mesh.data * args.mesh.model == 16  # 4 hosts x 4 chips
+
+
+def test_dockerfile_entrypoint_is_a_valid_serve_command():
+    text = (ROOT / "Dockerfile").read_text()
+    entry = re.search(r"ENTRYPOINT (\[.*\])", text).group(1)
+    command = yaml.safe_load(entry)
+    assert command[:2] == ["jaxembed", "serve"]
+    args = build_parser().parse_args(command[1:])
+    assert args.host == "0.0.0.0"
+    assert "ACCELERATOR" in text and "jax[$ACCELERATOR]" in text
