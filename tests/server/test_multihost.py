@@ -136,3 +136,47 @@ def test_a_dead_follower_turns_ready_false(tiny_dir, tmp_path):
         assert time.monotonic() - started < 30
     finally:
         group.cleanup()
+
+
+def test_replica_mode_serves_a_copy_per_process(tiny_dir, tmp_path):
+    """Mode (a): both processes join the group but each serves its own port on its own devices."""
+    texts = varied_texts()[:6]
+    reference = Embedder.from_pretrained(tiny_dir, compile_cache_dir=False).embed(
+        texts, truncate=True
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    common = [
+        "--model", str(tiny_dir), "--distributed", "--multihost", "replica",
+        "--coordinator-address", f"127.0.0.1:{free_port()}", "--num-processes", "2", *GRID,
+    ]  # fmt: skip
+    second_port = free_port()
+    log = (tmp_path / "second.log").open("wb")
+    second = subprocess.Popen(
+        [sys.executable, "-m", "jaxembed.cli", "serve", *common, "--process-id", "1",
+         "--host", "127.0.0.1", "--port", str(second_port)],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    first = None
+    try:
+        first = ServerProcess(*common, "--process-id", "0", env=env)
+        second_url = f"http://127.0.0.1:{second_port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(second_url + "/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and second.poll() is None, "second replica not ready"
+            time.sleep(0.2)
+        for url in (first.url, second_url):
+            assert np.abs(_embed(url, texts) - reference).max() <= 1e-5
+        assert "mesh data=4,model=1" in first.log()  # its own 4 devices, not all 8
+        second.send_signal(signal.SIGTERM)
+        assert first.stop() == 0, first.log()
+        assert second.wait(30) == 0
+    finally:
+        for proc in (second, first.proc if first else None):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+        log.close()
