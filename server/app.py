@@ -36,11 +36,29 @@ from server.errors import (
     model_not_found,
     unavailable,
 )
+from server.logs import request_id_var
 from server.metrics import Metrics
-from server.openapi import build_openapi, docs_page
+from server.openapi import ServedModel, build_openapi, docs_page
 from server.protocol import EmbeddingRequest, MultimodalItem, TokenizeRequest
 
 log = logging.getLogger("jaxembed.server")
+access = logging.getLogger("jaxembed.access")
+QUIET_ROUTES = frozenset({"/health", "/ready", "/metrics"})
+MAX_REQUEST_ID = 128
+
+
+def _request_id(client_value: str | None) -> str:
+    """The client's X-Request-Id if it is a sane token, else a fresh one (ids end up in logs)."""
+    if (
+        client_value
+        and len(client_value) <= MAX_REQUEST_ID
+        and client_value.isprintable()
+        and client_value.isascii()
+    ):
+        return client_value
+    return uuid.uuid4().hex
+
+
 _app_ids = itertools.count()
 # Tokenising more characters than this moves off the event loop (HF tokenizers release the GIL).
 INLINE_TOKENIZE_CHARS = 4096
@@ -119,7 +137,8 @@ def encode_embeddings(vectors: np.ndarray, encoding_format: str) -> list[dict]:
 def create_app(
     config: ServerConfig, embedder: Embedder, *, fault_hook: FaultHook | None = None
 ) -> Sanic:
-    app = Sanic(f"jaxembed_{next(_app_ids)}")
+    # Logging is configured once by `jaxembed serve` (server/logs.py), not by Sanic.
+    app = Sanic(f"jaxembed_{next(_app_ids)}", configure_logging=False)
     app.config.REQUEST_MAX_SIZE = config.max_request_bytes
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.config.NOISY_EXCEPTIONS = False
@@ -137,7 +156,17 @@ def create_app(
     )
     card = embedder.card
     served = list(dict.fromkeys(config.served_model_names or card.names))
-    openapi = build_openapi(jaxembed.__version__)
+    openapi = build_openapi(
+        jaxembed.__version__,
+        auth=bool(config.api_keys),
+        served=ServedModel(
+            names=tuple(served),
+            dimensions=embedder.dimensions,
+            vocab_size=embedder.tokenizer.vocab_size,
+            max_inputs=config.max_inputs,
+            instructions=bool(card.instruction_template),
+        ),
+    )
     state = {"draining": False}
 
     def not_ready_reason() -> str | None:
@@ -173,7 +202,8 @@ def create_app(
     @app.on_request
     async def _before(request: Request):
         request.ctx.start = time.perf_counter()
-        request.ctx.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.ctx.request_id = _request_id(request.headers.get("x-request-id"))
+        request_id_var.set(request.ctx.request_id)
         if request.path not in OPEN_PATHS:
             try:
                 check_api_key(request.headers.get("authorization"), config.api_keys)
@@ -186,8 +216,24 @@ def create_app(
         response.headers["X-Request-Id"] = getattr(request.ctx, "request_id", "")
         route = "/" + request.route.path.lstrip("/") if request.route else "unmatched"
         metrics.requests.labels(route=route, status=str(response.status)).inc()
-        if hasattr(request.ctx, "start"):
-            metrics.latency.labels(route=route).observe(time.perf_counter() - request.ctx.start)
+        seconds = time.perf_counter() - request.ctx.start if hasattr(request.ctx, "start") else 0.0
+        metrics.latency.labels(route=route).observe(seconds)
+        # The access line; probes and scrapes only at debug level.
+        access.log(
+            logging.DEBUG if route in QUIET_ROUTES else logging.INFO,
+            "%s %s %d %.1f ms",
+            request.method,
+            request.path,
+            response.status,
+            seconds * 1000,
+            extra={
+                "request_id": getattr(request.ctx, "request_id", None),
+                "method": request.method,
+                "path": request.path,
+                "status": response.status,
+                "duration_ms": round(seconds * 1000, 2),
+            },
+        )
         if response.status >= 400:
             try:
                 code = orjson.loads(response.body)["error"].get("code") or str(response.status)
@@ -214,7 +260,13 @@ def create_app(
         message = str(error) if status < 500 else "internal error"
         if status == 413:
             message = f"the request body is larger than {config.max_request_bytes} bytes"
-        return error_response(APIError(status, message, type=kind, code=codes.get(status)))
+        # 405 carries `Allow` (RFC 9110), which Sanic puts on the exception's headers.
+        headers = {
+            k: v for k, v in (getattr(error, "headers", None) or {}).items() if k.lower() == "allow"
+        }
+        return error_response(
+            APIError(status, message, type=kind, code=codes.get(status), headers=headers)
+        )
 
     @app.exception(Exception)
     async def _unexpected(request: Request, error: Exception):
@@ -322,11 +374,11 @@ def create_app(
         metrics.tokens.inc(total)
         if req.user:
             log.info(
-                "request %s user=%s inputs=%d tokens=%d",
-                request.ctx.request_id,
-                req.user,
+                "embedded %d inputs (%d tokens) for user %s",
                 len(token_lists),
                 total,
+                req.user,
+                extra={"user": req.user, "inputs": len(token_lists), "tokens": total},
             )
         return json_response(
             {

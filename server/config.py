@@ -40,6 +40,7 @@ class ServerConfig:
     step_batches: int = 8
     drain_timeout: float = 30.0
     log_level: str = "info"
+    log_format: str = "text"
     mesh: MeshShape | None = None  # None: every serving device on `data`
     distributed: DistributedConfig | None = None  # set by --distributed
 
@@ -114,6 +115,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--drain-timeout", type=float, default=d.drain_timeout)
     p.add_argument("--log-level", default=d.log_level)
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=d.log_format,
+        help="json: one object per line with the request id (for log pipelines)",
+    )
     p.add_argument(
         "--mesh",
         type=mesh_shape_arg,

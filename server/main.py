@@ -20,6 +20,7 @@ from jaxembed.parallel import distributed, multihost
 from jaxembed.parallel.mesh import describe, make_mesh
 from server.app import create_app
 from server.config import ServerConfig, config_from_args
+from server.logs import configure_logging
 
 log = logging.getLogger("jaxembed.server")
 
@@ -67,14 +68,7 @@ def run_follower(config: ServerConfig, embedder: Embedder) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    level = args.log_level.upper()
-    # force=True: an imported library may already have configured the root logger, which
-    # would make this call a no-op and leave jaxembed's INFO lines (model load, warm-up
-    # progress, request users, drain) below the root's WARNING level.
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
-    logging.getLogger("jaxembed").setLevel(level)
+    configure_logging(args.log_level, args.log_format)
     config = config_from_args(args)
     dist = config.distributed
     try:

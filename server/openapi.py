@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 
 from pydantic.json_schema import models_json_schema
@@ -15,6 +16,54 @@ from server.protocol import (
 )
 
 _MODELS = [EmbeddingRequest, EmbeddingResponse, ErrorResponse, TokenizeRequest, TokenizeResponse]
+
+
+@dataclasses.dataclass(frozen=True)
+class ServedModel:
+    """What this server accepts beyond the generic protocol, written into its document.
+
+    The constraints a JSON schema can express (names, dimension range, token-id
+    range, non-blank texts, list sizes) are declared, so clients and fuzzers
+    (schemathesis) see the real contract; token counts cannot be expressed and
+    stay a documented 400 (`context_length_exceeded`).
+    """
+
+    names: tuple[str, ...]
+    dimensions: int
+    vocab_size: int
+    max_inputs: int
+    instructions: bool  # the card has an instruction template
+    lora: bool = False
+
+
+def _constrain(schemas: dict, served: ServedModel) -> None:
+    text = {"type": "string", "minLength": 1, "pattern": "\\S"}
+    token = {"type": "integer", "minimum": 0, "maximum": served.vocab_size - 1}
+    many = {"minItems": 1, "maxItems": served.max_inputs}
+    model = {"anyOf": [{"enum": list(served.names)}, {"type": "null"}]}
+    if served.lora:
+        model = {"anyOf": [{"type": "string"}, {"type": "null"}]}
+    for name in ("EmbeddingRequest", "TokenizeRequest"):
+        props = schemas[name]["properties"]
+        for variant in props["input"]["anyOf"]:
+            if variant.get("type") == "string":
+                variant.update(text)
+            elif variant.get("type") == "array":
+                variant.update(many)
+                items = variant["items"]
+                if items.get("type") == "string":
+                    items.update(text)
+                elif items.get("type") == "integer":
+                    items.update(token)
+                elif items.get("type") == "array":
+                    items.update({"minItems": 1, "items": token})
+        props["model"].update(model)
+        if not served.instructions:
+            props["instruction"]["anyOf"] = [{"type": "null"}]
+    request = schemas["EmbeddingRequest"]["properties"]
+    request["dimensions"]["anyOf"][0].update({"minimum": 1, "maximum": served.dimensions})
+    if not served.lora:
+        request["lora_path"]["anyOf"] = [{"type": "null"}]
 
 
 def _ref(name: str) -> dict:
@@ -31,11 +80,15 @@ def _errors(*codes: int) -> dict:
     }
 
 
-def build_openapi(version: str) -> dict:
+def build_openapi(version: str, *, auth: bool = True, served: ServedModel | None = None) -> dict:
+    """The document of this server: bearer auth only when API keys are set, model limits if given."""
     _, schema = models_json_schema(
         [(m, "validation" if m.__name__.endswith("Request") else "serialization") for m in _MODELS],
         ref_template="#/components/schemas/{model}",
     )
+
+    if served is not None:
+        _constrain(schema["$defs"], served)
 
     def json_body(name):
         return {
@@ -54,9 +107,13 @@ def build_openapi(version: str) -> dict:
         },
         "components": {
             "schemas": schema.get("$defs", {}),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            **(
+                {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}}
+                if auth
+                else {}
+            ),
         },
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}] if auth else [],
         "paths": {
             "/v1/embeddings": {
                 "post": {
