@@ -53,7 +53,8 @@ def truncate_dimensions(vectors: np.ndarray, dims: int | None, normalize: bool) 
     """
     if dims is None or dims >= vectors.shape[-1]:
         return vectors
-    out = np.ascontiguousarray(vectors[..., :dims], dtype=np.float32)
+    # A copy: a contiguous prefix would otherwise be a view, renormalised in the caller's array.
+    out = np.array(vectors[..., :dims], dtype=np.float32, copy=True)
     if normalize:
         norm = np.linalg.norm(out, axis=-1, keepdims=True)
         out /= np.maximum(norm, NORM_EPS)

@@ -451,6 +451,7 @@ def create_app(
         metrics.queue_requests.set(batcher.queued_requests)
         metrics.queue_tokens.set(batcher.queued_tokens)
         metrics.active_requests.set(batcher.active_requests)
+        metrics.loop_tasks.set(len(asyncio.all_tasks()))
         metrics.ready.set(0 if not_ready_reason() else 1)
         return raw(metrics.render(), content_type="text/plain; version=0.0.4")
 

@@ -62,6 +62,11 @@ class Metrics:
         self.active_requests = Gauge(
             "jaxembed_active_requests", "requests accepted and not finished", registry=r
         )
+        self.loop_tasks = Gauge(
+            "jaxembed_event_loop_tasks",
+            "asyncio tasks alive in the server's event loop (leak detector)",
+            registry=r,
+        )
         self.ready = Gauge("jaxembed_ready", "1 when warm-up has finished", registry=r)
 
     def observe_batch(self, stats: BatchStats) -> None:

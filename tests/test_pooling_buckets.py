@@ -93,3 +93,15 @@ def test_pad_batch():
         ids.shape == (4, 16) and ids[0, :4].tolist() == [5, 6, 7, 1] and ids[3].tolist() == [1] * 16
     )
     assert mask.sum(1).tolist() == [3, 1, 0, 0]
+
+
+def test_truncate_dimensions_leaves_its_input_alone():
+    """A single row's prefix is contiguous: renormalising it must not write into the caller's array."""
+    from jaxembed.pooling import truncate_dimensions
+
+    row = np.arange(1, 9, dtype=np.float32)
+    row /= np.linalg.norm(row)
+    original = row.copy()
+    out = truncate_dimensions(row[None], 4, normalize=True)
+    assert np.abs(np.linalg.norm(out) - 1) < 1e-6
+    np.testing.assert_array_equal(row, original)
