@@ -23,6 +23,7 @@ from sanic.response import HTTPResponse, raw, text
 
 import jaxembed
 from jaxembed.engine.batcher import Batcher, FaultHook
+from jaxembed.engine.cache import EmbeddingCache, assemble
 from jaxembed.engine.embedder import Embedder
 from jaxembed.errors import JaxEmbedError
 from jaxembed.pooling import truncate_dimensions
@@ -168,6 +169,21 @@ def create_app(
         ),
     )
     state = {"draining": False}
+
+    cache = EmbeddingCache(int(config.cache_mb * 2**20))
+
+    async def embed_cached(token_lists: list, priority: int) -> np.ndarray:
+        """Rows seen before come from the cache; only distinct new sequences reach the device."""
+        lookup = cache.lookup(token_lists)
+        computed = np.empty((0, embedder.dimensions), dtype=np.float32)
+        if lookup.to_compute:
+            computed = await batcher.embed(
+                [token_lists[i] for i in lookup.to_compute], priority=priority
+            )
+            cache.store([lookup.keys[i] for i in lookup.to_compute], computed)
+        metrics.cache_hits.inc(len(lookup.hits))
+        metrics.cache_misses.inc(len(token_lists) - len(lookup.hits))
+        return assemble(lookup, computed, embedder.dimensions)
 
     def not_ready_reason() -> str | None:
         """Readiness: warm-up done, not draining, and (multi-host) every follower alive."""
@@ -366,7 +382,7 @@ def create_app(
                 instruction=req.instruction,
             )
             total = check_tokens(token_lists)
-            vectors = await batcher.embed(token_lists, priority=req.priority)
+            vectors = await embed_cached(token_lists, req.priority)
         except JaxEmbedError as e:
             raise from_library_error(e) from None
         vectors = truncate_dimensions(vectors, req.dimensions, card.normalize)
@@ -452,6 +468,7 @@ def create_app(
         metrics.queue_tokens.set(batcher.queued_tokens)
         metrics.active_requests.set(batcher.active_requests)
         metrics.loop_tasks.set(len(asyncio.all_tasks()))
+        metrics.cache_bytes.set(cache.size_bytes)
         metrics.ready.set(0 if not_ready_reason() else 1)
         return raw(metrics.render(), content_type="text/plain; version=0.0.4")
 

@@ -41,6 +41,7 @@ class ServerConfig:
     drain_timeout: float = 30.0
     log_level: str = "info"
     log_format: str = "text"
+    cache_mb: float = 128.0  # embedding cache size; 0 disables it
     mesh: MeshShape | None = None  # None: every serving device on `data`
     distributed: DistributedConfig | None = None  # set by --distributed
 
@@ -114,6 +115,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "smaller lets urgent requests overtake sooner",
     )
     p.add_argument("--drain-timeout", type=float, default=d.drain_timeout)
+    p.add_argument(
+        "--cache-mb",
+        type=float,
+        default=d.cache_mb,
+        help="LRU cache of embeddings by exact token ids, in MiB (0 disables)",
+    )
     p.add_argument("--log-level", default=d.log_level)
     p.add_argument(
         "--log-format",

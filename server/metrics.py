@@ -62,6 +62,15 @@ class Metrics:
         self.active_requests = Gauge(
             "jaxembed_active_requests", "requests accepted and not finished", registry=r
         )
+        self.cache_hits = Counter(
+            "jaxembed_cache_hits", "inputs answered from the embedding cache", registry=r
+        )
+        self.cache_misses = Counter(
+            "jaxembed_cache_misses", "inputs computed on the device", registry=r
+        )
+        self.cache_bytes = Gauge(
+            "jaxembed_cache_bytes", "bytes held by the embedding cache", registry=r
+        )
         self.loop_tasks = Gauge(
             "jaxembed_event_loop_tasks",
             "asyncio tasks alive in the server's event loop (leak detector)",

@@ -151,11 +151,13 @@ def _batch_fill(target: Target) -> float | None:
 
 
 def run_scenarios(
-    target: Target, texts: dict[str, list[str]], reference_model, timeout: float = 900
+    target: Target,
+    texts: dict[str, list[str]],
+    reference: dict[str, np.ndarray],
+    tokens: dict[str, int],
+    timeout: float = 900,
 ) -> dict:
     """All four scenarios against one server; raises if any response was wrong."""
-    reference = reference_vectors(reference_model, texts)
-    tokens = token_counts(texts)
     check = Checker(reference)
     # Warm-up with texts the scenarios do not use (no cache can help the measured runs).
     asyncio.run(_drive(target, [texts["warm"][i : i + 4] for i in range(0, 76, 4)], 4, check, 120))
@@ -232,11 +234,11 @@ def main() -> None:
                         extra={"truncate": True})  # fmt: skip
     else:
         target = Target("server", args.url, args.model, args.pid)
+    texts = scenario_texts()
+    reference, tokens = reference_vectors(reference_model, texts), token_counts(texts)
     try:
         results = {
-            "jaxembed" if server else "server": run_scenarios(
-                target, scenario_texts(), reference_model
-            )
+            "jaxembed" if server else "server": run_scenarios(target, texts, reference, tokens)
         }
     finally:
         if server is not None:

@@ -28,7 +28,7 @@ def _gauge(server, name: str) -> float:
 
 def test_burst_gets_fast_503s_and_accepted_requests_complete(small_queue_server):
     body = {"model": MODEL, "input": [f"burst text number {i} " * 6 for i in range(64)]}
-    baseline = _small_request_latency(small_queue_server.url)
+    baseline = _small_request_latency(small_queue_server.url, "before")
 
     def send(_):
         start = time.perf_counter()
@@ -46,16 +46,16 @@ def test_burst_gets_fast_503s_and_accepted_requests_complete(small_queue_server)
         assert seconds < 5  # refused at once, not after waiting in line
     assert all(len(r.json()["data"]) == 64 for r in accepted)
     # Recovered: small requests are back to their pre-burst latency.
-    after = _small_request_latency(small_queue_server.url)
+    after = _small_request_latency(small_queue_server.url, "after")
     assert after < 3 * baseline + 0.1, (baseline, after)
 
 
-def _small_request_latency(url: str, n: int = 7) -> float:
-    """Median seconds of a one-text request on an idle server."""
+def _small_request_latency(url: str, tag: str, n: int = 7) -> float:
+    """Median seconds of a one-text request on an idle server (new texts: no cache hits)."""
     times = []
     for i in range(n):
         start = time.perf_counter()
-        r = httpx.post(url + "/v1/embeddings", json={"model": MODEL, "input": f"probe {i}"})
+        r = httpx.post(url + "/v1/embeddings", json={"model": MODEL, "input": f"probe {tag} {i}"})
         assert r.status_code == 200, r.text
         times.append(time.perf_counter() - start)
     return sorted(times)[n // 2]

