@@ -12,6 +12,7 @@ import itertools
 import logging
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from jaxembed.engine.cache import EmbeddingCache, assemble
 from jaxembed.engine.embedder import Embedder
 from jaxembed.errors import JaxEmbedError
 from jaxembed.pooling import truncate_dimensions
+from server.adapters import AdapterResolver
 from server.auth import OPEN_PATHS, check_api_key
 from server.config import ServerConfig
 from server.errors import (
@@ -166,19 +168,28 @@ def create_app(
             vocab_size=embedder.tokenizer.vocab_size,
             max_inputs=config.max_inputs,
             instructions=bool(card.instruction_template),
+            lora=bool(config.lora or config.lora_root),
         ),
     )
     state = {"draining": False}
 
     cache = EmbeddingCache(int(config.cache_mb * 2**20))
+    resolver = None
+    if config.lora or config.lora_root:
+        resolver = AdapterResolver(
+            {name: Path(path) for name, path in config.lora},
+            Path(config.lora_root) if config.lora_root else None,
+        )
 
-    async def embed_cached(token_lists: list, priority: int) -> np.ndarray:
+    async def embed_cached(
+        token_lists: list, priority: int, adapter: str | None = None, slot: int = 0
+    ) -> np.ndarray:
         """Rows seen before come from the cache; only distinct new sequences reach the device."""
-        lookup = cache.lookup(token_lists)
+        lookup = cache.lookup(token_lists, namespace=adapter or "")
         computed = np.empty((0, embedder.dimensions), dtype=np.float32)
         if lookup.to_compute:
             computed = await batcher.embed(
-                [token_lists[i] for i in lookup.to_compute], priority=priority
+                [token_lists[i] for i in lookup.to_compute], priority=priority, adapter_slot=slot
             )
             cache.store([lookup.keys[i] for i in lookup.to_compute], computed)
         metrics.cache_hits.inc(len(lookup.hits))
@@ -291,17 +302,27 @@ def create_app(
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def check_model(name: str | None) -> str:
+    def check_model(name: str | None) -> tuple[str, str | None]:
+        """(the model name to answer with, the adapter named by `base:adapter` or None)."""
         if name is None:
-            return served[0]
+            return served[0], None
         if name in served:
-            return name
-        base, sep, _adapter = name.partition(":")
+            return name, None
+        base, sep, adapter = name.partition(":")
         if sep and base in served:
-            raise invalid(
-                "LoRA is not enabled on this server", param="model", code="lora_not_enabled"
-            )
+            if resolver is None:
+                raise invalid(
+                    "LoRA is not enabled on this server", param="model", code="lora_not_enabled"
+                )
+            return name, adapter
         raise model_not_found(name, served)
+
+    async def acquire_adapter(spec: str, param: str) -> tuple[str, int]:
+        """Resolve, load if needed (off the event loop) and pin an adapter: (name, slot)."""
+        name, path = resolver.resolve(spec, param)
+        loop = asyncio.get_running_loop()
+        slot = await loop.run_in_executor(None, embedder.adapter_slot, name, path)
+        return name, slot
 
     async def tokenize(
         items: Any, *, truncate: bool, direction: str, prompt: str | None, instruction: str | None
@@ -363,11 +384,18 @@ def create_app(
             req = EmbeddingRequest.model_validate(_parse_json(request))
         except ValidationError as e:
             raise from_validation_error(e) from None
-        model = check_model(req.model)
+        model, adapter_spec = check_model(req.model)
+        param = "model"
         if req.lora_path is not None:
-            raise invalid(
-                "LoRA is not enabled on this server", param="lora_path", code="lora_not_enabled"
-            )
+            if resolver is None:
+                raise invalid(
+                    "LoRA is not enabled on this server",
+                    param="lora_path",
+                    code="lora_not_enabled",
+                )
+            if adapter_spec is not None and adapter_spec != req.lora_path:
+                raise invalid("model names one adapter and lora_path another", param="lora_path")
+            adapter_spec, param = req.lora_path, "lora_path"
         items: Any = req.input
         check_size(items)
         if isinstance(items, list) and items and isinstance(items[0], MultimodalItem):
@@ -382,7 +410,14 @@ def create_app(
                 instruction=req.instruction,
             )
             total = check_tokens(token_lists)
-            vectors = await embed_cached(token_lists, req.priority)
+            if adapter_spec is None:
+                vectors = await embed_cached(token_lists, req.priority)
+            else:
+                adapter, slot = await acquire_adapter(adapter_spec, param)
+                try:
+                    vectors = await embed_cached(token_lists, req.priority, adapter, slot)
+                finally:
+                    embedder.lora_bank.release(adapter)
         except JaxEmbedError as e:
             raise from_library_error(e) from None
         vectors = truncate_dimensions(vectors, req.dimensions, card.normalize)
@@ -411,7 +446,7 @@ def create_app(
             req = TokenizeRequest.model_validate(_parse_json(request))
         except ValidationError as e:
             raise from_validation_error(e) from None
-        check_model(req.model)
+        check_model(req.model)  # an adapter does not change tokenisation
         check_size(req.input)
         try:
             token_lists = await tokenize(
@@ -435,22 +470,21 @@ def create_app(
     @app.get("/v1/models")
     async def models(request: Request):
         created = int(time.time())
-        return json_response(
-            {
-                "object": "list",
-                "data": [
-                    {
-                        "id": name,
-                        "object": "model",
-                        "created": created,
-                        "owned_by": "jaxembed",
-                        "dimensions": card.dimensions,
-                        "max_model_len": card.max_length,
-                    }
-                    for name in served
-                ],
-            }
-        )
+        common = {
+            "object": "model",
+            "created": created,
+            "owned_by": "jaxembed",
+            "dimensions": card.dimensions,
+            "max_model_len": card.max_length,
+        }
+        data = [{"id": name, **common} for name in served]
+        if resolver is not None:  # adapters: preloaded and currently resident ones
+            names = dict.fromkeys([*resolver.preloaded, *embedder.lora_bank.loaded()])
+            data += [
+                {"id": f"{served[0]}:{name}", **common, "parent": served[0], "root": name}
+                for name in names
+            ]
+        return json_response({"object": "list", "data": data})
 
     @app.get("/health")
     async def health(request: Request):

@@ -42,6 +42,10 @@ class ServerConfig:
     log_level: str = "info"
     log_format: str = "text"
     cache_mb: float = 128.0  # embedding cache size; 0 disables it
+    lora: tuple[tuple[str, str], ...] = ()  # (name, path) preloaded adapters
+    lora_root: str | None = None  # adapters named by path must lie inside it
+    max_loras: int = 8
+    max_lora_rank: int = 64
     mesh: MeshShape | None = None  # None: every serving device on `data`
     distributed: DistributedConfig | None = None  # set by --distributed
 
@@ -134,6 +138,22 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="device mesh, e.g. data=2,model=4 or model=8 (default: every device on data)",
     )
+    g = p.add_argument_group("LoRA adapters")
+    g.add_argument(
+        "--lora",
+        action="append",
+        type=_name_path,
+        default=[],
+        metavar="NAME=PATH",
+        help="preload a PEFT LoRA adapter, selected with model=BASE:NAME (repeatable)",
+    )
+    g.add_argument(
+        "--lora-root",
+        default=None,
+        help="allow requests to load adapters by path (lora_path), only from inside this directory",
+    )
+    g.add_argument("--max-loras", type=int, default=d.max_loras, help="adapters resident at once")
+    g.add_argument("--max-lora-rank", type=int, default=d.max_lora_rank)
     g = p.add_argument_group("multi-host (TPU pod slices, several GPU hosts)")
     g.add_argument(
         "--distributed",
@@ -163,6 +183,13 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _name_path(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path or ":" in name:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH (NAME without ':'), got {text!r}")
+    return name, path
+
+
 def read_api_keys(cli_keys: list[str], key_file: str | None) -> tuple[str, ...]:
     keys = [k for k in cli_keys if k]
     keys += [k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip()]
@@ -176,6 +203,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     values = {k: v for k, v in vars(args).items() if k in fields}
     values["served_model_names"] = tuple(args.served_model_name)
     values["api_keys"] = read_api_keys(args.api_key, args.api_key_file)
+    values["lora"] = tuple(args.lora)
     values["distributed"] = (
         DistributedConfig.from_env(
             coordinator_address=args.coordinator_address,

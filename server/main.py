@@ -80,6 +80,18 @@ def serve(args: argparse.Namespace) -> int:
         log.error("cannot load the model: %s", e)
         return 2
     group = dist is not None and dist.mode == "global" and jax.process_count() > 1
+    if config.lora or config.lora_root:
+        if group:
+            log.error("LoRA adapters are not supported with --multihost global yet")
+            return 2
+        embedder.enable_lora(max_loras=config.max_loras, max_rank=config.max_lora_rank)
+        try:
+            for name, path in config.lora:  # preloaded adapters stay resident (never released)
+                embedder.adapter_slot(name, path)
+                log.info("loaded LoRA adapter %s", name)
+        except JaxEmbedError as e:
+            log.error("cannot load a --lora adapter: %s", e)
+            return 2
     if group and jax.process_index() != 0:
         rc = run_follower(config, embedder)
         if rc:

@@ -60,6 +60,7 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
     out: np.ndarray
+    adapter_slot: int = 0  # LoRA slot of every row (0 = base model)
     next_row: int = 0  # rows before this one have been dispatched
     remaining: int = 0  # rows not yet written to `out`
     done: bool = False
@@ -172,8 +173,14 @@ class Batcher:
 
     # -- submitting -------------------------------------------------------------------------
 
-    async def embed(self, token_lists: Sequence[np.ndarray], priority: int = 0) -> np.ndarray:
-        """Embeddings of validated token lists, [N, D] float32 in order. Lower priority = sooner."""
+    async def embed(
+        self, token_lists: Sequence[np.ndarray], priority: int = 0, adapter_slot: int = 0
+    ) -> np.ndarray:
+        """Embeddings of validated token lists, [N, D] float32 in order. Lower priority = sooner.
+
+        `adapter_slot`: a pinned LoRA slot (`Embedder.adapter_slot`); rows of different
+        adapters are batched together.
+        """
         loop = asyncio.get_running_loop()
         tokens = sum(len(t) for t in token_lists)
         job = _Job(
@@ -185,6 +192,7 @@ class Batcher:
             future=loop.create_future(),
             out=np.empty((len(token_lists), self.embedder.dimensions), dtype=np.float32),
             remaining=len(token_lists),
+            adapter_slot=adapter_slot,
         )
         with self._cond:
             if not self._accepting:
@@ -273,7 +281,9 @@ class Batcher:
         if self._fault_hook is not None:
             self._fault_hook(token_lists)
         ids, mask = pad_batch(token_lists, bucket, self.embedder.pad_id)
-        return self.embedder.runner.run(ids, mask)
+        slots = np.zeros(bucket.batch, dtype=np.int32)
+        slots[: len(rows)] = [r.job.adapter_slot for r in rows]
+        return self.embedder.runner.run(ids, mask, slots if slots.any() else None)
 
     # -- collector ----------------------------------------------------------------------------
 

@@ -24,8 +24,11 @@ import numpy as np
 ENTRY_OVERHEAD_BYTES = 200
 
 
-def token_key(tokens: np.ndarray | Sequence[int]) -> bytes:
-    return hashlib.blake2b(np.asarray(tokens, dtype=np.int32).tobytes(), digest_size=16).digest()
+def token_key(tokens: np.ndarray | Sequence[int], namespace: str = "") -> bytes:
+    """Hash of the token ids within a namespace (the LoRA adapter; "" = the base model)."""
+    digest = hashlib.blake2b(namespace.encode() + b"\0", digest_size=16)
+    digest.update(np.asarray(tokens, dtype=np.int32).tobytes())
+    return digest.digest()
 
 
 @dataclasses.dataclass
@@ -58,9 +61,9 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def lookup(self, token_lists: Sequence[np.ndarray]) -> Lookup:
+    def lookup(self, token_lists: Sequence[np.ndarray], namespace: str = "") -> Lookup:
         """Split rows into cache hits, rows to compute, and in-request duplicates of those."""
-        keys = [token_key(t) for t in token_lists]
+        keys = [token_key(t, namespace) for t in token_lists]
         hits: dict[int, np.ndarray] = {}
         first_row: dict[bytes, int] = {}
         duplicates: dict[int, int] = {}

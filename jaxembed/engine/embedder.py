@@ -27,8 +27,9 @@ from jaxembed.engine.compile_cache import enable_compile_cache
 from jaxembed.engine.runner import BucketRunner
 from jaxembed.engine.tokenize import TextTokenizer
 from jaxembed.errors import InvalidInputError
+from jaxembed.lora import AdapterError, LoraAdapter, LoraBank, load_adapter
 from jaxembed.parallel.mesh import MeshShape, make_mesh
-from jaxembed.parallel.sharding import DATA_AXIS
+from jaxembed.parallel.sharding import DATA_AXIS, replicated
 from jaxembed.pooling import truncate_dimensions
 from jaxembed.weights.loader import LoadedModel, load_model
 
@@ -127,6 +128,39 @@ class Embedder:
             embedder.runner.warmup(warmup_progress)
         return embedder
 
+    # -- LoRA adapters ----------------------------------------------------------------------
+
+    @property
+    def lora_bank(self) -> LoraBank | None:
+        return self.runner.lora_bank
+
+    def enable_lora(self, *, max_loras: int = 8, max_rank: int = 64) -> LoraBank:
+        """Reserve `max_loras` adapter slots of rank ≤ `max_rank` on the devices."""
+        if self.runner.lora_bank is None:
+            self.runner.lora_bank = LoraBank(
+                self.model.config,
+                max_loras=max_loras,
+                max_rank=max_rank,
+                dtype=self.model.dtype,
+                sharding=replicated(self.model.mesh),
+            )
+        return self.runner.lora_bank
+
+    def adapter_slot(self, name: str, path: str | os.PathLike | None = None) -> int:
+        """The slot of adapter `name` (loading it from `path` if it is not resident), pinned.
+
+        Call `lora_bank.release(name)` when the rows using it are done; an adapter
+        loaded here and never released stays resident (a preloaded adapter).
+        """
+        bank = self.lora_bank or self.enable_lora()
+
+        def load() -> LoraAdapter:
+            if path is None:
+                raise AdapterError(f"unknown adapter {name!r}")
+            return load_adapter(path, self.model.config, name=name, max_rank=bank.max_rank)
+
+        return bank.acquire(name, load)
+
     def unhealthy_reason(self) -> str | None:
         """Why the engine cannot serve now (e.g. a lost follower host), or None."""
         return self.runner.unhealthy_reason()
@@ -202,15 +236,25 @@ class Embedder:
             )
         return self.tokenizer.check_ids(items, truncate=truncate, direction=truncation_direction)
 
-    def embed_token_lists(self, token_lists: Sequence[np.ndarray]) -> np.ndarray:
-        """Embeddings of already-validated token id arrays, [N, D] float32 in input order."""
+    def embed_token_lists(
+        self, token_lists: Sequence[np.ndarray], adapter_slots: Sequence[int] | None = None
+    ) -> np.ndarray:
+        """Embeddings of already-validated token id arrays, [N, D] float32 in input order.
+
+        `adapter_slots`: a LoRA slot per row (0 = base); rows of different adapters share batches.
+        """
         out = np.empty((len(token_lists), self.dimensions), dtype=np.float32)
+        slots = None if adapter_slots is None else np.asarray(adapter_slots, dtype=np.int32)
         pending = []
         for planned in plan_batches([len(t) for t in token_lists], self.grid):
             ids, mask = pad_batch(
                 [token_lists[i] for i in planned.indices], planned.bucket, self.pad_id
             )
-            pending.append((planned.indices, self.runner.run(ids, mask)))
+            row_slots = None
+            if slots is not None:
+                row_slots = np.zeros(planned.bucket.batch, dtype=np.int32)
+                row_slots[: len(planned.indices)] = slots[planned.indices]
+            pending.append((planned.indices, self.runner.run(ids, mask, row_slots)))
         for indices, result in pending:
             out[indices] = np.asarray(result)[: len(indices)]
         return out
@@ -224,11 +268,13 @@ class Embedder:
         dimensions: int | None = None,
         prompt_name: str | None = None,
         instruction: str | None = None,
+        adapter: str | None = None,
     ) -> np.ndarray:
         """Embed texts or token ids → [N, dimensions] float32, rows in input order.
 
         `prompt_name` picks a prompt of the card (e.g. "query"); `instruction`
-        instead fills the card's instruction template (decoder embedders).
+        instead fills the card's instruction template (decoder embedders);
+        `adapter` names a LoRA adapter loaded with `adapter_slot`.
         """
         self.check_dimensions(dimensions)
         token_lists = self.tokenize(
@@ -238,6 +284,13 @@ class Embedder:
             prompt_name=prompt_name,
             instruction=instruction,
         )
-        return truncate_dimensions(
-            self.embed_token_lists(token_lists), dimensions, self.card.normalize
-        )
+        slots = None
+        if adapter is not None:
+            slot = self.adapter_slot(adapter)
+            slots = [slot] * len(token_lists)
+        try:
+            vectors = self.embed_token_lists(token_lists, slots)
+        finally:
+            if adapter is not None:
+                self.lora_bank.release(adapter)
+        return truncate_dimensions(vectors, dimensions, self.card.normalize)

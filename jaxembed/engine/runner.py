@@ -24,10 +24,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxembed.engine.buckets import Bucket, BucketGrid
-from jaxembed.parallel.sharding import activation_sharding, batch_sharding, replicated
+from jaxembed.lora import LoraBank
+from jaxembed.parallel.sharding import (
+    DATA_AXIS,
+    activation_sharding,
+    batch_sharding,
+    replicated,
+)
 from jaxembed.pooling import l2_normalize, pool
 
 
@@ -35,13 +41,15 @@ def embed_forward(
     params: Any,
     input_ids: jax.Array,
     attention_mask: jax.Array,
+    lora: Any = None,
+    adapter_ids: jax.Array | None = None,
     *,
     module: nn.Module,
     pooling: str,
     normalize: bool,
 ) -> jax.Array:
-    """The numeric path: params, padded batch → [B, D] float32 embeddings."""
-    hidden_bld = module.apply({"params": params}, input_ids, attention_mask)
+    """The numeric path: params, padded batch (+ adapter stacks, row slots) → [B, D] float32."""
+    hidden_bld = module.apply({"params": params}, input_ids, attention_mask, lora, adapter_ids)
     pooled_bd = pool(hidden_bld, attention_mask, pooling)
     return l2_normalize(pooled_bd) if normalize else pooled_bd
 
@@ -74,6 +82,19 @@ class BucketRunner:
         self._compiled: dict[Bucket, Callable[..., jax.Array]] = {}
         self._lock = threading.Lock()
         self.compile_seconds = 0.0
+        self.lora_bank: LoraBank | None = None
+        self._lora_jitted = jax.jit(
+            functools.partial(embed_forward, module=module, pooling=pooling, normalize=normalize),
+            in_shardings=(
+                jax.tree.map(lambda x: x.sharding, params),
+                self._batch_sharding,
+                self._batch_sharding,
+                replicated(mesh),
+                NamedSharding(mesh, PartitionSpec(DATA_AXIS)),
+            ),
+            out_shardings=replicated(mesh),
+        )
+        self._lora_compiled: dict[Bucket, Callable[..., jax.Array]] = {}
 
     def _compile(self, bucket: Bucket) -> Callable[..., jax.Array]:
         with self._lock:
@@ -88,14 +109,36 @@ class BucketRunner:
                 self.compile_seconds += time.perf_counter() - start
             return self._compiled[bucket]
 
+    def _compile_lora(self, bucket: Bucket) -> Callable[..., jax.Array]:
+        """The adapter variant of a bucket: same shapes whatever adapters the bank holds."""
+        with self._lock:
+            if bucket not in self._lora_compiled:
+                start = time.perf_counter()
+                spec = jax.ShapeDtypeStruct(
+                    (bucket.batch, bucket.seq), jnp.int32, sharding=self._batch_sharding
+                )
+                ids = jax.ShapeDtypeStruct((bucket.batch,), jnp.int32)
+                with activation_sharding(self.mesh):
+                    lowered = self._lora_jitted.lower(
+                        self._params, spec, spec, self.lora_bank.arrays(), ids
+                    )
+                self._lora_compiled[bucket] = lowered.compile()
+                self.compile_seconds += time.perf_counter() - start
+            return self._lora_compiled[bucket]
+
     def warmup(self, progress: Callable[[int, int, Bucket], None] | None = None) -> float:
-        """Compile (or load from the persistent cache) every bucket of the grid; seconds taken."""
+        """Compile (or load from the persistent cache) every bucket of the grid; seconds taken.
+
+        With adapters enabled every bucket also gets its adapter variant.
+        """
         start = time.perf_counter()
-        buckets = self.grid.buckets()
-        for i, bucket in enumerate(buckets):
-            self._compile(bucket)
+        programs = [(self._compile, b) for b in self.grid.buckets()]
+        if self.lora_bank is not None:
+            programs += [(self._compile_lora, b) for b in self.grid.buckets()]
+        for i, (compile_one, bucket) in enumerate(programs):
+            compile_one(bucket)
             if progress:
-                progress(i + 1, len(buckets), bucket)
+                progress(i + 1, len(programs), bucket)
         return time.perf_counter() - start
 
     def unhealthy_reason(self) -> str | None:
@@ -110,13 +153,27 @@ class BucketRunner:
             array.shape, self._batch_sharding, lambda index: array[index]
         )
 
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> jax.Array:
+    def run(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        adapter_ids: np.ndarray | None = None,
+    ) -> jax.Array:
         """Dispatch one padded batch; returns without waiting for the device (async dispatch).
 
+        `adapter_ids`: each row's LoRA slot (0 = base); a batch without adapters runs the
+        plain program, so enabling LoRA costs base-only batches nothing.
         The result is a [B, D] array on a local device (`np.asarray` reads it).
         """
         bucket = Bucket(*input_ids.shape)
-        compiled = self._compiled.get(bucket) or self._compile(bucket)
-        result = compiled(self._params, self._to_mesh(input_ids), self._to_mesh(attention_mask))
+        args = (self._params, self._to_mesh(input_ids), self._to_mesh(attention_mask))
+        if adapter_ids is not None and adapter_ids.any():
+            if self.lora_bank is None:
+                raise ValueError("adapter ids given but LoRA is not enabled")
+            compiled = self._lora_compiled.get(bucket) or self._compile_lora(bucket)
+            result = compiled(*args, self.lora_bank.arrays(), adapter_ids.astype(np.int32))
+        else:
+            compiled = self._compiled.get(bucket) or self._compile(bucket)
+            result = compiled(*args)
         # Replicated: the first local device holds every row, without a cross-host gather here.
         return result.addressable_data(0) if self._spans_processes else result

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from jaxembed.errors import UnsupportedArchitectureError
 from jaxembed.models.encoder import ACTIVATIONS
+from jaxembed.models.lora_delta import add_delta
 from jaxembed.parallel.sharding import constrain
 
 # Every parameter carries logical axis names; jaxembed/parallel/sharding.py maps them to the mesh.
@@ -159,7 +160,7 @@ class _Attention(nn.Module):
     param_dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, x_bld, allowed_b1ll, window, cos_bld, sin_bld):
+    def __call__(self, x_bld, allowed_b1ll, window, cos_bld, sin_bld, lora=None, ids=None):
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
         dense = lambda heads, axis, name, bias: nn.DenseGeneral(  # noqa: E731
             (heads, cfg.head_dim),
@@ -172,9 +173,12 @@ class _Attention(nn.Module):
         )
         q_axes = ("batch", "length", "heads", "head_dim")
         kv_axes = ("batch", "length", "kv_heads", "head_dim")
-        q = constrain(dense(cfg.num_heads, "heads", "q", cfg.qkv_bias)(x_bld), q_axes)
-        k = constrain(dense(cfg.num_kv_heads, "kv_heads", "k", cfg.qkv_bias)(x_bld), kv_axes)
-        v = constrain(dense(cfg.num_kv_heads, "kv_heads", "v", cfg.qkv_bias)(x_bld), kv_axes)
+        q = dense(cfg.num_heads, "heads", "q", cfg.qkv_bias)(x_bld)
+        k = dense(cfg.num_kv_heads, "kv_heads", "k", cfg.qkv_bias)(x_bld)
+        v = dense(cfg.num_kv_heads, "kv_heads", "v", cfg.qkv_bias)(x_bld)
+        q = constrain(add_delta(q, x_bld, lora, "q", ids), q_axes)
+        k = constrain(add_delta(k, x_bld, lora, "k", ids), kv_axes)
+        v = constrain(add_delta(v, x_bld, lora, "v", ids), kv_axes)
         if cfg.qk_norm:
             q = RMSNorm(cfg.rms_norm_eps, dt, pdt, "head_dim", name="q_norm")(q)
             k = RMSNorm(cfg.rms_norm_eps, dt, pdt, "head_dim", name="k_norm")(k)
@@ -195,7 +199,7 @@ class _Attention(nn.Module):
             b, length, cfg.num_heads, cfg.head_dim
         )
         ctx = constrain(ctx, q_axes)
-        return nn.DenseGeneral(
+        out = nn.DenseGeneral(
             cfg.hidden_size,
             axis=(-2, -1),
             use_bias=cfg.output_bias,
@@ -205,6 +209,7 @@ class _Attention(nn.Module):
             bias_init=_axes(_zeros, ("embed",)),
             name="o",
         )(ctx)
+        return add_delta(out, ctx.reshape(b, length, -1), lora, "o", ids)
 
 
 class _DecoderLayer(nn.Module):
@@ -213,7 +218,7 @@ class _DecoderLayer(nn.Module):
     param_dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, x_bld, window, allowed_b1ll, cos_bld, sin_bld):
+    def __call__(self, x_bld, window, lora, allowed_b1ll, cos_bld, sin_bld, ids):
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
         norm = lambda name: RMSNorm(cfg.rms_norm_eps, dt, pdt, name=name)  # noqa: E731
         dense = lambda n, axes, name: nn.Dense(  # noqa: E731
@@ -226,13 +231,16 @@ class _DecoderLayer(nn.Module):
         )
         h = norm("input_norm")(x_bld)
         x_bld = x_bld + _Attention(cfg, dt, pdt, name="attention")(
-            h, allowed_b1ll, window, cos_bld, sin_bld
+            h, allowed_b1ll, window, cos_bld, sin_bld, lora, ids
         )
         h = norm("post_attention_norm")(x_bld)
-        gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate")(h)
-        up = dense(cfg.intermediate_size, ("embed", "mlp"), "up")(h)
+        gate = add_delta(
+            dense(cfg.intermediate_size, ("embed", "mlp"), "gate")(h), h, lora, "gate", ids
+        )
+        up = add_delta(dense(cfg.intermediate_size, ("embed", "mlp"), "up")(h), h, lora, "up", ids)
         h = constrain(ACTIVATIONS[cfg.activation](gate) * up, ("batch", "length", "mlp"))
-        out = x_bld + dense(cfg.hidden_size, ("mlp", "embed"), "down")(h)
+        down = dense(cfg.hidden_size, ("mlp", "embed"), "down")(h)
+        out = x_bld + add_delta(down, h, lora, "down", ids)
         return constrain(out, ("batch", "length", "embed")), None
 
 
@@ -244,7 +252,10 @@ class Decoder(nn.Module):
     param_dtype: jnp.dtype = jnp.bfloat16
 
     @nn.compact
-    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    def __call__(
+        self, input_ids: jax.Array, attention_mask: jax.Array, lora=None, adapter_ids=None
+    ) -> jax.Array:
+        """`lora`/`adapter_ids`: stacked adapters (jaxembed/lora.py) and each row's slot."""
         cfg = self.config
         mask = attention_mask.astype(bool)
         # Positions count real tokens: left and right padding give the same numbers.
@@ -268,12 +279,12 @@ class Decoder(nn.Module):
             _DecoderLayer,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+            in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
             length=cfg.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
         windows = jnp.asarray(cfg.sliding_windows, dtype=jnp.int32)
         x, _ = layers(cfg, self.dtype, self.param_dtype, name="layers")(
-            x, windows, allowed, cos, sin
+            x, windows, lora or {}, allowed, cos, sin, adapter_ids
         )
         return RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="final_norm")(x)

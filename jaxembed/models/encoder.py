@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxembed.errors import UnsupportedArchitectureError
+from jaxembed.models.lora_delta import add_delta
 from jaxembed.parallel.sharding import constrain
 
 # Every parameter carries logical axis names; jaxembed/parallel/sharding.py maps them to the mesh.
@@ -153,7 +154,7 @@ class _SelfAttention(nn.Module):
     param_dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, x_bld: jax.Array, bias_b11l: jax.Array) -> jax.Array:
+    def __call__(self, x_bld: jax.Array, bias_b11l: jax.Array, lora=None, ids=None) -> jax.Array:
         cfg = self.config
         proj = lambda name: nn.DenseGeneral(  # noqa: E731
             (cfg.num_heads, cfg.head_dim),
@@ -165,14 +166,17 @@ class _SelfAttention(nn.Module):
         )
         heads = ("batch", "length", "heads", "head_dim")
         q_blhd, k_blhd, v_blhd = (
-            constrain(proj(name)(x_bld), heads) for name in ("query", "key", "value")
+            constrain(add_delta(proj(name)(x_bld), x_bld, lora, name, ids), heads)
+            for name in ("query", "key", "value")
         )
         scores_bhqk = jnp.einsum("bqhd,bkhd->bhqk", q_blhd, k_blhd) / math.sqrt(cfg.head_dim)
         # Softmax in float32 whatever the compute dtype; masked keys get ~-inf so a
         # padded position contributes exactly 0 to every real query.
         probs_bhqk = jax.nn.softmax(scores_bhqk.astype(jnp.float32) + bias_b11l, axis=-1)
-        ctx_blhd = jnp.einsum("bhqk,bkhd->bqhd", probs_bhqk.astype(self.dtype), v_blhd)
-        return nn.DenseGeneral(
+        ctx_blhd = constrain(
+            jnp.einsum("bhqk,bkhd->bqhd", probs_bhqk.astype(self.dtype), v_blhd), heads
+        )
+        out_bld = nn.DenseGeneral(
             cfg.hidden_size,
             axis=(-2, -1),
             dtype=self.dtype,
@@ -180,7 +184,9 @@ class _SelfAttention(nn.Module):
             kernel_init=_axes(_kernel_init, ("heads", "head_dim", "embed")),
             bias_init=_axes(_zeros, ("embed",)),
             name="output",
-        )(constrain(ctx_blhd, heads))
+        )(ctx_blhd)
+        ctx_bli = ctx_blhd.reshape(*ctx_blhd.shape[:2], -1)
+        return add_delta(out_bld, ctx_bli, lora, "attention_output", ids)
 
 
 class _EncoderLayer(nn.Module):
@@ -189,9 +195,11 @@ class _EncoderLayer(nn.Module):
     param_dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, x_bld: jax.Array, bias_b11l: jax.Array) -> tuple[jax.Array, None]:
+    def __call__(
+        self, x_bld: jax.Array, bias_b11l: jax.Array, lora=None, ids=None
+    ) -> tuple[jax.Array, None]:
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
-        attn = _SelfAttention(cfg, dt, pdt, name="attention")(x_bld, bias_b11l)
+        attn = _SelfAttention(cfg, dt, pdt, name="attention")(x_bld, bias_b11l, lora, ids)
         x_bld = _layer_norm(cfg, dt, pdt, "attention_norm")(x_bld + attn)
 
         def dense(n: int, axes: tuple[str, str], name: str) -> nn.Dense:
@@ -205,8 +213,10 @@ class _EncoderLayer(nn.Module):
             )
 
         h_blf = dense(cfg.intermediate_size, ("embed", "mlp"), "intermediate")(x_bld)
+        h_blf = add_delta(h_blf, x_bld, lora, "intermediate", ids)
         h_blf = constrain(ACTIVATIONS[cfg.activation](h_blf), ("batch", "length", "mlp"))
         h_bld = dense(cfg.hidden_size, ("mlp", "embed"), "output")(h_blf)
+        h_bld = add_delta(h_bld, h_blf, lora, "output", ids)
         out_bld = _layer_norm(cfg, dt, pdt, "output_norm")(x_bld + h_bld)
         return constrain(out_bld, ("batch", "length", "embed")), None
 
@@ -223,7 +233,10 @@ class Encoder(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    def __call__(
+        self, input_ids: jax.Array, attention_mask: jax.Array, lora=None, adapter_ids=None
+    ) -> jax.Array:
+        """`lora`/`adapter_ids`: stacked adapters (jaxembed/lora.py) and each row's slot."""
         x_bld = _Embeddings(self.config, self.dtype, self.param_dtype, name="embeddings")(input_ids)
         x_bld = constrain(x_bld, ("batch", "length", "embed"))
         bias_b11l = jnp.where(
@@ -233,11 +246,11 @@ class Encoder(nn.Module):
             _EncoderLayer,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=nn.broadcast,
+            in_axes=(nn.broadcast, 0, nn.broadcast),
             length=self.config.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
         x_bld, _ = layers(self.config, self.dtype, self.param_dtype, name="layers")(
-            x_bld, bias_b11l
+            x_bld, bias_b11l, lora or {}, adapter_ids
         )
         return x_bld

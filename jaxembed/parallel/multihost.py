@@ -192,7 +192,9 @@ class BroadcastingRunner:
     def unhealthy_reason(self) -> str | None:
         return self._channel.unhealthy_reason()
 
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> jax.Array:
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, adapter_ids=None) -> jax.Array:
+        if adapter_ids is not None:
+            raise ValueError("LoRA adapters are not supported on a multi-host group")
         with self._lock:
             self._channel.broadcast(input_ids, attention_mask)
             return self._runner.run(input_ids, attention_mask)

@@ -97,14 +97,14 @@ def test_repeated_inputs_come_from_the_cache(server, embedder):
     text = "a sentence asked twice, the second time answered from the cache"
     hits = _counter(server, "jaxembed_cache_hits_total")
     first = httpx.post(server.url + "/v1/embeddings", json={"input": [text, text]}).json()
-    assert _counter(server, "jaxembed_cache_hits_total") == hits  # in-request duplicate: computed once
+    assert (
+        _counter(server, "jaxembed_cache_hits_total") == hits
+    )  # in-request duplicate: computed once
     a, b = (np.asarray(d["embedding"], dtype=np.float32) for d in first["data"])
     np.testing.assert_array_equal(a, b)
     assert np.abs(a - embedder.embed([text])[0]).max() <= 1e-6
 
-    again = httpx.post(
-        server.url + "/v1/embeddings", json={"input": text, "dimensions": 64}
-    ).json()
+    again = httpx.post(server.url + "/v1/embeddings", json={"input": text, "dimensions": 64}).json()
     assert _counter(server, "jaxembed_cache_hits_total") == hits + 1
     assert again["usage"]["prompt_tokens"] == first["usage"]["prompt_tokens"] // 2
     reduced = np.asarray(again["data"][0]["embedding"], dtype=np.float32)

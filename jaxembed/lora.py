@@ -1,0 +1,261 @@
+"""PEFT LoRA adapters: loading, validation, and the slot bank a server serves them from.
+
+An adapter directory holds `adapter_config.json` and `adapter_model.safetensors`
+as `peft` writes them. Each `lora_A`/`lora_B` pair is mapped to one of the
+model's projection *sites* (BERT: query/key/value/attention_output/
+intermediate/output; Mistral/Qwen: q/k/v/o/gate/up/down), its scaling
+(`alpha / r`, or `alpha / sqrt(r)` with rsLoRA) folded into B.
+
+`LoraBank` keeps `max_loras` adapters on the devices in fixed-shape stacks
+([layers, slots, in, max_rank] and [layers, slots, max_rank, out], slot 0 =
+the base model) so that any mix of adapters runs in one compiled batch
+(jaxembed/models/lora_delta.py) and loading one more never recompiles.
+Adapters in use by queued requests are pinned; the least recently used
+unpinned one is evicted when a slot is needed.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxembed.errors import InvalidInputError, JaxEmbedError, OverloadedError
+from jaxembed.models.decoder import DecoderConfig
+from jaxembed.models.encoder import EncoderConfig
+from jaxembed.weights.safetensors_io import SafetensorsFile
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+
+# PEFT module names (any prefix) -> (layer, site). One table per architecture kind.
+_ENCODER_SITES = (
+    (re.compile(r"(?:^|\.)layer\.(\d+)\.attention\.self\.(query|key|value)$"), None),
+    (re.compile(r"(?:^|\.)layer\.(\d+)\.attention\.output\.dense$"), "attention_output"),
+    (re.compile(r"(?:^|\.)layer\.(\d+)\.intermediate\.dense$"), "intermediate"),
+    (re.compile(r"(?:^|\.)layer\.(\d+)\.output\.dense$"), "output"),
+)
+_DECODER_SITES = (
+    (re.compile(r"(?:^|\.)layers\.(\d+)\.self_attn\.(q|k|v|o)_proj$"), None),
+    (re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.(gate|up|down)_proj$"), None),
+)
+# Modules an adapter may target that do not affect embeddings (BERT's pooler head).
+_UNUSED_MODULES = re.compile(r"(?:^|\.)pooler\.")
+
+
+class AdapterError(InvalidInputError):
+    """An adapter cannot be used: unknown, outside the root, malformed, or unfit for the model."""
+
+    def __init__(self, message: str, param: str = "lora_path"):
+        super().__init__(message, param=param)
+
+
+def site_dims(config: Any) -> dict[str, tuple[int, int]]:
+    """(in, out) features of every site an adapter may target."""
+    if isinstance(config, EncoderConfig):
+        d, f = config.hidden_size, config.intermediate_size
+        return {
+            "query": (d, d),
+            "key": (d, d),
+            "value": (d, d),
+            "attention_output": (d, d),
+            "intermediate": (d, f),
+            "output": (f, d),
+        }
+    if isinstance(config, DecoderConfig):
+        d, f = config.hidden_size, config.intermediate_size
+        q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+        return {
+            "q": (d, q),
+            "k": (d, kv),
+            "v": (d, kv),
+            "o": (q, d),
+            "gate": (d, f),
+            "up": (d, f),
+            "down": (f, d),
+        }
+    raise JaxEmbedError(f"LoRA is not supported for {type(config).__name__}")
+
+
+def _site_of(module: str, config: Any) -> tuple[int, str] | None:
+    table = _ENCODER_SITES if isinstance(config, EncoderConfig) else _DECODER_SITES
+    for pattern, site in table:
+        if m := pattern.search(module):
+            return int(m.group(1)), site or m.group(2)
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraAdapter:
+    name: str
+    rank: int
+    scaling: float
+    # site -> (a [layers, in, rank], b [layers, rank, out] with the scaling folded in)
+    weights: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def load_adapter(path: str | Path, config: Any, *, name: str, max_rank: int) -> LoraAdapter:
+    """Read and check a PEFT LoRA directory against the model; every problem is an AdapterError."""
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
+        raise AdapterError(f"adapter {name!r} needs {CONFIG_FILE} and {WEIGHTS_FILE}")
+    try:
+        cfg = json.loads((path / CONFIG_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise AdapterError(f"adapter {name!r}: {CONFIG_FILE} is not valid JSON ({e})") from None
+    if not isinstance(cfg, dict) or cfg.get("peft_type", "LORA") != "LORA":
+        raise AdapterError(f"adapter {name!r} is not a LoRA adapter (peft_type LORA)")
+    for flag, what in (("use_dora", "DoRA"), ("lora_bias", "LoRA biases")):
+        if cfg.get(flag):
+            raise AdapterError(f"adapter {name!r} uses {what}, which is not supported")
+    if cfg.get("bias", "none") != "none" or cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
+        raise AdapterError(
+            f"adapter {name!r} uses biases or per-module rank/alpha patterns (not supported)"
+        )
+    rank, alpha = cfg.get("r"), cfg.get("lora_alpha", cfg.get("r"))
+    if not isinstance(rank, int) or rank < 1 or not isinstance(alpha, int | float):
+        raise AdapterError(f"adapter {name!r} has no valid rank r / lora_alpha")
+    if rank > max_rank:
+        raise AdapterError(f"adapter {name!r} has rank {rank}, above the maximum of {max_rank}")
+    scaling = alpha / math.sqrt(rank) if cfg.get("use_rslora") else alpha / rank
+
+    dims = site_dims(config)
+    layers = config.num_layers
+    weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    unknown: list[str] = []
+    try:
+        tensors = SafetensorsFile(path / WEIGHTS_FILE)
+    except (JaxEmbedError, OSError, ValueError) as e:
+        raise AdapterError(f"adapter {name!r}: cannot read {WEIGHTS_FILE} ({e})") from None
+    try:
+        pairs: dict[str, dict[str, str]] = collections.defaultdict(dict)
+        for key in tensors.keys():  # noqa: SIM118 (a reader, not a dict)
+            m = re.fullmatch(r"(.+)\.lora_([AB])(?:\.[^.]+)?\.weight", key)
+            if not m:
+                unknown.append(key)
+                continue
+            pairs[m.group(1)][m.group(2)] = key
+        for module, keys in sorted(pairs.items()):
+            if _UNUSED_MODULES.search(module):
+                continue
+            where = _site_of(module, config)
+            if where is None or where[0] >= layers or set(keys) != {"A", "B"}:
+                unknown.append(module)
+                continue
+            layer, site = where
+            a, b = tensors.get(keys["A"]), tensors.get(keys["B"])  # [r, in], [out, r]
+            d_in, d_out = dims[site]
+            if a.shape != (rank, d_in) or b.shape != (d_out, rank):
+                raise AdapterError(
+                    f"adapter {name!r}: {module} has shapes {a.shape} / {b.shape}, "
+                    f"expected ({rank}, {d_in}) / ({d_out}, {rank})"
+                )
+            if site not in weights:
+                weights[site] = (
+                    np.zeros((layers, d_in, rank), np.float32),
+                    np.zeros((layers, rank, d_out), np.float32),
+                )
+            weights[site][0][layer] = a.astype(np.float32).T
+            weights[site][1][layer] = b.astype(np.float32).T * scaling
+    finally:
+        tensors.close()
+    if unknown:
+        raise AdapterError(
+            f"adapter {name!r} targets modules this model does not have or jaxembed cannot adapt: "
+            f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}"
+        )
+    if not weights:
+        raise AdapterError(f"adapter {name!r} holds no LoRA weights")
+    return LoraAdapter(name=name, rank=rank, scaling=scaling, weights=weights)
+
+
+class LoraBank:
+    """Up to `max_loras` adapters resident on the devices, addressed by slot (0 = base)."""
+
+    def __init__(
+        self,
+        config: Any,
+        *,
+        max_loras: int,
+        max_rank: int,
+        dtype: jnp.dtype,
+        sharding: jax.sharding.Sharding,
+    ):
+        if max_loras < 1 or max_rank < 1:
+            raise ValueError("max_loras and max_rank must be positive")
+        self.config, self.max_loras, self.max_rank = config, max_loras, max_rank
+        self.dims = site_dims(config)
+        self._dtype, self._sharding = dtype, sharding
+        layers, slots = config.num_layers, max_loras + 1
+        self._arrays = {
+            site: (
+                jax.device_put(jnp.zeros((layers, slots, d_in, max_rank), dtype), sharding),
+                jax.device_put(jnp.zeros((layers, slots, max_rank, d_out), dtype), sharding),
+            )
+            for site, (d_in, d_out) in self.dims.items()
+        }
+        self._slots: collections.OrderedDict[str, int] = collections.OrderedDict()  # LRU order
+        self._pins: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def arrays(self) -> dict[str, tuple[jax.Array, jax.Array]]:
+        """The current stacks (replaced, never mutated, when an adapter is loaded)."""
+        return self._arrays
+
+    def loaded(self) -> list[str]:
+        with self._lock:
+            return list(self._slots)
+
+    def acquire(self, name: str, load: Callable[[], LoraAdapter]) -> int:
+        """The adapter's slot, pinned until `release(name)`; loads it (evicting LRU) if needed."""
+        with self._lock:
+            if name in self._slots:
+                self._slots.move_to_end(name)
+                self._pins[name] += 1
+                return self._slots[name]
+            adapter = load()
+            used = set(self._slots.values())
+            free = [s for s in range(1, self.max_loras + 1) if s not in used]
+            if not free:
+                victim = next((n for n in self._slots if self._pins[n] == 0), None)
+                if victim is None:
+                    raise OverloadedError(
+                        f"all {self.max_loras} adapter slots are in use by queued requests",
+                        retry_after=1,
+                    )
+                free = [self._slots.pop(victim)]
+            slot = free[0]
+            self._write(slot, adapter)
+            self._slots[name] = slot
+            self._pins[name] += 1
+            return slot
+
+    def release(self, name: str) -> None:
+        with self._lock:
+            if self._pins[name] > 0:
+                self._pins[name] -= 1
+
+    def _write(self, slot: int, adapter: LoraAdapter) -> None:
+        arrays = dict(self._arrays)
+        for site, (a_stack, b_stack) in arrays.items():
+            d_in, d_out = self.dims[site]
+            a = np.zeros((self.config.num_layers, d_in, self.max_rank), np.float32)
+            b = np.zeros((self.config.num_layers, self.max_rank, d_out), np.float32)
+            if site in adapter.weights:  # zero-padded to the bank's rank: exact same product
+                a[:, :, : adapter.rank], b[:, : adapter.rank, :] = adapter.weights[site]
+            arrays[site] = (
+                a_stack.at[:, slot].set(jnp.asarray(a, self._dtype)),
+                b_stack.at[:, slot].set(jnp.asarray(b, self._dtype)),
+            )
+        jax.block_until_ready(arrays)
+        self._arrays = arrays

@@ -1,0 +1,161 @@
+"""LoRA adapters against `peft` (the torch reference), mixed-adapter batches, and bad adapters."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxembed.engine.embedder import Embedder
+from jaxembed.lora import AdapterError
+from tests.helpers import save_tiny_decoder, save_tiny_model
+from tests.texts import varied_texts
+
+
+def _peft_adapter(base_dir, out_dir, targets, *, seed, rank=4, alpha=8, rslora=False):
+    """A random (non-zero B) PEFT adapter on the saved HF model; returns the peft model."""
+    import peft
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    model = transformers.AutoModel.from_pretrained(base_dir).eval()
+    config = peft.LoraConfig(
+        r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=False,
+        use_rslora=rslora,
+    )  # fmt: skip
+    peft_model = peft.get_peft_model(model, config).eval()
+    peft_model.save_pretrained(out_dir)
+    return peft_model
+
+
+def _reference(model, embedder, texts, pooling):
+    """The torch model's embeddings of `texts`, pooled and normalised like the card says."""
+    import torch
+
+    out = []
+    for tokens in embedder.tokenize(texts):
+        ids = torch.tensor(np.asarray(tokens)[None], dtype=torch.long)
+        with torch.no_grad():
+            hidden = model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0]
+        vec = hidden.mean(0) if pooling == "mean" else hidden[-1]
+        out.append((vec / vec.norm()).numpy())
+    return np.stack(out)
+
+
+def _cosines(a, b):
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    base = tmp_path_factory.mktemp("lora-bert")
+    save_tiny_model("bert", base, seed=5)
+    adapters = {}
+    for i, targets in enumerate(
+        (["query", "value"], ["query", "key", "value", "dense"], ["intermediate.dense"])
+    ):
+        path = tmp_path_factory.mktemp(f"bert-adapter-{i}")
+        adapters[f"a{i}"] = (path, _peft_adapter(base, path, targets, seed=100 + i, rank=2 + i))
+    embedder = Embedder.from_pretrained(base, dtype="float32", compile_cache_dir=False)
+    embedder.enable_lora(max_loras=3, max_rank=8)
+    return base, adapters, embedder
+
+
+def test_bert_adapter_matches_peft_unmerged_and_merged(bert):
+    _, adapters, embedder = bert
+    texts = varied_texts()[:12]
+    for name, (path, peft_model) in adapters.items():
+        embedder.adapter_slot(name, path)  # load and keep resident
+        ours = embedder.embed(texts, adapter=name, truncate=True)
+        unmerged = _reference(peft_model, embedder, texts, "mean")
+        assert _cosines(ours, unmerged).min() >= 0.99999, name
+        merged = _reference(peft_model.merge_and_unload(), embedder, texts, "mean")
+        assert _cosines(ours, merged).min() >= 0.99999, name
+        # The adapter changed the vectors (B is random, not peft's zero init).
+        assert _cosines(ours, embedder.embed(texts, truncate=True)).min() < 0.999
+
+
+def test_one_batch_of_base_and_three_adapters_is_batch_invariant(bert):
+    _, adapters, embedder = bert
+    texts = varied_texts()[20:36]
+    tokens = embedder.tokenize(texts, truncate=True)
+    slots = [0] + [embedder.adapter_slot(name, path) for name, (path, _) in adapters.items()]
+    row_slots = [slots[i % 4] for i in range(len(texts))]
+    together = embedder.embed_token_lists(tokens, row_slots)
+    for slot in slots:
+        rows = [i for i, s in enumerate(row_slots) if s == slot]
+        alone = embedder.embed_token_lists([tokens[i] for i in rows], [slot] * len(rows))
+        assert np.abs(together[rows] - alone).max() <= 1e-6
+    # The mixed call ran as shared batches: no more device batches than base rows alone need.
+    calls = []
+    run = embedder.runner.run
+    embedder.runner.run = lambda *a: calls.append(a) or run(*a)
+    try:
+        embedder.embed_token_lists(tokens, row_slots)
+        mixed_batches = len(calls)
+        calls.clear()
+        embedder.embed_token_lists(tokens)
+    finally:
+        embedder.runner.run = run
+    assert mixed_batches == len(calls)
+
+
+def test_decoder_adapter_with_rslora_matches_peft(tmp_path):
+    base = tmp_path / "qwen3"
+    save_tiny_decoder("qwen3", base, seed=9)
+    path = tmp_path / "adapter"
+    peft_model = _peft_adapter(
+        base, path, ["q_proj", "v_proj", "o_proj", "gate_proj", "down_proj"], seed=7, rslora=True
+    )
+    embedder = Embedder.from_pretrained(base, dtype="float32", compile_cache_dir=False)
+    embedder.enable_lora(max_loras=2, max_rank=16)
+    embedder.adapter_slot("q", path)
+    texts = varied_texts()[:8]
+    ours = embedder.embed(texts, adapter="q", truncate=True)
+    assert _cosines(ours, _reference(peft_model, embedder, texts, "last")).min() >= 0.99999
+    merged = peft_model.merge_and_unload()
+    assert _cosines(ours, _reference(merged, embedder, texts, "last")).min() >= 0.99999
+
+
+def test_bad_adapters_are_refused_clearly(bert, tmp_path):
+    _, adapters, embedder = bert
+    good = adapters["a0"][0]
+
+    def variant(name, **changes):
+        target = tmp_path / name
+        target.mkdir()
+        config = json.loads((good / "adapter_config.json").read_text()) | changes
+        (target / "adapter_config.json").write_text(json.dumps(config))
+        (target / "adapter_model.safetensors").write_bytes(
+            (good / "adapter_model.safetensors").read_bytes()
+        )
+        return target
+
+    with pytest.raises(AdapterError, match="above the maximum"):
+        embedder.adapter_slot("big", variant("big", r=64))
+    with pytest.raises(AdapterError, match="DoRA"):
+        embedder.adapter_slot("dora", variant("dora", use_dora=True))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text("{not json")
+    (broken / "adapter_model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(AdapterError, match="not valid JSON"):
+        embedder.adapter_slot("broken", broken)
+    (broken / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2}))
+    with pytest.raises(AdapterError, match="cannot read"):
+        embedder.adapter_slot("broken", broken)
+    with pytest.raises(AdapterError, match=r"needs adapter_config\.json"):
+        embedder.adapter_slot("empty", tmp_path)
+    with pytest.raises(AdapterError, match="unknown adapter"):
+        embedder.embed(["x"], adapter="never-loaded")
+    # Adapting a module the model lacks (the word embeddings): a clear refusal.
+    base = tmp_path / "base"
+    save_tiny_model("bert", base, seed=5)
+    odd = tmp_path / "odd"
+    _peft_adapter(base, odd, ["word_embeddings"], seed=1)
+    with pytest.raises(AdapterError, match="does not have or jaxembed cannot adapt"):
+        embedder.adapter_slot("odd", odd)
+    # Still serving after all of that.
+    assert embedder.embed(["still fine"], adapter="a0").shape == (1, embedder.dimensions)
