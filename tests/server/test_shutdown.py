@@ -12,7 +12,7 @@ import httpx
 from tests.helpers import ServerProcess
 
 
-def test_sigterm_drains_in_flight_work_and_exits_zero():
+def test_sigterm_drains_in_flight_work_and_exits_zero(capsys):
     server = ServerProcess("--no-warmup", "--drain-timeout", "60")
     body = {
         "model": "all-minilm-l6-v2",
@@ -36,6 +36,7 @@ def test_sigterm_drains_in_flight_work_and_exits_zero():
         raise AssertionError("the request never became active")
 
     server.proc.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
     # Once the server shows it is draining (/ready 503, or the socket closed), new work is
     # not accepted: refused at the socket or answered 503 with Retry-After.
     draining = False
@@ -56,5 +57,9 @@ def test_sigterm_drains_in_flight_work_and_exits_zero():
     response = result["response"]
     assert response.status_code == 200 and len(response.json()["data"]) == 96
     assert server.proc.wait(timeout=60) == 0, server.log()
+    with capsys.disabled():
+        print(
+            f"\ndrain: SIGTERM to exit {time.monotonic() - signalled:.1f} s with 96 texts in flight"
+        )
     assert "drained" in server.log()
     server.stop()
