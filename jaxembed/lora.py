@@ -206,6 +206,8 @@ class LoraBank:
         }
         self._slots: collections.OrderedDict[str, int] = collections.OrderedDict()  # LRU order
         self._pins: collections.Counter[str] = collections.Counter()
+        self._loads: dict[str, int] = {}  # name -> load number (a reload may read new files)
+        self._load_count = 0
         self._lock = threading.Lock()
 
     def arrays(self) -> dict[str, tuple[jax.Array, jax.Array]]:
@@ -237,8 +239,15 @@ class LoraBank:
             slot = free[0]
             self._write(slot, adapter)
             self._slots[name] = slot
+            self._load_count += 1
+            self._loads[name] = self._load_count
             self._pins[name] += 1
             return slot
+
+    def identity(self, name: str) -> str:
+        """Names this load of the adapter (for cache keys): a reload after eviction differs."""
+        with self._lock:
+            return f"{name}#{self._loads.get(name, 0)}"
 
     def release(self, name: str) -> None:
         with self._lock:

@@ -415,7 +415,8 @@ def create_app(
             else:
                 adapter, slot = await acquire_adapter(adapter_spec, param)
                 try:
-                    vectors = await embed_cached(token_lists, req.priority, adapter, slot)
+                    identity = embedder.lora_bank.identity(adapter)  # pinned: stable here
+                    vectors = await embed_cached(token_lists, req.priority, identity, slot)
                 finally:
                     embedder.lora_bank.release(adapter)
         except JaxEmbedError as e:

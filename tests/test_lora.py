@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxembed.engine.embedder import Embedder
+from jaxembed.errors import OverloadedError
 from jaxembed.lora import AdapterError
 from tests.helpers import save_tiny_decoder, save_tiny_model
 from tests.texts import varied_texts
@@ -159,3 +160,25 @@ def test_bad_adapters_are_refused_clearly(bert, tmp_path):
         embedder.adapter_slot("odd", odd)
     # Still serving after all of that.
     assert embedder.embed(["still fine"], adapter="a0").shape == (1, embedder.dimensions)
+
+
+def test_eviction_and_reload_give_a_new_identity(bert):
+    """One slot: loading a1 evicts a0; a0 reloaded gets a new identity, so cached rows keyed by
+    the old identity can never be served for what may be new files."""
+    base, adapters, _ = bert
+    embedder = Embedder.from_pretrained(base, dtype="float32", compile_cache_dir=False)
+    bank = embedder.enable_lora(max_loras=1, max_rank=8)
+    path0, path1 = adapters["a0"][0], adapters["a1"][0]
+    embedder.adapter_slot("a0", path0)
+    first = bank.identity("a0")
+    with pytest.raises(OverloadedError):  # a0 is pinned: no slot for a1
+        embedder.adapter_slot("a1", path1)
+    bank.release("a0")
+    embedder.adapter_slot("a1", path1)  # evicts a0
+    assert bank.loaded() == ["a1"]
+    bank.release("a1")
+    embedder.adapter_slot("a0", path0)
+    assert bank.identity("a0") != first and bank.loaded() == ["a0"]
+    texts = varied_texts()[:4]
+    want = bert[2].embed(texts, adapter="a0", truncate=True)
+    assert np.abs(embedder.embed(texts, adapter="a0", truncate=True) - want).max() <= 1e-6
