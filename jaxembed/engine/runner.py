@@ -70,61 +70,53 @@ class BucketRunner:
         self._params = params
         self._batch_sharding = batch_sharding(mesh)
         self._spans_processes = len({d.process_index for d in mesh.devices.flat}) > 1
-        self._jitted = jax.jit(
-            functools.partial(embed_forward, module=module, pooling=pooling, normalize=normalize),
-            in_shardings=(
-                jax.tree.map(lambda x: x.sharding, params),
-                self._batch_sharding,
-                self._batch_sharding,
-            ),
-            out_shardings=replicated(mesh),
+        forward = functools.partial(
+            embed_forward, module=module, pooling=pooling, normalize=normalize
+        )
+        inputs = (
+            jax.tree.map(lambda x: x.sharding, params),
+            self._batch_sharding,
+            self._batch_sharding,
+        )
+        self._jitted = jax.jit(forward, in_shardings=inputs, out_shardings=replicated(mesh))
+        # The LoRA variant also takes the adapter stacks (replicated) and a slot per row.
+        lora_inputs = (*inputs, replicated(mesh), NamedSharding(mesh, PartitionSpec(DATA_AXIS)))
+        self._lora_jitted = jax.jit(
+            forward, in_shardings=lora_inputs, out_shardings=replicated(mesh)
         )
         self._compiled: dict[Bucket, Callable[..., jax.Array]] = {}
         self._lock = threading.Lock()
         self.compile_seconds = 0.0
         self.lora_bank: LoraBank | None = None
-        self._lora_jitted = jax.jit(
-            functools.partial(embed_forward, module=module, pooling=pooling, normalize=normalize),
-            in_shardings=(
-                jax.tree.map(lambda x: x.sharding, params),
-                self._batch_sharding,
-                self._batch_sharding,
-                replicated(mesh),
-                NamedSharding(mesh, PartitionSpec(DATA_AXIS)),
-            ),
-            out_shardings=replicated(mesh),
-        )
         self._lora_compiled: dict[Bucket, Callable[..., jax.Array]] = {}
 
-    def _compile(self, bucket: Bucket) -> Callable[..., jax.Array]:
+    def _compile_into(
+        self, programs: dict, jitted: Any, bucket: Bucket, lora: bool
+    ) -> Callable[..., jax.Array]:
+        """Compile (once) `jitted` for `bucket`; the LoRA variant also takes stacks and row slots."""
         with self._lock:
-            if bucket not in self._compiled:
+            if bucket not in programs:
                 start = time.perf_counter()
                 spec = jax.ShapeDtypeStruct(
                     (bucket.batch, bucket.seq), jnp.int32, sharding=self._batch_sharding
                 )
+                extra = ()
+                if lora:  # same shapes whatever adapters the bank holds
+                    extra = (
+                        self.lora_bank.arrays(),
+                        jax.ShapeDtypeStruct((bucket.batch,), jnp.int32),
+                    )
                 with activation_sharding(self.mesh):
-                    lowered = self._jitted.lower(self._params, spec, spec)
-                self._compiled[bucket] = lowered.compile()
+                    lowered = jitted.lower(self._params, spec, spec, *extra)
+                programs[bucket] = lowered.compile()
                 self.compile_seconds += time.perf_counter() - start
-            return self._compiled[bucket]
+            return programs[bucket]
+
+    def _compile(self, bucket: Bucket) -> Callable[..., jax.Array]:
+        return self._compile_into(self._compiled, self._jitted, bucket, lora=False)
 
     def _compile_lora(self, bucket: Bucket) -> Callable[..., jax.Array]:
-        """The adapter variant of a bucket: same shapes whatever adapters the bank holds."""
-        with self._lock:
-            if bucket not in self._lora_compiled:
-                start = time.perf_counter()
-                spec = jax.ShapeDtypeStruct(
-                    (bucket.batch, bucket.seq), jnp.int32, sharding=self._batch_sharding
-                )
-                ids = jax.ShapeDtypeStruct((bucket.batch,), jnp.int32)
-                with activation_sharding(self.mesh):
-                    lowered = self._lora_jitted.lower(
-                        self._params, spec, spec, self.lora_bank.arrays(), ids
-                    )
-                self._lora_compiled[bucket] = lowered.compile()
-                self.compile_seconds += time.perf_counter() - start
-            return self._lora_compiled[bucket]
+        return self._compile_into(self._lora_compiled, self._lora_jitted, bucket, lora=True)
 
     def warmup(self, progress: Callable[[int, int, Bucket], None] | None = None) -> float:
         """Compile (or load from the persistent cache) every bucket of the grid; seconds taken.
