@@ -76,8 +76,8 @@ def serve(args: argparse.Namespace) -> int:
             distributed.initialize(dist)
         mesh = make_mesh(config.mesh, distributed.serving_devices(dist))
         embedder = build_embedder(config, mesh)
-    except (JaxEmbedError, ValueError) as e:
-        log.error("cannot load the model: %s", e)
+    except (JaxEmbedError, ValueError, RuntimeError) as e:
+        log.error("cannot start: %s", e)
         return 2
     group = dist is not None and dist.mode == "global" and jax.process_count() > 1
     if config.lora or config.lora_root:

@@ -77,3 +77,10 @@ def test_plan_e5_mistral_on_a_2x4_mesh(tmp_path):
 def test_plan_rejects_a_bad_mesh(tmp_path):
     proc = _run("plan", "all-minilm-l6-v2", "--mesh", "data=2,tensor=4")
     assert proc.returncode != 0 and "unknown mesh axis" in proc.stderr
+
+
+def test_serve_refuses_an_impossible_mesh_or_group_clearly():
+    proc = _run("serve", "--mesh", "data=4", "--port", "1")
+    assert proc.returncode == 2 and "does not use exactly the 1 available devices" in proc.stderr
+    proc = _run("serve", "--distributed", "--port", "1")
+    assert proc.returncode == 2 and "--coordinator-address" in proc.stderr

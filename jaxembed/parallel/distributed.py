@@ -74,13 +74,19 @@ def initialize(config: DistributedConfig) -> None:
         "auto" if config.process_id is None else config.process_id,
         config.num_processes or "auto",
     )
-    jax.distributed.initialize(
-        coordinator_address=config.coordinator_address,
-        num_processes=config.num_processes,
-        process_id=config.process_id,
-        initialization_timeout=config.initialization_timeout,
-        shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_SECONDS,
-    )
+    try:
+        jax.distributed.initialize(
+            coordinator_address=config.coordinator_address,
+            num_processes=config.num_processes,
+            process_id=config.process_id,
+            initialization_timeout=config.initialization_timeout,
+            shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_SECONDS,
+        )
+    except (ValueError, RuntimeError) as e:
+        raise RuntimeError(
+            f"cannot join the process group ({e}); outside Cloud TPU pass --coordinator-address, "
+            "--num-processes and --process-id (or JAXEMBED_COORDINATOR_ADDRESS, ...)"
+        ) from None
     log.info(
         "process %d of %d: %d local devices, %d in total",
         jax.process_index(),
