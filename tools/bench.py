@@ -8,7 +8,9 @@
 Every response is checked (count, width, finite values) and every 5th row is
 compared with sentence-transformers (cosine ≥ 0.9999). Reported per scenario:
 texts/s, tokens/s, p50/p90/p99 latency, rows checked; per server: peak RSS
-(VmHWM) and, for jaxembed, the mean batch fill ratio. Loopback only, bounded
+(VmHWM) and, for jaxembed, the mean batch fill ratio. The texts repeat (404 distinct
+passages), so jaxembed runs with `--cache-mb 0` here: the numbers measure the engine, not
+the cache (Infinity's cache is off by default too). Loopback only, bounded
 in count and time. `tools/compare/compare.py` runs it against jaxembed and
 Infinity in one run; alone:
 
@@ -229,7 +231,7 @@ def main() -> None:
     )
     server = None
     if args.url is None:
-        server = ServerProcess(*args.server_args.split())
+        server = ServerProcess("--cache-mb", "0", *args.server_args.split())
         target = Target("jaxembed", server.url + "/v1/embeddings", args.model, server.proc.pid,
                         extra={"truncate": True})  # fmt: skip
     else:

@@ -113,7 +113,8 @@ def main() -> None:
     }
     print("sentence-transformers:", results["sentence_transformers_batch32"], flush=True)
 
-    server = ServerProcess(*args.jaxembed_args.split())
+    # No embedding cache: the scenario texts repeat, and Infinity's cache is off by default.
+    server = ServerProcess("--cache-mb", "0", *args.jaxembed_args.split())
     try:
         target = Target("jaxembed", server.url + "/v1/embeddings", "all-minilm-l6-v2", server.proc.pid,
                         extra={"truncate": True})  # fmt: skip
