@@ -82,7 +82,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
     target = Path(args.model)
     if target.is_file():  # a bare config.json: plan a model without downloading its weights
-        hf_config = _read_json_config(target)
+        hf_config = read_hf_config(target)
         dtype = args.dtype or "bfloat16"
     else:
         model_dir, card = resolve_model(args.model)
@@ -95,15 +95,6 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     )
     print(json.dumps(plan.to_dict()) if args.json else plan.render())
     return 0
-
-
-def _read_json_config(path: Path) -> dict:
-    from jaxembed.errors import ModelLoadError
-
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"cannot read {path}: {e}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

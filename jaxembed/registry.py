@@ -63,15 +63,16 @@ def package_model_dir(package: str) -> Path | None:
 
 
 def read_hf_config(model_dir: Path) -> dict:
-    path = model_dir / "config.json"
+    """The `config.json` of a model directory (or a config file given directly)."""
+    path = model_dir if model_dir.is_file() else model_dir / "config.json"
     if not path.is_file():
         raise ModelLoadError(
             f"{model_dir} has no config.json; is it a Hugging Face model directory?"
         )
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelLoadError(f"config.json in {model_dir} is not valid JSON: {e}") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{path.name} in {path.parent} is not valid JSON: {e}") from None
 
 
 def resolve_model(spec: str | os.PathLike | None) -> tuple[Path, ModelCard]:

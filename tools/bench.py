@@ -24,6 +24,7 @@ import asyncio
 import base64
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -136,20 +137,14 @@ def _peak_rss_mib(pid: int | None) -> float | None:
 
 
 def _batch_fill(target: Target) -> float | None:
+    """jaxembed's mean batch fill from /metrics; None for servers without that metric."""
+    from tools.loadgen import batch_fill
+
     try:
-        text = httpx.get(target.url.rsplit("/v1/", 1)[0] + "/metrics", timeout=10).text
-    except httpx.HTTPError:
+        fill = batch_fill(target.url.rsplit("/v1/", 1)[0])
+    except (httpx.HTTPError, ValueError):
         return None
-    values = {}
-    for line in text.splitlines():
-        if line.startswith("jaxembed_batch_fill_ratio_"):
-            name, value = line.split()[:2]
-            values[name] = float(value)
-    total, count = (
-        values.get("jaxembed_batch_fill_ratio_sum"),
-        values.get("jaxembed_batch_fill_ratio_count"),
-    )
-    return round(total / count, 3) if count else None
+    return None if math.isnan(fill) else round(fill, 3)
 
 
 def run_scenarios(

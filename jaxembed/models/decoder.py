@@ -22,12 +22,10 @@ import jax.numpy as jnp
 from jaxembed.errors import UnsupportedArchitectureError
 from jaxembed.models.encoder import ACTIVATIONS
 from jaxembed.models.lora_delta import add_delta
+from jaxembed.models.partitioning import KERNEL_INIT as _kernel_init
+from jaxembed.models.partitioning import ZEROS as _zeros
+from jaxembed.models.partitioning import with_axes as _axes
 from jaxembed.parallel.sharding import constrain
-
-# Every parameter carries logical axis names; jaxembed/parallel/sharding.py maps them to the mesh.
-_axes = nn.with_logical_partitioning
-_kernel_init = nn.initializers.lecun_normal()
-_zeros = nn.initializers.zeros_init()
 
 DECODER_FAMILIES = frozenset({"mistral", "qwen2", "qwen3"})
 NO_WINDOW = 2**30  # "window" of a full-attention layer

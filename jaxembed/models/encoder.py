@@ -22,12 +22,11 @@ import jax.numpy as jnp
 
 from jaxembed.errors import UnsupportedArchitectureError
 from jaxembed.models.lora_delta import add_delta
+from jaxembed.models.partitioning import KERNEL_INIT as _kernel_init
+from jaxembed.models.partitioning import ONES as _ones
+from jaxembed.models.partitioning import ZEROS as _zeros
+from jaxembed.models.partitioning import with_axes as _axes
 from jaxembed.parallel.sharding import constrain
-
-# Every parameter carries logical axis names; jaxembed/parallel/sharding.py maps them to the mesh.
-_axes = nn.with_logical_partitioning
-_kernel_init = nn.initializers.lecun_normal()
-_zeros, _ones = nn.initializers.zeros_init(), nn.initializers.ones_init()
 
 # HF activation names → functions. "gelu" in HF is the exact (erf) form.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
