@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from jaxembed.errors import ModelLoadError
+from jaxembed.models.clip import CLIP_FAMILIES
 from jaxembed.models.decoder import DECODER_FAMILIES
 
 POOLING_MODES = ("cls", "mean", "max", "last_token", "mean_sqrt_len")
+MODALITIES = ("text", "image", "video")
+MAX_VIDEO_FRAMES = 64
 DTYPES = ("float32", "bfloat16")
 CARD_FILENAME = "card.json"
 
@@ -56,6 +59,10 @@ class ModelCard:
       causal: decoder attention is causal (False: bidirectional, as gte-Qwen2 uses it).
       instruction_template: how a per-request instruction becomes a query prefix,
         e.g. "Instruct: {instruction}\nQuery: ".
+      video_frames: frames sampled uniformly from a video (a request may ask for another count).
+      fusion_weights: how an item with several modalities (text + image) becomes one
+        vector: the weighted sum of each part's L2-normalised embedding, normalised again.
+        Missing modalities weigh 1 (empty = the plain normalised sum).
     """
 
     name: str
@@ -74,6 +81,8 @@ class ModelCard:
     modalities: tuple[str, ...] = ("text",)
     causal: bool = True
     instruction_template: str = ""
+    video_frames: int = 8
+    fusion_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLING_MODES:
@@ -93,8 +102,28 @@ class ModelCard:
             raise ModelLoadError(
                 f"card {self.name!r}: matryoshka dims {bad} are outside 1..{self.dimensions}"
             )
+        unknown = sorted(set(self.modalities) - set(MODALITIES))
+        if unknown or "text" not in self.modalities:
+            raise ModelLoadError(
+                f"card {self.name!r}: modalities must include 'text' and be among {MODALITIES}"
+            )
+        if not 1 <= self.video_frames <= MAX_VIDEO_FRAMES:
+            raise ModelLoadError(
+                f"card {self.name!r}: video_frames must be within 1..{MAX_VIDEO_FRAMES}"
+            )
+        bad_fusion = {
+            m: w
+            for m, w in self.fusion_weights.items()
+            if m not in self.modalities or not isinstance(w, int | float) or w < 0
+        }
+        if bad_fusion:
+            raise ModelLoadError(
+                f"card {self.name!r}: fusion_weights {bad_fusion} must be non-negative weights "
+                "of the card's modalities"
+            )
         # Freeze the containers so a card can be shared across threads without copies.
         object.__setattr__(self, "prompts", dict(self.prompts))
+        object.__setattr__(self, "fusion_weights", dict(self.fusion_weights))
         object.__setattr__(self, "matryoshka_dims", tuple(self.matryoshka_dims))
         object.__setattr__(self, "served_names", tuple(self.served_names))
         object.__setattr__(self, "modalities", tuple(self.modalities))
@@ -109,6 +138,9 @@ class ModelCard:
             return False
         return not self.matryoshka_dims or dims in self.matryoshka_dims or dims == self.dimensions
 
+    def fusion_weight(self, modality: str) -> float:
+        return float(self.fusion_weights.get(modality, 1.0))
+
     def replace(self, **changes: Any) -> ModelCard:
         return dataclasses.replace(self, **changes)
 
@@ -119,6 +151,7 @@ class ModelCard:
         out["matryoshka_dims"] = list(self.matryoshka_dims)
         out["served_names"] = list(self.served_names)
         out["modalities"] = list(self.modalities)
+        out["fusion_weights"] = dict(self.fusion_weights)
         return out
 
     @classmethod
@@ -164,10 +197,12 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
     does for a bare transformers checkpoint).
     """
     model_dir = Path(model_dir)
+    family = str(hf_config.get("model_type", ""))
+    if family in CLIP_FAMILIES:
+        return _clip_card(model_dir, hf_config)
     modules = _read_json(model_dir / "modules.json") or []
     module_types = [str(m.get("type", "")) for m in modules if isinstance(m, dict)]
 
-    family = str(hf_config.get("model_type", ""))
     is_decoder = family in DECODER_FAMILIES
     # A bare decoder checkpoint has no pooling config; only its last token has seen every token.
     pooling = "last_token" if is_decoder else "mean"
@@ -205,4 +240,19 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
         source=str(hf_config.get("_name_or_path", "")),
         append_eos=pooling == "last_token",
         dtype="bfloat16" if is_decoder else "float32",
+    )
+
+
+def _clip_card(model_dir: Path, hf_config: Mapping[str, Any]) -> ModelCard:
+    """A CLIP checkpoint: projected, normalised EOS-token text and CLS-token image embeddings."""
+    text = hf_config.get("text_config") or {}
+    return ModelCard(
+        name=model_dir.resolve().name.lower(),
+        family=str(hf_config["model_type"]),
+        pooling="last_token",  # the tokenizer ends every text with EOS
+        normalize=True,
+        max_length=int(text.get("max_position_embeddings", 77)),
+        dimensions=int(hf_config.get("projection_dim", 512)),
+        source=str(hf_config.get("_name_or_path", "")),
+        modalities=("text", "image", "video"),
     )

@@ -32,10 +32,28 @@ class InvalidInputError(JaxEmbedError, ValueError):
     so that an error in a batch of 1,000 texts points at the right one.
     """
 
-    def __init__(self, message: str, *, index: int | None = None, param: str = "input"):
+    def __init__(
+        self,
+        message: str,
+        *,
+        index: int | None = None,
+        param: str = "input",
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.index = index
         self.param = param
+        self.code = code
+
+
+class MediaError(InvalidInputError):
+    """An image or video cannot be used: not fetched, too large, not decodable, not allowed.
+
+    `code` names the kind of failure (e.g. `media_too_large`) for clients and metrics.
+    """
+
+    def __init__(self, message: str, *, code: str = "invalid_media", index: int | None = None):
+        super().__init__(message, index=index, code=code)
 
 
 class InputTooLongError(InvalidInputError):

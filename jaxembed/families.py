@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxembed.errors import UnsupportedArchitectureError
+from jaxembed.models.clip import CLIP_FAMILIES, ClipConfig, ClipModel
 from jaxembed.models.decoder import DECODER_FAMILIES, Decoder, DecoderConfig
 from jaxembed.models.encoder import ENCODER_FAMILIES, Encoder, EncoderConfig
 from jaxembed.parallel.sharding import logical_axes
@@ -59,8 +60,18 @@ _DECODER = Family(
     wrapper_prefixes=maps.DECODER_WRAPPER_PREFIXES,
 )
 
-FAMILIES: dict[str, Family] = dict.fromkeys(ENCODER_FAMILIES, _ENCODER) | dict.fromkeys(
-    DECODER_FAMILIES, _DECODER
+_CLIP = Family(
+    config_from_hf=ClipConfig.from_hf,
+    module=ClipModel,
+    rules=maps.clip_rules,
+    ignored_prefixes=maps.CLIP_IGNORED_PREFIXES,
+    wrapper_prefixes=maps.CLIP_WRAPPER_PREFIXES,
+)
+
+FAMILIES: dict[str, Family] = (
+    dict.fromkeys(ENCODER_FAMILIES, _ENCODER)
+    | dict.fromkeys(DECODER_FAMILIES, _DECODER)
+    | dict.fromkeys(CLIP_FAMILIES, _CLIP)
 )
 
 

@@ -6,6 +6,8 @@ over hundreds of positions and the norm are where bfloat16 would lose most.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,3 +61,20 @@ def truncate_dimensions(vectors: np.ndarray, dims: int | None, normalize: bool) 
         norm = np.linalg.norm(out, axis=-1, keepdims=True)
         out /= np.maximum(norm, NORM_EPS)
     return out
+
+
+def mean_of_frames(frame_vectors: np.ndarray, normalize: bool) -> np.ndarray:
+    """A video's vector: the mean of its frames' vectors, renormalised when the model normalises."""
+    mean = frame_vectors.mean(axis=0, dtype=np.float64).astype(np.float32)
+    if normalize:
+        mean /= max(float(np.linalg.norm(mean)), NORM_EPS)
+    return mean
+
+
+def fuse_modalities(parts: Sequence[tuple[np.ndarray, float]]) -> np.ndarray:
+    """One vector for an item with several modalities: the weighted sum of each part's
+    L2-normalised vector, normalised again (parts on one scale, so weights mean what they say)."""
+    total = np.zeros_like(parts[0][0], dtype=np.float64)
+    for vector, weight in parts:
+        total += weight * vector / max(float(np.linalg.norm(vector)), NORM_EPS)
+    return (total / max(float(np.linalg.norm(total)), NORM_EPS)).astype(np.float32)

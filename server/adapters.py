@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from jaxembed.lora import AdapterError
+from server.paths import PathOutsideRoot, resolve_inside
 
 
 class AdapterResolver:
@@ -30,13 +31,13 @@ class AdapterResolver:
                 param=param,
             )
         try:
-            resolved = (self.root / spec).resolve()
-        except (OSError, ValueError):
-            raise AdapterError("the adapter path is not valid", param=param) from None
-        if not resolved.is_relative_to(self.root) or resolved == self.root:
+            resolved = resolve_inside(self.root, spec)
+        except PathOutsideRoot:
             raise AdapterError(
                 "the adapter path points outside the server's adapter root", param=param
-            )
+            ) from None
+        except ValueError:
+            raise AdapterError("the adapter path is not valid", param=param) from None
         if not resolved.is_dir():
             raise AdapterError(f"unknown adapter {spec[:100]!r}", param=param)
         return str(resolved.relative_to(self.root)), resolved

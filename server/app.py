@@ -26,7 +26,9 @@ import jaxembed
 from jaxembed.engine.batcher import Batcher, FaultHook
 from jaxembed.engine.cache import EmbeddingCache, assemble
 from jaxembed.engine.embedder import Embedder
+from jaxembed.engine.vision import ImageWorkload
 from jaxembed.errors import JaxEmbedError
+from jaxembed.media import MediaLimits
 from jaxembed.pooling import truncate_dimensions
 from server.adapters import AdapterResolver
 from server.auth import OPEN_PATHS, check_api_key
@@ -40,7 +42,9 @@ from server.errors import (
     unavailable,
 )
 from server.logs import request_id_var
+from server.media import MediaLoader, MediaPolicy
 from server.metrics import Metrics
+from server.multimodal import MultimodalPipeline
 from server.openapi import ServedModel, build_openapi, docs_page
 from server.protocol import EmbeddingRequest, MultimodalItem, TokenizeRequest
 
@@ -105,21 +109,6 @@ def _notice_disconnects(request: Request) -> None:
         transport.resume_reading()
 
 
-def _texts_of(
-    items: list[MultimodalItem], card_modalities: tuple[str, ...], model: str
-) -> list[str]:
-    for i, item in enumerate(items):
-        unsupported = [m for m in item.modalities if m not in card_modalities]
-        if unsupported:
-            raise invalid(
-                f"input[{i}] has {'/'.join(unsupported)} content, but {model} only embeds "
-                f"{'/'.join(card_modalities)}",
-                param="input",
-                code="unsupported_modality",
-            )
-    return [item.text for item in items]
-
-
 def encode_embeddings(vectors: np.ndarray, encoding_format: str) -> list[dict]:
     if encoding_format == "base64":
         # Little-endian float32, exactly what the openai client decodes with np.frombuffer.
@@ -156,6 +145,37 @@ def create_app(
         step_batches=config.step_batches,
         on_batch=metrics.observe_batch,
         fault_hook=fault_hook,
+    )
+    # Images (and video frames) have their own batcher: they share the device, not batches.
+    image_batcher = None
+    if embedder.images is not None:
+        image_batcher = Batcher(
+            ImageWorkload(embedder.images),
+            max_queued_requests=config.max_queued_requests,
+            max_queued_tokens=config.max_queued_tokens,
+            aging_seconds=config.aging_seconds,
+            step_batches=config.step_batches,
+            on_batch=metrics.observe_batch,
+        )
+    batchers = [b for b in (batcher, image_batcher) if b is not None]
+    limits = MediaLimits(
+        max_image_pixels=config.max_image_pixels,
+        max_video_seconds=config.max_video_seconds,
+        max_video_frames=config.max_video_frames,
+    )
+    multimodal = MultimodalPipeline(
+        embedder,
+        image_batcher,
+        MediaLoader(
+            MediaPolicy(
+                allow_private=config.allow_private_media,
+                root=Path(config.media_root).resolve() if config.media_root else None,
+                max_bytes=config.max_media_bytes,
+                timeout=config.media_timeout,
+            )
+        ),
+        limits,
+        max_media_items=config.max_media_items,
     )
     card = embedder.card
     served = list(dict.fromkeys(config.served_model_names or card.names))
@@ -200,7 +220,7 @@ def create_app(
         """Readiness: warm-up done, not draining, and (multi-host) every follower alive."""
         if state["draining"]:
             return "shutting down"
-        if not batcher.ready.is_set():
+        if not all(b.ready.is_set() for b in batchers):
             return "warming up"
         return embedder.unhealthy_reason()
 
@@ -214,15 +234,18 @@ def create_app(
                     "warm-up: compiled %d/%d buckets (last %dx%d)", i, n, bucket.batch, bucket.seq
                 )
 
-        batcher.start(warmup=config.warmup, warmup_progress=progress)
+        for b in batchers:
+            b.start(warmup=config.warmup, warmup_progress=progress)
 
     @app.before_server_stop
     async def _stop(app: Sanic) -> None:
         state["draining"] = True
-        drained = await asyncio.get_running_loop().run_in_executor(
-            None, batcher.close, config.drain_timeout
+        loop = asyncio.get_running_loop()
+        results = await asyncio.gather(
+            *(loop.run_in_executor(None, b.close, config.drain_timeout) for b in batchers)
         )
-        log.info("shutdown: %s", "drained" if drained else "drain timed out")
+        multimodal.close()
+        log.info("shutdown: %s", "drained" if all(results) else "drain timed out")
 
     # -- middleware ---------------------------------------------------------------------------
 
@@ -398,39 +421,50 @@ def create_app(
             adapter_spec, param = req.lora_path, "lora_path"
         items: Any = req.input
         check_size(items)
-        if isinstance(items, list) and items and isinstance(items[0], MultimodalItem):
-            items = _texts_of(items, card.modalities, model)
-        try:
-            embedder.check_dimensions(req.dimensions)
+
+        async def embed_token_lists(token_lists: list[np.ndarray]) -> np.ndarray:
+            if adapter_spec is None:
+                return await embed_cached(token_lists, req.priority)
+            adapter, slot = await acquire_adapter(adapter_spec, param)
+            try:
+                identity = embedder.lora_bank.identity(adapter)  # pinned: stable here
+                return await embed_cached(token_lists, req.priority, identity, slot)
+            finally:
+                embedder.lora_bank.release(adapter)
+
+        async def embed_texts(texts: Any) -> tuple[np.ndarray, list[int]]:
             token_lists = await tokenize(
-                items,
+                texts,
                 truncate=req.truncate,
                 direction=req.truncation_direction,
                 prompt=req.input_type,
                 instruction=req.instruction,
             )
-            total = check_tokens(token_lists)
-            if adapter_spec is None:
-                vectors = await embed_cached(token_lists, req.priority)
+            check_tokens(token_lists)
+            return await embed_token_lists(token_lists), [len(t) for t in token_lists]
+
+        try:
+            embedder.check_dimensions(req.dimensions)
+            if isinstance(items, list) and items and isinstance(items[0], MultimodalItem):
+                multimodal.check(items, model)
+                vectors, total = await multimodal.embed(
+                    items, embed_texts, priority=req.priority, video_frames=req.video_frames
+                )
             else:
-                adapter, slot = await acquire_adapter(adapter_spec, param)
-                try:
-                    identity = embedder.lora_bank.identity(adapter)  # pinned: stable here
-                    vectors = await embed_cached(token_lists, req.priority, identity, slot)
-                finally:
-                    embedder.lora_bank.release(adapter)
+                vectors, counts = await embed_texts(items)
+                total = sum(counts)
         except JaxEmbedError as e:
             raise from_library_error(e) from None
         vectors = truncate_dimensions(vectors, req.dimensions, card.normalize)
-        metrics.inputs.inc(len(token_lists))
+        metrics.inputs.inc(len(vectors))
         metrics.tokens.inc(total)
         if req.user:
             log.info(
                 "embedded %d inputs (%d tokens) for user %s",
-                len(token_lists),
+                len(vectors),
                 total,
                 req.user,
-                extra={"user": req.user, "inputs": len(token_lists), "tokens": total},
+                extra={"user": req.user, "inputs": len(vectors), "tokens": total},
             )
         return json_response(
             {
@@ -499,9 +533,9 @@ def create_app(
 
     @app.get("/metrics")
     async def metrics_route(request: Request):
-        metrics.queue_requests.set(batcher.queued_requests)
-        metrics.queue_tokens.set(batcher.queued_tokens)
-        metrics.active_requests.set(batcher.active_requests)
+        metrics.queue_requests.set(sum(b.queued_requests for b in batchers))
+        metrics.queue_tokens.set(sum(b.queued_tokens for b in batchers))
+        metrics.active_requests.set(sum(b.active_requests for b in batchers))
         metrics.loop_tasks.set(len(asyncio.all_tasks()))
         metrics.cache_bytes.set(cache.size_bytes)
         metrics.ready.set(0 if not_ready_reason() else 1)

@@ -47,6 +47,15 @@ class ServerConfig:
     max_loras: int = 8
     max_lora_rank: int = 64
     mesh: MeshShape | None = None  # None: every serving device on `data`
+    # Images and videos (models with a vision tower; server/media.py).
+    allow_private_media: bool = False  # fetch URLs whose host is loopback/private/link-local
+    media_root: str | None = None  # local media paths must lie inside it; None: paths refused
+    max_media_bytes: int = 32 * 2**20  # one download, file or decoded base64
+    media_timeout: float = 10.0  # seconds for one URL fetch, redirects included
+    max_media_items: int = 64  # images + videos per request
+    max_image_pixels: int = 40_000_000
+    max_video_seconds: float = 600.0
+    max_video_frames: int = 20_000
     distributed: DistributedConfig | None = None  # set by --distributed
 
 
@@ -154,6 +163,34 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--max-loras", type=int, default=d.max_loras, help="adapters resident at once")
     g.add_argument("--max-lora-rank", type=int, default=d.max_lora_rank)
+    g = p.add_argument_group("images and videos (multimodal models)")
+    g.add_argument(
+        "--allow-private-media",
+        action="store_true",
+        help="also fetch URLs on loopback, private and link-local addresses (off: SSRF protection)",
+    )
+    g.add_argument(
+        "--media-root",
+        default=None,
+        help="accept local file paths and file:// URLs, only from inside this directory",
+    )
+    g.add_argument("--max-media-bytes", type=int, default=d.max_media_bytes)
+    g.add_argument(
+        "--media-timeout", type=float, default=d.media_timeout, help="seconds per URL fetch"
+    )
+    g.add_argument(
+        "--max-media-items", type=int, default=d.max_media_items, help="images+videos per request"
+    )
+    g.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=d.max_image_pixels,
+        help="width x height limit, checked before decoding (decompression bombs)",
+    )
+    g.add_argument("--max-video-seconds", type=float, default=d.max_video_seconds)
+    g.add_argument(
+        "--max-video-frames", type=int, default=d.max_video_frames, help="frames in a video stream"
+    )
     g = p.add_argument_group("multi-host (TPU pod slices, several GPU hosts)")
     g.add_argument(
         "--distributed",

@@ -77,7 +77,7 @@ def from_library_error(error: JaxEmbedError) -> APIError:
     if isinstance(error, InputTooLongError):
         return invalid(str(error), param="input", code="context_length_exceeded")
     if isinstance(error, InvalidInputError):
-        return invalid(str(error), param=error.param)
+        return invalid(str(error), param=error.param, code=error.code)
     if isinstance(error, OverloadedError):
         return overloaded(str(error), error.retry_after)
     if isinstance(error, EngineUnavailableError):

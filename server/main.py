@@ -80,12 +80,18 @@ def serve(args: argparse.Namespace) -> int:
         log.error("cannot start: %s", e)
         return 2
     group = dist is not None and dist.mode == "global" and jax.process_count() > 1
+    if group and embedder.images is not None:
+        log.error(
+            "cannot start: image/video models are not supported with --multihost global yet "
+            "(use --multihost replica)"
+        )
+        return 2
     if config.lora or config.lora_root:
         if group:
             log.error("LoRA adapters are not supported with --multihost global yet")
             return 2
-        embedder.enable_lora(max_loras=config.max_loras, max_rank=config.max_lora_rank)
         try:
+            embedder.enable_lora(max_loras=config.max_loras, max_rank=config.max_lora_rank)
             for name, path in config.lora:  # preloaded adapters stay resident (never released)
                 embedder.adapter_slot(name, path)
                 log.info("loaded LoRA adapter %s", name)

@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
+from jaxembed.card import MAX_VIDEO_FRAMES
+
 
 class MultimodalItem(BaseModel):
     """One item of a multimodal input; it yields one embedding."""
@@ -59,6 +61,12 @@ class EmbeddingRequest(BaseModel):
     )
     instruction: StrictStr | None = Field(
         None, description="a task instruction put into the card's instruction template (queries)"
+    )
+    video_frames: StrictInt | None = Field(
+        None,
+        ge=1,
+        le=MAX_VIDEO_FRAMES,
+        description="frames sampled uniformly from each video (default: the model card's)",
     )
 
 

@@ -232,3 +232,200 @@ def save_tiny_decoder(
         prompts={"query": QUERY_PROMPT, "document": ""},
     )
     return model
+
+
+CLIP_IMAGE_SIZE = 32
+
+
+def _tiny_clip_tokenizer():
+    """A real CLIP BPE tokenizer over a byte-level vocabulary (+ a few merges), no hub needed."""
+    import transformers
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    chars = sorted(ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    merges = [("t", "h"), ("th", "e</w>"), ("a", "t</w>"), ("c", "at</w>"), ("o", "g</w>")]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return transformers.CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def save_tiny_clip(out_dir: Path, *, seed: int = 0):
+    """A random tiny CLIPModel (different text/vision depths) + tokenizer + PIL image processor.
+
+    Returns (model, tokenizer, image_processor): the torch reference for parity tests.
+    """
+    import torch
+    import transformers
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    tokenizer = _tiny_clip_tokenizer()
+    text = transformers.CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = transformers.CLIPVisionConfig(
+        hidden_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=96,
+        image_size=CLIP_IMAGE_SIZE,
+        patch_size=8,
+    )
+    config = transformers.CLIPConfig(
+        text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=24
+    )
+    torch.manual_seed(seed)
+    model = transformers.CLIPModel(config).eval()
+    with torch.no_grad():  # random init leaves norms at 1 and biases at 0: perturb them
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    processor = CLIPImageProcessorPil(
+        size={"shortest_edge": CLIP_IMAGE_SIZE},
+        crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE},
+    )
+    processor.save_pretrained(out_dir)
+    return model, tokenizer, processor
+
+
+def generated_image(size: tuple[int, int], mode: str = "RGB", *, seed: int = 0):
+    """A random-noise pillow image of `size` (width, height) in `mode` (RGB, RGBA, L or P)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    width, height = size
+    rgba = rng.integers(0, 256, (height, width, 4), dtype=np.uint8)
+    if mode == "RGBA":
+        return Image.fromarray(rgba, "RGBA")
+    rgb = Image.fromarray(rgba[..., :3], "RGB")
+    if mode == "P":
+        return rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=32)
+    return rgb.convert(mode)
+
+
+def image_bytes(image, fmt: str = "PNG") -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def generated_video(frames: int = 20, *, size: tuple[int, int] = (48, 32), fps: int = 10) -> bytes:
+    """An MPEG-4 video written with PyAV whose frames all differ (moving bar, changing colour)."""
+    import io
+
+    import av
+    import numpy as np
+
+    width, height = size
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            rgb = np.zeros((height, width, 3), np.uint8)
+            rgb[..., 0] = (i * 11) % 256
+            rgb[..., 2] = 255 - (i * 7) % 256
+            rgb[:, (i * 2) % width : (i * 2) % width + 6, 1] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+class MediaHTTPServer:
+    """A loopback HTTP server for media tests: fixed files, redirects, an unsized stream.
+
+    Routes: `/files/<name>` serves `files[name]` with a Content-Length;
+    `/stream/<name>` serves it without one (read until close); `/redirect?to=URL`
+    answers 302. Every requested path is recorded in `requests`.
+    """
+
+    def __init__(self, files: dict[str, bytes]):
+        import http.server
+        import threading
+        from urllib.parse import parse_qs, urlsplit
+
+        self.files = files
+        self.requests: list[str] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def do_GET(self):
+                outer.requests.append(self.path)
+                parts = urlsplit(self.path)
+                kind, _, name = parts.path.lstrip("/").partition("/")
+                if kind == "redirect":
+                    self.send_response(302)
+                    self.send_header("Location", parse_qs(parts.query)["to"][0])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = outer.files.get(name)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                if kind == "files":
+                    self.send_header("Content-Length", str(len(body)))
+                else:
+                    self.close_connection = True
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> MediaHTTPServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims `width` x `height` grey pixels (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * 4096, 9)  # a little data; the header is what matters
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    )

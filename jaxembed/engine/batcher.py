@@ -27,13 +27,39 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from jaxembed.engine.buckets import Bucket, pad_batch, plan_batches
+from jaxembed.engine.buckets import Bucket, PlannedBatch, pad_batch, plan_batches
 from jaxembed.engine.embedder import Embedder
+from jaxembed.engine.workload import Workload
 from jaxembed.errors import EngineError, EngineUnavailableError, OverloadedError
 
 log = logging.getLogger(__name__)
 
 FaultHook = Callable[[Sequence[np.ndarray]], None]
+
+
+class TextWorkload(Workload):
+    """Token-id rows through an Embedder's bucket grid and runner."""
+
+    def __init__(self, embedder: Embedder):
+        self.embedder = embedder
+        self.dimensions = embedder.dimensions
+        self.step_budget = embedder.grid.token_budget
+
+    def size(self, row: np.ndarray) -> int:
+        return len(row)
+
+    def cost(self, row: np.ndarray) -> int:
+        return self.embedder.grid.seq_bucket(len(row))
+
+    def plan(self, rows: Sequence[np.ndarray]) -> list[PlannedBatch]:
+        return plan_batches([len(r) for r in rows], self.embedder.grid)
+
+    def run(self, rows: Sequence[np.ndarray], bucket: Bucket, slots: np.ndarray | None):
+        ids, mask = pad_batch(rows, bucket, self.embedder.pad_id)
+        return self.embedder.runner.run(ids, mask, slots)
+
+    def warmup(self, progress=None) -> float:
+        return self.embedder.runner.warmup(progress)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +91,8 @@ class _Job:
     remaining: int = 0  # rows not yet written to `out`
     done: bool = False
 
-    def queued_tokens(self) -> int:
-        return sum(len(t) for t in self.token_lists[self.next_row :])
+    def queued_tokens(self, workload: Workload) -> int:
+        return sum(workload.size(t) for t in self.token_lists[self.next_row :])
 
 
 @dataclasses.dataclass
@@ -88,11 +114,11 @@ class _Dispatched:
 
 
 class Batcher:
-    """Async front of an `Embedder`: `await batcher.embed(token_lists, priority)`."""
+    """Async front of an `Embedder` (or any Workload): `await batcher.embed(rows, priority)`."""
 
     def __init__(
         self,
-        embedder: Embedder,
+        embedder: Embedder | Workload,
         *,
         max_queued_requests: int = 1024,
         max_queued_tokens: int = 1_000_000,
@@ -102,11 +128,11 @@ class Batcher:
         on_batch: Callable[[BatchStats], None] | None = None,
         fault_hook: FaultHook | None = None,
     ):
-        self.embedder = embedder
+        self.workload = embedder if isinstance(embedder, Workload) else TextWorkload(embedder)
         self.max_queued_requests = max_queued_requests
         self.max_queued_tokens = max_queued_tokens
         self.aging_seconds = aging_seconds
-        self.step_tokens = embedder.grid.token_budget * step_batches
+        self.step_tokens = self.workload.step_budget * step_batches
         self._on_batch = on_batch
         self._fault_hook = fault_hook
         self._cond = threading.Condition()
@@ -128,7 +154,7 @@ class Batcher:
 
         def dispatcher() -> None:
             if warmup:
-                self.warmup_seconds = self.embedder.runner.warmup(warmup_progress)
+                self.warmup_seconds = self.workload.warmup(warmup_progress)
             self.ready.set()
             self._dispatch_loop()
 
@@ -182,7 +208,7 @@ class Batcher:
         adapters are batched together.
         """
         loop = asyncio.get_running_loop()
-        tokens = sum(len(t) for t in token_lists)
+        tokens = sum(self.workload.size(t) for t in token_lists)
         job = _Job(
             token_lists=list(token_lists),
             priority=priority,
@@ -190,7 +216,7 @@ class Batcher:
             enqueued=time.monotonic(),
             loop=loop,
             future=loop.create_future(),
-            out=np.empty((len(token_lists), self.embedder.dimensions), dtype=np.float32),
+            out=np.empty((len(token_lists), self.workload.dimensions), dtype=np.float32),
             remaining=len(token_lists),
             adapter_slot=adapter_slot,
         )
@@ -220,7 +246,7 @@ class Batcher:
         with self._cond:
             if job in self._pending:
                 self._pending.remove(job)
-                self._queued_tokens -= job.queued_tokens()
+                self._queued_tokens -= job.queued_tokens(self.workload)
             self._finish(job)
 
     def _finish(self, job: _Job) -> None:  # caller holds the lock
@@ -239,11 +265,11 @@ class Batcher:
         for job in sorted(self._pending, key=urgency):
             while job.next_row < len(job.token_lists):
                 tokens = job.token_lists[job.next_row]
-                cost = self.embedder.grid.seq_bucket(len(tokens))  # padded tokens it will occupy
+                cost = self.workload.cost(tokens)  # padded tokens it will occupy
                 if rows and cost > budget:
                     break
                 budget -= cost
-                self._queued_tokens -= len(tokens)
+                self._queued_tokens -= self.workload.size(tokens)
                 rows.append(_Row(job, job.next_row))
                 job.next_row += 1
             if budget <= 0 or job.next_row < len(job.token_lists):
@@ -260,7 +286,7 @@ class Batcher:
                     break
                 rows = self._take_rows()
             try:
-                plan = plan_batches([len(r.tokens) for r in rows], self.embedder.grid)
+                plan = self.workload.plan([r.tokens for r in rows])
             except Exception:  # a bug here must not stop the dispatcher: fail this step's requests
                 log.exception("planning %d rows failed; failing their requests", len(rows))
                 for row in rows:
@@ -280,10 +306,9 @@ class Batcher:
         token_lists = [r.tokens for r in rows]
         if self._fault_hook is not None:
             self._fault_hook(token_lists)
-        ids, mask = pad_batch(token_lists, bucket, self.embedder.pad_id)
         slots = np.zeros(bucket.batch, dtype=np.int32)
         slots[: len(rows)] = [r.job.adapter_slot for r in rows]
-        return self.embedder.runner.run(ids, mask, slots if slots.any() else None)
+        return self.workload.run(token_lists, bucket, slots if slots.any() else None)
 
     # -- collector ----------------------------------------------------------------------------
 
@@ -312,7 +337,7 @@ class Batcher:
                     bucket=item.bucket,
                     rows=len(item.rows),
                     requests=len({id(r.job) for r in item.rows}),
-                    real_tokens=sum(len(r.tokens) for r in item.rows),
+                    real_tokens=sum(self.workload.size(r.tokens) for r in item.rows),
                     seconds=time.perf_counter() - item.started,
                 )
             )
@@ -363,7 +388,7 @@ class Batcher:
 
     def _run_now(self, rows: list[_Row]) -> None:
         """Run rows synchronously in their own bucket batches, delivering or retrying each."""
-        for planned in plan_batches([len(r.tokens) for r in rows], self.embedder.grid):
+        for planned in self.workload.plan([r.tokens for r in rows]):
             part = [rows[i] for i in planned.indices]
             try:
                 vectors = np.asarray(self._run(part, planned.bucket))
@@ -378,7 +403,7 @@ class Batcher:
                 return
             if job in self._pending:
                 self._pending.remove(job)
-                self._queued_tokens -= job.queued_tokens()
+                self._queued_tokens -= job.queued_tokens(self.workload)
             self._finish(job)
         wrapped = (
             error

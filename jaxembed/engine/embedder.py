@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 from jax.sharding import Mesh
+from PIL import Image
 
 from jaxembed.card import ModelCard
 from jaxembed.engine.buckets import (
@@ -26,11 +27,12 @@ from jaxembed.engine.buckets import (
 from jaxembed.engine.compile_cache import enable_compile_cache
 from jaxembed.engine.runner import BucketRunner
 from jaxembed.engine.tokenize import TextTokenizer
-from jaxembed.errors import InvalidInputError
+from jaxembed.engine.vision import ImageEngine
+from jaxembed.errors import InvalidInputError, ModelLoadError
 from jaxembed.lora import AdapterError, LoraAdapter, LoraBank, load_adapter
 from jaxembed.parallel.mesh import MeshShape, make_mesh
 from jaxembed.parallel.sharding import DATA_AXIS, replicated
-from jaxembed.pooling import truncate_dimensions
+from jaxembed.pooling import mean_of_frames, truncate_dimensions
 from jaxembed.weights.loader import LoadedModel, load_model
 
 Inputs = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]
@@ -101,6 +103,14 @@ class Embedder:
             mesh=model.mesh,
         )
         self.pad_id = int(getattr(model.config, "pad_token_id", 0))
+        self.images: ImageEngine | None = None
+        if "image" in model.card.modalities or "video" in model.card.modalities:
+            if not hasattr(model.module(), "encode_image"):
+                raise ModelLoadError(
+                    f"card {model.card.name!r} lists image/video inputs but its architecture "
+                    f"({model.card.family}) has no vision tower"
+                )
+            self.images = ImageEngine(model, token_budget=budget)
 
     @classmethod
     def from_pretrained(
@@ -126,6 +136,8 @@ class Embedder:
         embedder = cls(load_model(spec, dtype=dtype, mesh=mesh), **grid_options)
         if warmup:
             embedder.runner.warmup(warmup_progress)
+            if embedder.images is not None:
+                embedder.images.warmup(warmup_progress)
         return embedder
 
     # -- LoRA adapters ----------------------------------------------------------------------
@@ -136,6 +148,8 @@ class Embedder:
 
     def enable_lora(self, *, max_loras: int = 8, max_rank: int = 64) -> LoraBank:
         """Reserve `max_loras` adapter slots of rank ≤ `max_rank` on the devices."""
+        if self.images is not None:
+            raise AdapterError(f"LoRA adapters are not supported for {self.card.family} models")
         if self.runner.lora_bank is None:
             self.runner.lora_bank = LoraBank(
                 self.model.config,
@@ -294,3 +308,34 @@ class Embedder:
             if adapter is not None:
                 self.lora_bank.release(adapter)
         return truncate_dimensions(vectors, dimensions, self.card.normalize)
+
+    # -- images and videos (models with a vision tower) ----------------------------------------
+
+    def _image_engine(self) -> ImageEngine:
+        if self.images is None:
+            raise InvalidInputError(
+                f"{self.card.name} embeds only {'/'.join(self.card.modalities)}",
+                code="unsupported_modality",
+            )
+        return self.images
+
+    def embed_images(
+        self, images: Sequence[Image.Image], *, dimensions: int | None = None
+    ) -> np.ndarray:
+        """Decoded images (any size or mode) → [N, dimensions] float32, in order."""
+        engine = self._image_engine()
+        self.check_dimensions(dimensions)
+        vectors = engine.embed_pixels([engine.pixels(image) for image in images])
+        return truncate_dimensions(vectors, dimensions, self.card.normalize)
+
+    def embed_video(
+        self, frames: Sequence[Image.Image], *, dimensions: int | None = None
+    ) -> np.ndarray:
+        """Sampled frames of one video → one [dimensions] vector: the mean frame embedding."""
+        engine = self._image_engine()
+        self.check_dimensions(dimensions)
+        if not frames:
+            raise InvalidInputError("a video needs at least one frame")
+        vectors = engine.embed_pixels([engine.pixels(frame) for frame in frames])
+        video = mean_of_frames(vectors, self.card.normalize)
+        return truncate_dimensions(video[None], dimensions, self.card.normalize)[0]

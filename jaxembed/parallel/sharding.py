@@ -40,6 +40,8 @@ LOGICAL_AXIS_RULES: Rules = (
     ("layers", None),
     ("position", None),
     ("token_type", None),
+    ("patch", None),  # ViT patch-embedding kernel dims (channels, patch rows, patch columns)
+    ("projection", None),  # CLIP's joint embedding space
 )
 
 _ACTIVE: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar(

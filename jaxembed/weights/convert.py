@@ -23,7 +23,7 @@ from jaxembed.errors import ModelLoadError
 from jaxembed.families import get_family
 from jaxembed.registry import checkpoints_dir, find_card, read_hf_config, resolve_model
 from jaxembed.weights.convert_params import iter_leaves, plan_conversion
-from jaxembed.weights.loader import PARAMS_DIRNAME, TOKENIZER_FILES
+from jaxembed.weights.loader import COMPANION_FILES, PARAMS_DIRNAME
 from jaxembed.weights.orbax_io import save_leaves
 from jaxembed.weights.safetensors_io import SafetensorsCheckpoint
 
@@ -92,7 +92,7 @@ def convert(
         checkpoint.close()
     card.save(out_dir / CARD_FILENAME)
     shutil.copy2(src_dir / "config.json", out_dir / "config.json")
-    for name in TOKENIZER_FILES:
+    for name in COMPANION_FILES:
         if (src_dir / name).is_file():
             shutil.copy2(src_dir / name, out_dir / name)
     return ConversionResult(out_dir, card.name, param_bytes, time.perf_counter() - start)

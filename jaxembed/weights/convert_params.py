@@ -31,12 +31,16 @@ def _expected_hf_shape(layout: Layout, target: tuple[int, ...]) -> tuple[int, ..
         return (math.prod(target),)
     if layout is Layout.IN_KERNEL:
         return (math.prod(target[1:]), target[0])
+    if layout is Layout.CONV:
+        return (target[-1], *target[:-1])
     return (target[-1], math.prod(target[:-1]))  # OUT_KERNEL
 
 
 def _to_flax(array: np.ndarray, layout: Layout, target: tuple[int, ...]) -> np.ndarray:
     if layout in (Layout.IN_KERNEL, Layout.OUT_KERNEL):
         array = array.T
+    elif layout is Layout.CONV:
+        array = array.transpose(1, 2, 3, 0)
     return array.reshape(target)
 
 
@@ -114,7 +118,8 @@ def plan_conversion(
             ) from None
         leaf_shape = target[1:] if rule.per_layer else target
         keys = []
-        for layer in range(num_layers) if rule.per_layer else [None]:
+        depth = rule.num_layers or num_layers
+        for layer in range(depth) if rule.per_layer else [None]:
             key = _resolve(checkpoint, prefix, rule, layer)
             if key is None:
                 missing.append(

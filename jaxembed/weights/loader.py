@@ -32,12 +32,14 @@ from jaxembed.weights.orbax_io import abstract_with_sharding, restore_params
 from jaxembed.weights.safetensors_io import SafetensorsCheckpoint
 
 PARAMS_DIRNAME = "params"
-TOKENIZER_FILES = (
+# Files a converted model keeps from its source: the tokenizer and the image processor.
+COMPANION_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "vocab.txt",
     "sentencepiece.bpe.model",
+    "preprocessor_config.json",
 )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+from jaxembed.models.clip import ClipConfig, TowerConfig
 from jaxembed.models.decoder import DecoderConfig
 from jaxembed.models.encoder import EncoderConfig
 
@@ -20,6 +21,7 @@ class Layout(enum.Enum):
     FLAT = "flat"  # HF keeps it flat; Flax splits it (per-head biases)
     IN_KERNEL = "in_kernel"  # torch Linear [out..., in] → Flax [in, out...]
     OUT_KERNEL = "out_kernel"  # torch Linear [out, in...] → Flax [in..., out]
+    CONV = "conv"  # torch Conv2d [out, in, kh, kw] → Flax [in, kh, kw, out]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +31,9 @@ class ParamRule:
     layout: Layout = Layout.COPY
     # Older checkpoints spell LayerNorm parameters gamma/beta.
     aliases: tuple[str, ...] = ()
+    # Depth of the stack a per-layer rule fills, when it differs from the model's
+    # `num_layers` (CLIP's text and vision towers).
+    num_layers: int | None = None
 
     @property
     def per_layer(self) -> bool:
@@ -141,3 +146,52 @@ def decoder_rules(config: DecoderConfig) -> list[ParamRule]:
 
 DECODER_IGNORED_PREFIXES = ("lm_head.", "score.", "rotary_emb.")
 DECODER_WRAPPER_PREFIXES = ("model.",)
+
+
+def _clip_tower_rules(
+    flax_prefix: tuple[str, ...], hf_prefix: str, tower: TowerConfig
+) -> list[ParamRule]:
+    layer = f"{hf_prefix}.encoder.layers.{{layer}}"
+    flax_layer = (*flax_prefix, "encoder", "layers")
+    rules: list[ParamRule] = []
+    for name, hf_name in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
+        rules += _linear((*flax_layer, name), f"{layer}.self_attn.{hf_name}", Layout.IN_KERNEL)
+    rules += _linear((*flax_layer, "output"), f"{layer}.self_attn.out_proj", Layout.OUT_KERNEL)
+    rules += _norm((*flax_layer, "attention_norm"), f"{layer}.layer_norm1")
+    rules += _norm((*flax_layer, "mlp_norm"), f"{layer}.layer_norm2")
+    rules += _linear((*flax_layer, "fc1"), f"{layer}.mlp.fc1", Layout.IN_KERNEL)
+    rules += _linear((*flax_layer, "fc2"), f"{layer}.mlp.fc2", Layout.IN_KERNEL)
+    return [dataclasses.replace(r, num_layers=tower.num_layers) for r in rules]
+
+
+def clip_rules(config: ClipConfig) -> list[ParamRule]:
+    """HF `CLIPModel` (both towers and both projections; `logit_scale` is not needed)."""
+    text, vision = ("text_model",), ("vision_model",)
+    return [
+        ParamRule((*text, "token", "embedding"), "text_model.embeddings.token_embedding.weight"),
+        ParamRule(
+            (*text, "position", "embedding"), "text_model.embeddings.position_embedding.weight"
+        ),
+        *_clip_tower_rules(text, "text_model", config.text),
+        *_norm((*text, "final_norm"), "text_model.final_layer_norm"),
+        ParamRule(
+            (*vision, "patch_kernel"), "vision_model.embeddings.patch_embedding.weight", Layout.CONV
+        ),
+        ParamRule((*vision, "class_embedding"), "vision_model.embeddings.class_embedding"),
+        ParamRule(
+            (*vision, "position", "embedding"), "vision_model.embeddings.position_embedding.weight"
+        ),
+        *_norm((*vision, "pre_norm"), "vision_model.pre_layrnorm"),  # sic: HF's spelling
+        *_clip_tower_rules(vision, "vision_model", config.vision),
+        *_norm((*vision, "post_norm"), "vision_model.post_layernorm"),
+        ParamRule(("text_projection", "kernel"), "text_projection.weight", Layout.IN_KERNEL),
+        ParamRule(("visual_projection", "kernel"), "visual_projection.weight", Layout.IN_KERNEL),
+    ]
+
+
+CLIP_IGNORED_PREFIXES = (
+    "logit_scale",
+    "text_model.embeddings.position_ids",
+    "vision_model.embeddings.position_ids",
+)
+CLIP_WRAPPER_PREFIXES: tuple[str, ...] = ()

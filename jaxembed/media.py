@@ -1,0 +1,158 @@
+"""Untrusted bytes → decoded images and sampled video frames, within limits.
+
+What a file *is* comes from its content, never from a name or a declared
+type: Pillow identifies images by their magic bytes (and only the formats in
+IMAGE_FORMATS are tried), FFmpeg (through PyAV) probes containers the same
+way. Sizes are checked from headers before anything is decompressed, so a
+small file that claims a huge image (a decompression bomb) is refused without
+allocating it. Every failure is a `MediaError`, which the server answers with
+a 400 naming the item.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from jaxembed.errors import MediaError
+
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaLimits:
+    """Bounds on what one image or video may cost to decode."""
+
+    max_image_pixels: int = 40_000_000  # width x height of an image (e.g. 8000 x 5000)
+    max_video_seconds: float = 600.0
+    max_video_frames: int = 20_000  # frames in the stream (all are decoded up to the last sampled)
+    max_frame_pixels: int = 3840 * 2160
+
+
+def decode_image(data: bytes, limits: MediaLimits) -> Image.Image:
+    """An image from its bytes (first frame of an animation), fully decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise MediaError(
+            "the data is not a supported image (PNG, JPEG, GIF, WebP, BMP or TIFF) or its "
+            "header claims an unreasonable size",
+            code="invalid_image",
+        ) from None
+    except Exception:
+        raise MediaError("the image header is corrupt", code="invalid_image") from None
+    width, height = image.size
+    if width * height > limits.max_image_pixels:
+        raise MediaError(
+            f"the image is {width}x{height} ({width * height} pixels); the limit is "
+            f"{limits.max_image_pixels} pixels",
+            code="image_too_large",
+        )
+    try:
+        image.load()
+    except Exception:
+        raise MediaError("the image data is corrupt or truncated", code="invalid_image") from None
+    return image
+
+
+def sample_frame_indices(total: int, count: int) -> list[int]:
+    """`count` frame indices spread uniformly over `total` frames, first and last included.
+
+    (`numpy.linspace(0, total - 1, count)` rounded; a video with fewer frames
+    than asked gives every frame once.)
+    """
+    if total <= count:
+        return list(range(total))
+    return sorted(set(np.rint(np.linspace(0, total - 1, count)).astype(int).tolist()))
+
+
+def _open_container(data: bytes):
+    import av  # PyAV ships its own FFmpeg; imported here so text-only use never loads it
+
+    try:
+        return av.open(io.BytesIO(data), mode="r")
+    except Exception:
+        raise MediaError(
+            "the data is not a video in a container FFmpeg recognises", code="invalid_video"
+        ) from None
+
+
+def decode_video(data: bytes, frames: int, limits: MediaLimits) -> list[Image.Image]:
+    """`frames` frames sampled uniformly from the first video stream, as RGB images.
+
+    Two passes: counting the stream's packets (no decoding) gives the frame
+    count the sample is spread over; the second pass decodes up to the last
+    sampled frame. A stream that then yields fewer frames than it announced is
+    truncated or corrupt, and refused rather than embedded from a partial read.
+    """
+    with _open_container(data) as container:
+        demuxer = container.format.name
+        if demuxer == "image2" or demuxer.endswith(
+            "_pipe"
+        ):  # FFmpeg reads stills as 1-frame videos
+            raise MediaError(
+                "the data is a still image, not a video: send it as an image",
+                code="invalid_video",
+            )
+        if not container.streams.video:
+            raise MediaError("the file has no video stream", code="invalid_video")
+        stream = container.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width * height > limits.max_frame_pixels:
+            raise MediaError(
+                f"video frames are {width}x{height}; the limit is {limits.max_frame_pixels} pixels",
+                code="video_too_large",
+            )
+        seconds = _duration_seconds(container, stream)
+        if seconds is not None and seconds > limits.max_video_seconds:
+            raise MediaError(
+                f"the video lasts {seconds:.1f} s; the limit is {limits.max_video_seconds:g} s",
+                code="video_too_long",
+            )
+        total = 0
+        try:
+            for packet in container.demux(stream):
+                if packet.size:
+                    total += 1
+                    if total > limits.max_video_frames:
+                        raise MediaError(
+                            f"the video has more than {limits.max_video_frames} frames",
+                            code="video_too_long",
+                        )
+        except MediaError:
+            raise
+        except Exception:
+            raise MediaError("the video is corrupt or truncated", code="invalid_video") from None
+    if total == 0:
+        raise MediaError("the video has no frames", code="invalid_video")
+    wanted = sample_frame_indices(total, frames)
+    kept: list[Image.Image] = []
+    with _open_container(data) as container:
+        try:
+            for index, frame in enumerate(container.decode(video=0)):
+                if index in wanted:
+                    kept.append(frame.to_image())
+                if len(kept) == len(wanted):
+                    break
+        except Exception:
+            raise MediaError("the video is corrupt or truncated", code="invalid_video") from None
+    if len(kept) < len(wanted):
+        raise MediaError(
+            f"the video is truncated or corrupt: {total} frames announced, fewer decodable",
+            code="invalid_video",
+        )
+    return kept
+
+
+def _duration_seconds(container, stream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000  # AV_TIME_BASE
+    return None
