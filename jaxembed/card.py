@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxembed.errors import ModelLoadError
-from jaxembed.models.clip import CLIP_FAMILIES
+from jaxembed.models.clip import CLIP_FAMILIES, ClipConfig
 from jaxembed.models.decoder import DECODER_FAMILIES
 
 POOLING_MODES = ("cls", "mean", "max", "last_token", "mean_sqrt_len")
@@ -59,6 +59,8 @@ class ModelCard:
       causal: decoder attention is causal (False: bidirectional, as gte-Qwen2 uses it).
       instruction_template: how a per-request instruction becomes a query prefix,
         e.g. "Instruct: {instruction}\nQuery: ".
+      pad_to_max_length: every text is padded with the pad token to `max_length` and the
+        pads are attended to, as the model was trained (SigLIP); usage counts them.
       video_frames: frames sampled uniformly from a video (a request may ask for another count).
       fusion_weights: how an item with several modalities (text + image) becomes one
         vector: the weighted sum of each part's L2-normalised embedding, normalised again.
@@ -81,6 +83,7 @@ class ModelCard:
     modalities: tuple[str, ...] = ("text",)
     causal: bool = True
     instruction_template: str = ""
+    pad_to_max_length: bool = False
     video_frames: int = 8
     fusion_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
@@ -244,15 +247,20 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
 
 
 def _clip_card(model_dir: Path, hf_config: Mapping[str, Any]) -> ModelCard:
-    """A CLIP checkpoint: projected, normalised EOS-token text and CLS-token image embeddings."""
-    text = hf_config.get("text_config") or {}
+    """CLIP / SigLIP: normalised text and image embeddings in one space.
+
+    CLIP pools the EOS token (the tokenizer ends every text with it); SigLIP
+    pools the last of the full `max_length` positions of a padded text.
+    """
+    config = ClipConfig.from_hf(hf_config)
     return ModelCard(
         name=model_dir.resolve().name.lower(),
         family=str(hf_config["model_type"]),
-        pooling="last_token",  # the tokenizer ends every text with EOS
+        pooling="last_token",
         normalize=True,
-        max_length=int(text.get("max_position_embeddings", 77)),
-        dimensions=int(hf_config.get("projection_dim", 512)),
+        max_length=config.max_position_embeddings,
+        dimensions=config.projection_dim,
         source=str(hf_config.get("_name_or_path", "")),
         modalities=("text", "image", "video"),
+        pad_to_max_length=config.siglip,
     )

@@ -429,3 +429,50 @@ def bomb_png(width: int, height: int) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
     )
+
+
+SIGLIP_MAX_LENGTH = 40
+
+
+def save_tiny_siglip(out_dir: Path, *, seed: int = 0):
+    """A random tiny SiglipModel + the tiny CLIP tokenizer + a PIL SigLIP image processor.
+
+    Returns (model, tokenizer, image_processor).
+    """
+    import torch
+    import transformers
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    tokenizer = _tiny_clip_tokenizer()
+    text = transformers.SiglipTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=SIGLIP_MAX_LENGTH,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        projection_size=24,
+    )
+    vision = transformers.SiglipVisionConfig(
+        hidden_size=24,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=40,
+        image_size=CLIP_IMAGE_SIZE,
+        patch_size=8,
+    )
+    config = transformers.SiglipConfig(text_config=text.to_dict(), vision_config=vision.to_dict())
+    torch.manual_seed(seed)
+    model = transformers.SiglipModel(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias") or "probe" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    processor = SiglipImageProcessorPil(size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE})
+    processor.save_pretrained(out_dir)
+    return model, tokenizer, processor

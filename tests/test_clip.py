@@ -1,4 +1,5 @@
-"""Tiny random CLIP built with transformers: text and image features, preprocessing, videos."""
+"""Tiny random CLIP and SigLIP built with transformers: text and image features, preprocessing,
+videos, conversion."""
 
 from __future__ import annotations
 
@@ -14,17 +15,39 @@ from jaxembed.errors import InvalidInputError
 from jaxembed.images import ImagePreprocessor
 from jaxembed.media import MediaLimits, decode_video, sample_frame_indices
 from jaxembed.pooling import fuse_modalities
-from tests.helpers import CLIP_IMAGE_SIZE, generated_image, generated_video, save_tiny_clip
+from tests.helpers import (
+    CLIP_IMAGE_SIZE,
+    SIGLIP_MAX_LENGTH,
+    generated_image,
+    generated_video,
+    save_tiny_clip,
+    save_tiny_siglip,
+)
 
 TEXTS = ["a photo of the cat", "the dog", "x", "Two cats, ONE dog &   a caption!"]
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny-clip")
-    model, tokenizer, processor = save_tiny_clip(directory, seed=3)
+@pytest.fixture(scope="module", params=["clip", "siglip"])
+def clip(request, tmp_path_factory):
+    directory = tmp_path_factory.mktemp(f"tiny-{request.param}")
+    save = save_tiny_clip if request.param == "clip" else save_tiny_siglip
+    model, tokenizer, processor = save(directory, seed=3)
     embedder = Embedder.from_pretrained(directory, compile_cache_dir=False)
     return directory, model, tokenizer, processor, embedder
+
+
+def _reference_text_features(model, tokenizer, texts: list[str]) -> np.ndarray:
+    """HF's features, fed as each model is meant to be used: CLIP with padding and a mask,
+    SigLIP with every text padded to max_length and no mask (its processor's way)."""
+    if model.config.model_type == "siglip":
+        pad = model.config.text_config.pad_token_id
+        ids = [tokenizer(t).input_ids for t in texts]
+        ids = [x + [pad] * (SIGLIP_MAX_LENGTH - len(x)) for x in ids]
+        batch = {"input_ids": torch.tensor(ids, dtype=torch.long)}
+    else:
+        batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        return model.get_text_features(**batch).pooler_output.numpy()
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -35,25 +58,29 @@ def _normalized(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def test_card_derived_from_clip_checkpoint(clip):
+def test_card_derived_from_checkpoint(clip):
     _, model, _, _, embedder = clip
     card = embedder.card
-    assert card.family == "clip"
+    assert card.family == model.config.model_type
     assert card.modalities == ("text", "image", "video")
     assert card.pooling == "last_token" and card.normalize
-    assert card.dimensions == model.config.projection_dim == 24
-    assert card.max_length == 77
+    assert card.dimensions == 24
+    siglip = card.family == "siglip"
+    assert card.max_length == (SIGLIP_MAX_LENGTH if siglip else 77)
+    assert card.pad_to_max_length == siglip
 
 
 def test_text_features_match_transformers(clip):
     _, model, tokenizer, _, embedder = clip
-    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        ref = model.get_text_features(**batch).pooler_output.numpy()
+    ref = _reference_text_features(model, tokenizer, TEXTS)
     ours = embedder.embed(TEXTS)
-    # Our tokenisation is the same as HF's tokenizer (same tokenizer.json, no padding).
+    # Our tokenisation is HF's tokenizer's (same tokenizer.json), padded only for SigLIP.
     for text, ids in zip(TEXTS, embedder.tokenize(TEXTS), strict=True):
-        assert ids.tolist() == tokenizer(text).input_ids
+        expected = tokenizer(text).input_ids
+        if embedder.card.pad_to_max_length:
+            assert len(ids) == SIGLIP_MAX_LENGTH
+            ids = ids[: len(expected)]
+        assert ids.tolist() == expected
     cos = _cos(ours, ref)
     assert cos.min() >= 0.99999, cos
     np.testing.assert_allclose(ours, _normalized(ref), atol=2e-6)
@@ -64,7 +91,8 @@ def test_text_features_match_transformers(clip):
 def test_preprocessing_equals_hf_image_processor(clip, size, mode):
     directory, _, _, processor, _ = clip
     image = generated_image(size, mode)
-    ours = ImagePreprocessor.for_model(directory, CLIP_IMAGE_SIZE)(image)
+    ours = clip[4].images.preprocess(image)
+    assert ImagePreprocessor.for_model(directory, CLIP_IMAGE_SIZE) == clip[4].images.preprocess
     ref = processor(images=image, return_tensors="np")["pixel_values"][0]
     assert ours.shape == ref.shape == (3, CLIP_IMAGE_SIZE, CLIP_IMAGE_SIZE)
     np.testing.assert_array_equal(ours, ref)

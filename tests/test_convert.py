@@ -141,3 +141,18 @@ def test_converted_leaves_are_one_orbax_item_each(tmp_path, minilm_dir):
     assert result.param_bytes == sum(
         np.asarray(x).nbytes for x in jax.tree.leaves(load_model(result.out_dir).params)
     )
+
+
+def test_convert_writes_tokenizer_json_from_slow_tokenizer_files(tmp_path, minilm_dir, embedder):
+    """A checkpoint with only slow tokenizer files (vocab.txt here) gets a tokenizer.json."""
+    import shutil
+
+    src = tmp_path / "slow"
+    shutil.copytree(minilm_dir, src)
+    (src / "tokenizer.json").unlink()
+    result = convert(src, tmp_path / "out", show_progress=False)
+    assert (result.out_dir / "tokenizer.json").is_file()
+    converted = Embedder.from_pretrained(result.out_dir, compile_cache_dir=False)
+    texts = ["Hello, World!", "tokenizers must agree exactly", "naïve café"]
+    for ours, reference in zip(converted.tokenize(texts), embedder.tokenize(texts), strict=True):
+        assert ours.tolist() == reference.tolist()

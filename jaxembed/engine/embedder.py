@@ -87,7 +87,14 @@ class Embedder:
         self.model = model
         self.card: ModelCard = model.card
         eos_id = getattr(model.config, "eos_token_id", None) if model.card.append_eos else None
-        self.tokenizer = TextTokenizer(model.model_dir, model.card.max_length, eos_id=eos_id)
+        self.pad_id = int(getattr(model.config, "pad_token_id", 0))
+        self.tokenizer = TextTokenizer(
+            model.model_dir,
+            model.card.max_length,
+            eos_id=eos_id,
+            pad_to_max_length=model.card.pad_to_max_length,
+            pad_id=self.pad_id,
+        )
         budget, sizes = data_parallel_grid_options(
             model.mesh.shape[DATA_AXIS], token_budget or default_token_budget(), batch_sizes
         )
@@ -102,7 +109,6 @@ class Embedder:
             grid=self.grid,
             mesh=model.mesh,
         )
-        self.pad_id = int(getattr(model.config, "pad_token_id", 0))
         self.images: ImageEngine | None = None
         if "image" in model.card.modalities or "video" in model.card.modalities:
             if not hasattr(model.module(), "encode_image"):

@@ -23,7 +23,15 @@ class TextTokenizer:
     """`eos_id`: append this token to every text whose encoding does not already end with it
     (last-token pooled decoders are trained with it); truncation keeps a slot for it."""
 
-    def __init__(self, model_dir: str | Path, max_length: int, eos_id: int | None = None):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        max_length: int,
+        eos_id: int | None = None,
+        *,
+        pad_to_max_length: bool = False,
+        pad_id: int = 0,
+    ):
         path = Path(model_dir) / "tokenizer.json"
         self._tokenizer = self._load(path)
         self._path = path
@@ -31,6 +39,8 @@ class TextTokenizer:
         self.max_length = max_length
         self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
         self.eos_id = eos_id
+        self.pad_to_max_length = pad_to_max_length
+        self.pad_id = pad_id
         # Reserve room for an EOS we add ourselves (not for one the post-processor adds).
         self._eos_slot = int(
             eos_id is not None and self._tokenizer.encode("a").ids[-1:] != [eos_id]
@@ -77,7 +87,14 @@ class TextTokenizer:
             )
             for i, enc in zip(too_long, redone, strict=True):
                 ids[i] = self._with_eos(enc.ids)
-        return ids
+        return [self._padded(x) for x in ids]
+
+    def _padded(self, ids: np.ndarray) -> np.ndarray:
+        """Models trained on fixed-length texts (SigLIP) see pads as ordinary positions."""
+        if not self.pad_to_max_length or len(ids) >= self.max_length:
+            return ids
+        pads = np.full(self.max_length - len(ids), self.pad_id, dtype=np.int32)
+        return np.concatenate([ids.astype(np.int32), pads])
 
     def _with_eos(self, ids: list[int]) -> np.ndarray:
         if self.eos_id is not None and ids[-1:] != [self.eos_id]:
@@ -112,7 +129,7 @@ class TextTokenizer:
                 if not truncate:
                     raise InputTooLongError(i, len(arr), self.max_length)
                 arr = arr[: self.max_length] if direction == "right" else arr[-self.max_length :]
-            out.append(arr.astype(np.int32))
+            out.append(self._padded(arr.astype(np.int32)))
         return out
 
     def decode(self, ids: Sequence[int]) -> str:

@@ -53,8 +53,8 @@ class ImageEngine:
         config = model.config
         self.preprocess = ImagePreprocessor.for_model(model.model_dir, config.image_size)
         self.patches_per_image = config.num_patches
-        # What one image occupies in the vision tower: its patches plus the class token.
-        self.positions = config.num_patches + 1
+        # What one image occupies in the vision tower (patches, plus CLIP's class token).
+        self.positions = config.image_positions
         data = model.mesh.shape[DATA_AXIS]
         sizes = sorted({-(-b // data) * data for b in batch_sizes})
         fitting = [b for b in sizes if b * self.positions <= token_budget]

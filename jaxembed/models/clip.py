@@ -1,4 +1,4 @@
-"""Flax CLIP dual encoder: a causal text transformer and a ViT, each with a linear projection.
+"""Flax CLIP and SigLIP dual encoders: a text transformer and a ViT, each with an output head.
 
 Both towers are pre-LayerNorm transformers (the same layer body, scanned over
 depth like the encoder and decoder families). The module's `__call__` is the
@@ -7,7 +7,14 @@ engine's ordinary last-token pooling picks the EOS state — CLIP's tokenizer
 ends every text with EOS and pads on the right, which makes "last real
 token" and HF's "first EOS" the same position, and projecting before or after
 the pick is the same linear map. `encode_image` is the vision path: pixels
-[B, 3, H, W] (already resized and normalised) → projected CLS state [B, P].
+[B, 3, H, W] (already resized and normalised) → image features [B, P].
+
+SigLIP is the same graph with different choices, kept as data in ClipConfig
+(as the encoder family keeps BERT vs RoBERTa): bidirectional text attention
+over texts padded to the full 64 positions (the card's `pad_to_max_length`)
+whose last position is pooled through a biased linear head; patches with a
+bias and without a class token or pre-norm; and attention pooling of all
+patches by a learned probe (the "MAP" head) instead of a CLS projection.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from jaxembed.models.encoder import ACTIVATIONS
 from jaxembed.models.partitioning import KERNEL_INIT, ONES, ZEROS, with_axes
 from jaxembed.parallel.sharding import constrain
 
-CLIP_FAMILIES = frozenset({"clip"})
+CLIP_FAMILIES = frozenset({"clip", "siglip"})
 
 # CLIP's own activation: x * sigmoid(1.702 x).
 _CLIP_ACTIVATIONS = {**ACTIVATIONS, "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x)}
@@ -58,14 +65,14 @@ class TowerConfig:
         return self.hidden_size // self.num_heads
 
     @classmethod
-    def from_hf(cls, hf: Mapping[str, Any]) -> TowerConfig:
+    def from_hf(cls, hf: Mapping[str, Any], default_activation: str = "quick_gelu") -> TowerConfig:
         return cls(
             hidden_size=int(hf["hidden_size"]),
             num_layers=int(hf["num_hidden_layers"]),
             num_heads=int(hf["num_attention_heads"]),
             intermediate_size=int(hf["intermediate_size"]),
             layer_norm_eps=float(hf.get("layer_norm_eps", 1e-5)),
-            activation=str(hf.get("hidden_act", "quick_gelu")),
+            activation=str(hf.get("hidden_act", default_activation)),
         )
 
 
@@ -81,8 +88,15 @@ class ClipConfig:
     projection_dim: int
     eos_token_id: int
     pad_token_id: int
+    # CLIP: causal text, bias-free projections, class token + pre-norm. SigLIP: the opposite.
+    siglip: bool = False
 
     def __post_init__(self) -> None:
+        if self.siglip and self.projection_dim != self.vision.hidden_size:
+            raise UnsupportedArchitectureError(
+                f"SigLIP text projection ({self.projection_dim}) and vision width "
+                f"({self.vision.hidden_size}) differ: the embeddings would not share a space"
+            )
         if self.image_size % self.patch_size:
             raise UnsupportedArchitectureError(
                 f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
@@ -97,23 +111,39 @@ class ClipConfig:
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
 
+    @property
+    def image_positions(self) -> int:
+        """Sequence length of the vision tower: the patches, plus CLIP's class token."""
+        return self.num_patches + (0 if self.siglip else 1)
+
     @classmethod
     def from_hf(cls, hf: Mapping[str, Any]) -> ClipConfig:
-        if hf.get("model_type") not in CLIP_FAMILIES:
-            raise UnsupportedArchitectureError(f"model_type {hf.get('model_type')!r} is not CLIP")
+        family = hf.get("model_type")
+        if family not in CLIP_FAMILIES:
+            raise UnsupportedArchitectureError(f"model_type {family!r} is not CLIP or SigLIP")
+        siglip = family == "siglip"
         try:
             text, vision = hf["text_config"], hf["vision_config"]
+            activation = "gelu_pytorch_tanh" if siglip else "quick_gelu"
+            if siglip and not vision.get("vision_use_head", True):
+                raise UnsupportedArchitectureError("SigLIP vision models without a head")
+            projection = (
+                int(text.get("projection_size") or text["hidden_size"])
+                if siglip
+                else int(hf.get("projection_dim", 512))
+            )
             return cls(
-                text=TowerConfig.from_hf(text),
-                vision=TowerConfig.from_hf(vision),
+                text=TowerConfig.from_hf(text, activation),
+                vision=TowerConfig.from_hf(vision, activation),
                 vocab_size=int(text["vocab_size"]),
                 max_position_embeddings=int(text.get("max_position_embeddings", 77)),
                 image_size=int(vision["image_size"]),
                 patch_size=int(vision["patch_size"]),
                 num_channels=int(vision.get("num_channels", 3)),
-                projection_dim=int(hf.get("projection_dim", 512)),
+                projection_dim=projection,
                 eos_token_id=int(text.get("eos_token_id", 49407)),
                 pad_token_id=int(text.get("pad_token_id", 1) or 0),
+                siglip=siglip,
             )
         except KeyError as e:
             raise UnsupportedArchitectureError(f"config.json lacks {e.args[0]!r}") from None
@@ -165,21 +195,33 @@ class _Layer(nn.Module):
         )(ctx)
         x_bld = x_bld + attn_bld
 
+        h_bld = _layer_norm(cfg, dt, pdt, "mlp_norm")(x_bld)
+        x_bld = x_bld + _Mlp(cfg, dt, pdt, name="mlp")(h_bld)
+        return constrain(x_bld, ("batch", "length", "embed")), None
+
+
+class _Mlp(nn.Module):
+    config: TowerConfig
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x_bld: jax.Array) -> jax.Array:
+        cfg = self.config
+
         def dense(n: int, axes: tuple[str, str], name: str) -> nn.Dense:
             return nn.Dense(
                 n,
-                dtype=dt,
-                param_dtype=pdt,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
                 kernel_init=with_axes(KERNEL_INIT, axes),
                 bias_init=with_axes(ZEROS, axes[1:]),
                 name=name,
             )
 
-        h_bld = _layer_norm(cfg, dt, pdt, "mlp_norm")(x_bld)
-        h_blf = dense(cfg.intermediate_size, ("embed", "mlp"), "fc1")(h_bld)
+        h_blf = dense(cfg.intermediate_size, ("embed", "mlp"), "fc1")(x_bld)
         h_blf = constrain(_CLIP_ACTIVATIONS[cfg.activation](h_blf), ("batch", "length", "mlp"))
-        x_bld = x_bld + dense(cfg.hidden_size, ("mlp", "embed"), "fc2")(h_blf)
-        return constrain(x_bld, ("batch", "length", "embed")), None
+        return dense(cfg.hidden_size, ("mlp", "embed"), "fc2")(h_blf)
 
 
 class _Tower(nn.Module):
@@ -248,9 +290,10 @@ class _TextTower(nn.Module):
         )
         x = x + positions(jnp.arange(length)[None, :])
         x = constrain(x, ("batch", "length", "embed"))
-        # Causal and key-padding masks together, as HF's CLIPTextTransformer applies them.
-        causal_qk = jnp.tril(jnp.ones((length, length), dtype=bool))
-        allowed = causal_qk[None, None] & attention_mask[:, None, None, :].astype(bool)
+        # Key-padding mask, and for CLIP the causal mask too (as HF's text transformers apply them).
+        allowed = attention_mask[:, None, None, :].astype(bool)
+        if not cfg.siglip:
+            allowed = allowed & jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
         bias = jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
         x = _Tower(tower, self.dtype, self.param_dtype, name="encoder")(x, bias)
         return _layer_norm(tower, self.dtype, self.param_dtype, "final_norm")(x)
@@ -276,24 +319,89 @@ class _VisionTower(nn.Module):
             self.param_dtype,
         )
         x = jnp.einsum("bncij,cijd->bnd", patches, kernel.astype(self.dtype))
-        cls = self.param(
-            "class_embedding", with_axes(ZEROS, ("embed",)), (tower.hidden_size,), self.param_dtype
-        )
-        x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, x.shape[-1])), x], 1)
+        if cfg.siglip:  # SigLIP's patch convolution has a bias and there is no class token
+            bias = self.param(
+                "patch_bias", with_axes(ZEROS, ("embed",)), (tower.hidden_size,), self.param_dtype
+            )
+            x = x + bias.astype(self.dtype)
+        else:
+            cls = self.param(
+                "class_embedding",
+                with_axes(ZEROS, ("embed",)),
+                (tower.hidden_size,),
+                self.param_dtype,
+            )
+            cls_b1d = jnp.broadcast_to(cls.astype(self.dtype), (b, 1, x.shape[-1]))
+            x = jnp.concatenate([cls_b1d, x], axis=1)
         positions = _embed(
-            cfg.num_patches + 1,
+            cfg.image_positions,
             tower.hidden_size,
             "position",
             self.dtype,
             self.param_dtype,
             "position",
         )
-        x = x + positions(jnp.arange(cfg.num_patches + 1)[None, :])
-        x = _layer_norm(tower, self.dtype, self.param_dtype, "pre_norm")(x)
+        x = x + positions(jnp.arange(cfg.image_positions)[None, :])
+        if not cfg.siglip:
+            x = _layer_norm(tower, self.dtype, self.param_dtype, "pre_norm")(x)
         x = constrain(x, ("batch", "length", "embed"))
         no_mask = jnp.zeros((1, 1, 1, 1), jnp.float32)
         x = _Tower(tower, self.dtype, self.param_dtype, name="encoder")(x, no_mask)
+        if cfg.siglip:  # every patch state, attention-pooled by the head
+            return _layer_norm(tower, self.dtype, self.param_dtype, "post_norm")(x)
         return _layer_norm(tower, self.dtype, self.param_dtype, "post_norm")(x[:, 0])
+
+
+class _AttentionPoolingHead(nn.Module):
+    """SigLIP's MAP head: a learned probe attends over all patches, then a residual MLP."""
+
+    config: TowerConfig
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x_bld: jax.Array) -> jax.Array:
+        cfg, dt = self.config, self.dtype
+        d, h = cfg.hidden_size, cfg.num_heads
+        probe = self.param(
+            "probe", with_axes(ZEROS, (None, None, "embed")), (1, 1, d), self.param_dtype
+        )
+        # torch.nn.MultiheadAttention keeps q, k, v in one [3D, D] projection.
+        in_kernel = self.param(
+            "in_kernel", with_axes(KERNEL_INIT, ("embed", "qkv")), (d, 3 * d), self.param_dtype
+        )
+        in_bias = self.param("in_bias", with_axes(ZEROS, ("qkv",)), (3 * d,), self.param_dtype)
+        wq, wk, wv = jnp.split(in_kernel.astype(dt), 3, axis=1)
+        bq, bk, bv = jnp.split(in_bias.astype(dt), 3)
+        b, length, _ = x_bld.shape
+        q_hd = (probe[0, 0].astype(dt) @ wq + bq).reshape(h, cfg.head_dim)
+        k_blhd = (x_bld @ wk + bk).reshape(b, length, h, cfg.head_dim)
+        v_blhd = (x_bld @ wv + bv).reshape(b, length, h, cfg.head_dim)
+        scores_bhl = jnp.einsum("hd,blhd->bhl", q_hd, k_blhd) / math.sqrt(cfg.head_dim)
+        probs_bhl = jax.nn.softmax(scores_bhl.astype(jnp.float32), axis=-1).astype(dt)
+        ctx_bd = jnp.einsum("bhl,blhd->bhd", probs_bhl, v_blhd).reshape(b, d)
+        pooled_bd = nn.Dense(
+            d,
+            dtype=dt,
+            param_dtype=self.param_dtype,
+            kernel_init=with_axes(KERNEL_INIT, ("embed", "embed_out")),
+            bias_init=with_axes(ZEROS, ("embed_out",)),
+            name="out",
+        )(ctx_bd)
+        normed_b1d = _layer_norm(cfg, dt, self.param_dtype, "norm")(pooled_bd)[:, None]
+        return pooled_bd + _Mlp(cfg, dt, self.param_dtype, name="mlp")(normed_b1d)[:, 0]
+
+
+def _text_head(config: ClipConfig, dtype, param_dtype) -> nn.Dense:
+    """CLIP: a bias-free projection; SigLIP: a linear layer with bias."""
+    return nn.Dense(
+        config.projection_dim,
+        use_bias=config.siglip,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=with_axes(KERNEL_INIT, ("embed", "projection")),
+        bias_init=with_axes(ZEROS, ("projection",)),
+    )
 
 
 class ClipModel(nn.Module):
@@ -304,12 +412,14 @@ class ClipModel(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     def setup(self) -> None:
-        self.text_model = _TextTower(self.config, self.dtype, self.param_dtype)
-        self.vision_model = _VisionTower(self.config, self.dtype, self.param_dtype)
-        self.text_projection = _projection(self.config.projection_dim, self.dtype, self.param_dtype)
-        self.visual_projection = _projection(
-            self.config.projection_dim, self.dtype, self.param_dtype
-        )
+        cfg, dt, pdt = self.config, self.dtype, self.param_dtype
+        self.text_model = _TextTower(cfg, dt, pdt)
+        self.vision_model = _VisionTower(cfg, dt, pdt)
+        self.text_projection = _text_head(cfg, dt, pdt)
+        if cfg.siglip:
+            self.vision_head = _AttentionPoolingHead(cfg.vision, dt, pdt)
+        else:
+            self.visual_projection = _projection(cfg.projection_dim, dt, pdt)
 
     def __call__(
         self, input_ids: jax.Array, attention_mask: jax.Array, lora=None, adapter_ids=None
@@ -323,5 +433,7 @@ class ClipModel(nn.Module):
         return self.text_projection(self.text_model(input_ids, attention_mask))
 
     def encode_image(self, pixels_bchw: jax.Array) -> jax.Array:
-        """Normalised pixels [B, C, H, W] → projected image features [B, P] (not L2-normalised)."""
+        """Normalised pixels [B, C, H, W] → image features [B, P] (not L2-normalised)."""
+        if self.config.siglip:
+            return self.vision_head(self.vision_model(pixels_bchw))
         return self.visual_projection(self.vision_model(pixels_bchw))

@@ -42,6 +42,8 @@ LOGICAL_AXIS_RULES: Rules = (
     ("token_type", None),
     ("patch", None),  # ViT patch-embedding kernel dims (channels, patch rows, patch columns)
     ("projection", None),  # CLIP's joint embedding space
+    ("qkv", None),  # SigLIP's fused attention-pooling projection
+    ("embed_out", None),  # a square [embed, embed] kernel's output side
 )
 
 _ACTIVE: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar(

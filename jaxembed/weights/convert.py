@@ -95,4 +95,22 @@ def convert(
     for name in COMPANION_FILES:
         if (src_dir / name).is_file():
             shutil.copy2(src_dir / name, out_dir / name)
+    if not (out_dir / "tokenizer.json").is_file():
+        write_fast_tokenizer(src_dir, out_dir / "tokenizer.json")
     return ConversionResult(out_dir, card.name, param_bytes, time.perf_counter() - start)
+
+
+def write_fast_tokenizer(src_dir: Path, path: Path) -> None:
+    """A `tokenizer.json` for checkpoints that ship only a slow (sentencepiece) tokenizer.
+
+    The server reads tokenizer.json alone; transformers converts the slow files once here.
+    """
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(src_dir))
+        tokenizer.backend_tokenizer.save(str(path))
+    except Exception as e:  # any failure means the same thing to the user
+        raise ModelLoadError(
+            f"{src_dir} has no tokenizer.json and its tokenizer could not be converted to one: {e}"
+        ) from None

@@ -122,7 +122,10 @@ def load_model(
         config = dataclasses.replace(config, causal=card.causal)
     jdtype = jnp.dtype(dtype or card.dtype)
     if not (model_dir / "tokenizer.json").is_file():
-        raise ModelLoadError(f"{model_dir} has no tokenizer.json (a fast tokenizer is required)")
+        raise ModelLoadError(
+            f"{model_dir} has no tokenizer.json (a fast tokenizer is required; "
+            "`jaxembed convert` writes one from slow tokenizer files)"
+        )
 
     orbax_dir = model_dir / PARAMS_DIRNAME
     if orbax_dir.is_dir() and not (model_dir / CARD_FILENAME).is_file():

@@ -159,15 +159,21 @@ def _clip_tower_rules(
     rules += _linear((*flax_layer, "output"), f"{layer}.self_attn.out_proj", Layout.OUT_KERNEL)
     rules += _norm((*flax_layer, "attention_norm"), f"{layer}.layer_norm1")
     rules += _norm((*flax_layer, "mlp_norm"), f"{layer}.layer_norm2")
-    rules += _linear((*flax_layer, "fc1"), f"{layer}.mlp.fc1", Layout.IN_KERNEL)
-    rules += _linear((*flax_layer, "fc2"), f"{layer}.mlp.fc2", Layout.IN_KERNEL)
+    rules += _mlp((*flax_layer, "mlp"), f"{layer}.mlp")
     return [dataclasses.replace(r, num_layers=tower.num_layers) for r in rules]
 
 
-def clip_rules(config: ClipConfig) -> list[ParamRule]:
-    """HF `CLIPModel` (both towers and both projections; `logit_scale` is not needed)."""
-    text, vision = ("text_model",), ("vision_model",)
+def _mlp(flax_prefix: tuple[str, ...], hf_prefix: str) -> list[ParamRule]:
     return [
+        *_linear((*flax_prefix, "fc1"), f"{hf_prefix}.fc1", Layout.IN_KERNEL),
+        *_linear((*flax_prefix, "fc2"), f"{hf_prefix}.fc2", Layout.IN_KERNEL),
+    ]
+
+
+def clip_rules(config: ClipConfig) -> list[ParamRule]:
+    """HF `CLIPModel` / `SiglipModel`: both towers and their heads (not the logit scale/bias)."""
+    text, vision = ("text_model",), ("vision_model",)
+    rules = [
         ParamRule((*text, "token", "embedding"), "text_model.embeddings.token_embedding.weight"),
         ParamRule(
             (*text, "position", "embedding"), "text_model.embeddings.position_embedding.weight"
@@ -177,20 +183,41 @@ def clip_rules(config: ClipConfig) -> list[ParamRule]:
         ParamRule(
             (*vision, "patch_kernel"), "vision_model.embeddings.patch_embedding.weight", Layout.CONV
         ),
-        ParamRule((*vision, "class_embedding"), "vision_model.embeddings.class_embedding"),
         ParamRule(
             (*vision, "position", "embedding"), "vision_model.embeddings.position_embedding.weight"
         ),
-        *_norm((*vision, "pre_norm"), "vision_model.pre_layrnorm"),  # sic: HF's spelling
         *_clip_tower_rules(vision, "vision_model", config.vision),
         *_norm((*vision, "post_norm"), "vision_model.post_layernorm"),
-        ParamRule(("text_projection", "kernel"), "text_projection.weight", Layout.IN_KERNEL),
-        ParamRule(("visual_projection", "kernel"), "visual_projection.weight", Layout.IN_KERNEL),
+    ]
+    if not config.siglip:
+        return [
+            *rules,
+            ParamRule((*vision, "class_embedding"), "vision_model.embeddings.class_embedding"),
+            *_norm((*vision, "pre_norm"), "vision_model.pre_layrnorm"),  # sic: HF's spelling
+            ParamRule(("text_projection", "kernel"), "text_projection.weight", Layout.IN_KERNEL),
+            ParamRule(
+                ("visual_projection", "kernel"), "visual_projection.weight", Layout.IN_KERNEL
+            ),
+        ]
+    head = "vision_model.head"
+    return [
+        *rules,
+        ParamRule((*vision, "patch_bias"), "vision_model.embeddings.patch_embedding.bias"),
+        *_linear(("text_projection",), "text_model.head", Layout.IN_KERNEL),
+        ParamRule(("vision_head", "probe"), f"{head}.probe"),
+        ParamRule(
+            ("vision_head", "in_kernel"), f"{head}.attention.in_proj_weight", Layout.IN_KERNEL
+        ),
+        ParamRule(("vision_head", "in_bias"), f"{head}.attention.in_proj_bias"),
+        *_linear(("vision_head", "out"), f"{head}.attention.out_proj", Layout.IN_KERNEL),
+        *_norm(("vision_head", "norm"), f"{head}.layernorm"),
+        *_mlp(("vision_head", "mlp"), f"{head}.mlp"),
     ]
 
 
 CLIP_IGNORED_PREFIXES = (
     "logit_scale",
+    "logit_bias",
     "text_model.embeddings.position_ids",
     "vision_model.embeddings.position_ids",
 )
