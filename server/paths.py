@@ -13,10 +13,10 @@ def resolve_inside(root: Path, spec: str) -> Path:
     """`spec` (relative to `root`, or absolute) resolved strictly inside the resolved `root`.
 
     Raises PathOutsideRoot when it escapes (or is the root itself), ValueError
-    when it cannot be a path at all (NUL bytes, empty).
+    when it cannot be a path at all (a NUL byte).
     """
-    if not spec or "\x00" in spec:
-        raise ValueError("empty path or NUL byte")
+    if "\x00" in spec:
+        raise ValueError("NUL byte in path")
     try:
         resolved = (root / spec).resolve()
     except (OSError, RuntimeError) as e:  # symlink loops
