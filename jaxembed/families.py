@@ -29,6 +29,8 @@ class Family:
     rules: Callable[[Any], Sequence[maps.ParamRule]]
     ignored_prefixes: tuple[str, ...]
     wrapper_prefixes: tuple[str, ...]
+    # The module takes packed rows (`packed=True`: segment ids in the mask argument).
+    packable: bool = False
 
     def _abstract_boxed(self, config: Any, param_dtype: jnp.dtype) -> Any:
         module = self.module(config, param_dtype=param_dtype)
@@ -50,6 +52,7 @@ _ENCODER = Family(
     rules=maps.encoder_rules,
     ignored_prefixes=maps.ENCODER_IGNORED_PREFIXES,
     wrapper_prefixes=maps.ENCODER_WRAPPER_PREFIXES,
+    packable=True,
 )
 
 _DECODER = Family(

@@ -42,6 +42,41 @@ def pool(hidden_bld: jax.Array, mask_bl: jax.Array, mode: str) -> jax.Array:
     raise ValueError(f"unknown pooling mode {mode!r}; expected one of {POOLING_MODES}")
 
 
+# Pooling modes that work on packed rows (several sequences per row, told apart by segment id).
+PACKABLE_POOLING = ("cls", "mean", "mean_sqrt_len", "last_token")
+
+
+def pool_segments(
+    hidden_bsd: jax.Array, segments_bs: jax.Array, mode: str, max_segments: int
+) -> jax.Array:
+    """Pool each packed sequence on its own → [B, K, D] float32 (K = max_segments).
+
+    `segments_bs` numbers the sequences of a row 1, 2, … in order (0 = padding), so
+    segment k's tokens are the positions where it equals k. Segments a row does not
+    have come out as zeros.
+    """
+    h = hidden_bsd.astype(jnp.float32)
+    ids_k = jnp.arange(1, max_segments + 1, dtype=segments_bs.dtype)
+    member_bsk = (segments_bs[..., None] == ids_k).astype(jnp.float32)
+    if mode in ("mean", "mean_sqrt_len"):
+        total_bkd = jnp.einsum("bsk,bsd->bkd", member_bsk, h)
+        count_bk1 = jnp.maximum(member_bsk.sum(axis=1), 1e-9)[..., None]
+        return total_bkd / (count_bk1 if mode == "mean" else jnp.sqrt(count_bk1))
+    if mode in ("cls", "last_token"):
+        # The first (last) position of each segment, as a one-hot over positions.
+        length = segments_bs.shape[1]
+        positions_s = jnp.arange(length)
+        masked = jnp.where(
+            member_bsk > 0, positions_s[None, :, None], -1 if mode == "last_token" else length
+        )
+        pick_bk = masked.max(axis=1) if mode == "last_token" else masked.min(axis=1)
+        onehot_bks = (positions_s[None, None, :] == pick_bk[..., None]).astype(jnp.float32)
+        return jnp.einsum("bks,bsd->bkd", onehot_bks, h)
+    raise ValueError(
+        f"pooling mode {mode!r} cannot pool packed rows (packable: {PACKABLE_POOLING})"
+    )
+
+
 def l2_normalize(x: jax.Array) -> jax.Array:
     norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
     return x / jnp.maximum(norm, NORM_EPS)

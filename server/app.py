@@ -511,6 +511,7 @@ def create_app(
             "owned_by": "jaxembed",
             "dimensions": card.dimensions,
             "max_model_len": card.max_length,
+            "modalities": list(card.modalities),
         }
         data = [{"id": name, **common} for name in served]
         if resolver is not None:  # adapters: preloaded and currently resident ones

@@ -42,6 +42,7 @@ class ServerConfig:
     log_level: str = "info"
     log_format: str = "text"
     cache_mb: float = 128.0  # embedding cache size; 0 disables it
+    packing: bool | None = None  # short inputs share batch rows; None: where the model allows
     lora: tuple[tuple[str, str], ...] = ()  # (name, path) preloaded adapters
     lora_root: str | None = None  # adapters named by path must lie inside it
     max_loras: int = 8
@@ -133,6 +134,13 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=d.cache_mb,
         help="LRU cache of embeddings by exact token ids, in MiB (0 disables)",
+    )
+    p.add_argument(
+        "--packing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="pack several short inputs into one row of a batch (attention kept within each "
+        "input); default: on for encoder models with cls/mean/last-token pooling, off with LoRA",
     )
     p.add_argument("--log-level", default=d.log_level)
     p.add_argument(

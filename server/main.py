@@ -43,7 +43,7 @@ def fault_hook_from_env():
 
 
 def build_embedder(config: ServerConfig, mesh: Mesh | None = None) -> Embedder:
-    grid_options = {"token_budget": config.token_budget}
+    grid_options = {"token_budget": config.token_budget, "packing": config.packing}
     if config.batch_sizes:
         grid_options["batch_sizes"] = config.batch_sizes
     if config.seq_lengths:
@@ -80,6 +80,11 @@ def serve(args: argparse.Namespace) -> int:
         log.error("cannot start: %s", e)
         return 2
     group = dist is not None and dist.mode == "global" and jax.process_count() > 1
+    if group and embedder.packing:
+        if config.packing:
+            log.error("cannot start: --packing is not supported with --multihost global yet")
+            return 2
+        embedder.set_packing(False)  # the batch channel carries plain padded batches
     if group and embedder.images is not None:
         log.error(
             "cannot start: image/video models are not supported with --multihost global yet "

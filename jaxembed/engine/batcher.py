@@ -27,9 +27,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from jaxembed.engine.buckets import Bucket, PlannedBatch, pad_batch, plan_batches
+from jaxembed.engine.buckets import (
+    Bucket,
+    PlannedBatch,
+    plan_batches,
+    plan_packed,
+)
 from jaxembed.engine.embedder import Embedder
-from jaxembed.engine.workload import Workload
+from jaxembed.engine.workload import DeviceResult, Workload
 from jaxembed.errors import EngineError, EngineUnavailableError, OverloadedError
 
 log = logging.getLogger(__name__)
@@ -38,7 +43,7 @@ FaultHook = Callable[[Sequence[np.ndarray]], None]
 
 
 class TextWorkload(Workload):
-    """Token-id rows through an Embedder's bucket grid and runner."""
+    """Token-id rows through an Embedder's bucket grid and runner (packed when it packs)."""
 
     def __init__(self, embedder: Embedder):
         self.embedder = embedder
@@ -49,14 +54,18 @@ class TextWorkload(Workload):
         return len(row)
 
     def cost(self, row: np.ndarray) -> int:
+        if self.embedder.packing:
+            return len(row)  # packed rows waste (almost) nothing
         return self.embedder.grid.seq_bucket(len(row))
 
     def plan(self, rows: Sequence[np.ndarray]) -> list[PlannedBatch]:
-        return plan_batches([len(r) for r in rows], self.embedder.grid)
+        plan = plan_packed if self.embedder.packing else plan_batches
+        return plan([len(r) for r in rows], self.embedder.grid)
 
-    def run(self, rows: Sequence[np.ndarray], bucket: Bucket, slots: np.ndarray | None):
-        ids, mask = pad_batch(rows, bucket, self.embedder.pad_id)
-        return self.embedder.runner.run(ids, mask, slots)
+    def run(
+        self, rows: Sequence[np.ndarray], planned: PlannedBatch, slots: np.ndarray | None
+    ) -> DeviceResult:
+        return self.embedder.dispatch(rows, planned, slots)
 
     def warmup(self, progress=None) -> float:
         return self.embedder.runner.warmup(progress)
@@ -296,19 +305,20 @@ class Batcher:
                 batch_rows = [rows[i] for i in planned.indices]
                 started = time.perf_counter()
                 try:
-                    result = self._run(batch_rows, planned.bucket)
+                    result = self._run(batch_rows, planned)
                 except Exception as e:  # surfaced per request by the collector
                     result = e
                 self._inflight.put(_Dispatched(batch_rows, planned.bucket, result, started))
         self._inflight.put(None)
 
-    def _run(self, rows: list[_Row], bucket: Bucket):
+    def _run(self, rows: list[_Row], planned: PlannedBatch) -> DeviceResult:
         token_lists = [r.tokens for r in rows]
         if self._fault_hook is not None:
             self._fault_hook(token_lists)
-        slots = np.zeros(bucket.batch, dtype=np.int32)
-        slots[: len(rows)] = [r.job.adapter_slot for r in rows]
-        return self.workload.run(token_lists, bucket, slots if slots.any() else None)
+        slots = np.zeros(planned.bucket.batch, dtype=np.int32)
+        if not planned.packed:  # packed batches never carry adapters (see TextWorkload)
+            slots[: len(rows)] = [r.job.adapter_slot for r in rows]
+        return self.workload.run(token_lists, planned, slots if slots.any() else None)
 
     # -- collector ----------------------------------------------------------------------------
 
@@ -325,7 +335,7 @@ class Batcher:
         try:
             if isinstance(item.result, Exception):
                 raise item.result
-            vectors = np.asarray(item.result)  # waits for the device
+            vectors = item.result.read()  # waits for the device
         except Exception as e:
             log.warning("batch %s failed (%s); retrying", item.bucket, e)
             self._retry(item.rows, e)
@@ -391,7 +401,7 @@ class Batcher:
         for planned in self.workload.plan([r.tokens for r in rows]):
             part = [rows[i] for i in planned.indices]
             try:
-                vectors = np.asarray(self._run(part, planned.bucket))
+                vectors = self._run(part, planned).read()
             except Exception as e:
                 self._retry(part, e)
                 continue

@@ -103,8 +103,70 @@ class BucketGrid:
 
 @dataclasses.dataclass(frozen=True)
 class PlannedBatch:
-    indices: np.ndarray  # positions in the caller's input list, one per real row
+    indices: np.ndarray  # positions in the caller's input list, one per input in the batch
     bucket: Bucket
+    # Packed batches: the row and the 1-based segment of each input (same order as
+    # `indices`); None when every input has a row of its own.
+    rows: np.ndarray | None = None
+    segments: np.ndarray | None = None
+
+    @property
+    def packed(self) -> bool:
+        return self.rows is not None
+
+
+# A packed row holds at most seq / MIN_PACKED_TOKENS sequences (the pooling output's width).
+MIN_PACKED_TOKENS = 4
+MAX_SEGMENTS = 128
+
+
+def segments_per_row(seq: int) -> int:
+    return max(1, min(MAX_SEGMENTS, seq // MIN_PACKED_TOKENS))
+
+
+def plan_packed(lengths: Sequence[int], grid: BucketGrid) -> list[PlannedBatch]:
+    """Like `plan_batches`, but short inputs share rows (first-fit decreasing).
+
+    Each batch takes the bucket length of the longest input left; its rows are
+    filled longest first, each input going into the first row with room (and
+    with fewer than `segments_per_row` inputs), so padding is only what no
+    remaining input fits into. Inputs that fit no row of this batch wait for the next.
+    """
+    order = [int(i) for i in np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")]
+    batches = []
+    while order:
+        seq = grid.seq_bucket(int(lengths[order[0]]))
+        max_rows, max_segments = grid.max_rows(seq), segments_per_row(seq)
+        used: list[int] = []  # tokens per row
+        counts: list[int] = []  # inputs per row
+        placed: list[tuple[int, int, int]] = []  # (input, row, segment)
+        waiting = []
+        for index in order:
+            length = int(lengths[index])
+            row = next(
+                (
+                    r
+                    for r in range(len(used))
+                    if used[r] + length <= seq and counts[r] < max_segments
+                ),
+                None,
+            )
+            if row is None and len(used) < max_rows:
+                used.append(0)
+                counts.append(0)
+                row = len(used) - 1
+            if row is None:
+                waiting.append(index)
+                continue
+            used[row] += length
+            counts[row] += 1
+            placed.append((index, row, counts[row]))
+        indices, rows, segments = (np.asarray(x, dtype=np.int64) for x in zip(*placed, strict=True))
+        batches.append(
+            PlannedBatch(indices, Bucket(grid.batch_bucket(len(used)), seq), rows, segments)
+        )
+        order = waiting
+    return batches
 
 
 def plan_batches(lengths: Sequence[int], grid: BucketGrid) -> list[PlannedBatch]:
@@ -136,3 +198,19 @@ def pad_batch(
         ids[row, : len(tokens)] = tokens
         mask[row, : len(tokens)] = 1
     return ids, mask
+
+
+def pad_packed(
+    token_lists: Sequence[np.ndarray], planned: PlannedBatch, pad_id: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Packed rows: ids [batch, seq] and segment numbers (1, 2, …; 0 = padding)."""
+    bucket = planned.bucket
+    ids = np.full((bucket.batch, bucket.seq), pad_id, dtype=np.int32)
+    segments = np.zeros((bucket.batch, bucket.seq), dtype=np.int32)
+    fill = np.zeros(bucket.batch, dtype=np.int64)
+    for tokens, row, segment in zip(token_lists, planned.rows, planned.segments, strict=True):
+        start = fill[row]
+        ids[row, start : start + len(tokens)] = tokens
+        segments[row, start : start + len(tokens)] = segment
+        fill[row] += len(tokens)
+    return ids, segments

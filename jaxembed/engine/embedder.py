@@ -21,18 +21,22 @@ from jaxembed.engine.buckets import (
     DEFAULT_TOKEN_BUDGET,
     Bucket,
     BucketGrid,
+    PlannedBatch,
     pad_batch,
+    pad_packed,
     plan_batches,
+    plan_packed,
 )
 from jaxembed.engine.compile_cache import enable_compile_cache
 from jaxembed.engine.runner import BucketRunner
 from jaxembed.engine.tokenize import TextTokenizer
 from jaxembed.engine.vision import ImageEngine
+from jaxembed.engine.workload import DeviceResult
 from jaxembed.errors import InvalidInputError, ModelLoadError
 from jaxembed.lora import AdapterError, LoraAdapter, LoraBank, load_adapter
 from jaxembed.parallel.mesh import MeshShape, make_mesh
 from jaxembed.parallel.sharding import DATA_AXIS, replicated
-from jaxembed.pooling import mean_of_frames, truncate_dimensions
+from jaxembed.pooling import PACKABLE_POOLING, mean_of_frames, truncate_dimensions
 from jaxembed.weights.loader import LoadedModel, load_model
 
 Inputs = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]
@@ -83,7 +87,10 @@ class Embedder:
         token_budget: int | None = None,
         batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
         seq_lengths: Sequence[int] | None = None,
+        packing: bool | None = None,
     ):
+        """`packing`: several short inputs share a row of a batch (None: wherever the model
+        family and pooling allow it; see `can_pack`)."""
         self.model = model
         self.card: ModelCard = model.card
         eos_id = getattr(model.config, "eos_token_id", None) if model.card.append_eos else None
@@ -109,6 +116,8 @@ class Embedder:
             grid=self.grid,
             mesh=model.mesh,
         )
+        self.packing = False
+        self.set_packing(self.can_pack if packing is None else packing)
         self.images: ImageEngine | None = None
         if "image" in model.card.modalities or "video" in model.card.modalities:
             if not hasattr(model.module(), "encode_image"):
@@ -146,6 +155,22 @@ class Embedder:
                 embedder.images.warmup(warmup_progress)
         return embedder
 
+    # -- packing ------------------------------------------------------------------------------
+
+    @property
+    def can_pack(self) -> bool:
+        """Whether this model's module and pooling work on packed rows (encoder families)."""
+        return self.model.family.packable and self.card.pooling in PACKABLE_POOLING
+
+    def set_packing(self, on: bool) -> None:
+        """Pack short inputs into shared rows (or not); call before warm-up."""
+        if on and not self.can_pack:
+            raise ValueError(
+                f"{self.card.name} cannot pack rows ({self.card.family}, {self.card.pooling} pooling)"
+            )
+        self.packing = on
+        self.runner.packed = on
+
     # -- LoRA adapters ----------------------------------------------------------------------
 
     @property
@@ -157,6 +182,7 @@ class Embedder:
         if self.images is not None:
             raise AdapterError(f"LoRA adapters are not supported for {self.card.family} models")
         if self.runner.lora_bank is None:
+            self.set_packing(False)  # an adapter applies per row, and rows are not shared
             self.runner.lora_bank = LoraBank(
                 self.model.config,
                 max_loras=max_loras,
@@ -256,27 +282,44 @@ class Embedder:
             )
         return self.tokenizer.check_ids(items, truncate=truncate, direction=truncation_direction)
 
+    def dispatch(
+        self,
+        token_lists: Sequence[np.ndarray],
+        planned: PlannedBatch,
+        adapter_slots: np.ndarray | None = None,
+    ) -> DeviceResult:
+        """Pad one planned batch and dispatch it (no waiting); `adapter_slots` per padded row."""
+        if planned.packed:
+            ids, segments = pad_packed(token_lists, planned, self.pad_id)
+            array = self.runner.run_packed(ids, segments)
+            return DeviceResult(array, len(token_lists), planned.rows, planned.segments)
+        ids, mask = pad_batch(token_lists, planned.bucket, self.pad_id)
+        return DeviceResult(self.runner.run(ids, mask, adapter_slots), len(token_lists))
+
+    def plan(self, token_lists: Sequence[np.ndarray], packing: bool | None = None):
+        packing = self.packing if packing is None else packing
+        return (plan_packed if packing else plan_batches)([len(t) for t in token_lists], self.grid)
+
     def embed_token_lists(
         self, token_lists: Sequence[np.ndarray], adapter_slots: Sequence[int] | None = None
     ) -> np.ndarray:
         """Embeddings of already-validated token id arrays, [N, D] float32 in input order.
 
-        `adapter_slots`: a LoRA slot per row (0 = base); rows of different adapters share batches.
+        `adapter_slots`: a LoRA slot per row (0 = base); rows of different adapters share
+        batches (unpacked: an adapter applies to a whole row).
         """
         out = np.empty((len(token_lists), self.dimensions), dtype=np.float32)
         slots = None if adapter_slots is None else np.asarray(adapter_slots, dtype=np.int32)
         pending = []
-        for planned in plan_batches([len(t) for t in token_lists], self.grid):
-            ids, mask = pad_batch(
-                [token_lists[i] for i in planned.indices], planned.bucket, self.pad_id
-            )
+        for planned in self.plan(token_lists, packing=self.packing and slots is None):
             row_slots = None
             if slots is not None:
                 row_slots = np.zeros(planned.bucket.batch, dtype=np.int32)
                 row_slots[: len(planned.indices)] = slots[planned.indices]
-            pending.append((planned.indices, self.runner.run(ids, mask, row_slots)))
+            batch = [token_lists[i] for i in planned.indices]
+            pending.append((planned.indices, self.dispatch(batch, planned, row_slots)))
         for indices, result in pending:
-            out[indices] = np.asarray(result)[: len(indices)]
+            out[indices] = result.read()
         return out
 
     def embed(

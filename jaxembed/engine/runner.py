@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxembed.engine.buckets import Bucket, BucketGrid
+from jaxembed.engine.buckets import Bucket, BucketGrid, segments_per_row
 from jaxembed.lora import LoraBank
 from jaxembed.parallel.sharding import (
     DATA_AXIS,
@@ -34,7 +34,7 @@ from jaxembed.parallel.sharding import (
     batch_sharding,
     replicated,
 )
-from jaxembed.pooling import l2_normalize, pool
+from jaxembed.pooling import l2_normalize, pool, pool_segments
 
 
 def embed_forward(
@@ -54,6 +54,22 @@ def embed_forward(
     return l2_normalize(pooled_bd) if normalize else pooled_bd
 
 
+def embed_forward_packed(
+    params: Any,
+    input_ids: jax.Array,
+    segments: jax.Array,
+    *,
+    module: nn.Module,
+    pooling: str,
+    normalize: bool,
+    max_segments: int,
+) -> jax.Array:
+    """Packed rows (several sequences each, numbered by `segments`) → [B, K, D] float32."""
+    hidden_bld = module.apply({"params": params}, input_ids, segments, packed=True)
+    pooled_bkd = pool_segments(hidden_bld, segments, pooling, max_segments)
+    return l2_normalize(pooled_bkd) if normalize else pooled_bkd
+
+
 class BucketRunner:
     def __init__(
         self,
@@ -64,8 +80,11 @@ class BucketRunner:
         normalize: bool,
         grid: BucketGrid,
         mesh: Mesh,
+        packed: bool = False,
     ):
+        """`packed`: batches are packed rows (`run_packed`); warm-up compiles those programs."""
         self.grid = grid
+        self.packed = packed
         self.mesh = mesh
         self._params = params
         self._batch_sharding = batch_sharding(mesh)
@@ -84,6 +103,21 @@ class BucketRunner:
         self._lora_jitted = jax.jit(
             forward, in_shardings=lora_inputs, out_shardings=replicated(mesh)
         )
+        self._packed_jitted = {
+            k: jax.jit(
+                functools.partial(
+                    embed_forward_packed,
+                    module=module,
+                    pooling=pooling,
+                    normalize=normalize,
+                    max_segments=k,
+                ),
+                in_shardings=inputs,
+                out_shardings=replicated(mesh),
+            )
+            for k in {segments_per_row(b.seq) for b in grid.buckets()}
+        }
+        self._packed_compiled: dict[Bucket, Callable[..., jax.Array]] = {}
         self._compiled: dict[Bucket, Callable[..., jax.Array]] = {}
         self._lock = threading.Lock()
         self.compile_seconds = 0.0
@@ -118,13 +152,18 @@ class BucketRunner:
     def _compile_lora(self, bucket: Bucket) -> Callable[..., jax.Array]:
         return self._compile_into(self._lora_compiled, self._lora_jitted, bucket, lora=True)
 
+    def _compile_packed(self, bucket: Bucket) -> Callable[..., jax.Array]:
+        jitted = self._packed_jitted[segments_per_row(bucket.seq)]
+        return self._compile_into(self._packed_compiled, jitted, bucket, lora=False)
+
     def warmup(self, progress: Callable[[int, int, Bucket], None] | None = None) -> float:
         """Compile (or load from the persistent cache) every bucket of the grid; seconds taken.
 
         With adapters enabled every bucket also gets its adapter variant.
         """
         start = time.perf_counter()
-        programs = [(self._compile, b) for b in self.grid.buckets()]
+        compile_base = self._compile_packed if self.packed else self._compile
+        programs = [(compile_base, b) for b in self.grid.buckets()]
         if self.lora_bank is not None:
             programs += [(self._compile_lora, b) for b in self.grid.buckets()]
         for i, (compile_one, bucket) in enumerate(programs):
@@ -168,4 +207,11 @@ class BucketRunner:
             compiled = self._compiled.get(bucket) or self._compile(bucket)
             result = compiled(*args)
         # Replicated: the first local device holds every row, without a cross-host gather here.
+        return result.addressable_data(0) if self._spans_processes else result
+
+    def run_packed(self, input_ids: np.ndarray, segments: np.ndarray) -> jax.Array:
+        """Dispatch one batch of packed rows (`buckets.pad_packed`); [B, K, D] on the device."""
+        bucket = Bucket(*input_ids.shape)
+        compiled = self._packed_compiled.get(bucket) or self._compile_packed(bucket)
+        result = compiled(self._params, self._to_mesh(input_ids), self._to_mesh(segments))
         return result.addressable_data(0) if self._spans_processes else result

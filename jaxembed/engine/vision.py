@@ -22,7 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from PIL import Image
 
 from jaxembed.engine.buckets import Bucket, PlannedBatch
-from jaxembed.engine.workload import Workload
+from jaxembed.engine.workload import DeviceResult, Workload
 from jaxembed.images import ImagePreprocessor
 from jaxembed.parallel.sharding import DATA_AXIS, activation_sharding, replicated
 from jaxembed.pooling import l2_normalize
@@ -150,10 +150,12 @@ class ImageWorkload(Workload):
     def plan(self, rows: Sequence[np.ndarray]) -> list[PlannedBatch]:
         return self.engine.plan(len(rows))
 
-    def run(self, rows: Sequence[np.ndarray], bucket: Bucket, slots: np.ndarray | None):
+    def run(
+        self, rows: Sequence[np.ndarray], planned: PlannedBatch, slots: np.ndarray | None
+    ) -> DeviceResult:
         if slots is not None:
             raise ValueError("LoRA adapters do not apply to images")
-        return self.engine.run(rows)
+        return DeviceResult(self.engine.run(rows), len(rows))
 
     def warmup(self, progress=None) -> float:
         return self.engine.warmup(progress)

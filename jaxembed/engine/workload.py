@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from jaxembed.engine.buckets import Bucket, PlannedBatch
+from jaxembed.engine.buckets import PlannedBatch
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceResult:
+    """A dispatched batch: the device array and where each input's vector is in it."""
+
+    array: Any  # jax.Array: [B, D], or [B, K, D] for packed rows
+    count: int  # inputs in the batch
+    rows: np.ndarray | None = None  # packed: row and 1-based segment per input
+    segments: np.ndarray | None = None
+
+    def read(self) -> np.ndarray:
+        """[count, D] float32 in the batch's input order; waits for the device."""
+        out = np.asarray(self.array)
+        if self.rows is None:
+            return out[: self.count]
+        return out[self.rows, self.segments - 1]
 
 
 class Workload(abc.ABC):
@@ -33,8 +52,11 @@ class Workload(abc.ABC):
         """Split rows into device batches (each a bucket of the compiled grid)."""
 
     @abc.abstractmethod
-    def run(self, rows: Sequence[np.ndarray], bucket: Bucket, slots: np.ndarray | None):
-        """Dispatch one batch without waiting; `slots`: a LoRA slot per padded row, or None."""
+    def run(
+        self, rows: Sequence[np.ndarray], planned: PlannedBatch, slots: np.ndarray | None
+    ) -> DeviceResult:
+        """Dispatch one planned batch without waiting (`rows` in `planned.indices` order);
+        `slots`: a LoRA slot per padded row, or None."""
 
     @abc.abstractmethod
     def warmup(self, progress=None) -> float:

@@ -104,13 +104,31 @@ class EncoderConfig:
             raise UnsupportedArchitectureError(f"config.json lacks {e.args[0]!r}") from None
 
 
+def _running_count(flags_bl: jax.Array, segments_bl: jax.Array | None) -> jax.Array:
+    """Inclusive running count of `flags` along each row, restarting where a segment starts.
+
+    Segments of a packed row are contiguous, so a segment's count is the row's
+    count minus what it was just before the segment's first position.
+    """
+    count_bl = jnp.cumsum(flags_bl, axis=1)
+    if segments_bl is None:
+        return count_bl
+    length = segments_bl.shape[1]
+    previous = jnp.pad(segments_bl[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+    starts_bl = jnp.where(segments_bl != previous, jnp.arange(length), 0)
+    start_bl = jax.lax.cummax(starts_bl, axis=1)
+    before_bl = jnp.take_along_axis(count_bl - flags_bl, start_bl, axis=1)
+    return count_bl - before_bl
+
+
 class _Embeddings(nn.Module):
     config: EncoderConfig
     dtype: jnp.dtype
     param_dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, input_ids: jax.Array) -> jax.Array:  # [B, L] -> [B, L, D]
+    def __call__(self, input_ids: jax.Array, segments: jax.Array | None = None) -> jax.Array:
+        """[B, L] ids → [B, L, D]; `segments` (packed rows): positions restart per sequence."""
         cfg = self.config
         embed = lambda n, name, axis: nn.Embed(  # noqa: E731
             n,
@@ -123,7 +141,10 @@ class _Embeddings(nn.Module):
         if cfg.positions_from_padding:
             # As HF's create_position_ids_from_input_ids: pad tokens keep padding_idx.
             not_pad = (input_ids != cfg.pad_token_id).astype(jnp.int32)
-            positions = jnp.cumsum(not_pad, axis=1) * not_pad + cfg.pad_token_id
+            positions = _running_count(not_pad, segments) * not_pad + cfg.pad_token_id
+        elif segments is not None:
+            real = (segments > 0).astype(jnp.int32)
+            positions = jnp.maximum(_running_count(real, segments) - 1, 0)
         else:
             positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
         x = embed(cfg.vocab_size, "word", "vocab")(input_ids)
@@ -233,14 +254,30 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(
-        self, input_ids: jax.Array, attention_mask: jax.Array, lora=None, adapter_ids=None
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        lora=None,
+        adapter_ids=None,
+        packed: bool = False,
     ) -> jax.Array:
-        """`lora`/`adapter_ids`: stacked adapters (jaxembed/lora.py) and each row's slot."""
-        x_bld = _Embeddings(self.config, self.dtype, self.param_dtype, name="embeddings")(input_ids)
+        """`lora`/`adapter_ids`: stacked adapters (jaxembed/lora.py) and each row's slot.
+
+        `packed`: rows hold several sequences and `attention_mask` numbers them 1, 2, …
+        (0 = padding); a token attends only within its own sequence and positions
+        restart at each, so every sequence sees exactly what it would alone.
+        """
+        segments = attention_mask if packed else None
+        x_bld = _Embeddings(self.config, self.dtype, self.param_dtype, name="embeddings")(
+            input_ids, segments
+        )
         x_bld = constrain(x_bld, ("batch", "length", "embed"))
-        bias_b11l = jnp.where(
-            attention_mask[:, None, None, :].astype(bool), 0.0, jnp.finfo(jnp.float32).min
-        ).astype(jnp.float32)
+        if packed:  # block-diagonal: [B, 1, L, L]
+            allowed = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] > 0)
+            allowed = allowed[:, None]
+        else:  # key padding only: [B, 1, 1, L]
+            allowed = attention_mask[:, None, None, :].astype(bool)
+        bias_b11l = jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
         layers = nn.scan(
             _EncoderLayer,
             variable_axes={"params": 0},

@@ -280,3 +280,8 @@ def test_text_model_still_refuses_images(client):
     )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "unsupported_modality"
+
+
+def test_models_lists_modalities(open_server):
+    data = httpx.get(open_server.url + "/v1/models", timeout=10).json()["data"]
+    assert data[0]["id"] == MODEL and data[0]["modalities"] == ["text", "image", "video"]
