@@ -253,26 +253,45 @@ def _tiny_clip_tokenizer():
     return transformers.CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
+# The text tower both tiny dual encoders share (their vision towers differ on purpose).
+_TINY_TEXT_TOWER = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+)
+
+
+def _build_and_save(model_cls, config, tokenizer, processor, out_dir: Path, seed: int):
+    """Seeded random model; norms, biases and probes perturbed (init leaves them at 1/0)."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias") or "probe" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return model, tokenizer, processor
+
+
 def save_tiny_clip(out_dir: Path, *, seed: int = 0):
     """A random tiny CLIPModel (different text/vision depths) + tokenizer + PIL image processor.
 
     Returns (model, tokenizer, image_processor): the torch reference for parity tests.
     """
-    import torch
     import transformers
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     tokenizer = _tiny_clip_tokenizer()
     text = transformers.CLIPTextConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
         max_position_embeddings=77,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **_TINY_TEXT_TOWER,
     )
     vision = transformers.CLIPVisionConfig(
         hidden_size=48,
@@ -285,21 +304,11 @@ def save_tiny_clip(out_dir: Path, *, seed: int = 0):
     config = transformers.CLIPConfig(
         text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=24
     )
-    torch.manual_seed(seed)
-    model = transformers.CLIPModel(config).eval()
-    with torch.no_grad():  # random init leaves norms at 1 and biases at 0: perturb them
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(0.1 * torch.randn_like(p))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
     processor = CLIPImageProcessorPil(
         size={"shortest_edge": CLIP_IMAGE_SIZE},
         crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE},
     )
-    processor.save_pretrained(out_dir)
-    return model, tokenizer, processor
+    return _build_and_save(transformers.CLIPModel, config, tokenizer, processor, out_dir, seed)
 
 
 def generated_image(size: tuple[int, int], mode: str = "RGB", *, seed: int = 0):
@@ -439,21 +448,17 @@ def save_tiny_siglip(out_dir: Path, *, seed: int = 0):
 
     Returns (model, tokenizer, image_processor).
     """
-    import torch
     import transformers
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
     tokenizer = _tiny_clip_tokenizer()
     text = transformers.SiglipTextConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
         max_position_embeddings=SIGLIP_MAX_LENGTH,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         projection_size=24,
+        **_TINY_TEXT_TOWER,
     )
     vision = transformers.SiglipVisionConfig(
         hidden_size=24,
@@ -464,15 +469,5 @@ def save_tiny_siglip(out_dir: Path, *, seed: int = 0):
         patch_size=8,
     )
     config = transformers.SiglipConfig(text_config=text.to_dict(), vision_config=vision.to_dict())
-    torch.manual_seed(seed)
-    model = transformers.SiglipModel(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("bias") or "probe" in name:
-                p.add_(0.1 * torch.randn_like(p))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
     processor = SiglipImageProcessorPil(size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE})
-    processor.save_pretrained(out_dir)
-    return model, tokenizer, processor
+    return _build_and_save(transformers.SiglipModel, config, tokenizer, processor, out_dir, seed)

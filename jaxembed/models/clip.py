@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxembed.errors import UnsupportedArchitectureError
-from jaxembed.models.encoder import ACTIVATIONS
+from jaxembed.models.encoder import ACTIVATIONS, SelfAttention
 from jaxembed.models.partitioning import KERNEL_INIT, ONES, ZEROS, with_axes
 from jaxembed.parallel.sharding import constrain
 
@@ -171,30 +171,7 @@ class _Layer(nn.Module):
     def __call__(self, x_bld: jax.Array, bias_bhqk: jax.Array) -> tuple[jax.Array, None]:
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
         h_bld = _layer_norm(cfg, dt, pdt, "attention_norm")(x_bld)
-        proj = lambda name: nn.DenseGeneral(  # noqa: E731
-            (cfg.num_heads, cfg.head_dim),
-            dtype=dt,
-            param_dtype=pdt,
-            kernel_init=with_axes(KERNEL_INIT, ("embed", "heads", "head_dim")),
-            bias_init=with_axes(ZEROS, ("heads", "head_dim")),
-            name=name,
-        )
-        heads = ("batch", "length", "heads", "head_dim")
-        q, k, v = (constrain(proj(n)(h_bld), heads) for n in ("query", "key", "value"))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(cfg.head_dim)
-        probs = jax.nn.softmax(scores.astype(jnp.float32) + bias_bhqk, axis=-1)
-        ctx = constrain(jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dt), v), heads)
-        attn_bld = nn.DenseGeneral(
-            cfg.hidden_size,
-            axis=(-2, -1),
-            dtype=dt,
-            param_dtype=pdt,
-            kernel_init=with_axes(KERNEL_INIT, ("heads", "head_dim", "embed")),
-            bias_init=with_axes(ZEROS, ("embed",)),
-            name="output",
-        )(ctx)
-        x_bld = x_bld + attn_bld
-
+        x_bld = x_bld + SelfAttention(cfg, dt, pdt, name="attention")(h_bld, bias_bhqk)
         h_bld = _layer_norm(cfg, dt, pdt, "mlp_norm")(x_bld)
         x_bld = x_bld + _Mlp(cfg, dt, pdt, name="mlp")(h_bld)
         return constrain(x_bld, ("batch", "length", "embed")), None

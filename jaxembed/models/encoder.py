@@ -168,7 +168,12 @@ def _layer_norm(cfg: EncoderConfig, dtype: jnp.dtype, param_dtype: jnp.dtype, na
     )
 
 
-class _SelfAttention(nn.Module):
+class SelfAttention(nn.Module):
+    """Multi-head attention with biased q/k/v/output projections; the additive mask bias
+    decides who sees whom (padding, causality, packed segments). Shared by the BERT family
+    and the CLIP/SigLIP towers, whose configs have the same `num_heads`, `head_dim` and
+    `hidden_size`."""
+
     config: EncoderConfig
     dtype: jnp.dtype
     param_dtype: jnp.dtype
@@ -219,7 +224,7 @@ class _EncoderLayer(nn.Module):
         self, x_bld: jax.Array, bias_b11l: jax.Array, lora=None, ids=None
     ) -> tuple[jax.Array, None]:
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
-        attn = _SelfAttention(cfg, dt, pdt, name="attention")(x_bld, bias_b11l, lora, ids)
+        attn = SelfAttention(cfg, dt, pdt, name="attention")(x_bld, bias_b11l, lora, ids)
         x_bld = _layer_norm(cfg, dt, pdt, "attention_norm")(x_bld + attn)
 
         def dense(n: int, axes: tuple[str, str], name: str) -> nn.Dense:

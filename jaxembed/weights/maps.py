@@ -155,8 +155,12 @@ def _clip_tower_rules(
     flax_layer = (*flax_prefix, "encoder", "layers")
     rules: list[ParamRule] = []
     for name, hf_name in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
-        rules += _linear((*flax_layer, name), f"{layer}.self_attn.{hf_name}", Layout.IN_KERNEL)
-    rules += _linear((*flax_layer, "output"), f"{layer}.self_attn.out_proj", Layout.OUT_KERNEL)
+        rules += _linear(
+            (*flax_layer, "attention", name), f"{layer}.self_attn.{hf_name}", Layout.IN_KERNEL
+        )
+    rules += _linear(
+        (*flax_layer, "attention", "output"), f"{layer}.self_attn.out_proj", Layout.OUT_KERNEL
+    )
     rules += _norm((*flax_layer, "attention_norm"), f"{layer}.layer_norm1")
     rules += _norm((*flax_layer, "mlp_norm"), f"{layer}.layer_norm2")
     rules += _mlp((*flax_layer, "mlp"), f"{layer}.mlp")
