@@ -3,7 +3,8 @@
 1. GEMM peak: the best of jitted square float32 (and bfloat16) matmuls, as GFLOP/s.
 2. Model FLOPs per token for all-MiniLM-L6-v2: 2 x non-embedding parameters (every weight is one
    multiply-add per token) plus attention, 4 x layers x hidden x sequence length (QK^T and PV).
-3. In-process `Embedder.embed` over 1,024 passages in float32 and bfloat16: tokens/s, achieved
+3. In-process `Embedder.embed` over 1,024 passages in float32 (packed, the default, and
+   unpacked) and bfloat16: tokens/s, achieved
    GFLOP/s counting real tokens (padding is waste) and padded tokens, the fraction of the peak,
    and bfloat16's accuracy against float32 (min/mean cosine).
 
@@ -49,11 +50,12 @@ def flops_per_token(embedder, mean_seq: float) -> float:
     return 2 * non_embedding + 4 * cfg.num_layers * cfg.hidden_size * mean_seq
 
 
-def measure(dtype: str, texts: list[str], repeats: int = 2) -> tuple[dict, np.ndarray]:
-    from jaxembed.engine.buckets import plan_batches
+def measure(
+    dtype: str, texts: list[str], repeats: int = 2, packing: bool = True
+) -> tuple[dict, np.ndarray]:
     from jaxembed.engine.embedder import Embedder
 
-    embedder = Embedder.from_pretrained(None, dtype=dtype)
+    embedder = Embedder.from_pretrained(None, dtype=dtype, packing=packing)
     tokens = embedder.tokenize(texts, truncate=True)
     lengths = [len(t) for t in tokens]
     vectors = embedder.embed_token_lists(tokens)  # compiles the buckets used
@@ -62,7 +64,7 @@ def measure(dtype: str, texts: list[str], repeats: int = 2) -> tuple[dict, np.nd
         start = time.perf_counter()
         embedder.embed_token_lists(tokens)
         best = min(best, time.perf_counter() - start)
-    padded = sum(p.bucket.batch * p.bucket.seq for p in plan_batches(lengths, embedder.grid))
+    padded = sum(p.bucket.batch * p.bucket.seq for p in embedder.plan(tokens))
     real = sum(lengths)
     per_token = flops_per_token(embedder, float(np.mean(lengths)))
     return {
@@ -90,6 +92,7 @@ def main() -> None:
         "gemm_bfloat16": gemm_peak(jnp.bfloat16),
     }
     f32, v32 = measure("float32", texts)
+    results["float32_unpacked"], _ = measure("float32", texts, packing=False)
     bf16, v16 = measure("bfloat16", texts)
     cos = np.sum(v32 * v16, axis=1) / (np.linalg.norm(v32, axis=1) * np.linalg.norm(v16, axis=1))
     bf16["cosine_vs_float32"] = {

@@ -162,6 +162,9 @@ def plan_packed(lengths: Sequence[int], grid: BucketGrid) -> list[PlannedBatch]:
             counts[row] += 1
             placed.append((index, row, counts[row]))
         indices, rows, segments = (np.asarray(x, dtype=np.int64) for x in zip(*placed, strict=True))
+        # Rows that came out shorter than the bucket (a step's last batch, mostly) take a
+        # shorter bucket: fewer rows never exceed the budget at a shorter length.
+        seq = grid.seq_bucket(max(used))
         batches.append(
             PlannedBatch(indices, Bucket(grid.batch_bucket(len(used)), seq), rows, segments)
         )
