@@ -119,3 +119,33 @@ def test_orbax_checkpoint_restores_on_any_mesh(tmp_path, bert_dir, mesh_shape, t
     assert {s.data.shape for s in kernel.addressable_shards} == {(2, 32, 64 // model)}
     assert len(kernel.addressable_shards) == 8
     assert np.abs(embedder.embed(texts, truncate=True) - reference["bert"]).max() <= 1e-5
+
+
+@pytest.fixture(scope="module", params=["clip", "siglip"])
+def dual_encoder(request, tmp_path_factory):
+    """A tiny CLIP / SigLIP and its single-device text, image and video embeddings."""
+    from tests.helpers import generated_image, save_tiny_clip, save_tiny_siglip
+
+    path = tmp_path_factory.mktemp(f"tiny-{request.param}")
+    (save_tiny_clip if request.param == "clip" else save_tiny_siglip)(path)
+    images = [generated_image((30 + 7 * i, 40), "RGB", seed=i) for i in range(11)]
+    captions = ["a photo of the cat", "the dog", "x y z"]
+    single = _embedder(path, None)
+    reference = (single.embed(captions), single.embed_images(images), single.embed_video(images))
+    return path, captions, images, reference
+
+
+@pytest.mark.parametrize("mesh_shape", [(8, 1), (2, 4), (1, 8)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_dual_encoders_on_a_mesh_match_single_device(dual_encoder, mesh_shape):
+    path, captions, images, (texts_ref, images_ref, video_ref) = dual_encoder
+    on_mesh = _embedder(path, mesh_shape)
+    assert all(b % mesh_shape[0] == 0 for b in on_mesh.images.batch_sizes)
+    np.testing.assert_allclose(on_mesh.embed(captions), texts_ref, atol=1e-5)
+    np.testing.assert_allclose(on_mesh.embed_images(images), images_ref, atol=1e-5)
+    np.testing.assert_allclose(on_mesh.embed_video(images), video_ref, atol=1e-5)
+    if mesh_shape == (2, 4):  # 4 heads and the MLP split over `model` in both towers
+        specs = _specs(on_mesh)
+        assert specs["vision_model.encoder.layers.attention.query.kernel"] == P(
+            None, None, "model", None
+        )
+        assert specs["text_model.encoder.layers.mlp.fc1.kernel"] == P(None, None, "model")
