@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import time
 import warnings
 
 import numpy as np
@@ -31,6 +32,9 @@ class MediaLimits:
     max_video_seconds: float = 600.0
     max_video_frames: int = 20_000  # frames in the stream (all are decoded up to the last sampled)
     max_frame_pixels: int = 3840 * 2160
+    # Wall time for decoding one video (a long 4K stream sampled near its end would
+    # otherwise hold a decode worker for minutes).
+    max_decode_seconds: float = 30.0
 
 
 def decode_image(data: bytes, limits: MediaLimits) -> Image.Image:
@@ -133,6 +137,7 @@ def decode_video(data: bytes, frames: int, limits: MediaLimits) -> list[Image.Im
         raise MediaError("the video has no frames", code="invalid_video")
     wanted = sample_frame_indices(total, frames)
     kept: list[Image.Image] = []
+    deadline = time.monotonic() + limits.max_decode_seconds
     with _open_container(data) as container:
         try:
             for index, frame in enumerate(container.decode(video=0)):
@@ -140,6 +145,13 @@ def decode_video(data: bytes, frames: int, limits: MediaLimits) -> list[Image.Im
                     kept.append(frame.to_image())
                 if len(kept) == len(wanted):
                     break
+                if time.monotonic() > deadline:
+                    raise MediaError(
+                        f"decoding the video took longer than {limits.max_decode_seconds:g} s",
+                        code="video_too_long",
+                    )
+        except MediaError:
+            raise
         except Exception:
             raise MediaError("the video is corrupt or truncated", code="invalid_video") from None
     if len(kept) < len(wanted):

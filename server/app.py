@@ -162,6 +162,7 @@ def create_app(
         max_image_pixels=config.max_image_pixels,
         max_video_seconds=config.max_video_seconds,
         max_video_frames=config.max_video_frames,
+        max_decode_seconds=config.max_decode_seconds,
     )
     multimodal = MultimodalPipeline(
         embedder,

@@ -57,6 +57,7 @@ class ServerConfig:
     max_image_pixels: int = 40_000_000
     max_video_seconds: float = 600.0
     max_video_frames: int = 20_000
+    max_decode_seconds: float = 30.0  # wall time to decode one video
     distributed: DistributedConfig | None = None  # set by --distributed
 
 
@@ -198,6 +199,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-video-seconds", type=float, default=d.max_video_seconds)
     g.add_argument(
         "--max-video-frames", type=int, default=d.max_video_frames, help="frames in a video stream"
+    )
+    g.add_argument(
+        "--max-decode-seconds",
+        type=float,
+        default=d.max_decode_seconds,
+        help="wall time to decode one video",
     )
     g = p.add_argument_group("multi-host (TPU pod slices, several GPU hosts)")
     g.add_argument(

@@ -65,6 +65,19 @@ def is_public_address(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+def _literal_address(host: str) -> str | None:
+    """The IP address a URL host spells literally, shorthand IPv4 included ("127.1",
+    "2130706433", "0x7f000001", which inet_aton accepts), or None for a name."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        return socket.inet_ntoa(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
 def _forbidden_address() -> MediaError:
     return MediaError(
         "the URL's host is a loopback, private or link-local address, which this server does "
@@ -198,11 +211,10 @@ class MediaLoader:
         host = parts.hostname
         if not host:
             raise MediaError("the URL has no host", code="invalid_media")
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
+        address = _literal_address(host)
+        if address is None:
             return  # a name: checked by the resolver when the client connects
-        if not self.policy.allow_private and not is_public_address(host):
+        if not self.policy.allow_private and not is_public_address(address):
             raise _forbidden_address()
 
     async def _fetch(self, url: str) -> bytes:

@@ -68,6 +68,8 @@ def test_video_limits_and_corruption():
     assert _code(lambda: decode_video(video, 4, few_frames)) == "video_too_long"
     small = MediaLimits(max_frame_pixels=100)
     assert _code(lambda: decode_video(video, 4, small)) == "video_too_large"
+    no_time = MediaLimits(max_decode_seconds=0.0)
+    assert _code(lambda: decode_video(video, 4, no_time)) == "video_too_long"
 
 
 # -- addresses --------------------------------------------------------------------------------
@@ -168,7 +170,10 @@ def test_url_fetching_rules():
         default = MediaLoader(MediaPolicy())
         assert _read_code(default, f"{http.url}/files/a.png") == "media_forbidden"
         port = http.url.rsplit(":", 1)[1]
-        assert _read_code(default, f"http://localhost:{port}/files/a.png") == "media_forbidden"
+        # Names and the other spellings of 127.0.0.1 resolve to loopback: refused too.
+        for host in ("localhost", "127.1", "2130706433", "0x7f000001", "[::ffff:127.0.0.1]"):
+            url = f"http://{host}:{port}/files/a.png"
+            assert _read_code(default, url) == "media_forbidden", host
         assert http.requests == []
         allowed = MediaLoader(MediaPolicy(allow_private=True, max_bytes=10_000))
         assert _read(allowed, f"{http.url}/files/a.png") == png
