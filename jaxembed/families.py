@@ -61,6 +61,7 @@ _DECODER = Family(
     rules=maps.decoder_rules,
     ignored_prefixes=maps.DECODER_IGNORED_PREFIXES,
     wrapper_prefixes=maps.DECODER_WRAPPER_PREFIXES,
+    packable=True,
 )
 
 _CLIP = Family(

@@ -141,7 +141,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="pack several short inputs into one row of a batch (attention kept within each "
-        "input); default: on for encoder models with cls/mean/last-token pooling, off with LoRA",
+        "input); default: on for text models with cls/mean/last-token pooling, off with LoRA",
     )
     p.add_argument("--log-level", default=d.log_level)
     p.add_argument(

@@ -94,12 +94,31 @@ def test_packed_minilm_equals_unpacked(embedder, corpus):
     np.testing.assert_allclose(ours, reference, atol=1e-6)
 
 
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3"])
+def test_packed_equals_unpacked_for_tiny_decoders(tmp_path, family):
+    """Causal masks, RoPE positions and Mistral's sliding window (8, shorter than the inputs)
+    all restart per packed sequence; last-token pooling picks each sequence's EOS."""
+    save_tiny_decoder(family, tmp_path)
+    packed = Embedder.from_pretrained(tmp_path, packing=True, compile_cache_dir=False)
+    plain = Embedder.from_pretrained(tmp_path, packing=False, compile_cache_dir=False)
+    assert packed.packing and packed.card.pooling == "last_token"
+    rng = np.random.default_rng(3)
+    token_lists = [
+        rng.integers(5, 30000, n).astype(np.int32) for n in rng.integers(2, 40, 30).tolist()
+    ]
+    ours, reference = packed.embed_token_lists(token_lists), plain.embed_token_lists(token_lists)
+    assert len(packed.plan(token_lists)) < len(plain.plan(token_lists))
+    np.testing.assert_allclose(ours, reference, atol=2e-5)
+
+
 def test_packing_is_refused_or_off_where_it_cannot_apply(tmp_path):
-    save_tiny_decoder("qwen3", tmp_path / "dec")
-    decoder = Embedder.from_pretrained(tmp_path / "dec", compile_cache_dir=False)
-    assert not decoder.can_pack and not decoder.packing
+    from tests.helpers import save_tiny_clip
+
+    save_tiny_clip(tmp_path / "clip")
+    clip = Embedder.from_pretrained(tmp_path / "clip", compile_cache_dir=False)
+    assert not clip.can_pack and not clip.packing
     with pytest.raises(ValueError, match="cannot pack"):
-        decoder.set_packing(True)
+        clip.set_packing(True)
     save_tiny_model("bert", tmp_path / "max", pooling="max")
     assert not Embedder.from_pretrained(tmp_path / "max", compile_cache_dir=False).packing
     save_tiny_model("bert", tmp_path / "bert")

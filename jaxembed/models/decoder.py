@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jaxembed.errors import UnsupportedArchitectureError
 from jaxembed.models.encoder import ACTIVATIONS
 from jaxembed.models.lora_delta import add_delta
+from jaxembed.models.packing import running_count, same_segment
 from jaxembed.models.partitioning import KERNEL_INIT as _kernel_init
 from jaxembed.models.partitioning import ZEROS as _zeros
 from jaxembed.models.partitioning import with_axes as _axes
@@ -251,16 +252,30 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(
-        self, input_ids: jax.Array, attention_mask: jax.Array, lora=None, adapter_ids=None
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        lora=None,
+        adapter_ids=None,
+        packed: bool = False,
     ) -> jax.Array:
-        """`lora`/`adapter_ids`: stacked adapters (jaxembed/lora.py) and each row's slot."""
+        """`lora`/`adapter_ids`: stacked adapters (jaxembed/lora.py) and each row's slot.
+
+        `packed`: `attention_mask` holds segment ids (jaxembed/models/packing.py); each
+        sequence attends within itself and its RoPE positions start at 0.
+        """
         cfg = self.config
-        mask = attention_mask.astype(bool)
+        segments = attention_mask if packed else None
+        mask = attention_mask > 0
         # Positions count real tokens: left and right padding give the same numbers.
-        positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+        flags = mask.astype(jnp.int32)
+        positions = jnp.maximum(running_count(flags, segments) - 1, 0)
         cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_linear_factor)
         length = input_ids.shape[1]
-        allowed = jnp.broadcast_to(mask[:, None, None, :], (mask.shape[0], 1, length, length))
+        if packed:
+            allowed = same_segment(segments)
+        else:
+            allowed = jnp.broadcast_to(mask[:, None, None, :], (mask.shape[0], 1, length, length))
         if cfg.causal:
             allowed = allowed & jnp.tril(jnp.ones((length, length), bool))[None, None]
 

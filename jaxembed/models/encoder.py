@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from jaxembed.errors import UnsupportedArchitectureError
 from jaxembed.models.lora_delta import add_delta
+from jaxembed.models.packing import running_count, same_segment
 from jaxembed.models.partitioning import KERNEL_INIT as _kernel_init
 from jaxembed.models.partitioning import ONES as _ones
 from jaxembed.models.partitioning import ZEROS as _zeros
@@ -104,23 +105,6 @@ class EncoderConfig:
             raise UnsupportedArchitectureError(f"config.json lacks {e.args[0]!r}") from None
 
 
-def _running_count(flags_bl: jax.Array, segments_bl: jax.Array | None) -> jax.Array:
-    """Inclusive running count of `flags` along each row, restarting where a segment starts.
-
-    Segments of a packed row are contiguous, so a segment's count is the row's
-    count minus what it was just before the segment's first position.
-    """
-    count_bl = jnp.cumsum(flags_bl, axis=1)
-    if segments_bl is None:
-        return count_bl
-    length = segments_bl.shape[1]
-    previous = jnp.pad(segments_bl[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
-    starts_bl = jnp.where(segments_bl != previous, jnp.arange(length), 0)
-    start_bl = jax.lax.cummax(starts_bl, axis=1)
-    before_bl = jnp.take_along_axis(count_bl - flags_bl, start_bl, axis=1)
-    return count_bl - before_bl
-
-
 class _Embeddings(nn.Module):
     config: EncoderConfig
     dtype: jnp.dtype
@@ -141,10 +125,10 @@ class _Embeddings(nn.Module):
         if cfg.positions_from_padding:
             # As HF's create_position_ids_from_input_ids: pad tokens keep padding_idx.
             not_pad = (input_ids != cfg.pad_token_id).astype(jnp.int32)
-            positions = _running_count(not_pad, segments) * not_pad + cfg.pad_token_id
+            positions = running_count(not_pad, segments) * not_pad + cfg.pad_token_id
         elif segments is not None:
             real = (segments > 0).astype(jnp.int32)
-            positions = jnp.maximum(_running_count(real, segments) - 1, 0)
+            positions = jnp.maximum(running_count(real, segments) - 1, 0)
         else:
             positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
         x = embed(cfg.vocab_size, "word", "vocab")(input_ids)
@@ -278,8 +262,7 @@ class Encoder(nn.Module):
         )
         x_bld = constrain(x_bld, ("batch", "length", "embed"))
         if packed:  # block-diagonal: [B, 1, L, L]
-            allowed = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] > 0)
-            allowed = allowed[:, None]
+            allowed = same_segment(segments)
         else:  # key padding only: [B, 1, 1, L]
             allowed = attention_mask[:, None, None, :].astype(bool)
         bias_b11l = jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
