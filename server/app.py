@@ -164,6 +164,11 @@ def create_app(
         max_video_frames=config.max_video_frames,
         max_decode_seconds=config.max_decode_seconds,
     )
+    cache = EmbeddingCache(int(config.cache_mb * 2**20))
+
+    def count_cache(hit: bool) -> None:
+        (metrics.cache_hits if hit else metrics.cache_misses).inc()
+
     multimodal = MultimodalPipeline(
         embedder,
         image_batcher,
@@ -177,6 +182,8 @@ def create_app(
         ),
         limits,
         max_media_items=config.max_media_items,
+        cache=cache,
+        on_cache=count_cache,
     )
     card = embedder.card
     served = list(dict.fromkeys(config.served_model_names or card.names))
@@ -194,7 +201,6 @@ def create_app(
     )
     state = {"draining": False}
 
-    cache = EmbeddingCache(int(config.cache_mb * 2**20))
     resolver = None
     if config.lora or config.lora_root:
         resolver = AdapterResolver(

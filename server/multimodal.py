@@ -6,7 +6,8 @@ pool, then batched with other requests' images; a video's sampled frames go
 to the image batcher together and their vectors are averaged. An item with
 several parts is fused as the model's card says (`pooling.fuse_modalities`).
 All parts of all items run concurrently; the first failure cancels the rest
-and answers 400 naming the item.
+and answers 400 naming the item. Images are cached by a hash of their bytes
+(the embedding cache, `--cache-mb`); videos are always decoded.
 
 Usage counts text tokens plus image patches: each image adds the vision
 tower's patch count ((image_size / patch_size)^2, e.g. 49 for ViT-B/32 at
@@ -23,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from jaxembed.engine.batcher import Batcher
+from jaxembed.engine.cache import EmbeddingCache, bytes_key
 from jaxembed.engine.embedder import Embedder
 from jaxembed.errors import MediaError
 from jaxembed.media import MediaLimits, decode_image, decode_video
@@ -49,14 +51,20 @@ class MultimodalPipeline:
         limits: MediaLimits,
         *,
         max_media_items: int,
+        cache: EmbeddingCache | None = None,
+        on_cache: Callable[[bool], None] | None = None,
         decode_workers: int = 4,
     ):
+        """`cache`: images are looked up by a hash of their bytes (decoding, preprocessing
+        and the device are skipped on a hit); `on_cache(hit)` reports each lookup."""
         self.embedder = embedder
         self.card = embedder.card
         self.batcher = batcher
         self.loader = loader
         self.limits = limits
         self.max_media_items = max_media_items
+        self.cache = cache
+        self._on_cache = on_cache
         self._pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="jaxembed-media")
 
     def close(self) -> None:
@@ -129,9 +137,7 @@ class MultimodalPipeline:
             loop = asyncio.get_running_loop()
             engine = self.embedder.images
             if kind == "image":
-                pixels = await loop.run_in_executor(self._pool, self._image_pixels, data)
-                vectors = await self.batcher.embed([pixels], priority=priority)
-                return _Part(vectors[0], engine.patches_per_image)
+                return _Part(await self._image_vector(data, priority), engine.patches_per_image)
             pixel_rows = await loop.run_in_executor(self._pool, self._video_pixels, data, frames)
             vectors = await self.batcher.embed(pixel_rows, priority=priority)
             return _Part(
@@ -140,6 +146,22 @@ class MultimodalPipeline:
             )
         except MediaError as e:
             raise MediaError(f"input[{index}].{kind}: {e}", code=e.code, index=index) from None
+
+    async def _image_vector(self, data: bytes, priority: int) -> np.ndarray:
+        """An image's vector, from the cache when the same bytes were embedded recently."""
+        key = bytes_key(data, "image") if self.cache is not None else None
+        if key is not None:
+            cached = self.cache.get(key)
+            if self._on_cache:
+                self._on_cache(cached is not None)
+            if cached is not None:
+                return cached
+        loop = asyncio.get_running_loop()
+        pixels = await loop.run_in_executor(self._pool, self._image_pixels, data)
+        vector = (await self.batcher.embed([pixels], priority=priority))[0]
+        if key is not None:
+            self.cache.store([key], vector[None])
+        return vector
 
     def _image_pixels(self, data: bytes) -> np.ndarray:
         return self.embedder.images.pixels(decode_image(data, self.limits))

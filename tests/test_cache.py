@@ -58,3 +58,18 @@ def test_disabled_cache_computes_everything():
     look = cache.lookup(_rows([1], [1]))
     cache.store([look.keys[0]], np.zeros((1, 2), dtype=np.float32))
     assert cache.lookup(_rows([1])).to_compute == [0] and len(cache) == 0
+
+
+def test_single_key_get_and_bytes_keys():
+    from jaxembed.engine.cache import bytes_key
+
+    cache = EmbeddingCache(1 << 20)
+    key = bytes_key(b"\x89PNG same bytes", "image")
+    assert key == bytes_key(b"\x89PNG same bytes", "image")
+    assert key != bytes_key(b"\x89PNG same bytes", "video")
+    assert key != bytes_key(b"\x89PNG other bytes", "image")
+    assert cache.get(key) is None and cache.misses == 1
+    cache.store([key], np.ones((1, 4), np.float32))
+    np.testing.assert_array_equal(cache.get(key), np.ones(4))
+    assert cache.hits == 1
+    assert EmbeddingCache(0).get(key) is None  # disabled: never a hit

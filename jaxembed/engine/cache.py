@@ -31,6 +31,13 @@ def token_key(tokens: np.ndarray | Sequence[int], namespace: str = "") -> bytes:
     return digest.digest()
 
 
+def bytes_key(data: bytes, namespace: str) -> bytes:
+    """Hash of raw content (an image file's bytes) within a namespace (e.g. "image")."""
+    digest = hashlib.blake2b(namespace.encode() + b"\0", digest_size=16)
+    digest.update(data)
+    return digest.digest()
+
+
 @dataclasses.dataclass
 class Lookup:
     """Result of `EmbeddingCache.lookup` for one request's rows."""
@@ -82,6 +89,17 @@ class EmbeddingCache:
             self.hits += len(hits)
             self.misses += len(to_compute) + len(duplicates)
         return Lookup(hits, to_compute, duplicates, keys)
+
+    def get(self, key: bytes) -> np.ndarray | None:
+        """One entry by key (counted as a hit or a miss), or None."""
+        with self._lock:
+            vector = self._entries.get(key) if self.enabled else None
+            if vector is None:
+                self.misses += 1
+            else:
+                self._entries.move_to_end(key)
+                self.hits += 1
+            return vector
 
     def store(self, keys: Sequence[bytes], vectors: np.ndarray) -> None:
         if not self.enabled:
