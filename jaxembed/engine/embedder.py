@@ -235,16 +235,20 @@ class Embedder:
                 param="dimensions",
             )
 
+    def check_instruction(self, instruction: str | None) -> None:
+        """An instruction is an error for a model without a template, whatever the input."""
+        if instruction is not None and not self.card.instruction_template:
+            raise InvalidInputError(
+                f"{self.card.name} takes no instructions (its card has no instruction template)",
+                param="instruction",
+            )
+
     def apply_prompt(
         self, texts: Sequence[str], prompt_name: str | None, instruction: str | None = None
     ) -> list[str]:
         """Prefix texts with the card's named prompt, or with `instruction` in the card's template."""
         if instruction is not None:
-            if not self.card.instruction_template:
-                raise InvalidInputError(
-                    f"{self.card.name} takes no instructions (its card has no instruction template)",
-                    param="instruction",
-                )
+            self.check_instruction(instruction)
             prefix = self.card.instruction_template.format(instruction=instruction)
             return [prefix + t for t in texts]
         if prompt_name is None or (
@@ -271,8 +275,10 @@ class Embedder:
     ) -> list[np.ndarray]:
         """Token ids per input (texts through the tokenizer, token ids validated as they are).
 
-        Prompts and instructions apply to texts only: token ids are used exactly as given.
+        Prompts and instructions apply to texts only: token ids are used exactly as given
+        (an instruction the model cannot take is refused for them too).
         """
+        self.check_instruction(instruction)
         kind, items = classify_inputs(inputs)
         if kind == "text":
             return self.tokenizer.encode(

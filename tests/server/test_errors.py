@@ -83,6 +83,11 @@ def assert_error(
             "instruction",
             "takes no instructions",
         ),
+        (  # found by schemathesis: token ids used to skip the instruction check
+            {"input": [101, 2023, 102], "model": MODEL, "instruction": ""},
+            "instruction",
+            "takes no instructions",
+        ),
         ({"input": "x", "model": MODEL, "input_type": "passage"}, "input_type", None),
     ],
 )
