@@ -12,7 +12,7 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from jaxembed.errors import JaxEmbedError
+from jaxembed.errors import InvalidInputError, JaxEmbedError
 
 
 def mesh_shape_arg(text: str):
@@ -50,15 +50,41 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def _cmd_embed(args: argparse.Namespace) -> int:
     from jaxembed.engine.embedder import Embedder
+    from jaxembed.errors import MediaError
+    from jaxembed.media import MediaLimits, decode_image, decode_video
 
+    if not (args.texts or args.image or args.video):
+        raise InvalidInputError("give at least one TEXT, --image or --video")
     embedder = Embedder.from_pretrained(
         args.model, dtype=args.dtype, compile_cache_dir=args.compile_cache
     )
-    vectors = embedder.embed(
-        args.texts, truncate=args.truncate, dimensions=args.dimensions, prompt_name=args.prompt
-    )
-    for text, vector in zip(args.texts, vectors, strict=True):
-        print(json.dumps({"text": text, "embedding": [round(float(x), 7) for x in vector]}))
+
+    def emit(kind: str, source: str, vector) -> None:
+        print(json.dumps({kind: source, "embedding": [round(float(x), 7) for x in vector]}))
+
+    def read(path: str) -> bytes:
+        try:
+            return Path(path).read_bytes()
+        except OSError as e:
+            raise MediaError(f"{path}: {e.strerror}") from None
+
+    if args.texts:
+        vectors = embedder.embed(
+            args.texts, truncate=args.truncate, dimensions=args.dimensions, prompt_name=args.prompt
+        )
+        for text, vector in zip(args.texts, vectors, strict=True):
+            emit("text", text, vector)
+    limits = MediaLimits()
+    if args.image:
+        images = [decode_image(read(path), limits) for path in args.image]
+        for path, vector in zip(
+            args.image, embedder.embed_images(images, dimensions=args.dimensions), strict=True
+        ):
+            emit("image", path, vector)
+    frames = args.video_frames or embedder.card.video_frames
+    for path in args.video:
+        decoded = decode_video(read(path), frames, limits)
+        emit("video", path, embedder.embed_video(decoded, dimensions=args.dimensions))
     return 0
 
 
@@ -112,8 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     p.set_defaults(func=_cmd_convert)
 
-    p = sub.add_parser("embed", help="print the embedding of each TEXT as a JSON line")
-    p.add_argument("texts", nargs="+", metavar="TEXT")
+    p = sub.add_parser(
+        "embed", help="print the embedding of each TEXT (and --image/--video file) as a JSON line"
+    )
+    p.add_argument("texts", nargs="*", metavar="TEXT")
+    p.add_argument(
+        "--image", action="append", default=[], metavar="FILE", help="an image file (repeatable)"
+    )
+    p.add_argument(
+        "--video", action="append", default=[], metavar="FILE", help="a video file (repeatable)"
+    )
+    p.add_argument("--video-frames", type=int, default=None, help="frames sampled per video")
     _add_model_options(p)
     p.add_argument("--dimensions", type=int, default=None, help="matryoshka truncation")
     p.add_argument(

@@ -84,3 +84,42 @@ def test_serve_refuses_an_impossible_mesh_or_group_clearly():
     assert proc.returncode == 2 and "does not use exactly the 1 available devices" in proc.stderr
     proc = _run("serve", "--distributed", "--port", "1")
     assert proc.returncode == 2 and "--coordinator-address" in proc.stderr
+
+
+def test_embed_images_and_videos_from_files(tmp_path):
+    from jaxembed.engine.embedder import Embedder
+    from jaxembed.media import MediaLimits, decode_video
+    from tests.helpers import generated_image, generated_video, image_bytes, save_tiny_clip
+
+    save_tiny_clip(tmp_path / "clip")
+    (tmp_path / "cat.png").write_bytes(image_bytes(generated_image((40, 30))))
+    (tmp_path / "clip.mp4").write_bytes(generated_video(9))
+    proc = _run(
+        "embed",
+        "a photo of the cat",
+        "--image",
+        str(tmp_path / "cat.png"),
+        "--video",
+        str(tmp_path / "clip.mp4"),
+        "--video-frames",
+        "3",
+        "--model",
+        str(tmp_path / "clip"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [next(iter(x)) for x in lines] == ["text", "image", "video"]
+    reference = Embedder.from_pretrained(tmp_path / "clip", compile_cache_dir=False)
+    from PIL import Image
+
+    expected = [
+        reference.embed(["a photo of the cat"])[0],
+        reference.embed_images([Image.open(tmp_path / "cat.png")])[0],
+        reference.embed_video(decode_video((tmp_path / "clip.mp4").read_bytes(), 3, MediaLimits())),
+    ]
+    for line, vector in zip(lines, expected, strict=True):
+        np.testing.assert_allclose(line["embedding"], vector, atol=1e-6)
+    bad = _run("embed", "--image", str(tmp_path / "missing.png"), "--model", str(tmp_path / "clip"))
+    assert bad.returncode == 2 and "missing.png" in bad.stderr and "Traceback" not in bad.stderr
+    text_only = _run("embed", "--image", str(tmp_path / "cat.png"))  # MiniLM embeds text only
+    assert text_only.returncode == 2 and "only text" in text_only.stderr
