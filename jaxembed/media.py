@@ -11,6 +11,7 @@ a 400 naming the item.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import time
@@ -22,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from jaxembed.errors import MediaError
 
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
+_CORRUPT_VIDEO = "the video is corrupt or truncated"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +37,17 @@ class MediaLimits:
     # Wall time for decoding one video (a long 4K stream sampled near its end would
     # otherwise hold a decode worker for minutes).
     max_decode_seconds: float = 30.0
+
+
+@contextlib.contextmanager
+def _refusing_bad_data(message: str, code: str):
+    """Any failure of a decoder on untrusted bytes is the input's fault: a MediaError."""
+    try:
+        yield
+    except MediaError:
+        raise
+    except Exception:
+        raise MediaError(message, code=code) from None
 
 
 def decode_image(data: bytes, limits: MediaLimits) -> Image.Image:
@@ -58,10 +71,8 @@ def decode_image(data: bytes, limits: MediaLimits) -> Image.Image:
             f"{limits.max_image_pixels} pixels",
             code="image_too_large",
         )
-    try:
+    with _refusing_bad_data("the image data is corrupt or truncated", "invalid_image"):
         image.load()
-    except Exception:
-        raise MediaError("the image data is corrupt or truncated", code="invalid_image") from None
     return image
 
 
@@ -79,12 +90,10 @@ def sample_frame_indices(total: int, count: int) -> list[int]:
 def _open_container(data: bytes):
     import av  # PyAV ships its own FFmpeg; imported here so text-only use never loads it
 
-    try:
+    with _refusing_bad_data(
+        "the data is not a video in a container FFmpeg recognises", "invalid_video"
+    ):
         return av.open(io.BytesIO(data), mode="r")
-    except Exception:
-        raise MediaError(
-            "the data is not a video in a container FFmpeg recognises", code="invalid_video"
-        ) from None
 
 
 def decode_video(data: bytes, frames: int, limits: MediaLimits) -> list[Image.Image]:
@@ -97,9 +106,7 @@ def decode_video(data: bytes, frames: int, limits: MediaLimits) -> list[Image.Im
     """
     with _open_container(data) as container:
         demuxer = container.format.name
-        if demuxer == "image2" or demuxer.endswith(
-            "_pipe"
-        ):  # FFmpeg reads stills as 1-frame videos
+        if demuxer == "image2" or demuxer.endswith("_pipe"):  # stills read as 1-frame videos
             raise MediaError(
                 "the data is a still image, not a video: send it as an image",
                 code="invalid_video",
@@ -120,7 +127,7 @@ def decode_video(data: bytes, frames: int, limits: MediaLimits) -> list[Image.Im
                 code="video_too_long",
             )
         total = 0
-        try:
+        with _refusing_bad_data(_CORRUPT_VIDEO, "invalid_video"):
             for packet in container.demux(stream):
                 if packet.size:
                     total += 1
@@ -129,31 +136,22 @@ def decode_video(data: bytes, frames: int, limits: MediaLimits) -> list[Image.Im
                             f"the video has more than {limits.max_video_frames} frames",
                             code="video_too_long",
                         )
-        except MediaError:
-            raise
-        except Exception:
-            raise MediaError("the video is corrupt or truncated", code="invalid_video") from None
     if total == 0:
         raise MediaError("the video has no frames", code="invalid_video")
-    wanted = sample_frame_indices(total, frames)
+    wanted = set(sample_frame_indices(total, frames))
     kept: list[Image.Image] = []
     deadline = time.monotonic() + limits.max_decode_seconds
-    with _open_container(data) as container:
-        try:
-            for index, frame in enumerate(container.decode(video=0)):
-                if index in wanted:
-                    kept.append(frame.to_image())
-                if len(kept) == len(wanted):
-                    break
-                if time.monotonic() > deadline:
-                    raise MediaError(
-                        f"decoding the video took longer than {limits.max_decode_seconds:g} s",
-                        code="video_too_long",
-                    )
-        except MediaError:
-            raise
-        except Exception:
-            raise MediaError("the video is corrupt or truncated", code="invalid_video") from None
+    with _open_container(data) as container, _refusing_bad_data(_CORRUPT_VIDEO, "invalid_video"):
+        for index, frame in enumerate(container.decode(video=0)):
+            if index in wanted:
+                kept.append(frame.to_image())
+            if len(kept) == len(wanted):
+                break
+            if time.monotonic() > deadline:
+                raise MediaError(
+                    f"decoding the video took longer than {limits.max_decode_seconds:g} s",
+                    code="video_too_long",
+                )
     if len(kept) < len(wanted):
         raise MediaError(
             f"the video is truncated or corrupt: {total} frames announced, fewer decodable",

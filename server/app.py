@@ -137,26 +137,18 @@ def create_app(
     # Sanic waits this long for open connections on shutdown; in-flight work gets the same time.
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = config.drain_timeout
     metrics = Metrics()
-    batcher = Batcher(
-        embedder,
+    queueing = dict(
         max_queued_requests=config.max_queued_requests,
         max_queued_tokens=config.max_queued_tokens,
         aging_seconds=config.aging_seconds,
         step_batches=config.step_batches,
         on_batch=metrics.observe_batch,
-        fault_hook=fault_hook,
     )
+    batcher = Batcher(embedder, fault_hook=fault_hook, **queueing)
     # Images (and video frames) have their own batcher: they share the device, not batches.
     image_batcher = None
     if embedder.images is not None:
-        image_batcher = Batcher(
-            ImageWorkload(embedder.images),
-            max_queued_requests=config.max_queued_requests,
-            max_queued_tokens=config.max_queued_tokens,
-            aging_seconds=config.aging_seconds,
-            step_batches=config.step_batches,
-            on_batch=metrics.observe_batch,
-        )
+        image_batcher = Batcher(ImageWorkload(embedder.images), **queueing)
     batchers = [b for b in (batcher, image_batcher) if b is not None]
     limits = MediaLimits(
         max_image_pixels=config.max_image_pixels,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -22,34 +21,24 @@ from pathlib import Path
 import numpy as np
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def build_model(directory: Path, image_size: int, patch_size: int) -> None:
-    import torch
+    """A random CLIP at real shapes (transformers' defaults = ViT-B/32) with the test tokenizer."""
     import transformers
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    torch.manual_seed(0)
+    from tests.helpers import _build_and_save, _tiny_clip_tokenizer
+
     config = transformers.CLIPConfig(
         vision_config={"image_size": image_size, "patch_size": patch_size}
     )
-    transformers.CLIPModel(config).eval().save_pretrained(directory, safe_serialization=True)
-    CLIPImageProcessorPil(
+    processor = CLIPImageProcessorPil(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
-    ).save_pretrained(directory)
+    )
     # The text tower needs a tokenizer file to load; the benchmark embeds images only.
-    from tests.helpers import _tiny_clip_tokenizer
-
-    _tiny_clip_tokenizer().save_pretrained(directory)
+    _build_and_save(
+        transformers.CLIPModel, config, _tiny_clip_tokenizer(), processor, directory, seed=0
+    )
 
 
 def main() -> None:
@@ -58,7 +47,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--patch-size", type=int, default=32)
     parser.add_argument("--torch-batch", type=int, default=32)
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
     import torch
@@ -67,6 +56,7 @@ def main() -> None:
 
     from jaxembed.engine.embedder import Embedder
     from tests.helpers import generated_image
+    from tools.bench_embed import cpu_model, write_results
 
     rng = np.random.default_rng(0)
     images = [
@@ -101,7 +91,7 @@ def main() -> None:
     cosine = (ours * theirs).sum(axis=1)
     result = {
         "date": time.strftime("%Y-%m-%d"),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "model": f"CLIP ViT (random weights), image {args.image_size}, patch {args.patch_size}",
         "images": args.images,
@@ -115,8 +105,7 @@ def main() -> None:
     }
     print(json.dumps(result, indent=2))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_results(args.out, result)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,6 @@ import numpy as np
 from jaxembed.engine.buckets import (
     Bucket,
     PlannedBatch,
-    plan_batches,
-    plan_packed,
 )
 from jaxembed.engine.embedder import Embedder
 from jaxembed.engine.workload import DeviceResult, Workload
@@ -59,8 +57,7 @@ class TextWorkload(Workload):
         return self.embedder.grid.seq_bucket(len(row))
 
     def plan(self, rows: Sequence[np.ndarray]) -> list[PlannedBatch]:
-        plan = plan_packed if self.embedder.packing else plan_batches
-        return plan([len(r) for r in rows], self.embedder.grid)
+        return self.embedder.plan(rows)
 
     def run(
         self, rows: Sequence[np.ndarray], planned: PlannedBatch, slots: np.ndarray | None
@@ -315,9 +312,7 @@ class Batcher:
         token_lists = [r.tokens for r in rows]
         if self._fault_hook is not None:
             self._fault_hook(token_lists)
-        slots = np.zeros(planned.bucket.batch, dtype=np.int32)
-        if not planned.packed:  # packed batches never carry adapters (see TextWorkload)
-            slots[: len(rows)] = [r.job.adapter_slot for r in rows]
+        slots = np.array([r.job.adapter_slot for r in rows], dtype=np.int32)
         return self.workload.run(token_lists, planned, slots if slots.any() else None)
 
     # -- collector ----------------------------------------------------------------------------

@@ -159,7 +159,7 @@ class Embedder:
 
     @property
     def can_pack(self) -> bool:
-        """Whether this model's module and pooling work on packed rows (encoder families)."""
+        """Whether this model's module and pooling work on packed rows (text families)."""
         return self.model.family.packable and self.card.pooling in PACKABLE_POOLING
 
     def set_packing(self, on: bool) -> None:
@@ -294,13 +294,23 @@ class Embedder:
         planned: PlannedBatch,
         adapter_slots: np.ndarray | None = None,
     ) -> DeviceResult:
-        """Pad one planned batch and dispatch it (no waiting); `adapter_slots` per padded row."""
+        """Pad one planned batch and dispatch it (no waiting).
+
+        `adapter_slots`: a LoRA slot per input (in `token_lists` order), or None. Only
+        unpacked batches take them (an adapter applies per row; `enable_lora` turns packing off).
+        """
         if planned.packed:
+            if adapter_slots is not None:
+                raise ValueError("LoRA adapters apply per row; packed rows cannot carry them")
             ids, segments = pad_packed(token_lists, planned, self.pad_id)
             array = self.runner.run_packed(ids, segments)
             return DeviceResult(array, len(token_lists), planned.rows, planned.segments)
         ids, mask = pad_batch(token_lists, planned.bucket, self.pad_id)
-        return DeviceResult(self.runner.run(ids, mask, adapter_slots), len(token_lists))
+        row_slots = None
+        if adapter_slots is not None:  # padding rows run the base model (slot 0)
+            row_slots = np.zeros(planned.bucket.batch, dtype=np.int32)
+            row_slots[: len(token_lists)] = adapter_slots
+        return DeviceResult(self.runner.run(ids, mask, row_slots), len(token_lists))
 
     def plan(self, token_lists: Sequence[np.ndarray], packing: bool | None = None):
         packing = self.packing if packing is None else packing
@@ -318,12 +328,9 @@ class Embedder:
         slots = None if adapter_slots is None else np.asarray(adapter_slots, dtype=np.int32)
         pending = []
         for planned in self.plan(token_lists, packing=self.packing and slots is None):
-            row_slots = None
-            if slots is not None:
-                row_slots = np.zeros(planned.bucket.batch, dtype=np.int32)
-                row_slots[: len(planned.indices)] = slots[planned.indices]
             batch = [token_lists[i] for i in planned.indices]
-            pending.append((planned.indices, self.dispatch(batch, planned, row_slots)))
+            batch_slots = None if slots is None else slots[planned.indices]
+            pending.append((planned.indices, self.dispatch(batch, planned, batch_slots)))
         for indices, result in pending:
             out[indices] = result.read()
         return out
@@ -380,8 +387,7 @@ class Embedder:
         """Decoded images (any size or mode) → [N, dimensions] float32, in order."""
         engine = self._image_engine()
         self.check_dimensions(dimensions)
-        vectors = engine.embed_pixels([engine.pixels(image) for image in images])
-        return truncate_dimensions(vectors, dimensions, self.card.normalize)
+        return truncate_dimensions(engine.embed(images), dimensions, self.card.normalize)
 
     def embed_video(
         self, frames: Sequence[Image.Image], *, dimensions: int | None = None
@@ -391,6 +397,5 @@ class Embedder:
         self.check_dimensions(dimensions)
         if not frames:
             raise InvalidInputError("a video needs at least one frame")
-        vectors = engine.embed_pixels([engine.pixels(frame) for frame in frames])
-        video = mean_of_frames(vectors, self.card.normalize)
+        video = mean_of_frames(engine.embed(frames), self.card.normalize)
         return truncate_dimensions(video[None], dimensions, self.card.normalize)[0]

@@ -122,6 +122,10 @@ class ImageEngine:
             for start in range(0, count, self.max_batch)
         ]
 
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """[N, D] float32 embeddings of decoded images (preprocessed here), in order."""
+        return self.embed_pixels([self.pixels(image) for image in images])
+
     def embed_pixels(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
         """[N, D] float32 embeddings of preprocessed images, all batches dispatched first."""
         out = np.empty((len(pixels), self.dimensions), dtype=np.float32)

@@ -56,7 +56,7 @@ class Workload(abc.ABC):
         self, rows: Sequence[np.ndarray], planned: PlannedBatch, slots: np.ndarray | None
     ) -> DeviceResult:
         """Dispatch one planned batch without waiting (`rows` in `planned.indices` order);
-        `slots`: a LoRA slot per padded row, or None."""
+        `slots`: a LoRA slot per input (in `rows` order), or None for the base model."""
 
     @abc.abstractmethod
     def warmup(self, progress=None) -> float:

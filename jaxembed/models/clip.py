@@ -235,16 +235,6 @@ def _embed(n: int, d: int, axis: str, dtype, param_dtype, name: str) -> nn.Embed
     )
 
 
-def _projection(n: int, dtype, param_dtype) -> nn.Dense:
-    return nn.Dense(
-        n,
-        use_bias=False,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        kernel_init=with_axes(KERNEL_INIT, ("embed", "projection")),
-    )
-
-
 class _TextTower(nn.Module):
     config: ClipConfig
     dtype: jnp.dtype
@@ -369,11 +359,11 @@ class _AttentionPoolingHead(nn.Module):
         return pooled_bd + _Mlp(cfg, dt, self.param_dtype, name="mlp")(normed_b1d)[:, 0]
 
 
-def _text_head(config: ClipConfig, dtype, param_dtype) -> nn.Dense:
-    """CLIP: a bias-free projection; SigLIP: a linear layer with bias."""
+def _projection(config: ClipConfig, dtype, param_dtype, *, bias: bool = False) -> nn.Dense:
+    """Into the joint space: CLIP's bias-free projections, SigLIP's biased text head."""
     return nn.Dense(
         config.projection_dim,
-        use_bias=config.siglip,
+        use_bias=bias,
         dtype=dtype,
         param_dtype=param_dtype,
         kernel_init=with_axes(KERNEL_INIT, ("embed", "projection")),
@@ -392,11 +382,11 @@ class ClipModel(nn.Module):
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
         self.text_model = _TextTower(cfg, dt, pdt)
         self.vision_model = _VisionTower(cfg, dt, pdt)
-        self.text_projection = _text_head(cfg, dt, pdt)
+        self.text_projection = _projection(cfg, dt, pdt, bias=cfg.siglip)
         if cfg.siglip:
             self.vision_head = _AttentionPoolingHead(cfg.vision, dt, pdt)
         else:
-            self.visual_projection = _projection(cfg.projection_dim, dt, pdt)
+            self.visual_projection = _projection(cfg, dt, pdt)
 
     def __call__(
         self, input_ids: jax.Array, attention_mask: jax.Array, lora=None, adapter_ids=None

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jaxembed.errors import UnsupportedArchitectureError
 from jaxembed.models.encoder import ACTIVATIONS
 from jaxembed.models.lora_delta import add_delta
-from jaxembed.models.packing import running_count, same_segment
+from jaxembed.models.packing import allowed_keys, token_positions
 from jaxembed.models.partitioning import KERNEL_INIT as _kernel_init
 from jaxembed.models.partitioning import ZEROS as _zeros
 from jaxembed.models.partitioning import with_axes as _axes
@@ -265,17 +265,11 @@ class Decoder(nn.Module):
         sequence attends within itself and its RoPE positions start at 0.
         """
         cfg = self.config
-        segments = attention_mask if packed else None
-        mask = attention_mask > 0
         # Positions count real tokens: left and right padding give the same numbers.
-        flags = mask.astype(jnp.int32)
-        positions = jnp.maximum(running_count(flags, segments) - 1, 0)
+        positions = token_positions(attention_mask, attention_mask if packed else None)
         cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_linear_factor)
         length = input_ids.shape[1]
-        if packed:
-            allowed = same_segment(segments)
-        else:
-            allowed = jnp.broadcast_to(mask[:, None, None, :], (mask.shape[0], 1, length, length))
+        allowed = allowed_keys(attention_mask, packed)
         if cfg.causal:
             allowed = allowed & jnp.tril(jnp.ones((length, length), bool))[None, None]
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from jaxembed.errors import UnsupportedArchitectureError
 from jaxembed.models.lora_delta import add_delta
-from jaxembed.models.packing import running_count, same_segment
+from jaxembed.models.packing import allowed_keys, running_count, token_positions
 from jaxembed.models.partitioning import KERNEL_INIT as _kernel_init
 from jaxembed.models.partitioning import ONES as _ones
 from jaxembed.models.partitioning import ZEROS as _zeros
@@ -127,8 +127,7 @@ class _Embeddings(nn.Module):
             not_pad = (input_ids != cfg.pad_token_id).astype(jnp.int32)
             positions = running_count(not_pad, segments) * not_pad + cfg.pad_token_id
         elif segments is not None:
-            real = (segments > 0).astype(jnp.int32)
-            positions = jnp.maximum(running_count(real, segments) - 1, 0)
+            positions = token_positions(segments, segments)
         else:
             positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
         x = embed(cfg.vocab_size, "word", "vocab")(input_ids)
@@ -261,10 +260,7 @@ class Encoder(nn.Module):
             input_ids, segments
         )
         x_bld = constrain(x_bld, ("batch", "length", "embed"))
-        if packed:  # block-diagonal: [B, 1, L, L]
-            allowed = same_segment(segments)
-        else:  # key padding only: [B, 1, 1, L]
-            allowed = attention_mask[:, None, None, :].astype(bool)
+        allowed = allowed_keys(attention_mask, packed)
         bias_b11l = jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
         layers = nn.scan(
             _EncoderLayer,
