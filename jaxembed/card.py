@@ -65,6 +65,8 @@ class ModelCard:
       fusion_weights: how an item with several modalities (text + image) becomes one
         vector: the weighted sum of each part's L2-normalised embedding, normalised again.
         Missing modalities weigh 1 (empty = the plain normalised sum).
+      architecture: the model's Hugging Face `config.json` fields that define its shapes,
+        so that `jaxembed plan` can compile its buckets without the weights (shipped cards).
     """
 
     name: str
@@ -86,6 +88,7 @@ class ModelCard:
     pad_to_max_length: bool = False
     video_frames: int = 8
     fusion_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    architecture: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLING_MODES:
@@ -127,6 +130,7 @@ class ModelCard:
         # Freeze the containers so a card can be shared across threads without copies.
         object.__setattr__(self, "prompts", dict(self.prompts))
         object.__setattr__(self, "fusion_weights", dict(self.fusion_weights))
+        object.__setattr__(self, "architecture", dict(self.architecture))
         object.__setattr__(self, "matryoshka_dims", tuple(self.matryoshka_dims))
         object.__setattr__(self, "served_names", tuple(self.served_names))
         object.__setattr__(self, "modalities", tuple(self.modalities))
@@ -155,6 +159,7 @@ class ModelCard:
         out["served_names"] = list(self.served_names)
         out["modalities"] = list(self.modalities)
         out["fusion_weights"] = dict(self.fusion_weights)
+        out["architecture"] = dict(self.architecture)
         return out
 
     @classmethod

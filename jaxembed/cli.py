@@ -25,6 +25,29 @@ def mesh_shape_arg(text: str):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _buckets_arg(text: str):
+    from jaxembed.engine.memory import parse_buckets
+
+    try:
+        return parse_buckets(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_attention_option(parser: argparse.ArgumentParser) -> None:
+    """`--attention`, shared by serve, embed, plan and the benchmarks."""
+    from jaxembed.models.attention import CHOICES
+
+    parser.add_argument(
+        "--attention",
+        choices=CHOICES,
+        default="auto",
+        help="attention implementation: auto (per backend and bucket, docs/attention.md), "
+        "xla (materialised scores), blocked (memory-efficient, any backend), "
+        "cudnn (NVIDIA GPUs), splash (TPUs)",
+    )
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
@@ -101,25 +124,61 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan_target(spec: str) -> tuple[dict, object]:
+    """(HF config, card or None) of a config.json file, a model directory or a shipped card.
+
+    A shipped card carries its architecture, so no weights are needed to plan it.
+    """
+    from jaxembed.registry import find_card, read_hf_config, resolve_model
+
+    target = Path(spec)
+    if target.is_file():  # a bare config.json: plan a model without downloading its weights
+        return read_hf_config(target), None
+    card = None if target.is_dir() else find_card(spec)
+    if card is not None and card.architecture:
+        return dict(card.architecture), card
+    model_dir, card = resolve_model(spec)
+    return read_hf_config(model_dir), card
+
+
+def _force_host_devices(count: int) -> None:
+    """On a CPU-only machine, let XLA present `count` devices so a mesh can be planned
+    (must run before JAX starts its backend)."""
+    import os
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if count > 1 and "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
     from jaxembed.families import get_family
     from jaxembed.parallel.plan import plan_parameters
-    from jaxembed.registry import read_hf_config, resolve_model
 
-    target = Path(args.model)
-    if target.is_file():  # a bare config.json: plan a model without downloading its weights
-        hf_config = read_hf_config(target)
-        dtype = args.dtype or "bfloat16"
-    else:
-        model_dir, card = resolve_model(args.model)
-        hf_config = read_hf_config(model_dir)
-        dtype = args.dtype or card.dtype
+    hf_config, card = _plan_target(args.model)
+    dtype = args.dtype or (card.dtype if card is not None else "bfloat16")
     family = get_family(str(hf_config.get("model_type")))
+    config = family.config_from_hf(hf_config)
     shape = args.mesh
-    plan = plan_parameters(
-        family, family.config_from_hf(hf_config), shape.data or 1, shape.model, dtype
-    )
-    print(json.dumps(plan.to_dict()) if args.json else plan.render())
+    data = shape.data or 1
+    plan = plan_parameters(family, config, data, shape.model, dtype)
+    buckets = []
+    if not args.no_buckets:
+        from jaxembed.engine.plan_buckets import plan_bucket_memory
+
+        _force_host_devices(data * shape.model)
+        buckets = plan_bucket_memory(
+            family, config, card, dtype, args.mesh, args.attention, args.buckets
+        )
+    if args.json:
+        print(json.dumps({**plan.to_dict(), "buckets": [b.to_dict() for b in buckets]}))
+    else:
+        from jaxembed.engine.plan_buckets import render_buckets
+
+        print(plan.render())
+        if buckets:
+            print()
+            print(render_buckets(buckets))
     return 0
 
 
@@ -168,6 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--mesh", type=mesh_shape_arg, default="data=1,model=1", help="e.g. data=2,model=4"
     )
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
+    add_attention_option(p)
+    p.add_argument(
+        "--buckets",
+        type=_buckets_arg,
+        default=None,
+        help="buckets to compile and measure, e.g. 1x8192,4x2048 (default: the largest "
+        "bucket at 512, 2k, 8k and 32k tokens up to the model's maximum, and at the maximum)",
+    )
+    p.add_argument("--no-buckets", action="store_true", help="parameters only (compile nothing)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=_cmd_plan)
 

@@ -11,7 +11,8 @@ import dataclasses
 import os
 from pathlib import Path
 
-from jaxembed.cli import mesh_shape_arg
+from jaxembed.cli import add_attention_option, mesh_shape_arg
+from jaxembed.engine.buckets import DEFAULT_WARMUP_MAX_LEN
 from jaxembed.parallel.distributed import MODES, DistributedConfig
 from jaxembed.parallel.mesh import MeshShape
 
@@ -59,6 +60,13 @@ class ServerConfig:
     max_video_frames: int = 20_000
     max_decode_seconds: float = 30.0  # wall time to decode one video
     distributed: DistributedConfig | None = None  # set by --distributed
+    # Attention and long inputs (models/attention.py, docs/attention.md).
+    attention: str = "auto"
+    warmup_max_len: int = DEFAULT_WARMUP_MAX_LEN  # longer buckets compile on first use
+    chunking: bool = False  # over-long inputs: embed windows and pool them (per request too)
+    max_embed_len: int | None = None  # most tokens of one chunked input; None: 16x the model's
+    memory_fraction: float = 0.9  # of device memory the parameters + buckets may plan to use
+    device_memory_gib: float | None = None  # where the backend does not report its memory
 
 
 def _int_tuple(text: str) -> tuple[int, ...]:
@@ -103,6 +111,38 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--no-warmup", dest="warmup", action="store_false", help="compile buckets lazily"
+    )
+    p.add_argument(
+        "--warmup-max-len",
+        type=int,
+        default=d.warmup_max_len,
+        help="warm-up compiles buckets up to this length; longer ones compile on first use",
+    )
+    add_attention_option(p)
+    p.add_argument(
+        "--chunking",
+        action=argparse.BooleanOptionalAction,
+        default=d.chunking,
+        help="embed over-long inputs as windows of the model's length, pooled by token count "
+        "(the default for requests that do not set `chunking`)",
+    )
+    p.add_argument(
+        "--max-embed-len",
+        type=int,
+        default=None,
+        help="most tokens of one chunked input (default: 16x the model's maximum)",
+    )
+    p.add_argument(
+        "--memory-fraction",
+        type=float,
+        default=d.memory_fraction,
+        help="share of device memory that parameters and the largest bucket may plan to use",
+    )
+    p.add_argument(
+        "--device-memory-gib",
+        type=float,
+        default=None,
+        help="device memory per device, for backends that do not report it (e.g. the CPU)",
     )
     p.add_argument(
         "--token-budget", type=int, default=None, help="most (padded) tokens per device batch"

@@ -43,7 +43,12 @@ def fault_hook_from_env():
 
 
 def build_embedder(config: ServerConfig, mesh: Mesh | None = None) -> Embedder:
-    grid_options = {"token_budget": config.token_budget, "packing": config.packing}
+    grid_options = {
+        "token_budget": config.token_budget,
+        "packing": config.packing,
+        "attention": config.attention,
+        "warmup_max_len": config.warmup_max_len,
+    }
     if config.batch_sizes:
         grid_options["batch_sizes"] = config.batch_sizes
     if config.seq_lengths:
@@ -59,7 +64,7 @@ def build_embedder(config: ServerConfig, mesh: Mesh | None = None) -> Embedder:
 
 def run_follower(config: ServerConfig, embedder: Embedder) -> int:
     """A non-leader process of a global multi-host group: compile, then follow the leader."""
-    seconds = embedder.runner.warmup()
+    seconds = embedder.runner.warmup(max_len=embedder.warmup_max_len)
     log.info("follower warm-up: %d buckets in %.1f s", len(embedder.grid.buckets()), seconds)
     address = distributed.control_address(config.distributed)
     log.info("process %d following the leader at %s:%d", jax.process_index(), *address)

@@ -65,7 +65,7 @@ class TextWorkload(Workload):
         return self.embedder.dispatch(rows, planned, slots)
 
     def warmup(self, progress=None) -> float:
-        return self.embedder.runner.warmup(progress)
+        return self.embedder.runner.warmup(progress, self.embedder.warmup_max_len)
 
 
 @dataclasses.dataclass(frozen=True)

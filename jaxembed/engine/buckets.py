@@ -17,10 +17,27 @@ import numpy as np
 # Measured on the 2-vCPU development machine (docs/benchmarks.md); accelerators want far more.
 DEFAULT_TOKEN_BUDGET = {"cpu": 512, "gpu": 16384, "tpu": 16384}
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-# (up to this length, use this spacing): padding waste stays under ~1/8 past the first
-# buckets. Measured on MiniLM / 1,024 passages: fill 0.89 vs 0.75 for powers of two,
-# +20-26% throughput, for about twice the programs to compile at warm-up.
-SEQ_SPACING = ((128, 16), (256, 32), (512, 64), (2**31, 128))
+# (up to this length, use this spacing): padding waste stays under ~1/8 up to 512 tokens.
+# Measured on MiniLM / 1,024 passages: fill 0.89 vs 0.75 for powers of two, +20-26%
+# throughput, for about twice the programs to compile at warm-up. Past 512 the steps
+# grow with the length (four buckets per doubling, padding under 1/4), so a 32k-token
+# model has 40 lengths rather than 250.
+SEQ_SPACING = (
+    (128, 16),
+    (256, 32),
+    (512, 64),
+    (1024, 128),
+    (2048, 256),
+    (4096, 512),
+    (8192, 1024),
+    (16384, 2048),
+    (32768, 4096),
+    (2**31, 8192),
+)
+# Warm-up compiles buckets up to this length; longer ones compile on first use (logged,
+# counted in jaxembed_lazy_compiles_total): long-context models need not wait minutes at
+# start-up for lengths nobody may send.
+DEFAULT_WARMUP_MAX_LEN = 8192
 
 
 def default_seq_lengths(max_length: int) -> list[int]:
@@ -47,6 +64,8 @@ class BucketGrid:
     seq_lengths: tuple[int, ...]
     batch_sizes: tuple[int, ...]
     token_budget: int
+    # (length, most rows) where device memory allows fewer rows than the budget would.
+    row_caps: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.seq_lengths or not self.batch_sizes:
@@ -84,8 +103,14 @@ class BucketGrid:
 
     def max_rows(self, seq: int) -> int:
         """Most rows a batch of length `seq` may have; at least the smallest batch size."""
-        fitting = [b for b in self.batch_sizes if b * seq <= self.token_budget]
+        cap = dict(self.row_caps).get(seq, self.batch_sizes[-1])
+        fitting = [b for b in self.batch_sizes if b * seq <= self.token_budget and b <= cap]
         return fitting[-1] if fitting else self.batch_sizes[0]
+
+    def with_row_cap(self, seq: int, rows: int) -> BucketGrid:
+        """This grid with batches of length `seq` limited to `rows` (device memory)."""
+        caps = {**dict(self.row_caps), seq: rows}
+        return dataclasses.replace(self, row_caps=tuple(sorted(caps.items())))
 
     def batch_bucket(self, rows: int) -> int:
         i = bisect.bisect_left(self.batch_sizes, rows)

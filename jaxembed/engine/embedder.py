@@ -19,6 +19,7 @@ from jaxembed.card import ModelCard
 from jaxembed.engine.buckets import (
     DEFAULT_BATCH_SIZES,
     DEFAULT_TOKEN_BUDGET,
+    DEFAULT_WARMUP_MAX_LEN,
     Bucket,
     BucketGrid,
     PlannedBatch,
@@ -34,6 +35,7 @@ from jaxembed.engine.vision import ImageEngine
 from jaxembed.engine.workload import DeviceResult
 from jaxembed.errors import InvalidInputError, ModelLoadError
 from jaxembed.lora import AdapterError, LoraAdapter, LoraBank, load_adapter
+from jaxembed.models.attention import AttentionConfig, unavailable_reason
 from jaxembed.parallel.mesh import MeshShape, make_mesh
 from jaxembed.parallel.sharding import DATA_AXIS, replicated
 from jaxembed.pooling import PACKABLE_POOLING, mean_of_frames, truncate_dimensions
@@ -88,9 +90,24 @@ class Embedder:
         batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
         seq_lengths: Sequence[int] | None = None,
         packing: bool | None = None,
+        attention: AttentionConfig | str | None = None,
+        warmup_max_len: int = DEFAULT_WARMUP_MAX_LEN,
     ):
         """`packing`: several short inputs share a row of a batch (None: wherever the model
-        family and pooling allow it; see `can_pack`)."""
+        family and pooling allow it; see `can_pack`).
+
+        `attention`: the attention implementation (models/attention.py; default `auto`,
+        chosen per backend and bucket). `warmup_max_len`: warm-up compiles the buckets up
+        to this length; longer ones compile on first use.
+        """
+        if attention is not None:
+            config = AttentionConfig(attention) if isinstance(attention, str) else attention
+            model = model.with_attention(config)
+        if not model.attention.interpret:
+            reason = unavailable_reason(model.attention.impl)
+            if reason:
+                raise ModelLoadError(f"{reason}; use --attention auto, xla or blocked")
+        self.warmup_max_len = warmup_max_len
         self.model = model
         self.card: ModelCard = model.card
         eos_id = getattr(model.config, "eos_token_id", None) if model.card.append_eos else None
@@ -150,7 +167,7 @@ class Embedder:
             mesh = make_mesh(mesh)
         embedder = cls(load_model(spec, dtype=dtype, mesh=mesh), **grid_options)
         if warmup:
-            embedder.runner.warmup(warmup_progress)
+            embedder.runner.warmup(warmup_progress, embedder.warmup_max_len)
             if embedder.images is not None:
                 embedder.images.warmup(warmup_progress)
         return embedder

@@ -15,6 +15,7 @@ that every process (on a multi-host mesh: the leader) can read all rows.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +28,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxembed.engine.buckets import Bucket, BucketGrid, segments_per_row
+from jaxembed.engine.memory import BucketMemory, from_compiled
 from jaxembed.lora import LoraBank
+from jaxembed.models.attention import record_choices
 from jaxembed.parallel.sharding import (
     DATA_AXIS,
     activation_sharding,
@@ -35,6 +38,8 @@ from jaxembed.parallel.sharding import (
     replicated,
 )
 from jaxembed.pooling import l2_normalize, pool, pool_segments
+
+log = logging.getLogger("jaxembed.engine")
 
 
 def embed_forward(
@@ -121,6 +126,10 @@ class BucketRunner:
         self._compiled: dict[Bucket, Callable[..., jax.Array]] = {}
         self._lock = threading.Lock()
         self.compile_seconds = 0.0
+        # Programs compiled on first use after warm-up (buckets beyond `warmup_max_len`).
+        self.lazy_compiles = 0
+        self._warm = False
+        self.attention_used: dict[int, str] = {}  # length → implementation traced for it
         self.lora_bank: LoraBank | None = None
         self._lora_compiled: dict[Bucket, Callable[..., jax.Array]] = {}
 
@@ -140,10 +149,20 @@ class BucketRunner:
                         self.lora_bank.arrays(),
                         jax.ShapeDtypeStruct((bucket.batch,), jnp.int32),
                     )
-                with activation_sharding(self.mesh):
+                with activation_sharding(self.mesh), record_choices() as chosen:
                     lowered = jitted.lower(self._params, spec, spec, *extra)
                 programs[bucket] = lowered.compile()
-                self.compile_seconds += time.perf_counter() - start
+                self.attention_used[bucket.seq] = "+".join(sorted(chosen)) or "none"
+                seconds = time.perf_counter() - start
+                self.compile_seconds += seconds
+                if self._warm:
+                    self.lazy_compiles += 1
+                    log.info(
+                        "compiled bucket %dx%d on first use in %.1f s (beyond the warm-up range)",
+                        bucket.batch,
+                        bucket.seq,
+                        seconds,
+                    )
             return programs[bucket]
 
     def _compile(self, bucket: Bucket) -> Callable[..., jax.Array]:
@@ -156,21 +175,36 @@ class BucketRunner:
         jitted = self._packed_jitted[segments_per_row(bucket.seq)]
         return self._compile_into(self._packed_compiled, jitted, bucket, lora=False)
 
-    def warmup(self, progress: Callable[[int, int, Bucket], None] | None = None) -> float:
-        """Compile (or load from the persistent cache) every bucket of the grid; seconds taken.
+    def warmup(
+        self,
+        progress: Callable[[int, int, Bucket], None] | None = None,
+        max_len: int | None = None,
+    ) -> float:
+        """Compile (or load from the persistent cache) the grid's buckets; seconds taken.
 
-        With adapters enabled every bucket also gets its adapter variant.
+        `max_len`: only buckets up to this length; longer ones compile on first use
+        (counted in `lazy_compiles` and logged), so a 32k-token model is not held at
+        start-up for lengths nobody may send. With adapters enabled every bucket also
+        gets its adapter variant.
         """
         start = time.perf_counter()
         compile_base = self._compile_packed if self.packed else self._compile
-        programs = [(compile_base, b) for b in self.grid.buckets()]
+        buckets = [b for b in self.grid.buckets() if max_len is None or b.seq <= max_len]
+        programs = [(compile_base, b) for b in buckets]
         if self.lora_bank is not None:
-            programs += [(self._compile_lora, b) for b in self.grid.buckets()]
+            programs += [(self._compile_lora, b) for b in buckets]
         for i, (compile_one, bucket) in enumerate(programs):
             compile_one(bucket)
             if progress:
                 progress(i + 1, len(programs), bucket)
+        self._warm = True
         return time.perf_counter() - start
+
+    def memory(self, bucket: Bucket) -> BucketMemory:
+        """Bytes per device of `bucket`'s program (the kind warm-up compiles), compiled once."""
+        compile_one = self._compile_packed if self.packed else self._compile
+        compiled = compile_one(bucket)
+        return from_compiled(compiled, bucket, self.attention_used[bucket.seq])
 
     def unhealthy_reason(self) -> str | None:
         """Why batches cannot run now, or None; a single-process runner is always able to."""

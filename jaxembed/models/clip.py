@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxembed.errors import UnsupportedArchitectureError
+from jaxembed.models.attention import AttentionConfig, AttentionMask
 from jaxembed.models.encoder import ACTIVATIONS, SelfAttention
 from jaxembed.models.partitioning import KERNEL_INIT, ONES, ZEROS, with_axes
 from jaxembed.parallel.sharding import constrain
@@ -166,12 +167,15 @@ class _Layer(nn.Module):
     config: TowerConfig
     dtype: jnp.dtype
     param_dtype: jnp.dtype
+    attention: AttentionConfig
+    causal: bool
 
     @nn.compact
-    def __call__(self, x_bld: jax.Array, bias_bhqk: jax.Array) -> tuple[jax.Array, None]:
+    def __call__(self, x_bld: jax.Array, segments_bl: jax.Array | None) -> tuple[jax.Array, None]:
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
+        mask = AttentionMask(segments_bl, causal=self.causal)
         h_bld = _layer_norm(cfg, dt, pdt, "attention_norm")(x_bld)
-        x_bld = x_bld + SelfAttention(cfg, dt, pdt, name="attention")(h_bld, bias_bhqk)
+        x_bld = x_bld + SelfAttention(cfg, dt, pdt, self.attention, name="attention")(h_bld, mask)
         h_bld = _layer_norm(cfg, dt, pdt, "mlp_norm")(x_bld)
         x_bld = x_bld + _Mlp(cfg, dt, pdt, name="mlp")(h_bld)
         return constrain(x_bld, ("batch", "length", "embed")), None
@@ -202,14 +206,19 @@ class _Mlp(nn.Module):
 
 
 class _Tower(nn.Module):
-    """A stack of `_Layer`s compiled once (nn.scan), parameters stacked over `layers`."""
+    """A stack of `_Layer`s compiled once (nn.scan), parameters stacked over `layers`.
+
+    `segments_bl`: the attention mask (1 = real, 0 = padding), or None (every position real).
+    """
 
     config: TowerConfig
     dtype: jnp.dtype
     param_dtype: jnp.dtype
+    attention: AttentionConfig
+    causal: bool = False
 
     @nn.compact
-    def __call__(self, x_bld: jax.Array, bias_bhqk: jax.Array) -> jax.Array:
+    def __call__(self, x_bld: jax.Array, segments_bl: jax.Array | None) -> jax.Array:
         layers = nn.scan(
             _Layer,
             variable_axes={"params": 0},
@@ -218,9 +227,9 @@ class _Tower(nn.Module):
             length=self.config.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        x_bld, _ = layers(self.config, self.dtype, self.param_dtype, name="layers")(
-            x_bld, bias_bhqk
-        )
+        x_bld, _ = layers(
+            self.config, self.dtype, self.param_dtype, self.attention, self.causal, name="layers"
+        )(x_bld, segments_bl)
         return x_bld
 
 
@@ -239,6 +248,7 @@ class _TextTower(nn.Module):
     config: ClipConfig
     dtype: jnp.dtype
     param_dtype: jnp.dtype
+    attention: AttentionConfig
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
@@ -257,12 +267,12 @@ class _TextTower(nn.Module):
         )
         x = x + positions(jnp.arange(length)[None, :])
         x = constrain(x, ("batch", "length", "embed"))
-        # Key-padding mask, and for CLIP the causal mask too (as HF's text transformers apply them).
-        allowed = attention_mask[:, None, None, :].astype(bool)
-        if not cfg.siglip:
-            allowed = allowed & jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
-        bias = jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
-        x = _Tower(tower, self.dtype, self.param_dtype, name="encoder")(x, bias)
+        # Key padding, and for CLIP causality too (as HF's text transformers apply them).
+        segments = (attention_mask > 0).astype(jnp.int32)
+        encoder = _Tower(
+            tower, self.dtype, self.param_dtype, self.attention, not cfg.siglip, name="encoder"
+        )
+        x = encoder(x, segments)
         return _layer_norm(tower, self.dtype, self.param_dtype, "final_norm")(x)
 
 
@@ -270,6 +280,7 @@ class _VisionTower(nn.Module):
     config: ClipConfig
     dtype: jnp.dtype
     param_dtype: jnp.dtype
+    attention: AttentionConfig
 
     @nn.compact
     def __call__(self, pixels_bchw: jax.Array) -> jax.Array:
@@ -312,8 +323,7 @@ class _VisionTower(nn.Module):
         if not cfg.siglip:
             x = _layer_norm(tower, self.dtype, self.param_dtype, "pre_norm")(x)
         x = constrain(x, ("batch", "length", "embed"))
-        no_mask = jnp.zeros((1, 1, 1, 1), jnp.float32)
-        x = _Tower(tower, self.dtype, self.param_dtype, name="encoder")(x, no_mask)
+        x = _Tower(tower, self.dtype, self.param_dtype, self.attention, name="encoder")(x, None)
         if cfg.siglip:  # every patch state, attention-pooled by the head
             return _layer_norm(tower, self.dtype, self.param_dtype, "post_norm")(x)
         return _layer_norm(tower, self.dtype, self.param_dtype, "post_norm")(x[:, 0])
@@ -377,11 +387,12 @@ class ClipModel(nn.Module):
     config: ClipConfig
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    attention: AttentionConfig = AttentionConfig()
 
     def setup(self) -> None:
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
-        self.text_model = _TextTower(cfg, dt, pdt)
-        self.vision_model = _VisionTower(cfg, dt, pdt)
+        self.text_model = _TextTower(cfg, dt, pdt, self.attention)
+        self.vision_model = _VisionTower(cfg, dt, pdt, self.attention)
         self.text_projection = _projection(cfg, dt, pdt, bias=cfg.siglip)
         if cfg.siglip:
             self.vision_head = _AttentionPoolingHead(cfg.vision, dt, pdt)

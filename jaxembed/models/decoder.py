@@ -20,9 +20,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxembed.errors import UnsupportedArchitectureError
+from jaxembed.models.attention import AttentionConfig, AttentionMask, attention
 from jaxembed.models.encoder import ACTIVATIONS
 from jaxembed.models.lora_delta import add_delta
-from jaxembed.models.packing import allowed_keys, token_positions
+from jaxembed.models.packing import token_positions
 from jaxembed.models.partitioning import KERNEL_INIT as _kernel_init
 from jaxembed.models.partitioning import ZEROS as _zeros
 from jaxembed.models.partitioning import with_axes as _axes
@@ -53,6 +54,13 @@ class DecoderConfig:
     pad_token_id: int
     eos_token_id: int | None
     causal: bool = True
+
+    @property
+    def uniform_window(self) -> int | bool | None:
+        """The window every layer shares (None: full attention), or False if layers differ."""
+        if len(set(self.sliding_windows)) != 1:
+            return False
+        return None if self.sliding_windows[0] >= NO_WINDOW else self.sliding_windows[0]
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -157,9 +165,10 @@ class _Attention(nn.Module):
     config: DecoderConfig
     dtype: jnp.dtype
     param_dtype: jnp.dtype
+    attention: AttentionConfig
 
     @nn.compact
-    def __call__(self, x_bld, allowed_b1ll, window, cos_bld, sin_bld, lora=None, ids=None):
+    def __call__(self, x_bld, mask: AttentionMask, cos_bld, sin_bld, lora=None, ids=None):
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
         dense = lambda heads, axis, name, bias: nn.DenseGeneral(  # noqa: E731
             (heads, cfg.head_dim),
@@ -184,19 +193,7 @@ class _Attention(nn.Module):
         q, k = apply_rope(q, cos_bld, sin_bld), apply_rope(k, cos_bld, sin_bld)
 
         b, length = x_bld.shape[:2]
-        groups = cfg.num_heads // cfg.num_kv_heads
-        q = q.reshape(b, length, cfg.num_kv_heads, groups, cfg.head_dim)
-        scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k).astype(jnp.float32) / jnp.sqrt(cfg.head_dim)
-        # This layer's sliding window on top of the causal/padding mask shared by all layers.
-        idx = jnp.arange(length)
-        distance = idx[:, None] - idx[None, :]  # q - s
-        in_window = (jnp.abs(distance) if not cfg.causal else distance) < window
-        allowed = allowed_b1ll & in_window  # [B, 1, L, L]
-        scores = jnp.where(allowed[:, :, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        ctx = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(
-            b, length, cfg.num_heads, cfg.head_dim
-        )
+        ctx = attention(q, k, v, mask, self.attention)
         ctx = constrain(ctx, q_axes)
         out = nn.DenseGeneral(
             cfg.hidden_size,
@@ -215,10 +212,21 @@ class _DecoderLayer(nn.Module):
     config: DecoderConfig
     dtype: jnp.dtype
     param_dtype: jnp.dtype
+    attention: AttentionConfig
+    packed: bool
 
     @nn.compact
-    def __call__(self, x_bld, window, lora, allowed_b1ll, cos_bld, sin_bld, ids):
+    def __call__(self, x_bld, window, lora, segments_bl, cos_bld, sin_bld, ids):
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
+        # One window for every layer is a static fact (what fused kernels need); layers
+        # that differ read theirs from the scanned `window`.
+        uniform = cfg.uniform_window
+        mask = AttentionMask(
+            segments_bl,
+            causal=cfg.causal,
+            window=window if uniform is False else uniform,
+            packed=self.packed,
+        )
         norm = lambda name: RMSNorm(cfg.rms_norm_eps, dt, pdt, name=name)  # noqa: E731
         dense = lambda n, axes, name: nn.Dense(  # noqa: E731
             n,
@@ -229,8 +237,8 @@ class _DecoderLayer(nn.Module):
             name=name,
         )
         h = norm("input_norm")(x_bld)
-        x_bld = x_bld + _Attention(cfg, dt, pdt, name="attention")(
-            h, allowed_b1ll, window, cos_bld, sin_bld, lora, ids
+        x_bld = x_bld + _Attention(cfg, dt, pdt, self.attention, name="attention")(
+            h, mask, cos_bld, sin_bld, lora, ids
         )
         h = norm("post_attention_norm")(x_bld)
         gate = add_delta(
@@ -249,6 +257,7 @@ class Decoder(nn.Module):
     config: DecoderConfig
     dtype: jnp.dtype = jnp.bfloat16
     param_dtype: jnp.dtype = jnp.bfloat16
+    attention: AttentionConfig = AttentionConfig()
 
     @nn.compact
     def __call__(
@@ -268,10 +277,7 @@ class Decoder(nn.Module):
         # Positions count real tokens: left and right padding give the same numbers.
         positions = token_positions(attention_mask, attention_mask if packed else None)
         cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_linear_factor)
-        length = input_ids.shape[1]
-        allowed = allowed_keys(attention_mask, packed)
-        if cfg.causal:
-            allowed = allowed & jnp.tril(jnp.ones((length, length), bool))[None, None]
+        segments = attention_mask.astype(jnp.int32) if packed else (attention_mask > 0)
 
         x = nn.Embed(
             cfg.vocab_size,
@@ -291,7 +297,7 @@ class Decoder(nn.Module):
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
         windows = jnp.asarray(cfg.sliding_windows, dtype=jnp.int32)
-        x, _ = layers(cfg, self.dtype, self.param_dtype, name="layers")(
-            x, windows, lora or {}, allowed, cos, sin, adapter_ids
+        x, _ = layers(cfg, self.dtype, self.param_dtype, self.attention, packed, name="layers")(
+            x, windows, lora or {}, segments.astype(jnp.int32), cos, sin, adapter_ids
         )
         return RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="final_norm")(x)

@@ -12,7 +12,6 @@ carries a leading `layers` axis.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,8 +20,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxembed.errors import UnsupportedArchitectureError
+from jaxembed.models.attention import AttentionConfig, AttentionMask, attention
 from jaxembed.models.lora_delta import add_delta
-from jaxembed.models.packing import allowed_keys, running_count, token_positions
+from jaxembed.models.packing import running_count, token_positions
 from jaxembed.models.partitioning import KERNEL_INIT as _kernel_init
 from jaxembed.models.partitioning import ONES as _ones
 from jaxembed.models.partitioning import ZEROS as _zeros
@@ -152,17 +152,18 @@ def _layer_norm(cfg: EncoderConfig, dtype: jnp.dtype, param_dtype: jnp.dtype, na
 
 
 class SelfAttention(nn.Module):
-    """Multi-head attention with biased q/k/v/output projections; the additive mask bias
-    decides who sees whom (padding, causality, packed segments). Shared by the BERT family
-    and the CLIP/SigLIP towers, whose configs have the same `num_heads`, `head_dim` and
-    `hidden_size`."""
+    """Multi-head attention with biased q/k/v/output projections; `mask` decides who sees
+    whom (padding, causality, packed segments) and `attention` which kernel computes it
+    (models/attention.py). Shared by the BERT family and the CLIP/SigLIP towers, whose
+    configs have the same `num_heads`, `head_dim` and `hidden_size`."""
 
     config: EncoderConfig
     dtype: jnp.dtype
     param_dtype: jnp.dtype
+    attention: AttentionConfig = AttentionConfig()
 
     @nn.compact
-    def __call__(self, x_bld: jax.Array, bias_b11l: jax.Array, lora=None, ids=None) -> jax.Array:
+    def __call__(self, x_bld: jax.Array, mask: AttentionMask, lora=None, ids=None) -> jax.Array:
         cfg = self.config
         proj = lambda name: nn.DenseGeneral(  # noqa: E731
             (cfg.num_heads, cfg.head_dim),
@@ -177,13 +178,7 @@ class SelfAttention(nn.Module):
             constrain(add_delta(proj(name)(x_bld), x_bld, lora, name, ids), heads)
             for name in ("query", "key", "value")
         )
-        scores_bhqk = jnp.einsum("bqhd,bkhd->bhqk", q_blhd, k_blhd) / math.sqrt(cfg.head_dim)
-        # Softmax in float32 whatever the compute dtype; masked keys get ~-inf so a
-        # padded position contributes exactly 0 to every real query.
-        probs_bhqk = jax.nn.softmax(scores_bhqk.astype(jnp.float32) + bias_b11l, axis=-1)
-        ctx_blhd = constrain(
-            jnp.einsum("bhqk,bkhd->bqhd", probs_bhqk.astype(self.dtype), v_blhd), heads
-        )
+        ctx_blhd = constrain(attention(q_blhd, k_blhd, v_blhd, mask, self.attention), heads)
         out_bld = nn.DenseGeneral(
             cfg.hidden_size,
             axis=(-2, -1),
@@ -201,13 +196,16 @@ class _EncoderLayer(nn.Module):
     config: EncoderConfig
     dtype: jnp.dtype
     param_dtype: jnp.dtype
+    attention: AttentionConfig
+    packed: bool
 
     @nn.compact
     def __call__(
-        self, x_bld: jax.Array, bias_b11l: jax.Array, lora=None, ids=None
+        self, x_bld: jax.Array, segments_bl: jax.Array, lora=None, ids=None
     ) -> tuple[jax.Array, None]:
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
-        attn = SelfAttention(cfg, dt, pdt, name="attention")(x_bld, bias_b11l, lora, ids)
+        mask = AttentionMask(segments_bl, packed=self.packed)
+        attn = SelfAttention(cfg, dt, pdt, self.attention, name="attention")(x_bld, mask, lora, ids)
         x_bld = _layer_norm(cfg, dt, pdt, "attention_norm")(x_bld + attn)
 
         def dense(n: int, axes: tuple[str, str], name: str) -> nn.Dense:
@@ -239,6 +237,7 @@ class Encoder(nn.Module):
     config: EncoderConfig
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    attention: AttentionConfig = AttentionConfig()
 
     @nn.compact
     def __call__(
@@ -260,8 +259,7 @@ class Encoder(nn.Module):
             input_ids, segments
         )
         x_bld = constrain(x_bld, ("batch", "length", "embed"))
-        allowed = allowed_keys(attention_mask, packed)
-        bias_b11l = jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+        segments_bl = attention_mask.astype(jnp.int32) if packed else (attention_mask > 0)
         layers = nn.scan(
             _EncoderLayer,
             variable_axes={"params": 0},
@@ -270,7 +268,7 @@ class Encoder(nn.Module):
             length=self.config.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        x_bld, _ = layers(self.config, self.dtype, self.param_dtype, name="layers")(
-            x_bld, bias_b11l, lora or {}, adapter_ids
-        )
+        x_bld, _ = layers(
+            self.config, self.dtype, self.param_dtype, self.attention, packed, name="layers"
+        )(x_bld, segments_bl.astype(jnp.int32), lora or {}, adapter_ids)
         return x_bld

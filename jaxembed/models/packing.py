@@ -1,9 +1,10 @@
 """Packed rows: several sequences in one row, told apart by segment ids (1, 2, …; 0 = padding).
 
 The model families that take packed rows (`packed=True`, segment ids passed
-where the attention mask goes) build their masks and positions from these two
-helpers, so that every sequence sees exactly what it would see alone: only
-tokens of its own segment, and positions counted from its own start.
+where the attention mask goes) count their positions with these helpers, so that
+every sequence sees exactly what it would see alone: positions counted from its
+own start, and (models/attention.py, from the same segment ids) only tokens of
+its own segment.
 """
 
 from __future__ import annotations
@@ -32,17 +33,3 @@ def running_count(flags_bl: jax.Array, segments_bl: jax.Array | None) -> jax.Arr
 def token_positions(mask_bl: jax.Array, segments_bl: jax.Array | None) -> jax.Array:
     """0-based positions counting real tokens (mask > 0), restarting per segment if packed."""
     return jnp.maximum(running_count((mask_bl > 0).astype(jnp.int32), segments_bl) - 1, 0)
-
-
-def allowed_keys(attention_mask_bl: jax.Array, packed: bool) -> jax.Array:
-    """Which keys each query may see: [B, 1, L, L] block-diagonal for packed rows (the mask
-    holds segment ids), else [B, 1, 1, L] key padding (broadcasts over queries)."""
-    if packed:
-        return same_segment(attention_mask_bl)
-    return (attention_mask_bl > 0)[:, None, None, :]
-
-
-def same_segment(segments_bl: jax.Array) -> jax.Array:
-    """[B, 1, L, L] bool: query and key in the same (real) segment — a block-diagonal mask."""
-    allowed = (segments_bl[:, :, None] == segments_bl[:, None, :]) & (segments_bl[:, None, :] > 0)
-    return allowed[:, None]

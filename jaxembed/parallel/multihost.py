@@ -186,8 +186,14 @@ class BroadcastingRunner:
     def compile_seconds(self) -> float:
         return self._runner.compile_seconds
 
-    def warmup(self, progress: Callable[[int, int, Bucket], None] | None = None) -> float:
-        return self._runner.warmup(progress)
+    @property
+    def lazy_compiles(self) -> int:
+        return self._runner.lazy_compiles
+
+    def warmup(
+        self, progress: Callable[[int, int, Bucket], None] | None = None, max_len: int | None = None
+    ) -> float:
+        return self._runner.warmup(progress, max_len)
 
     def unhealthy_reason(self) -> str | None:
         return self._channel.unhealthy_reason()

@@ -24,6 +24,7 @@ from jax.sharding import Mesh
 from jaxembed.card import CARD_FILENAME, ModelCard
 from jaxembed.errors import ModelLoadError
 from jaxembed.families import Family, get_family
+from jaxembed.models.attention import AttentionConfig
 from jaxembed.parallel.mesh import make_mesh
 from jaxembed.parallel.sharding import param_shardings
 from jaxembed.registry import read_hf_config, resolve_model
@@ -55,9 +56,16 @@ class LoadedModel:
     source_format: str  # "safetensors" | "orbax"
     load_seconds: float
     mesh: Mesh
+    attention: AttentionConfig = dataclasses.field(default_factory=AttentionConfig)
 
     def module(self) -> nn.Module:
-        return self.family.module(self.config, dtype=self.dtype, param_dtype=self.dtype)
+        return self.family.module(
+            self.config, dtype=self.dtype, param_dtype=self.dtype, attention=self.attention
+        )
+
+    def with_attention(self, attention: AttentionConfig) -> LoadedModel:
+        """The same parameters run by another attention implementation."""
+        return dataclasses.replace(self, attention=attention)
 
 
 def read_safetensors_params(

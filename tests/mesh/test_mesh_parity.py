@@ -149,3 +149,33 @@ def test_dual_encoders_on_a_mesh_match_single_device(dual_encoder, mesh_shape):
             None, None, "model", None
         )
         assert specs["text_model.encoder.layers.mlp.fc1.kernel"] == P(None, None, "model")
+
+
+@pytest.mark.parametrize("family", ["bert", "mistral"])
+@pytest.mark.parametrize("mesh_shape", [(8, 1), (2, 4), (1, 8)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_attention_implementations_on_a_mesh(family, mesh_shape, texts, bert_dir, mistral_dir):
+    """Blocked and splash (interpreted; shard_map over rows and heads) equal xla on the mesh,
+    packed (the default) and padded."""
+    from jaxembed.models.attention import AttentionConfig
+
+    path = bert_dir if family == "bert" else mistral_dir
+    mesh = make_mesh(MeshShape(*mesh_shape), jax.devices()[: mesh_shape[0] * mesh_shape[1]])
+
+    def on_mesh(attention, packing):
+        return Embedder.from_pretrained(
+            path,
+            dtype="float32",
+            mesh=mesh,
+            compile_cache_dir=False,
+            attention=attention,
+            packing=packing,
+            **GRID,
+        ).embed(texts, truncate=True)
+
+    for packing in (True, False):
+        reference = on_mesh(AttentionConfig("xla"), packing)
+        for config in (
+            AttentionConfig("blocked", block_q=16, block_k=16),
+            AttentionConfig("splash", interpret=True),
+        ):
+            assert np.abs(on_mesh(config, packing) - reference).max() <= 2e-6, (config, packing)
