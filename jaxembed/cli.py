@@ -79,7 +79,11 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     if not (args.texts or args.image or args.video):
         raise InvalidInputError("give at least one TEXT, --image or --video")
     embedder = Embedder.from_pretrained(
-        args.model, dtype=args.dtype, compile_cache_dir=args.compile_cache
+        args.model,
+        dtype=args.dtype,
+        compile_cache_dir=args.compile_cache,
+        attention=args.attention,
+        max_embed_len=args.max_embed_len,
     )
 
     def emit(kind: str, source: str, vector) -> None:
@@ -93,7 +97,11 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
     if args.texts:
         vectors = embedder.embed(
-            args.texts, truncate=args.truncate, dimensions=args.dimensions, prompt_name=args.prompt
+            args.texts,
+            truncate=args.truncate,
+            dimensions=args.dimensions,
+            prompt_name=args.prompt,
+            chunking=args.chunking,
         )
         for text, vector in zip(args.texts, vectors, strict=True):
             emit("text", text, vector)
@@ -155,6 +163,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from jaxembed.families import get_family
     from jaxembed.parallel.plan import plan_parameters
 
+    if not args.no_buckets:
+        _force_host_devices((args.mesh.data or 1) * args.mesh.model)
     hf_config, card = _plan_target(args.model)
     dtype = args.dtype or (card.dtype if card is not None else "bfloat16")
     family = get_family(str(hf_config.get("model_type")))
@@ -166,7 +176,6 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if not args.no_buckets:
         from jaxembed.engine.plan_buckets import plan_bucket_memory
 
-        _force_host_devices(data * shape.model)
         buckets = plan_bucket_memory(
             family, config, card, dtype, args.mesh, args.attention, args.buckets
         )
@@ -214,6 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--truncate", action="store_true", help="truncate over-long texts instead of failing"
     )
     p.add_argument("--prompt", default=None, help="a prompt name of the card, e.g. query")
+    p.add_argument(
+        "--chunking",
+        action="store_true",
+        help="embed over-long texts as windows of the model's length, pooled by token count",
+    )
+    p.add_argument(
+        "--max-embed-len", type=int, default=None, help="most tokens of one chunked text"
+    )
+    add_attention_option(p)
     p.set_defaults(func=_cmd_embed)
 
     p = sub.add_parser("models", help="list the model cards and where their weights are")

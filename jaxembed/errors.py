@@ -59,12 +59,20 @@ class MediaError(InvalidInputError):
 class InputTooLongError(InvalidInputError):
     """An input has more tokens than the model accepts and truncation was not requested."""
 
-    def __init__(self, index: int, num_tokens: int, max_tokens: int):
-        super().__init__(
-            f"input[{index}] has {num_tokens} tokens, more than this model's maximum of "
-            f"{max_tokens}; shorten it or send truncate=true",
-            index=index,
-        )
+    def __init__(self, index: int, num_tokens: int, max_tokens: int, *, chunked: bool = False):
+        if chunked:
+            message = (
+                f"input[{index}] has {num_tokens} tokens, more than the {max_tokens} one chunked "
+                "input may have (the server's --max-embed-len); split it or send truncate=true "
+                "without chunking"
+            )
+        else:
+            message = (
+                f"input[{index}] has {num_tokens} tokens, more than this model's maximum of "
+                f"{max_tokens}; shorten it, send truncate=true (keep the first tokens) or "
+                "chunking=true (embed it in windows and pool them)"
+            )
+        super().__init__(message, index=index)
         self.num_tokens = num_tokens
         self.max_tokens = max_tokens
 

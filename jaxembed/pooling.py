@@ -98,12 +98,18 @@ def truncate_dimensions(vectors: np.ndarray, dims: int | None, normalize: bool) 
     return out
 
 
-def mean_of_frames(frame_vectors: np.ndarray, normalize: bool) -> np.ndarray:
-    """A video's vector: the mean of its frames' vectors, renormalised when the model normalises."""
-    mean = frame_vectors.mean(axis=0, dtype=np.float64).astype(np.float32)
+def weighted_mean(vectors: np.ndarray, weights: np.ndarray | None, normalize: bool) -> np.ndarray:
+    """The (weighted) mean of several vectors of one item, renormalised when the model
+    normalises: a video's frames, an over-long text's windows (weighted by their tokens)."""
+    mean = np.average(vectors.astype(np.float64), axis=0, weights=weights).astype(np.float32)
     if normalize:
         mean /= max(float(np.linalg.norm(mean)), NORM_EPS)
     return mean
+
+
+def mean_of_frames(frame_vectors: np.ndarray, normalize: bool) -> np.ndarray:
+    """A video's vector: the mean of its frames' vectors, renormalised when the model normalises."""
+    return weighted_mean(frame_vectors, None, normalize)
 
 
 def fuse_modalities(parts: Sequence[tuple[np.ndarray, float]]) -> np.ndarray:

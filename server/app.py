@@ -12,6 +12,7 @@ import itertools
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -346,18 +347,8 @@ def create_app(
         slot = await loop.run_in_executor(None, embedder.adapter_slot, name, path)
         return name, slot
 
-    async def tokenize(
-        items: Any, *, truncate: bool, direction: str, prompt: str | None, instruction: str | None
-    ) -> list[np.ndarray]:
-        def work() -> list[np.ndarray]:
-            return embedder.tokenize(
-                items,
-                truncate=truncate,
-                truncation_direction=direction,
-                prompt_name=prompt,
-                instruction=instruction,
-            )
-
+    async def off_loop_for_long_text(items: Any, work: Callable[[], Any]) -> Any:
+        """Tokenise short inputs inline, long ones on a worker thread (the loop stays free)."""
         size = (
             len(items)
             if isinstance(items, str)
@@ -366,6 +357,26 @@ def create_app(
         if size <= INLINE_TOKENIZE_CHARS:
             return work()
         return await asyncio.get_running_loop().run_in_executor(None, work)
+
+    async def tokenize(
+        items: Any, *, truncate: bool, direction: str, prompt: str | None, instruction: str | None
+    ) -> list[np.ndarray]:
+        return await off_loop_for_long_text(
+            items,
+            lambda: embedder.tokenize(
+                items,
+                truncate=truncate,
+                truncation_direction=direction,
+                prompt_name=prompt,
+                instruction=instruction,
+            ),
+        )
+
+    async def tokenize_windows(items: Any, prompt: str | None, instruction: str | None):
+        return await off_loop_for_long_text(
+            items,
+            lambda: embedder.tokenize_windows(items, prompt_name=prompt, instruction=instruction),
+        )
 
     def check_size(items: Any) -> None:
         count = 1 if isinstance(items, str) else len(items)
@@ -431,7 +442,14 @@ def create_app(
             finally:
                 embedder.lora_bank.release(adapter)
 
+        chunking = config.chunking if req.chunking is None else req.chunking
+
         async def embed_texts(texts: Any) -> tuple[np.ndarray, list[int]]:
+            if chunking:  # over-long inputs → windows, pooled back by the engine
+                plan = await tokenize_windows(texts, req.input_type, req.instruction)
+                check_tokens(plan.windows)
+                vectors = await embed_token_lists(plan.windows)
+                return plan.combine(vectors, card.normalize), plan.token_counts
             token_lists = await tokenize(
                 texts,
                 truncate=req.truncate,
@@ -538,6 +556,7 @@ def create_app(
         metrics.active_requests.set(sum(b.active_requests for b in batchers))
         metrics.loop_tasks.set(len(asyncio.all_tasks()))
         metrics.cache_bytes.set(cache.size_bytes)
+        metrics.lazy_compiles.set(embedder.runner.lazy_compiles)
         metrics.ready.set(0 if not_ready_reason() else 1)
         return raw(metrics.render(), content_type="text/plain; version=0.0.4")
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import time
 
 import jax
 from jax.sharding import Mesh
 
 from jaxembed.engine.embedder import Embedder
+from jaxembed.engine.memory import device_memory_bytes
 from jaxembed.errors import JaxEmbedError
 from jaxembed.parallel import distributed, multihost
 from jaxembed.parallel.mesh import describe, make_mesh
@@ -48,6 +50,7 @@ def build_embedder(config: ServerConfig, mesh: Mesh | None = None) -> Embedder:
         "packing": config.packing,
         "attention": config.attention,
         "warmup_max_len": config.warmup_max_len,
+        "max_embed_len": config.max_embed_len,
     }
     if config.batch_sizes:
         grid_options["batch_sizes"] = config.batch_sizes
@@ -59,6 +62,28 @@ def build_embedder(config: ServerConfig, mesh: Mesh | None = None) -> Embedder:
         mesh=mesh,
         compile_cache_dir=config.compile_cache,
         **grid_options,
+    )
+
+
+def check_memory(config: ServerConfig, embedder: Embedder) -> None:
+    """Fit the bucket grid into `--memory-fraction` of a device (compiled programs' own bytes)."""
+    memory = device_memory_bytes(config.device_memory_gib)
+    if memory is None:
+        log.info(
+            "device memory not reported by the %s backend: the bucket grid is not checked "
+            "against it (pass --device-memory-gib to check)",
+            jax.default_backend(),
+        )
+        return
+    budget = int(memory * config.memory_fraction)
+    start = time.perf_counter()
+    embedder.fit_memory(budget)
+    log.info(
+        "memory plan: every bucket fits %.2f GiB per device (%.0f%% of %.2f GiB), checked in %.1f s",
+        budget / 2**30,
+        config.memory_fraction * 100,
+        memory / 2**30,
+        time.perf_counter() - start,
     )
 
 
@@ -81,6 +106,7 @@ def serve(args: argparse.Namespace) -> int:
             distributed.initialize(dist)
         mesh = make_mesh(config.mesh, distributed.serving_devices(dist))
         embedder = build_embedder(config, mesh)
+        check_memory(config, embedder)
     except (JaxEmbedError, ValueError, RuntimeError) as e:
         log.error("cannot start: %s", e)
         return 2

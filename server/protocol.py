@@ -56,6 +56,11 @@ class EmbeddingRequest(BaseModel):
     lora_path: StrictStr | None = None
     truncate: StrictBool = Field(False, description="truncate over-long inputs instead of a 400")
     truncation_direction: Literal["left", "right"] = "right"
+    chunking: StrictBool | None = Field(
+        None,
+        description="embed over-long inputs as windows of the model's length and return their "
+        "token-weighted mean (default: the server's --chunking)",
+    )
     input_type: Literal["query", "document"] | None = Field(
         None, description="applies the card's prompt of that name (e.g. a query instruction)"
     )

@@ -33,6 +33,8 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
+from jaxembed.cli import add_attention_option
+
 SCENARIOS = ("batched_16x8", "serial_single_short", "c32_single_passage", "mixed_short_long")
 CHECK_EVERY = 5
 MIN_COSINE = 0.9999
@@ -211,6 +213,7 @@ def main() -> None:
     parser.add_argument("--model", default="all-minilm-l6-v2", help="`model` sent in requests")
     parser.add_argument("--pid", type=int, default=None, help="server pid for peak RSS")
     parser.add_argument("--server-args", default="", help="extra `jaxembed serve` arguments")
+    add_attention_option(parser)  # for the jaxembed server this tool starts
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -226,7 +229,9 @@ def main() -> None:
     )
     server = None
     if args.url is None:
-        server = ServerProcess("--cache-mb", "0", *args.server_args.split())
+        server = ServerProcess(
+            "--cache-mb", "0", "--attention", args.attention, *args.server_args.split()
+        )
         target = Target("jaxembed", server.url + "/v1/embeddings", args.model, server.proc.pid,
                         extra={"truncate": True})  # fmt: skip
     else:

@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+from jaxembed.cli import add_attention_option
+
 
 def cpu_model() -> str:
     try:
@@ -66,6 +68,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model spec (default: embedded MiniLM)")
     parser.add_argument("--token-budget", type=int, nargs="*", default=[None])
     parser.add_argument("--dtype", default=None)
+    add_attention_option(parser)
     parser.add_argument(
         "--skip-st", action="store_true", help="skip the sentence-transformers baseline"
     )
@@ -86,7 +89,9 @@ def main() -> None:
     }
     reference = None
     for budget in args.token_budget:
-        embedder = Embedder.from_pretrained(args.model, dtype=args.dtype, token_budget=budget)
+        embedder = Embedder.from_pretrained(
+            args.model, dtype=args.dtype, token_budget=budget, attention=args.attention
+        )
         tokens = sum(len(t) for t in embedder.tokenize(texts, truncate=True))
         results["tokens"] = tokens
         embedder.embed(texts, truncate=True)  # compile the buckets this workload uses
@@ -96,6 +101,7 @@ def main() -> None:
             "engine": "jaxembed Embedder.embed",
             "token_budget": embedder.grid.token_budget,
             "dtype": str(embedder.model.dtype),
+            "attention": args.attention,
             "seconds": seconds,
             "texts_per_s": len(texts) / seconds,
             "tokens_per_s": tokens / seconds,

@@ -28,7 +28,9 @@ from jaxembed.engine.buckets import (
     plan_batches,
     plan_packed,
 )
+from jaxembed.engine.chunking import MAX_EMBED_FACTOR, ChunkPlan
 from jaxembed.engine.compile_cache import enable_compile_cache
+from jaxembed.engine.memory import fit_grid
 from jaxembed.engine.runner import BucketRunner
 from jaxembed.engine.tokenize import TextTokenizer
 from jaxembed.engine.vision import ImageEngine
@@ -92,13 +94,15 @@ class Embedder:
         packing: bool | None = None,
         attention: AttentionConfig | str | None = None,
         warmup_max_len: int = DEFAULT_WARMUP_MAX_LEN,
+        max_embed_len: int | None = None,
     ):
         """`packing`: several short inputs share a row of a batch (None: wherever the model
         family and pooling allow it; see `can_pack`).
 
         `attention`: the attention implementation (models/attention.py; default `auto`,
         chosen per backend and bucket). `warmup_max_len`: warm-up compiles the buckets up
-        to this length; longer ones compile on first use.
+        to this length; longer ones compile on first use. `max_embed_len`: most tokens of
+        one input embedded with `chunking` (default 16x the model's maximum).
         """
         if attention is not None:
             config = AttentionConfig(attention) if isinstance(attention, str) else attention
@@ -108,6 +112,7 @@ class Embedder:
             if reason:
                 raise ModelLoadError(f"{reason}; use --attention auto, xla or blocked")
         self.warmup_max_len = warmup_max_len
+        self.max_embed_len = max_embed_len or MAX_EMBED_FACTOR * model.card.max_length
         self.model = model
         self.card: ModelCard = model.card
         eos_id = getattr(model.config, "eos_token_id", None) if model.card.append_eos else None
@@ -187,6 +192,19 @@ class Embedder:
             )
         self.packing = on
         self.runner.packed = on
+
+    # -- device memory ------------------------------------------------------------------------
+
+    def fit_memory(self, budget_bytes: int) -> BucketGrid:
+        """Shrink the batch of any bucket whose compiled program needs more than `budget_bytes`
+        per device (parameters included); a length that fits no batch is a ModelLoadError.
+
+        Checks every length warm-up compiles and the model's maximum (longer lazy buckets
+        hold about as many tokens as their neighbours: the budget caps rows x length).
+        """
+        lengths = [s for s in self.grid.seq_lengths if s <= self.warmup_max_len]
+        self.grid = fit_grid(self.runner, budget_bytes, [*lengths, self.grid.max_length])
+        return self.grid
 
     # -- LoRA adapters ----------------------------------------------------------------------
 
@@ -305,6 +323,24 @@ class Embedder:
             )
         return self.tokenizer.check_ids(items, truncate=truncate, direction=truncation_direction)
 
+    def tokenize_windows(
+        self,
+        inputs: Inputs,
+        *,
+        prompt_name: str | None = None,
+        instruction: str | None = None,
+    ) -> ChunkPlan:
+        """Like `tokenize`, but an input longer than the model becomes several windows
+        (jaxembed/engine/chunking.py); at most `max_embed_len` tokens per input."""
+        self.check_instruction(instruction)
+        kind, items = classify_inputs(inputs)
+        if kind == "text":
+            texts = self.apply_prompt(items, prompt_name, instruction)
+            windows = self.tokenizer.encode_windows(texts, max_tokens=self.max_embed_len)
+        else:
+            windows = self.tokenizer.check_id_windows(items, max_tokens=self.max_embed_len)
+        return ChunkPlan.from_windows(windows)
+
     def dispatch(
         self,
         token_lists: Sequence[np.ndarray],
@@ -362,21 +398,28 @@ class Embedder:
         prompt_name: str | None = None,
         instruction: str | None = None,
         adapter: str | None = None,
+        chunking: bool = False,
     ) -> np.ndarray:
         """Embed texts or token ids → [N, dimensions] float32, rows in input order.
 
         `prompt_name` picks a prompt of the card (e.g. "query"); `instruction`
         instead fills the card's instruction template (decoder embedders);
-        `adapter` names a LoRA adapter loaded with `adapter_slot`.
+        `adapter` names a LoRA adapter loaded with `adapter_slot`; `chunking` embeds
+        an over-long input as windows pooled by token count (instead of `truncate`).
         """
         self.check_dimensions(dimensions)
-        token_lists = self.tokenize(
-            inputs,
-            truncate=truncate,
-            truncation_direction=truncation_direction,
-            prompt_name=prompt_name,
-            instruction=instruction,
-        )
+        plan = None
+        if chunking:
+            plan = self.tokenize_windows(inputs, prompt_name=prompt_name, instruction=instruction)
+            token_lists = plan.windows
+        else:
+            token_lists = self.tokenize(
+                inputs,
+                truncate=truncate,
+                truncation_direction=truncation_direction,
+                prompt_name=prompt_name,
+                instruction=instruction,
+            )
         slots = None
         if adapter is not None:
             slot = self.adapter_slot(adapter)
@@ -386,6 +429,8 @@ class Embedder:
         finally:
             if adapter is not None:
                 self.lora_bank.release(adapter)
+        if plan is not None:
+            vectors = plan.combine(vectors, self.card.normalize)
         return truncate_dimensions(vectors, dimensions, self.card.normalize)
 
     # -- images and videos (models with a vision tower) ----------------------------------------

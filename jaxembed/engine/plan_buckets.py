@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jaxembed.engine.buckets import DEFAULT_BATCH_SIZES, Bucket, BucketGrid, default_seq_lengths
 from jaxembed.engine.memory import BucketMemory, abstract_params_on
 from jaxembed.engine.runner import BucketRunner
+from jaxembed.errors import InvalidInputError
 from jaxembed.models.attention import AttentionConfig
 from jaxembed.parallel.mesh import MeshShape, make_mesh
 from jaxembed.parallel.sharding import DATA_AXIS
@@ -57,7 +58,13 @@ def plan_bucket_memory(
     """Compile each bucket for `mesh_shape` from abstract parameters; bytes per device."""
     from jaxembed.engine.embedder import data_parallel_grid_options, default_token_budget
 
-    mesh = make_mesh(mesh_shape)
+    try:
+        mesh = make_mesh(mesh_shape)
+    except ValueError as e:
+        raise InvalidInputError(
+            f"{e} (on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N presents N)",
+            param="mesh",
+        ) from None
     params = abstract_params_on(family, config, dtype, mesh)
     module = family.module(
         config,

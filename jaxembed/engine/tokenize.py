@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from jaxembed.engine.chunking import split_ids
 from jaxembed.errors import InputTooLongError, InvalidInputError
 
 TRUNCATION_DIRECTIONS = ("right", "left")
@@ -60,10 +61,8 @@ class TextTokenizer:
             self._truncating[direction] = tokenizer
         return self._truncating[direction]
 
-    def encode(
-        self, texts: Sequence[str], *, truncate: bool = False, direction: str = "right"
-    ) -> list[np.ndarray]:
-        """Token ids (special tokens included) per text, as int32 arrays."""
+    def _encode_checked(self, texts: Sequence[str], direction: str) -> list[np.ndarray]:
+        """Full token ids (special tokens, EOS) of valid texts; nothing truncated yet."""
         if direction not in TRUNCATION_DIRECTIONS:
             raise InvalidInputError(
                 f"truncation_direction must be one of {TRUNCATION_DIRECTIONS}",
@@ -75,8 +74,13 @@ class TextTokenizer:
             if not text.strip():
                 raise InvalidInputError(f"input[{i}] is empty or only whitespace", index=i)
         # encode_batch runs in Rust threads without the GIL.
-        encodings = self._tokenizer.encode_batch(list(texts))
-        ids = [self._with_eos(e.ids) for e in encodings]
+        return [self._with_eos(e.ids) for e in self._tokenizer.encode_batch(list(texts))]
+
+    def encode(
+        self, texts: Sequence[str], *, truncate: bool = False, direction: str = "right"
+    ) -> list[np.ndarray]:
+        """Token ids (special tokens included) per text, as int32 arrays."""
+        ids = self._encode_checked(texts, direction)
         too_long = [i for i, x in enumerate(ids) if len(x) > self.max_length]
         if too_long and not truncate:
             i = too_long[0]
@@ -88,6 +92,53 @@ class TextTokenizer:
             for i, enc in zip(too_long, redone, strict=True):
                 ids[i] = self._with_eos(enc.ids)
         return [self._padded(x) for x in ids]
+
+    def _special_frame(self) -> tuple[list[int], list[int]]:
+        """The special tokens the tokenizer puts before and after a text's own tokens."""
+        framed = self._tokenizer.encode("a").ids
+        bare = self._tokenizer.encode("a", add_special_tokens=False).ids
+        for start in range(len(framed) - len(bare) + 1):
+            if framed[start : start + len(bare)] == bare:
+                return framed[:start], framed[start + len(bare) :]
+        return [], []
+
+    def encode_windows(self, texts: Sequence[str], *, max_tokens: int) -> list[list[np.ndarray]]:
+        """Per text: its ids as one input if they fit, else windows of the model's length,
+        each framed by the special tokens (and EOS) as a normal input would be.
+
+        `max_tokens` bounds a text's full token count (a 400 beyond it).
+        """
+        ids = self._encode_checked(texts, "right")
+        long = [i for i, x in enumerate(ids) if len(x) > self.max_length]
+        for i in long:
+            if len(ids[i]) > max_tokens:
+                raise InputTooLongError(i, len(ids[i]), max_tokens, chunked=True)
+        out = [[self._padded(x)] for x in ids]
+        if not long:
+            return out
+        prefix, suffix = self._special_frame()
+        width = self.max_length - len(prefix) - len(suffix) - self._eos_slot
+        content = self._tokenizer.encode_batch([texts[i] for i in long], add_special_tokens=False)
+        for i, encoding in zip(long, content, strict=True):
+            body = np.asarray(encoding.ids, dtype=np.int32)
+            out[i] = [
+                self._padded(self._with_eos([*prefix, *chunk.tolist(), *suffix]))
+                for chunk in split_ids(body, width)
+            ]
+        return out
+
+    def check_id_windows(
+        self, token_lists: Sequence[Sequence[int]], *, max_tokens: int
+    ) -> list[list[np.ndarray]]:
+        """Token-id inputs (used as given) cut into slices of the model's length."""
+        self.check_ids(token_lists, truncate=True)  # validates every id before truncating
+        out = []
+        for i, tokens in enumerate(token_lists):
+            if len(tokens) > max_tokens:
+                raise InputTooLongError(i, len(tokens), max_tokens, chunked=True)
+            ids = np.asarray(tokens, dtype=np.int32)
+            out.append([self._padded(w) for w in split_ids(ids, self.max_length)])
+        return out
 
     def _padded(self, ids: np.ndarray) -> np.ndarray:
         """Models trained on fixed-length texts (SigLIP) see pads as ordinary positions."""

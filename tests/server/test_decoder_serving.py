@@ -25,7 +25,16 @@ def decoder_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def decoder_server(decoder_dir):
-    proc = ServerProcess("--model", str(decoder_dir), "--dtype", "float32", "--no-warmup")
+    proc = ServerProcess(
+        "--model",
+        str(decoder_dir),
+        "--dtype",
+        "float32",
+        "--no-warmup",
+        "--chunking",  # over-long inputs are chunked unless a request says otherwise
+        "--max-embed-len",
+        "300",
+    )
     yield proc
     assert proc.stop() == 0, proc.log()
 
@@ -69,3 +78,24 @@ def test_matryoshka_dims_from_the_card(decoder_server, reference):
 
     with pytest.raises(BadRequestError, match="one of \\[16, 32, 64\\]"):
         _embed(decoder_server, input="x", dimensions=20)
+
+
+def test_server_chunking_default_with_eos_per_window(decoder_server, reference):
+    """`--chunking`: an input over the card's 64 tokens is embedded in windows, each ending in
+    the EOS the model pools; a request can still ask for the 400 instead."""
+    import httpx
+
+    text = " ".join(f"word{i} and more" for i in range(40))  # ~150 tokens
+    assert len(reference.tokenize([text], truncate=True)[0]) == reference.max_length
+    plan = reference.tokenize_windows([text])
+    assert len(plan.windows) >= 3 and all(w[-1] == reference.tokenizer.eos_id for w in plan.windows)
+    got, response = _embed(decoder_server, input=[text])
+    expected = reference.embed([text], chunking=True)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert response.usage.prompt_tokens == sum(len(w) for w in plan.windows)
+    body = {"input": text, "model": "tiny-qwen3", "chunking": False}
+    r = httpx.post(decoder_server.url + "/v1/embeddings", json=body)
+    assert r.status_code == 400 and "chunking=true" in r.json()["error"]["message"]
+    body = {"input": text * 3, "model": "tiny-qwen3"}
+    r = httpx.post(decoder_server.url + "/v1/embeddings", json=body)
+    assert r.status_code == 400 and "--max-embed-len" in r.json()["error"]["message"]
