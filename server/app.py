@@ -24,7 +24,7 @@ from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, raw, text
 
 import jaxembed
-from jaxembed.engine.batcher import Batcher, FaultHook
+from jaxembed.engine.batcher import Batcher, FaultHook, RequestProgress
 from jaxembed.engine.cache import EmbeddingCache, assemble
 from jaxembed.engine.embedder import Embedder
 from jaxembed.engine.vision import ImageWorkload
@@ -127,6 +127,10 @@ def encode_embeddings(vectors: np.ndarray, encoding_format: str) -> list[dict]:
     ]
 
 
+# Sanic's own response cut comes this long after --request-timeout, so that ours answers first.
+RESPONSE_MARGIN_SECONDS = 60
+
+
 def create_app(
     config: ServerConfig, embedder: Embedder, *, fault_hook: FaultHook | None = None
 ) -> Sanic:
@@ -137,6 +141,13 @@ def create_app(
     app.config.NOISY_EXCEPTIONS = False
     # Sanic waits this long for open connections on shutdown; in-flight work gets the same time.
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = config.drain_timeout
+    # No framework default ends a request (docs/operations.md, "Time limits"): our own
+    # --request-timeout answers first with a 504 in the API's shape; Sanic's cut comes later.
+    app.config.RESPONSE_TIMEOUT = (
+        config.request_timeout + RESPONSE_MARGIN_SECONDS if config.request_timeout else 10**9
+    )
+    app.config.REQUEST_TIMEOUT = config.read_timeout  # headers and body must arrive by then
+    app.config.KEEP_ALIVE_TIMEOUT = config.keep_alive_timeout
     metrics = Metrics()
     queueing = dict(
         max_queued_requests=config.max_queued_requests,
@@ -202,19 +213,74 @@ def create_app(
         )
 
     async def embed_cached(
-        token_lists: list, priority: int, adapter: str | None = None, slot: int = 0
+        token_lists: list,
+        priority: int,
+        adapter: str | None = None,
+        slot: int = 0,
+        progress: RequestProgress | None = None,
     ) -> np.ndarray:
         """Rows seen before come from the cache; only distinct new sequences reach the device."""
         lookup = cache.lookup(token_lists, namespace=adapter or "")
         computed = np.empty((0, embedder.dimensions), dtype=np.float32)
+        if progress is not None:
+            progress.rows_done += len(lookup.hits)
         if lookup.to_compute:
+            rows = [token_lists[i] for i in lookup.to_compute]
+            check_time_budget(sum(len(t) for t in rows))
             computed = await batcher.embed(
-                [token_lists[i] for i in lookup.to_compute], priority=priority, adapter_slot=slot
+                rows, priority=priority, adapter_slot=slot, progress=progress
             )
             cache.store([lookup.keys[i] for i in lookup.to_compute], computed)
         metrics.cache_hits.inc(len(lookup.hits))
         metrics.cache_misses.inc(len(token_lists) - len(lookup.hits))
         return assemble(lookup, computed, embedder.dimensions)
+
+    def check_time_budget(tokens: int) -> None:
+        """Admission: refuse up front what cannot finish within --request-timeout even with
+        the device to itself, at the throughput measured so far (docs/operations.md)."""
+        if not config.request_timeout:
+            return
+        request = Request.get_current()
+        expected = batcher.expected_seconds(tokens)
+        left = config.request_timeout - (time.perf_counter() - request.ctx.start)
+        if expected is None or expected <= left:
+            return
+        rate = tokens / expected
+        raise APIError(
+            413,
+            f"the request's {tokens} uncached tokens would take about {expected:.0f} s at the "
+            f"{rate:.0f} tokens/s this server measures, more than its --request-timeout of "
+            f"{config.request_timeout:g} s; split it into requests of at most about "
+            f"{int(rate * config.request_timeout * 0.5)} tokens",
+            param="input",
+            code="request_too_large",
+        )
+
+    async def within_request_timeout(work, request: Request, progress: RequestProgress, n: int):
+        """Run the request's work under --request-timeout; past it, a 504 `timeout` whose
+        undispatched rows never reach the device (the batcher drops a cancelled job)."""
+        if not config.request_timeout:
+            return await work
+        left = config.request_timeout - (time.perf_counter() - request.ctx.start)
+        try:
+            return await asyncio.wait_for(work, max(left, 0.001))
+        except TimeoutError:
+            metrics.request_timeouts.inc()
+            log.warning(
+                "request timed out: --request-timeout %g s reached with %d of %d inputs embedded",
+                config.request_timeout,
+                progress.rows_done,
+                n,
+            )
+            raise APIError(
+                504,
+                f"the request did not finish within this server's --request-timeout of "
+                f"{config.request_timeout:g} s ({progress.rows_done} of {n} inputs were "
+                "embedded and discarded); send smaller requests (fewer or shorter inputs per "
+                "request) or ask the operator to raise --request-timeout",
+                type="server_error",
+                code="timeout",
+            ) from None
 
     def not_ready_reason() -> str | None:
         """Readiness: warm-up done, not draining, and (multi-host) every follower alive."""
@@ -432,13 +498,15 @@ def create_app(
         items: Any = req.input
         check_size(items)
 
+        progress = RequestProgress()
+
         async def embed_token_lists(token_lists: list[np.ndarray]) -> np.ndarray:
             if adapter_spec is None:
-                return await embed_cached(token_lists, req.priority)
+                return await embed_cached(token_lists, req.priority, progress=progress)
             adapter, slot = await acquire_adapter(adapter_spec, param)
             try:
                 identity = embedder.lora_bank.identity(adapter)  # pinned: stable here
-                return await embed_cached(token_lists, req.priority, identity, slot)
+                return await embed_cached(token_lists, req.priority, identity, slot, progress)
             finally:
                 embedder.lora_bank.release(adapter)
 
@@ -460,16 +528,19 @@ def create_app(
             check_tokens(token_lists)
             return await embed_token_lists(token_lists), [len(t) for t in token_lists]
 
-        try:
+        async def compute() -> tuple[np.ndarray, int]:
             embedder.check_dimensions(req.dimensions)
             if isinstance(items, list) and items and isinstance(items[0], MultimodalItem):
                 multimodal.check(items, model)
-                vectors, total = await multimodal.embed(
+                return await multimodal.embed(
                     items, embed_texts, priority=req.priority, video_frames=req.video_frames
                 )
-            else:
-                vectors, counts = await embed_texts(items)
-                total = sum(counts)
+            vectors, counts = await embed_texts(items)
+            return vectors, sum(counts)
+
+        inputs = 1 if isinstance(items, str) else len(items)
+        try:
+            vectors, total = await within_request_timeout(compute(), request, progress, inputs)
         except JaxEmbedError as e:
             raise from_library_error(e) from None
         vectors = truncate_dimensions(vectors, req.dimensions, card.normalize)

@@ -40,6 +40,9 @@ class ServerConfig:
     aging_seconds: float = 1.0
     step_batches: int = 8
     drain_timeout: float = 30.0
+    request_timeout: float = 1800.0  # seconds a request may take in all; 0 = no limit
+    read_timeout: float = 60.0  # seconds to receive a request's headers and body
+    keep_alive_timeout: float = 75.0  # idle keep-alive connections close after this
     log_level: str = "info"
     log_format: str = "text"
     cache_mb: float = 128.0  # embedding cache size; 0 disables it
@@ -170,6 +173,25 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "smaller lets urgent requests overtake sooner",
     )
     p.add_argument("--drain-timeout", type=float, default=d.drain_timeout)
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=d.request_timeout,
+        help="seconds a request may take from arrival to answer (0: no limit); past it a 504 "
+        "`timeout`, and requests that cannot finish in time at the measured speed get a 413",
+    )
+    p.add_argument(
+        "--read-timeout",
+        type=float,
+        default=d.read_timeout,
+        help="seconds for a client to send a request's headers and body (slow clients: 408)",
+    )
+    p.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=d.keep_alive_timeout,
+        help="seconds an idle keep-alive connection stays open (above a load balancer's 60)",
+    )
     p.add_argument(
         "--cache-mb",
         type=float,

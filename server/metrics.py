@@ -77,6 +77,11 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("jaxembed_ready", "1 when warm-up has finished", registry=r)
+        self.request_timeouts = Counter(
+            "jaxembed_request_timeouts",
+            "requests answered 504 `timeout` after --request-timeout",
+            registry=r,
+        )
         self.lazy_compiles = Gauge(
             "jaxembed_lazy_compiles",
             "bucket programs compiled on first use after warm-up (beyond --warmup-max-len)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -96,10 +97,56 @@ def test_lower_priority_value_runs_first(embedder, make_batcher):
     assert order[0] == "high", order
 
 
+def _finishing_order(embedder, batcher, urgent: int) -> list[str]:
+    """`urgent` priority -10 requests of one step each, then one priority 10 request, all
+    queued at once; the order in which they finish."""
+    step_rows = embedder.tokenize(["busy " * 120] * 4, truncate=True)  # 4 x 122 tokens
+    order = []
+
+    async def tagged(tag, rows, priority):
+        await batcher.embed(rows, priority=priority)
+        order.append(tag)
+
+    async def main():
+        tasks = [asyncio.create_task(tagged(f"u{i}", step_rows, -10)) for i in range(urgent)]
+        tasks.append(asyncio.create_task(tagged("low", step_rows[:1], 10)))
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    return order
+
+
 def test_aging_prevents_starvation(embedder, make_batcher):
-    batcher = make_batcher(aging_seconds=1e-6)  # any wait outweighs any priority gap
-    tokens = embedder.tokenize(["aging"])
-    assert asyncio.run(batcher.embed(tokens, priority=2**31 - 1)).shape == (1, 384)
+    """Behind a queue of urgent requests, a low-priority one ages into their level within a
+    few steps and then takes turns with them; without aging it runs last."""
+    aged = _finishing_order(embedder, make_batcher(aging_seconds=0.005, step_batches=1), 60)
+    assert aged.index("low") < 30, aged
+    unaged = _finishing_order(embedder, make_batcher(aging_seconds=1e9, step_batches=1), 60)
+    assert unaged[-1] == "low", unaged
+
+
+def test_a_small_request_overtakes_bulk_work_of_the_same_priority(embedder, corpus, make_batcher):
+    """Fair share: a one-text request sent while a large one runs finishes long before it."""
+    batcher = make_batcher()
+    bulk_rows = embedder.tokenize(corpus * 3, truncate=True)
+    query = embedder.tokenize(["where is the cat?"])
+    finished = {}
+
+    async def main():
+        start = time.perf_counter()
+        bulk = asyncio.create_task(batcher.embed(bulk_rows))
+        await asyncio.sleep(0.5)
+        sent = time.perf_counter()
+        got = await batcher.embed(query)
+        finished["query"] = time.perf_counter() - sent
+        result = await bulk
+        finished["bulk"] = time.perf_counter() - start
+        return got, result
+
+    got, result = asyncio.run(main())
+    assert finished["query"] < finished["bulk"] / 4, finished
+    np.testing.assert_allclose(got, embedder.embed_token_lists(query), atol=1e-6)
+    np.testing.assert_allclose(result, embedder.embed_token_lists(bulk_rows), atol=1e-6)
 
 
 def test_overload_is_refused_fast_and_accepted_work_completes(embedder, make_batcher):

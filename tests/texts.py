@@ -66,6 +66,12 @@ def passages(n: int) -> list[str]:
     return out
 
 
+def long_passages(n: int, words: int = 200) -> list[str]:
+    """`n` passages of ~256 MiniLM tokens (stdlib docstring words, 200 at a time)."""
+    pool = " ".join(passages(4000)).split()
+    return [" ".join(pool[(i * words) % len(pool) :][:words]) for i in range(n)]
+
+
 if __name__ == "__main__":
     t = varied_texts()
     print(len(t), json.dumps([textwrap.shorten(x, 40) for x in t[:5]]))

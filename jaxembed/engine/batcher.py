@@ -1,8 +1,9 @@
 """Dynamic batching: concurrent requests → token-budget bucket batches → results per request.
 
 Two threads do the device work so the event loop never blocks on it:
-the *dispatcher* picks rows from pending requests (priority with aging, then
-arrival), plans them into length-sorted bucket batches and dispatches them
+the *dispatcher* picks rows from pending requests (priority with aging, and
+turns between requests of one level: engine/scheduler.py), plans them into
+length-sorted bucket batches and dispatches them
 (JAX returns at once); the *collector* waits for each batch's result, writes
 rows back into their request's output and resolves the request's future on
 its event loop. While the device works on step n, new requests queue up and
@@ -32,6 +33,7 @@ from jaxembed.engine.buckets import (
     PlannedBatch,
 )
 from jaxembed.engine.embedder import Embedder
+from jaxembed.engine.scheduler import ThroughputEstimate, take_step
 from jaxembed.engine.workload import DeviceResult, Workload
 from jaxembed.errors import EngineError, EngineUnavailableError, OverloadedError
 
@@ -95,10 +97,23 @@ class _Job:
     adapter_slot: int = 0  # LoRA slot of every row (0 = base model)
     next_row: int = 0  # rows before this one have been dispatched
     remaining: int = 0  # rows not yet written to `out`
+    served_tokens: int = 0  # tokens dispatched so far (fair share within a priority level)
     done: bool = False
+    progress: RequestProgress | None = None
+
+    @property
+    def rows_done(self) -> int:
+        return len(self.token_lists) - self.remaining
 
     def queued_tokens(self, workload: Workload) -> int:
         return sum(workload.size(t) for t in self.token_lists[self.next_row :])
+
+
+@dataclasses.dataclass
+class RequestProgress:
+    """Rows of a request that the device finished (a timed-out request reports them)."""
+
+    rows_done: int = 0
 
 
 @dataclasses.dataclass
@@ -152,6 +167,7 @@ class Batcher:
         self.warmup_seconds: float | None = None
         self._threads: list[threading.Thread] = []
         self._active_jobs = 0
+        self.throughput = ThroughputEstimate()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -203,15 +219,26 @@ class Batcher:
     def active_requests(self) -> int:
         return self._active_jobs
 
+    def expected_seconds(self, tokens: int) -> float | None:
+        """How long `tokens` take at the measured device throughput, even with the device to
+        itself (None until enough batches were measured)."""
+        rate = self.throughput.tokens_per_second
+        return None if rate is None else tokens / rate
+
     # -- submitting -------------------------------------------------------------------------
 
     async def embed(
-        self, token_lists: Sequence[np.ndarray], priority: int = 0, adapter_slot: int = 0
+        self,
+        token_lists: Sequence[np.ndarray],
+        priority: int = 0,
+        adapter_slot: int = 0,
+        progress: RequestProgress | None = None,
     ) -> np.ndarray:
         """Embeddings of validated token lists, [N, D] float32 in order. Lower priority = sooner.
 
         `adapter_slot`: a pinned LoRA slot (`Embedder.adapter_slot`); rows of different
-        adapters are batched together.
+        adapters are batched together. `progress` counts the rows finished, also when the
+        caller gives up (a timeout cancels the call: undispatched rows are dropped).
         """
         loop = asyncio.get_running_loop()
         tokens = sum(self.workload.size(t) for t in token_lists)
@@ -225,6 +252,7 @@ class Batcher:
             out=np.empty((len(token_lists), self.workload.dimensions), dtype=np.float32),
             remaining=len(token_lists),
             adapter_slot=adapter_slot,
+            progress=progress,
         )
         with self._cond:
             if not self._accepting:
@@ -259,27 +287,24 @@ class Batcher:
         if not job.done:
             job.done = True
             self._active_jobs -= 1
+            if job.progress is not None:
+                job.progress.rows_done += job.rows_done
             self._cond.notify_all()
 
     # -- dispatcher ---------------------------------------------------------------------------
 
     def _take_rows(self) -> list[_Row]:
-        """Rows for the next step: most urgent jobs first, up to the step's token budget."""
-        now = time.monotonic()
-        urgency = lambda j: (j.priority - (now - j.enqueued) / self.aging_seconds, j.seq)  # noqa: E731
-        rows, budget = [], self.step_tokens
-        for job in sorted(self._pending, key=urgency):
-            while job.next_row < len(job.token_lists):
-                tokens = job.token_lists[job.next_row]
-                cost = self.workload.cost(tokens)  # padded tokens it will occupy
-                if rows and cost > budget:
-                    break
-                budget -= cost
-                self._queued_tokens -= self.workload.size(tokens)
-                rows.append(_Row(job, job.next_row))
-                job.next_row += 1
-            if budget <= 0 or job.next_row < len(job.token_lists):
-                break
+        """Rows for the next step (engine/scheduler.py), up to the step's token budget."""
+        taken = take_step(
+            self._pending,
+            now=time.monotonic(),
+            aging_seconds=self.aging_seconds,
+            budget=self.step_tokens,
+            cost=self.workload.cost,  # padded tokens it will occupy
+            size=self.workload.size,
+        )
+        rows = [_Row(job, index) for job, index in taken]
+        self._queued_tokens -= sum(self.workload.size(r.tokens) for r in rows)
         self._pending = [j for j in self._pending if j.next_row < len(j.token_lists)]
         return rows
 
@@ -298,8 +323,12 @@ class Batcher:
                 for row in rows:
                     self._fail(row.job, EngineError("internal error while planning a batch"))
                 continue
-            for planned in plan:
+            # Batches in the scheduler's order: the one holding its first row (a query that
+            # just got its turn) goes out first, not after the step's bulk.
+            for planned in sorted(plan, key=lambda p: int(np.min(p.indices))):
                 batch_rows = [rows[i] for i in planned.indices]
+                if all(r.job.done for r in batch_rows):
+                    continue  # every request in it timed out or went away: skip the device work
                 started = time.perf_counter()
                 try:
                     result = self._run(batch_rows, planned)
@@ -336,13 +365,15 @@ class Batcher:
             self._retry(item.rows, e)
             return
         self._deliver(item.rows, vectors)
+        real_tokens = sum(self.workload.size(r.tokens) for r in item.rows)
+        self.throughput.observe(real_tokens, item.started, time.perf_counter())
         if self._on_batch:
             self._on_batch(
                 BatchStats(
                     bucket=item.bucket,
                     rows=len(item.rows),
                     requests=len({id(r.job) for r in item.rows}),
-                    real_tokens=sum(self.workload.size(r.tokens) for r in item.rows),
+                    real_tokens=real_tokens,
                     seconds=time.perf_counter() - item.started,
                 )
             )
