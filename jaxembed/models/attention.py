@@ -411,16 +411,8 @@ def _splash_kernel(
         one = mask_lib.CausalMask(shape)
     else:
         one = mask_lib.FullMask(shape)
-    sizes = kernel_lib.BlockSizes(
-        block_q=block,
-        block_kv=block,
-        block_kv_compute=block,
-        block_q_dkv=block,
-        block_kv_dkv=block,
-        block_kv_dkv_compute=block,
-        block_q_dq=block,
-        block_kv_dq=block,
-    )
+    # Forward tiles only: embeddings never run the backward pass.
+    sizes = kernel_lib.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block)
     # Built per trace, at trace time: the kernel holds its mask tables as arrays, which
     # must belong to the trace that uses them (a kernel cached across traces leaks tracers).
     with jax.ensure_compile_time_eval():
