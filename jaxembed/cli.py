@@ -41,10 +41,10 @@ def add_attention_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--attention",
         choices=CHOICES,
-        default="auto",
+        default=None,
         help="attention implementation: auto (per backend and bucket, docs/attention.md), "
         "xla (materialised scores), blocked (memory-efficient, any backend), "
-        "cudnn (NVIDIA GPUs), splash (TPUs)",
+        "cudnn (NVIDIA GPUs), splash (TPUs); default: $JAXEMBED_ATTENTION, else auto",
     )
 
 
@@ -161,6 +161,7 @@ def _force_host_devices(count: int) -> None:
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from jaxembed.families import get_family
+    from jaxembed.models.attention import AttentionConfig
     from jaxembed.parallel.plan import plan_parameters
 
     if not args.no_buckets:
@@ -177,7 +178,13 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         from jaxembed.engine.plan_buckets import plan_bucket_memory
 
         buckets = plan_bucket_memory(
-            family, config, card, dtype, args.mesh, args.attention, args.buckets
+            family,
+            config,
+            card,
+            dtype,
+            args.mesh,
+            args.attention or AttentionConfig().impl,
+            args.buckets,
         )
     if args.json:
         print(json.dumps({**plan.to_dict(), "buckets": [b.to_dict() for b in buckets]}))

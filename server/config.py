@@ -64,7 +64,7 @@ class ServerConfig:
     max_decode_seconds: float = 30.0  # wall time to decode one video
     distributed: DistributedConfig | None = None  # set by --distributed
     # Attention and long inputs (models/attention.py, docs/attention.md).
-    attention: str = "auto"
+    attention: str | None = None  # None: $JAXEMBED_ATTENTION, else auto
     warmup_max_len: int = DEFAULT_WARMUP_MAX_LEN  # longer buckets compile on first use
     chunking: bool = False  # over-long inputs: embed windows and pool them (per request too)
     max_embed_len: int | None = None  # most tokens of one chunked input; None: 16x the model's

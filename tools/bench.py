@@ -230,7 +230,10 @@ def main() -> None:
     server = None
     if args.url is None:
         server = ServerProcess(
-            "--cache-mb", "0", "--attention", args.attention, *args.server_args.split()
+            "--cache-mb",
+            "0",
+            *(["--attention", args.attention] if args.attention else []),
+            *args.server_args.split(),
         )
         target = Target("jaxembed", server.url + "/v1/embeddings", args.model, server.proc.pid,
                         extra={"truncate": True})  # fmt: skip

@@ -43,6 +43,7 @@ import contextvars
 import dataclasses
 import functools
 import math
+import os
 from collections.abc import Iterator
 
 import jax
@@ -54,6 +55,9 @@ from jaxembed.parallel.sharding import active_mesh, mesh_spec
 
 IMPLEMENTATIONS = ("xla", "blocked", "cudnn", "splash")
 CHOICES = ("auto", *IMPLEMENTATIONS)
+# The process-wide default where no `--attention` is given (e.g. to run a test suite or a
+# deployment on one implementation without changing every command line).
+DEFAULT_ENV = "JAXEMBED_ATTENTION"
 _NEG = float(jnp.finfo(jnp.float32).min)
 
 # `auto` on the CPU: the einsum path up to this length (its [L, L] scores stay in
@@ -73,14 +77,17 @@ class AttentionConfig:
     `interpret`: run Pallas kernels in interpret mode (splash on a CPU, for tests).
     """
 
-    impl: str = "auto"
+    impl: str = dataclasses.field(default_factory=lambda: os.environ.get(DEFAULT_ENV) or "auto")
     block_q: int = 512
     block_k: int = 512
     interpret: bool = False
 
     def __post_init__(self) -> None:
         if self.impl not in CHOICES:
-            raise ValueError(f"attention {self.impl!r} is not one of {CHOICES}")
+            raise ValueError(
+                f"attention {self.impl!r} is not one of {CHOICES} (set by --attention or "
+                f"${DEFAULT_ENV})"
+            )
         if self.block_q < 1 or self.block_k < 1:
             raise ValueError("attention block sizes must be positive")
 
@@ -177,7 +184,7 @@ def attention(
     k_blkd: jax.Array,
     v_blkd: jax.Array,
     mask: AttentionMask,
-    config: AttentionConfig = AttentionConfig(),
+    config: AttentionConfig = AttentionConfig("auto"),
 ) -> jax.Array:
     """Scaled dot-product attention → `[B, L, H, D]` in q's dtype (softmax in float32)."""
     length, heads, head_dim = q_blhd.shape[1:]

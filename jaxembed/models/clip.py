@@ -387,7 +387,7 @@ class ClipModel(nn.Module):
     config: ClipConfig
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
-    attention: AttentionConfig = AttentionConfig()
+    attention: AttentionConfig = AttentionConfig("auto")
 
     def setup(self) -> None:
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype

@@ -257,7 +257,7 @@ class Decoder(nn.Module):
     config: DecoderConfig
     dtype: jnp.dtype = jnp.bfloat16
     param_dtype: jnp.dtype = jnp.bfloat16
-    attention: AttentionConfig = AttentionConfig()
+    attention: AttentionConfig = AttentionConfig("auto")
 
     @nn.compact
     def __call__(

@@ -160,7 +160,7 @@ class SelfAttention(nn.Module):
     config: EncoderConfig
     dtype: jnp.dtype
     param_dtype: jnp.dtype
-    attention: AttentionConfig = AttentionConfig()
+    attention: AttentionConfig = AttentionConfig("auto")
 
     @nn.compact
     def __call__(self, x_bld: jax.Array, mask: AttentionMask, lora=None, ids=None) -> jax.Array:
@@ -237,7 +237,7 @@ class Encoder(nn.Module):
     config: EncoderConfig
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
-    attention: AttentionConfig = AttentionConfig()
+    attention: AttentionConfig = AttentionConfig("auto")
 
     @nn.compact
     def __call__(

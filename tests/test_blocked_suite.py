@@ -1,0 +1,47 @@
+"""The existing parity suites, again with every model on `blocked` attention (a child process
+with $JAXEMBED_ATTENTION=blocked): MiniLM vs sentence-transformers, CLIP/SigLIP vs
+transformers, and the server through the official `openai` client give the same embeddings.
+(Decoders on `blocked` vs `xla`: tests/test_attention.py.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITES = [
+    "tests/test_parity_minilm.py",
+    "tests/test_clip.py",
+    "tests/server/test_openai_client.py",
+]
+
+
+def test_parity_suites_pass_with_blocked_attention():
+    env = {**os.environ, "JAXEMBED_ATTENTION": "blocked"}
+    probe = subprocess.run(  # the variable really selects the implementation that runs
+        [
+            sys.executable,
+            "-c",
+            "from jaxembed.engine.embedder import Embedder;"
+            "e = Embedder.from_pretrained(compile_cache_dir=False); e.embed(['probe']);"
+            "print(sorted(set(e.runner.attention_used.values())))",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert probe.stdout.strip().splitlines()[-1] == "['blocked']", probe.stdout + probe.stderr
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SUITES],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    assert " passed" in run.stdout and " failed" not in run.stdout, run.stdout[-2000:]
