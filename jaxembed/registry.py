@@ -1,13 +1,17 @@
-"""Where models are: the card registry in `checkpoints/cards/` and `--model` spec resolution.
+"""Where models are: the card registry (`jaxembed/cards/`, package data) and `--model` resolution.
 
 A spec is a directory (HF / sentence-transformers, or one written by
 `jaxembed convert`), or the name of a card. A card finds its weights in the
 Python package named by `card.package` (the embedded default model), else in
-`checkpoints/<card name>/`, where `jaxembed convert` puts them.
+the checkpoints directory under the card's name, where `jaxembed convert` puts
+them: `checkpoints/` of a source checkout, `$JAXEMBED_HOME/checkpoints`
+(default `~/.cache/jaxembed/checkpoints`) for an installed package — never
+inside site-packages.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import importlib.util
 import json
 import os
@@ -17,15 +21,30 @@ from jaxembed.card import CARD_FILENAME, ModelCard, card_from_model_dir
 from jaxembed.errors import ModelLoadError
 
 DEFAULT_MODEL = "all-minilm-l6-v2"
-_REPO_ROOT = Path(__file__).resolve().parents[1]
+_SOURCE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def is_source_checkout() -> bool:
+    """Running from a clone (editable install or none), rather than an installed wheel."""
+    return (_SOURCE_ROOT / "pyproject.toml").is_file() and (_SOURCE_ROOT / "server").is_dir()
+
+
+def home_dir() -> Path:
+    """`$JAXEMBED_HOME`, default `~/.cache/jaxembed`: user-writable state of an installed package."""
+    return Path(os.environ.get("JAXEMBED_HOME") or Path.home() / ".cache" / "jaxembed")
 
 
 def checkpoints_dir() -> Path:
-    return Path(os.environ.get("JAXEMBED_CHECKPOINTS_DIR", _REPO_ROOT / "checkpoints"))
+    if os.environ.get("JAXEMBED_CHECKPOINTS_DIR"):
+        return Path(os.environ["JAXEMBED_CHECKPOINTS_DIR"])
+    return _SOURCE_ROOT / "checkpoints" if is_source_checkout() else home_dir() / "checkpoints"
 
 
 def cards_dir() -> Path:
-    return Path(os.environ.get("JAXEMBED_CARDS_DIR", checkpoints_dir() / "cards"))
+    """The shipped cards (package data, found without the source tree), or `$JAXEMBED_CARDS_DIR`."""
+    if os.environ.get("JAXEMBED_CARDS_DIR"):
+        return Path(os.environ["JAXEMBED_CARDS_DIR"])
+    return Path(str(importlib.resources.files("jaxembed") / "cards"))
 
 
 def registry_cards() -> dict[str, ModelCard]:

@@ -31,10 +31,10 @@ from jaxembed.engine.vision import ImageWorkload
 from jaxembed.errors import JaxEmbedError
 from jaxembed.media import MediaLimits
 from jaxembed.pooling import truncate_dimensions
-from server.adapters import AdapterResolver
-from server.auth import OPEN_PATHS, check_api_key
-from server.config import ServerConfig
-from server.errors import (
+from jaxembed_server.adapters import AdapterResolver
+from jaxembed_server.auth import OPEN_PATHS, check_api_key
+from jaxembed_server.config import ServerConfig
+from jaxembed_server.errors import (
     APIError,
     from_library_error,
     from_validation_error,
@@ -42,12 +42,12 @@ from server.errors import (
     model_not_found,
     unavailable,
 )
-from server.logs import request_id_var
-from server.media import MediaLoader, MediaPolicy
-from server.metrics import Metrics
-from server.multimodal import MultimodalPipeline
-from server.openapi import ServedModel, build_openapi, docs_page
-from server.protocol import EmbeddingRequest, MultimodalItem, TokenizeRequest
+from jaxembed_server.logs import request_id_var
+from jaxembed_server.media import MediaLoader, MediaPolicy
+from jaxembed_server.metrics import Metrics
+from jaxembed_server.multimodal import MultimodalPipeline
+from jaxembed_server.openapi import ServedModel, build_openapi, docs_page
+from jaxembed_server.protocol import EmbeddingRequest, MultimodalItem, TokenizeRequest
 
 log = logging.getLogger("jaxembed.server")
 access = logging.getLogger("jaxembed.access")

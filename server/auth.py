@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 
-from server.errors import APIError
+from jaxembed_server.errors import APIError
 
 OPEN_PATHS = frozenset({"/health", "/ready"})
 

@@ -6,7 +6,7 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from server.config import add_serve_arguments
+    from jaxembed_server.config import add_serve_arguments
 
     parser = subparsers.add_parser("serve", help="serve the OpenAI-compatible embeddings API")
     add_serve_arguments(parser)
@@ -14,6 +14,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from server.main import serve
+    from jaxembed_server.main import serve
 
     return serve(args)

@@ -20,9 +20,9 @@ from jaxembed.engine.memory import device_memory_bytes
 from jaxembed.errors import JaxEmbedError
 from jaxembed.parallel import distributed, multihost
 from jaxembed.parallel.mesh import describe, make_mesh
-from server.app import create_app
-from server.config import ServerConfig, config_from_args
-from server.logs import configure_logging
+from jaxembed_server.app import create_app
+from jaxembed_server.config import ServerConfig, config_from_args
+from jaxembed_server.logs import configure_logging
 
 log = logging.getLogger("jaxembed.server")
 
@@ -106,7 +106,6 @@ def serve(args: argparse.Namespace) -> int:
             distributed.initialize(dist)
         mesh = make_mesh(config.mesh, distributed.serving_devices(dist))
         embedder = build_embedder(config, mesh)
-        check_memory(config, embedder)
     except (JaxEmbedError, ValueError, RuntimeError) as e:
         log.error("cannot start: %s", e)
         return 2
@@ -134,6 +133,11 @@ def serve(args: argparse.Namespace) -> int:
         except JaxEmbedError as e:
             log.error("cannot load a --lora adapter: %s", e)
             return 2
+    try:  # after packing and LoRA are settled: the programs checked are those warm-up runs
+        check_memory(config, embedder)
+    except JaxEmbedError as e:
+        log.error("cannot start: %s", e)
+        return 2
     if group and jax.process_index() != 0:
         rc = run_follower(config, embedder)
         if rc:

@@ -34,7 +34,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 
 from jaxembed.errors import MediaError
-from server.paths import PathOutsideRoot, resolve_inside
+from jaxembed_server.paths import PathOutsideRoot, resolve_inside
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
 _BASE64 = re.compile(r"^[A-Za-z0-9+/\s]+={0,2}\s*$")

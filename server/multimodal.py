@@ -29,8 +29,8 @@ from jaxembed.engine.embedder import Embedder
 from jaxembed.errors import MediaError
 from jaxembed.media import MediaLimits, decode_image, decode_video
 from jaxembed.pooling import fuse_modalities, mean_of_frames
-from server.media import MediaLoader
-from server.protocol import MultimodalItem
+from jaxembed_server.media import MediaLoader
+from jaxembed_server.protocol import MultimodalItem
 
 # (token lists of the texts) → their vectors; the caller applies cache, adapters and priority.
 TextEmbedder = Callable[[list[str]], Awaitable[tuple[np.ndarray, int]]]

@@ -7,7 +7,7 @@ import html
 
 from pydantic.json_schema import models_json_schema
 
-from server.protocol import (
+from jaxembed_server.protocol import (
     EmbeddingRequest,
     EmbeddingResponse,
     ErrorResponse,

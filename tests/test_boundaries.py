@@ -24,10 +24,25 @@ def _imports(package: str) -> dict[str, set[str]]:
 
 
 def test_library_never_imports_server():
+    http = ("server", "jaxembed_server")
     offenders = {
-        p: n for p, n in _imports("jaxembed").items() if any(x.split(".")[0] == "server" for x in n)
+        p: n for p, n in _imports("jaxembed").items() if any(x.split(".")[0] in http for x in n)
     }
     assert not offenders
+
+
+def test_packages_in_the_build_are_every_package_in_the_tree():
+    """pyproject lists packages explicitly (server/ installs as jaxembed_server): a new
+    subpackage must be added there, or a wheel would silently lack it."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    on_disk = {
+        ".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "jaxembed").rglob("__init__.py")
+    } | {"jaxembed_server"}
+    assert listed == on_disk
 
 
 def test_models_import_neither_engine_nor_weights():

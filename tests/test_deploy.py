@@ -46,7 +46,7 @@ def test_there_are_manifests_for_tpu_and_gpu():
 
 @pytest.mark.parametrize("name,doc", list(_documents()), ids=lambda x: str(x)[:40])
 def test_containers_use_real_flags_and_routes(name, doc):
-    from server.app import create_app  # noqa: F401  (routes below are registered there)
+    from jaxembed_server.app import create_app  # noqa: F401  (routes below are registered there)
 
     routes = {"/health", "/ready", "/metrics"}
     for pod in _pod_specs(doc):

@@ -94,10 +94,6 @@ def test_unknown_model_spec():
 
 def test_card_without_weights_says_how_to_get_them(tmp_path, monkeypatch):
     monkeypatch.setenv("JAXEMBED_CHECKPOINTS_DIR", str(tmp_path))
-    monkeypatch.setenv(
-        "JAXEMBED_CARDS_DIR",
-        str(__import__("jaxembed.registry").registry._REPO_ROOT / "checkpoints" / "cards"),
-    )
     with pytest.raises(
         ModelLoadError, match=re.escape("jaxembed convert <its directory> --card bge-base-en-v1.5")
     ):

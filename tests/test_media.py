@@ -11,8 +11,8 @@ from PIL import Image
 
 from jaxembed.errors import MediaError
 from jaxembed.media import MediaLimits, decode_image, decode_video
-from server import media
-from server.media import MediaLoader, MediaPolicy, is_public_address
+from jaxembed_server import media
+from jaxembed_server.media import MediaLoader, MediaPolicy, is_public_address
 from tests.helpers import (
     MediaHTTPServer,
     bomb_png,

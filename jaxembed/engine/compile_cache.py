@@ -12,12 +12,14 @@ from pathlib import Path
 
 import jax
 
+from jaxembed.registry import home_dir
+
 ENV_VAR = "JAXEMBED_COMPILE_CACHE"
-DEFAULT_DIR = Path.home() / ".cache" / "jaxembed" / "xla"
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get(ENV_VAR, DEFAULT_DIR))
+    """`$JAXEMBED_COMPILE_CACHE`, else `xla/` in `$JAXEMBED_HOME` (default ~/.cache/jaxembed)."""
+    return Path(os.environ.get(ENV_VAR) or home_dir() / "xla")
 
 
 def enable_compile_cache(directory: str | os.PathLike | None = None) -> Path:

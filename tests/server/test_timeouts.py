@@ -58,8 +58,8 @@ def test_timeout_then_admission(timeout_server):
 
 def test_time_limits_are_set_from_the_options():
     from jaxembed.engine.embedder import Embedder
-    from server.app import RESPONSE_MARGIN_SECONDS, create_app
-    from server.config import ServerConfig
+    from jaxembed_server.app import RESPONSE_MARGIN_SECONDS, create_app
+    from jaxembed_server.config import ServerConfig
 
     embedder = Embedder.from_pretrained(compile_cache_dir=False)
     app = create_app(
