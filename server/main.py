@@ -16,6 +16,7 @@ import jax
 from jax.sharding import Mesh
 
 from jaxembed.engine.embedder import Embedder
+from jaxembed.engine.group_runner import BroadcastingRunner, follow_leader
 from jaxembed.engine.memory import device_memory_bytes
 from jaxembed.errors import JaxEmbedError
 from jaxembed.parallel import distributed, multihost
@@ -94,7 +95,7 @@ def run_follower(config: ServerConfig, embedder: Embedder) -> int:
     address = distributed.control_address(config.distributed)
     log.info("process %d following the leader at %s:%d", jax.process_index(), *address)
     sock = multihost.connect_to_leader(address, jax.process_index())
-    return multihost.follow(embedder.runner, sock)
+    return follow_leader(embedder.runner, sock)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -110,11 +111,6 @@ def serve(args: argparse.Namespace) -> int:
         log.error("cannot start: %s", e)
         return 2
     group = dist is not None and dist.mode == "global" and jax.process_count() > 1
-    if group and embedder.packing:
-        if config.packing:
-            log.error("cannot start: --packing is not supported with --multihost global yet")
-            return 2
-        embedder.set_packing(False)  # the batch channel carries plain padded batches
     if group and embedder.images is not None:
         log.error(
             "cannot start: image/video models are not supported with --multihost global yet "
@@ -153,7 +149,7 @@ def serve(args: argparse.Namespace) -> int:
             jax.process_count() - 1,
             heartbeat_timeout=dist.heartbeat_timeout,
         )
-        embedder.runner = multihost.BroadcastingRunner(embedder.runner, channel)
+        embedder.runner = BroadcastingRunner(embedder.runner, channel)
     log.info(
         "loaded %s (%s, %s) in %.2f s from %s on mesh %s; %d buckets, token budget %d",
         embedder.card.name,

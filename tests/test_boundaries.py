@@ -53,6 +53,16 @@ def test_models_import_neither_engine_nor_weights():
     assert not offenders
 
 
+def test_parallel_never_imports_engine():
+    """parallel/ is mesh, sharding rules and multi-host transport; the engine builds on it."""
+    offenders = {
+        p: n
+        for p, n in _imports("jaxembed/parallel").items()
+        if any(x.startswith("jaxembed.engine") for x in n)
+    }
+    assert not offenders
+
+
 def test_no_pickle_loading_anywhere():
     for package in ("jaxembed", "server"):
         for path, names in _imports(package).items():

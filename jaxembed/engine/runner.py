@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
@@ -73,6 +73,36 @@ def embed_forward_packed(
     hidden_bld = module.apply({"params": params}, input_ids, segments, packed=True)
     pooled_bkd = pool_segments(hidden_bld, segments, pooling, max_segments)
     return l2_normalize(pooled_bkd) if normalize else pooled_bkd
+
+
+class Runner(Protocol):
+    """What the engine needs of a runner: the local `BucketRunner` and the multi-host
+    `BroadcastingRunner` (engine/group_runner.py) both implement all of it."""
+
+    grid: BucketGrid
+    mesh: Mesh
+    packed: bool
+    lora_bank: LoraBank | None
+    lazy_compiles: int
+    compile_seconds: float
+    attention_used: dict[int, str]
+
+    def warmup(
+        self, progress: Callable[[int, int, Bucket], None] | None = None, max_len: int | None = None
+    ) -> float: ...
+
+    def memory(self, bucket: Bucket) -> BucketMemory: ...
+
+    def unhealthy_reason(self) -> str | None: ...
+
+    def run(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        adapter_ids: np.ndarray | None = None,
+    ) -> jax.Array: ...
+
+    def run_packed(self, input_ids: np.ndarray, segments: np.ndarray) -> jax.Array: ...
 
 
 class BucketRunner:

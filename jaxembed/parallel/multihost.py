@@ -1,10 +1,12 @@
-"""One model over several processes: the leader broadcasts each padded batch to the followers.
+"""One model over several processes: the channel on which the leader broadcasts each batch.
 
 With a mesh spanning hosts, every process must launch the same compiled
 program on the same inputs in the same order. Process 0 (the leader) owns
-HTTP and the batcher; before it dispatches a batch it sends the padded arrays
-to every follower over a plain TCP channel, and each follower runs the same
-bucket program on them (`follow`). The step's collectives then line up.
+HTTP and the batcher; before it dispatches a batch it sends the batch's two
+arrays (ids + mask, or ids + segment ids for a packed batch) to every follower
+over a plain TCP channel, and each follower runs the same bucket program on
+them (`follow`). The step's collectives then line up. This module is only the
+transport: which program a batch runs is the engine's (engine/group_runner.py).
 
 The channel is also the health signal. Followers send a heartbeat byte every
 `HEARTBEAT_INTERVAL` seconds; a follower whose socket closes (the process
@@ -23,12 +25,11 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
 
-from jaxembed.engine.buckets import Bucket
-from jaxembed.engine.runner import BucketRunner
 from jaxembed.errors import EngineUnavailableError
 
 log = logging.getLogger("jaxembed.multihost")
@@ -37,7 +38,10 @@ HEARTBEAT_INTERVAL = 1.0
 DEFAULT_HEARTBEAT_TIMEOUT = 5.0
 _HELLO = struct.Struct("!4sI")  # b"JXEH", process id
 _HEADER = struct.Struct("!4sII")  # op, batch, seq
-_RUN, _STOP, _BEAT = b"RUN ", b"STOP", b"\x01"
+_RUN, _PACKED, _STOP, _BEAT = b"RUN ", b"PACK", b"STOP", b"\x01"
+
+# What a follower does with a batch: (ids, mask or segment ids, packed) → device result.
+Execute = Callable[[np.ndarray, np.ndarray, bool], Any]
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:
@@ -135,16 +139,13 @@ class LeaderChannel:
                 self._lost = reason
                 log.error("%s: not ready; restart the group to recover", reason)
 
-    def broadcast(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> None:
+    def broadcast(self, input_ids: np.ndarray, second: np.ndarray, *, packed: bool = False) -> None:
+        """Send one batch: ids and the attention mask, or ids and segment ids (`packed`)."""
         reason = self.unhealthy_reason()
         if reason:
             raise EngineUnavailableError(f"the model group is not available: {reason}")
-        header = _HEADER.pack(_RUN, *input_ids.shape)
-        payload = (
-            header
-            + input_ids.astype(np.int32).tobytes()
-            + attention_mask.astype(np.int32).tobytes()
-        )
+        header = _HEADER.pack(_PACKED if packed else _RUN, *input_ids.shape)
+        payload = header + input_ids.astype(np.int32).tobytes() + second.astype(np.int32).tobytes()
         for process_id, conn in list(self._peers.items()):
             try:
                 conn.sendall(payload)
@@ -168,44 +169,6 @@ class LeaderChannel:
         self._server.close()
 
 
-class BroadcastingRunner:
-    """The leader's runner: each batch goes to the followers, then to the local devices.
-
-    A lock makes (broadcast, dispatch) atomic, so the batcher's dispatcher and its
-    retry path can never enqueue programs in different orders on different hosts.
-    """
-
-    def __init__(self, runner: BucketRunner, channel: LeaderChannel):
-        self._runner = runner
-        self._channel = channel
-        self._lock = threading.Lock()
-        self.grid = runner.grid
-        self.mesh = runner.mesh
-
-    @property
-    def compile_seconds(self) -> float:
-        return self._runner.compile_seconds
-
-    @property
-    def lazy_compiles(self) -> int:
-        return self._runner.lazy_compiles
-
-    def warmup(
-        self, progress: Callable[[int, int, Bucket], None] | None = None, max_len: int | None = None
-    ) -> float:
-        return self._runner.warmup(progress, max_len)
-
-    def unhealthy_reason(self) -> str | None:
-        return self._channel.unhealthy_reason()
-
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, adapter_ids=None) -> jax.Array:
-        if adapter_ids is not None:
-            raise ValueError("LoRA adapters are not supported on a multi-host group")
-        with self._lock:
-            self._channel.broadcast(input_ids, attention_mask)
-            return self._runner.run(input_ids, attention_mask)
-
-
 def connect_to_leader(
     address: tuple[str, int], process_id: int, *, timeout: float = 600.0
 ) -> socket.socket:
@@ -225,7 +188,7 @@ def connect_to_leader(
     return sock
 
 
-def follow(runner: BucketRunner, sock: socket.socket) -> int:
+def follow(execute: Execute, sock: socket.socket) -> int:
     """Run every batch the leader sends until STOP (returns 0) or the leader vanishes (1)."""
     stop = threading.Event()
 
@@ -237,7 +200,7 @@ def follow(runner: BucketRunner, sock: socket.socket) -> int:
                 return
 
     threading.Thread(target=heartbeat, name="jaxembed-heartbeat", daemon=True).start()
-    steps = 0
+    steps = packed_steps = 0
     try:
         while True:
             try:
@@ -246,18 +209,21 @@ def follow(runner: BucketRunner, sock: socket.socket) -> int:
                 log.error("the leader is gone after %d steps; exiting", steps)
                 return 1
             if op == _STOP:
-                log.info("the leader stopped after %d steps; exiting", steps)
+                log.info(
+                    "the leader stopped after %d steps (%d packed); exiting", steps, packed_steps
+                )
                 return 0
-            if op != _RUN:
+            if op not in (_RUN, _PACKED):
                 log.error("unknown message %r from the leader; exiting", op)
                 return 1
             size = batch * seq * 4
             data = _recv_exactly(sock, 2 * size)
             ids = np.frombuffer(data[:size], np.int32).reshape(batch, seq)
-            mask = np.frombuffer(data[size:], np.int32).reshape(batch, seq)
+            second = np.frombuffer(data[size:], np.int32).reshape(batch, seq)
             # Same program, same order as the leader; wait so work never piles up here.
-            jax.block_until_ready(runner.run(ids, mask))
+            jax.block_until_ready(execute(ids, second, op == _PACKED))
             steps += 1
+            packed_steps += op == _PACKED
     finally:
         stop.set()
         sock.close()

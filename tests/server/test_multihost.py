@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -104,7 +105,11 @@ def test_two_processes_serve_one_model_and_stop_together(tiny_dir, tmp_path):
         # SIGTERM to the leader: it drains, tells the follower to stop, both exit 0.
         assert group.leader.stop() == 0, group.leader.log()
         assert group.follower.wait(30) == 0, group.follower_output()
-        assert "the leader stopped" in group.follower_output()
+        output = group.follower_output()
+        assert "the leader stopped" in output
+        # Packing works across the group: packed batches went over the channel.
+        packed = int(re.search(r"stopped after \d+ steps \((\d+) packed\)", output).group(1))
+        assert packed > 0, output
     finally:
         group.cleanup()
 
