@@ -111,6 +111,7 @@ def test_fully_masked_rows_are_zero_not_nan():
         ("auto", "cpu", 4096, jnp.float32, True, "blocked"),
         ("auto", "gpu", 256, jnp.bfloat16, False, "cudnn"),
         ("auto", "gpu", 8192, jnp.bfloat16, True, "blocked"),  # cuDNN cannot take segments
+        ("auto", "gpu", 256, jnp.bfloat16, True, "xla"),  # ... and short packed rows: xla
         ("auto", "gpu", 8192, jnp.float32, False, "blocked"),  # cuDNN wants 16-bit inputs
         ("auto", "tpu", 512, jnp.bfloat16, True, "splash"),
         ("auto", "tpu", 64, jnp.bfloat16, False, "xla"),

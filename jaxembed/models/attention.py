@@ -147,13 +147,13 @@ def choose_implementation(
     platform = platform or backend_platform()
     impl = config.impl
     if impl == "auto":
-        if platform == "gpu" and cudnn_supports(dtype, head_dim):
-            impl = "cudnn"
-        elif platform == "tpu" and length >= SPLASH_MIN_LENGTH:
-            impl = "splash"
-        else:
-            threshold = CPU_BLOCKED_FROM if platform == "cpu" else ACCELERATOR_BLOCKED_FROM
-            return "blocked" if length >= threshold else "xla"
+        cudnn_can = cudnn_supports(dtype, head_dim) and not mask.packed and mask.static_window
+        if platform == "gpu" and cudnn_can:
+            return "cudnn"
+        if platform == "tpu" and length >= SPLASH_MIN_LENGTH and mask.static_window:
+            return "splash"
+        threshold = CPU_BLOCKED_FROM if platform == "cpu" else ACCELERATOR_BLOCKED_FROM
+        return "blocked" if length >= threshold else "xla"
     if impl == "cudnn" and (
         mask.packed or not mask.static_window or not cudnn_supports(dtype, head_dim)
     ):
