@@ -466,8 +466,8 @@ def create_app(
 
     # -- routes -------------------------------------------------------------------------------
 
-    @app.post("/v1/embeddings")
-    async def embeddings(request: Request):
+    def check_serving() -> None:
+        """503 while draining or while the engine cannot run (a lost follower host)."""
         if state["draining"]:
             raise APIError(
                 503,
@@ -478,23 +478,49 @@ def create_app(
             )
         if reason := embedder.unhealthy_reason():
             raise unavailable(f"the model is not available: {reason}", retry_after=5)
+
+    def requested_adapter(req: EmbeddingRequest) -> tuple[str, str | None, str]:
+        """(model name to answer with, adapter spec or None, the param that named it)."""
+        model, adapter_spec = check_model(req.model)
+        if req.lora_path is None:
+            return model, adapter_spec, "model"
+        if resolver is None:
+            raise invalid(
+                "LoRA is not enabled on this server", param="lora_path", code="lora_not_enabled"
+            )
+        if adapter_spec is not None and adapter_spec != req.lora_path:
+            raise invalid("model names one adapter and lora_path another", param="lora_path")
+        return model, req.lora_path, "lora_path"
+
+    def embeddings_response(req: EmbeddingRequest, model: str, vectors: np.ndarray, total: int):
+        metrics.inputs.inc(len(vectors))
+        metrics.tokens.inc(total)
+        if req.user:
+            log.info(
+                "embedded %d inputs (%d tokens) for user %s",
+                len(vectors),
+                total,
+                req.user,
+                extra={"user": req.user, "inputs": len(vectors), "tokens": total},
+            )
+        return json_response(
+            {
+                "object": "list",
+                "data": encode_embeddings(vectors, req.encoding_format),
+                "model": model,
+                "usage": {"prompt_tokens": total, "total_tokens": total},
+            }
+        )
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request):
+        check_serving()
         _notice_disconnects(request)
         try:
             req = EmbeddingRequest.model_validate(_parse_json(request))
         except ValidationError as e:
             raise from_validation_error(e) from None
-        model, adapter_spec = check_model(req.model)
-        param = "model"
-        if req.lora_path is not None:
-            if resolver is None:
-                raise invalid(
-                    "LoRA is not enabled on this server",
-                    param="lora_path",
-                    code="lora_not_enabled",
-                )
-            if adapter_spec is not None and adapter_spec != req.lora_path:
-                raise invalid("model names one adapter and lora_path another", param="lora_path")
-            adapter_spec, param = req.lora_path, "lora_path"
+        model, adapter_spec, param = requested_adapter(req)
         items: Any = req.input
         check_size(items)
 
@@ -544,24 +570,7 @@ def create_app(
         except JaxEmbedError as e:
             raise from_library_error(e) from None
         vectors = truncate_dimensions(vectors, req.dimensions, card.normalize)
-        metrics.inputs.inc(len(vectors))
-        metrics.tokens.inc(total)
-        if req.user:
-            log.info(
-                "embedded %d inputs (%d tokens) for user %s",
-                len(vectors),
-                total,
-                req.user,
-                extra={"user": req.user, "inputs": len(vectors), "tokens": total},
-            )
-        return json_response(
-            {
-                "object": "list",
-                "data": encode_embeddings(vectors, req.encoding_format),
-                "model": model,
-                "usage": {"prompt_tokens": total, "total_tokens": total},
-            }
-        )
+        return embeddings_response(req, model, vectors, total)
 
     @app.post("/tokenize")
     async def tokenize_route(request: Request):
