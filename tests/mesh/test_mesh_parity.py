@@ -151,14 +151,43 @@ def test_dual_encoders_on_a_mesh_match_single_device(dual_encoder, mesh_shape):
         assert specs["text_model.encoder.layers.mlp.fc1.kernel"] == P(None, None, "model")
 
 
-@pytest.mark.parametrize("family", ["bert", "mistral"])
-@pytest.mark.parametrize("mesh_shape", [(8, 1), (2, 4), (1, 8)], ids=lambda s: f"{s[0]}x{s[1]}")
-def test_attention_implementations_on_a_mesh(family, mesh_shape, texts, bert_dir, mistral_dir):
-    """Blocked and splash (interpreted; shard_map over rows and heads) equal xla on the mesh,
-    packed (the default) and padded."""
+IMPLEMENTATIONS_UNDER_TEST = (
+    ("blocked", dict(block_q=16, block_k=16)),
+    ("splash", dict(interpret=True)),  # shard_map over rows (data) and heads (model)
+)
+
+
+def _family_dir(family, bert_dir, mistral_dir, tmp_path_factory):
+    if family == "bert":
+        return bert_dir
+    if family == "mistral":
+        return mistral_dir
+    path = tmp_path_factory.mktemp(f"tiny-{family}")
+    if family == "roberta":
+        save_tiny_model("roberta", path, seed=5)
+    else:
+        save_tiny_decoder(family, path, seed=5)
+    return path
+
+
+MESH_CASES = [
+    *[(f, m) for f in ("bert", "mistral") for m in ((8, 1), (2, 4), (1, 8))],
+    ("roberta", (2, 4)),
+    ("qwen3", (2, 4)),
+]
+
+
+@pytest.mark.parametrize(
+    "family, mesh_shape", MESH_CASES, ids=lambda c: c if isinstance(c, str) else f"{c[0]}x{c[1]}"
+)
+def test_attention_implementations_on_a_mesh(
+    family, mesh_shape, texts, bert_dir, mistral_dir, tmp_path_factory
+):
+    """Blocked and splash equal xla on the mesh (≤ 2e-6), packed (the default) and padded;
+    Mistral's window (8) is shorter than the inputs, Qwen3 has one KV head."""
     from jaxembed.models.attention import AttentionConfig
 
-    path = bert_dir if family == "bert" else mistral_dir
+    path = _family_dir(family, bert_dir, mistral_dir, tmp_path_factory)
     mesh = make_mesh(MeshShape(*mesh_shape), jax.devices()[: mesh_shape[0] * mesh_shape[1]])
 
     def on_mesh(attention, packing):
@@ -174,8 +203,26 @@ def test_attention_implementations_on_a_mesh(family, mesh_shape, texts, bert_dir
 
     for packing in (True, False):
         reference = on_mesh(AttentionConfig("xla"), packing)
-        for config in (
-            AttentionConfig("blocked", block_q=16, block_k=16),
-            AttentionConfig("splash", interpret=True),
-        ):
-            assert np.abs(on_mesh(config, packing) - reference).max() <= 2e-6, (config, packing)
+        for impl, options in IMPLEMENTATIONS_UNDER_TEST:
+            ours = on_mesh(AttentionConfig(impl, **options), packing)
+            assert np.abs(ours - reference).max() <= 2e-6, (impl, packing)
+
+
+def test_dual_encoder_attention_implementations_on_a_mesh(dual_encoder):
+    """CLIP / SigLIP text (causal / bidirectional) and vision towers on a 2x4 mesh."""
+    from jaxembed.models.attention import AttentionConfig
+
+    path, captions, images, _ = dual_encoder
+    mesh = make_mesh(MeshShape(2, 4), jax.devices()[:8])
+
+    def on_mesh(attention):
+        embedder = Embedder.from_pretrained(
+            path, dtype="float32", mesh=mesh, compile_cache_dir=False, attention=attention, **GRID
+        )
+        return embedder.embed(captions), embedder.embed_images(images)
+
+    text_ref, image_ref = on_mesh(AttentionConfig("xla"))
+    for impl, options in IMPLEMENTATIONS_UNDER_TEST:
+        text, image = on_mesh(AttentionConfig(impl, **options))
+        assert np.abs(text - text_ref).max() <= 2e-6, impl
+        assert np.abs(image - image_ref).max() <= 2e-6, impl
