@@ -471,3 +471,20 @@ def save_tiny_siglip(out_dir: Path, *, seed: int = 0):
     config = transformers.SiglipConfig(text_config=text.to_dict(), vision_config=vision.to_dict())
     processor = SiglipImageProcessorPil(size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE})
     return _build_and_save(transformers.SiglipModel, config, tokenizer, processor, out_dir, seed)
+
+
+def run_pytest_in_child(paths: list[str], env: dict[str, str], timeout: float = 1200) -> str:
+    """Run test files in a child pytest (for settings that must precede JAX's start, such as
+    XLA_FLAGS or $JAXEMBED_ATTENTION); asserts that they ran and passed; returns the output."""
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *paths],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    assert " passed" in run.stdout and " failed" not in run.stdout, run.stdout[-2000:]
+    return run.stdout

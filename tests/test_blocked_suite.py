@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers import run_pytest_in_child
+
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = [
     "tests/test_parity_minilm.py",
@@ -35,13 +37,4 @@ def test_parity_suites_pass_with_blocked_attention():
         timeout=300,
     )
     assert probe.stdout.strip().splitlines()[-1] == "['blocked']", probe.stdout + probe.stderr
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SUITES],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
-    assert " passed" in run.stdout and " failed" not in run.stdout, run.stdout[-2000:]
+    run_pytest_in_child(SUITES, env)

@@ -61,7 +61,7 @@ def measure_warmup(cache_dir: str, model: str | None, token_budget: int | None) 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--passages", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
@@ -74,7 +74,11 @@ def main() -> None:
     )
     parser.add_argument("--skip-warmup", action="store_true")
     parser.add_argument("--out", default=None, help="write results as JSON here")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
 
     from jaxembed.engine.embedder import Embedder
     from tests.texts import passages
