@@ -86,6 +86,20 @@ def _int_tuple(text: str) -> tuple[int, ...]:
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     d = ServerConfig()
+    for add in (
+        _add_model_and_access_arguments,
+        _add_compile_and_attention_arguments,
+        _add_limit_arguments,
+        _add_batching_and_logging_arguments,
+        _add_lora_arguments,
+        _add_media_arguments,
+        _add_multihost_arguments,
+    ):
+        add(p, d)
+
+
+def _add_model_and_access_arguments(p: argparse.ArgumentParser, d: ServerConfig) -> None:
+    """Address, model, dtype, API keys."""
     p.add_argument("--host", default=d.host)
     p.add_argument("--port", type=int, default=d.port)
     p.add_argument(
@@ -110,8 +124,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--compile-cache",
         default=None,
-        help="persistent XLA cache dir (default ~/.cache/jaxembed/xla)",
+        help="persistent XLA cache dir (default $JAXEMBED_HOME/xla, ~/.cache/jaxembed/xla)",
     )
+
+
+def _add_compile_and_attention_arguments(p: argparse.ArgumentParser, d: ServerConfig) -> None:
+    """Compilation, warm-up, the bucket grid, attention, long inputs, device memory."""
     p.add_argument(
         "--no-warmup", dest="warmup", action="store_false", help="compile buckets lazily"
     )
@@ -154,6 +172,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "--batch-sizes", type=_int_tuple, default=None, help="bucket batch sizes, e.g. 1,2,4,8"
     )
     p.add_argument("--seq-lengths", type=_int_tuple, default=None, help="bucket sequence lengths")
+
+
+def _add_limit_arguments(p: argparse.ArgumentParser, d: ServerConfig) -> None:
+    """Request and queue limits, scheduling, time limits, the cache."""
     p.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes)
     p.add_argument("--max-inputs", type=int, default=d.max_inputs, help="inputs per request")
     p.add_argument("--max-request-tokens", type=int, default=d.max_request_tokens)
@@ -198,6 +220,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         default=d.cache_mb,
         help="LRU cache of embeddings by exact token ids, in MiB (0 disables)",
     )
+
+
+def _add_batching_and_logging_arguments(p: argparse.ArgumentParser, d: ServerConfig) -> None:
+    """Packing, logs, the device mesh."""
     p.add_argument(
         "--packing",
         action=argparse.BooleanOptionalAction,
@@ -218,6 +244,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="device mesh, e.g. data=2,model=4 or model=8 (default: every device on data)",
     )
+
+
+def _add_lora_arguments(p: argparse.ArgumentParser, d: ServerConfig) -> None:
+    """LoRA adapters."""
     g = p.add_argument_group("LoRA adapters")
     g.add_argument(
         "--lora",
@@ -234,6 +264,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--max-loras", type=int, default=d.max_loras, help="adapters resident at once")
     g.add_argument("--max-lora-rank", type=int, default=d.max_lora_rank)
+
+
+def _add_media_arguments(p: argparse.ArgumentParser, d: ServerConfig) -> None:
+    """Images and videos (multimodal models)."""
     g = p.add_argument_group("images and videos (multimodal models)")
     g.add_argument(
         "--allow-private-media",
@@ -268,6 +302,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         default=d.max_decode_seconds,
         help="wall time to decode one video",
     )
+
+
+def _add_multihost_arguments(p: argparse.ArgumentParser, d: ServerConfig) -> None:
+    """Multi-host process groups."""
     g = p.add_argument_group("multi-host (TPU pod slices, several GPU hosts)")
     g.add_argument(
         "--distributed",
