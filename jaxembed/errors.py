@@ -77,6 +77,27 @@ class InputTooLongError(InvalidInputError):
         self.max_tokens = max_tokens
 
 
+class RequestTooLargeError(InvalidInputError):
+    """A request holds more than a limit allows in one request (e.g. tokens); split it."""
+
+    def __init__(self, message: str, *, param: str = "input"):
+        super().__init__(message, param=param, code="request_too_large")
+
+
+class DeadlineError(JaxEmbedError):
+    """A job cannot finish by its deadline even with the device to itself, at the
+    throughput measured so far: refused before it takes any device time."""
+
+    def __init__(self, tokens: int, expected_seconds: float, seconds_left: float):
+        super().__init__(
+            f"{tokens} uncached tokens would take about {expected_seconds:.0f} s, "
+            f"more than the {max(seconds_left, 0):.0f} s left"
+        )
+        self.tokens = tokens
+        self.expected_seconds = expected_seconds
+        self.seconds_left = seconds_left
+
+
 class EngineError(JaxEmbedError):
     """The device computation of a batch failed; only that batch's requests are affected."""
 

@@ -15,6 +15,7 @@ from jaxembed.cli import add_attention_option, mesh_shape_arg
 from jaxembed.engine.buckets import DEFAULT_WARMUP_MAX_LEN
 from jaxembed.parallel.distributed import MODES, DistributedConfig
 from jaxembed.parallel.mesh import MeshShape
+from jaxembed_server.model_config import ModelConfig, inherit, models_from_file, models_from_flags
 
 API_KEY_ENV = "JAXEMBED_API_KEY"
 
@@ -23,7 +24,9 @@ API_KEY_ENV = "JAXEMBED_API_KEY"
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 30000
-    model: str | None = None
+    # The models served (--model, repeatable, or --config); () = the embedded default model,
+    # with the per-model options below. Each ModelConfig inherits them (server/model_config.py).
+    models: tuple[ModelConfig, ...] = ()
     served_model_names: tuple[str, ...] = ()
     dtype: str | None = None
     api_keys: tuple[str, ...] = ()
@@ -71,6 +74,9 @@ class ServerConfig:
     memory_fraction: float = 0.9  # of device memory the parameters + buckets may plan to use
     device_memory_gib: float | None = None  # where the backend does not report its memory
 
+    def model_configs(self) -> tuple[ModelConfig, ...]:
+        return self.models or (inherit(self, served_model_names=self.served_model_names),)
+
 
 def _int_tuple(text: str) -> tuple[int, ...]:
     try:
@@ -104,8 +110,16 @@ def _add_model_and_access_arguments(p: argparse.ArgumentParser, d: ServerConfig)
     p.add_argument("--port", type=int, default=d.port)
     p.add_argument(
         "--model",
+        action="append",
+        default=[],
+        metavar="[NAME=]SPEC",
+        help="HF or converted model directory, or a card name (default: embedded "
+        "all-MiniLM-L6-v2); repeat as NAME=SPEC to serve several models, routed by `model`",
+    )
+    p.add_argument(
+        "--config",
         default=None,
-        help="HF or converted model directory, or a card name (default: embedded all-MiniLM-L6-v2)",
+        help="YAML or JSON file listing the models with per-model options (docs/operations.md)",
     )
     p.add_argument(
         "--served-model-name",
@@ -356,6 +370,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     values["served_model_names"] = tuple(args.served_model_name)
     values["api_keys"] = read_api_keys(args.api_key, args.api_key_file)
     values["lora"] = tuple(args.lora)
+    values["models"] = ()
     values["distributed"] = (
         DistributedConfig.from_env(
             coordinator_address=args.coordinator_address,
@@ -368,4 +383,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         if args.distributed
         else None
     )
-    return ServerConfig(**values)
+    config = ServerConfig(**values)
+    if args.config and args.model:
+        raise ValueError("give the models with --model or in --config, not both")
+    if args.config:
+        return dataclasses.replace(config, models=models_from_file(config, args.config))
+    return dataclasses.replace(config, models=models_from_flags(config, args.model))

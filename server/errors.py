@@ -17,6 +17,7 @@ from jaxembed.errors import (
     InvalidInputError,
     JaxEmbedError,
     OverloadedError,
+    RequestTooLargeError,
 )
 
 
@@ -76,6 +77,8 @@ def from_validation_error(error: ValidationError) -> APIError:
 def from_library_error(error: JaxEmbedError) -> APIError:
     if isinstance(error, InputTooLongError):
         return invalid(str(error), param="input", code="context_length_exceeded")
+    if isinstance(error, RequestTooLargeError):
+        return APIError(413, str(error), param=error.param, code=error.code)
     if isinstance(error, InvalidInputError):
         return invalid(str(error), param=error.param, code=error.code)
     if isinstance(error, OverloadedError):

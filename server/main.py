@@ -10,19 +10,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import time
 
 import jax
-from jax.sharding import Mesh
 
 from jaxembed.engine.embedder import Embedder
 from jaxembed.engine.group_runner import BroadcastingRunner, follow_leader
-from jaxembed.engine.memory import device_memory_bytes
-from jaxembed.errors import JaxEmbedError
+from jaxembed.errors import JaxEmbedError, ModelLoadError
 from jaxembed.parallel import distributed, multihost
-from jaxembed.parallel.mesh import describe, make_mesh
+from jaxembed.parallel.mesh import make_mesh
 from jaxembed_server.app import create_app
 from jaxembed_server.config import ServerConfig, config_from_args
+from jaxembed_server.loading import check_memory, load_models
 from jaxembed_server.logs import configure_logging
 
 log = logging.getLogger("jaxembed.server")
@@ -45,49 +43,6 @@ def fault_hook_from_env():
     return hook
 
 
-def build_embedder(config: ServerConfig, mesh: Mesh | None = None) -> Embedder:
-    grid_options = {
-        "token_budget": config.token_budget,
-        "packing": config.packing,
-        "attention": config.attention,
-        "warmup_max_len": config.warmup_max_len,
-        "max_embed_len": config.max_embed_len,
-    }
-    if config.batch_sizes:
-        grid_options["batch_sizes"] = config.batch_sizes
-    if config.seq_lengths:
-        grid_options["seq_lengths"] = config.seq_lengths
-    return Embedder.from_pretrained(
-        config.model,
-        dtype=config.dtype,
-        mesh=mesh,
-        compile_cache_dir=config.compile_cache,
-        **grid_options,
-    )
-
-
-def check_memory(config: ServerConfig, embedder: Embedder) -> None:
-    """Fit the bucket grid into `--memory-fraction` of a device (compiled programs' own bytes)."""
-    memory = device_memory_bytes(config.device_memory_gib)
-    if memory is None:
-        log.info(
-            "device memory not reported by the %s backend: the bucket grid is not checked "
-            "against it (pass --device-memory-gib to check)",
-            jax.default_backend(),
-        )
-        return
-    budget = int(memory * config.memory_fraction)
-    start = time.perf_counter()
-    embedder.fit_memory(budget)
-    log.info(
-        "memory plan: every bucket fits %.2f GiB per device (%.0f%% of %.2f GiB), checked in %.1f s",
-        budget / 2**30,
-        config.memory_fraction * 100,
-        memory / 2**30,
-        time.perf_counter() - start,
-    )
-
-
 def run_follower(config: ServerConfig, embedder: Embedder) -> int:
     """A non-leader process of a global multi-host group: compile, then follow the leader."""
     seconds = embedder.runner.warmup(max_len=embedder.warmup_max_len)
@@ -98,44 +53,43 @@ def run_follower(config: ServerConfig, embedder: Embedder) -> int:
     return follow_leader(embedder.runner, sock)
 
 
+def group_refusal(config: ServerConfig, embedders: list[Embedder]) -> str | None:
+    """What a global multi-host group cannot serve yet (None: it can)."""
+    if len(embedders) > 1:
+        return "several models are not supported with --multihost global yet (use replica)"
+    if embedders[0].images is not None:
+        return "image/video models are not supported with --multihost global yet (use replica)"
+    if config.model_configs()[0].lora_enabled:
+        return "LoRA adapters are not supported with --multihost global yet"
+    return None
+
+
+def load(config: ServerConfig) -> list[Embedder]:
+    """Every model's engine on its mesh, LoRA settled, the memory plan checked."""
+    dist = config.distributed
+    if dist is not None:
+        distributed.initialize(dist)
+    devices = distributed.serving_devices(dist)
+    embedders = load_models(config, devices, make_mesh(config.mesh, devices))
+    group = dist is not None and dist.mode == "global" and jax.process_count() > 1
+    if group and (reason := group_refusal(config, embedders)):
+        raise ModelLoadError(reason)
+    check_memory(config, embedders)
+    return embedders
+
+
 def serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.log_format)
-    config = config_from_args(args)
-    dist = config.distributed
     try:
-        if dist is not None:
-            distributed.initialize(dist)
-        mesh = make_mesh(config.mesh, distributed.serving_devices(dist))
-        embedder = build_embedder(config, mesh)
+        config = config_from_args(args)
+        embedders = load(config)
     except (JaxEmbedError, ValueError, RuntimeError) as e:
         log.error("cannot start: %s", e)
         return 2
+    dist = config.distributed
     group = dist is not None and dist.mode == "global" and jax.process_count() > 1
-    if group and embedder.images is not None:
-        log.error(
-            "cannot start: image/video models are not supported with --multihost global yet "
-            "(use --multihost replica)"
-        )
-        return 2
-    if config.lora or config.lora_root:
-        if group:
-            log.error("LoRA adapters are not supported with --multihost global yet")
-            return 2
-        try:
-            embedder.enable_lora(max_loras=config.max_loras, max_rank=config.max_lora_rank)
-            for name, path in config.lora:  # preloaded adapters stay resident (never released)
-                embedder.adapter_slot(name, path)
-                log.info("loaded LoRA adapter %s", name)
-        except JaxEmbedError as e:
-            log.error("cannot load a --lora adapter: %s", e)
-            return 2
-    try:  # after packing and LoRA are settled: the programs checked are those warm-up runs
-        check_memory(config, embedder)
-    except JaxEmbedError as e:
-        log.error("cannot start: %s", e)
-        return 2
     if group and jax.process_index() != 0:
-        rc = run_follower(config, embedder)
+        rc = run_follower(config, embedders[0])
         if rc:
             _exit_broken_group(rc)
         return rc
@@ -149,19 +103,12 @@ def serve(args: argparse.Namespace) -> int:
             jax.process_count() - 1,
             heartbeat_timeout=dist.heartbeat_timeout,
         )
-        embedder.runner = BroadcastingRunner(embedder.runner, channel)
-    log.info(
-        "loaded %s (%s, %s) in %.2f s from %s on mesh %s; %d buckets, token budget %d",
-        embedder.card.name,
-        embedder.model.source_format,
-        embedder.model.dtype,
-        embedder.model.load_seconds,
-        embedder.model.model_dir,
-        describe(mesh),
-        len(embedder.grid.buckets()),
-        embedder.grid.token_budget,
-    )
-    app = create_app(config, embedder, fault_hook=fault_hook_from_env())
+        embedders[0].runner = BroadcastingRunner(embedders[0].runner, channel)
+    try:
+        app = create_app(config, embedders, fault_hook=fault_hook_from_env())
+    except ValueError as e:  # e.g. two models answering to the same name
+        log.error("cannot start: %s", e)
+        return 2
     # One process: it owns the JAX devices. Sanic handles SIGINT/SIGTERM with a graceful stop.
     try:
         app.run(

@@ -27,12 +27,15 @@ import dataclasses
 import ipaddress
 import re
 import socket
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
 
+from jaxembed.engine.jobs import EmbedItem
 from jaxembed.errors import MediaError
 from jaxembed_server.paths import PathOutsideRoot, resolve_inside
 
@@ -281,3 +284,35 @@ class MediaLoader:
             f"the media is larger than this server's limit of {self.policy.max_bytes} bytes",
             code="media_too_large",
         )
+
+
+async def fetch_items(loader: MediaLoader, items: Sequence[Any]) -> list[EmbedItem]:
+    """Parsed `{text, image, video}` items → EmbedItems whose media are bytes.
+
+    All references are read concurrently; the first failure cancels the rest and
+    names its item (`input[3].image: ...`).
+    """
+
+    async def read(index: int, kind: str, source: str | None) -> bytes | None:
+        if source is None:
+            return None
+        try:
+            return await loader.read(source)
+        except MediaError as e:
+            raise MediaError(f"input[{index}].{kind}: {e}", code=e.code, index=index) from None
+
+    tasks = [
+        asyncio.ensure_future(read(i, kind, getattr(item, kind)))
+        for i, item in enumerate(items)
+        for kind in ("image", "video")
+    ]
+    try:
+        data = await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
+    return [
+        EmbedItem(text=item.text, image=data[2 * i], video=data[2 * i + 1])
+        for i, item in enumerate(items)
+    ]

@@ -488,3 +488,12 @@ def run_pytest_in_child(paths: list[str], env: dict[str, str], timeout: float = 
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
     assert " passed" in run.stdout and " failed" not in run.stdout, run.stdout[-2000:]
     return run.stdout
+
+
+def metric_value(server_url: str, name: str) -> float:
+    """The server's `name` summed over its labels (per-model series add up); 0 if absent."""
+    import httpx
+
+    from tools.prom import metric_sum
+
+    return metric_sum(httpx.get(server_url + "/metrics", timeout=10).text, name) or 0.0

@@ -63,6 +63,25 @@ def test_parallel_never_imports_engine():
     assert not offenders
 
 
+def test_server_only_talks_to_the_service():
+    """The HTTP layer parses, fetches and answers; pooling, the cache, decoding and fusion
+    are the EmbeddingService's (jaxembed/engine/service.py), so both APIs share them."""
+    engine_internals = (
+        "jaxembed.pooling",
+        "jaxembed.engine.cache",
+        "jaxembed.engine.multimodal",
+        "jaxembed.engine.vision",
+        "jaxembed.media",
+        "jaxembed.images",
+    )
+    offenders = {
+        p: sorted(x for x in n if x.startswith(engine_internals))
+        for p, n in _imports("server").items()
+        if any(x.startswith(engine_internals) for x in n)
+    }
+    assert not offenders
+
+
 def test_no_pickle_loading_anywhere():
     for package in ("jaxembed", "server"):
         for path, names in _imports(package).items():

@@ -160,7 +160,7 @@ def test_fusion_is_normalised_weighted_sum():
 
 
 def test_text_model_refuses_images(embedder):
-    with pytest.raises(InvalidInputError, match="only text"):
+    with pytest.raises(InvalidInputError, match="only embeds text"):
         embedder.embed_images([Image.new("RGB", (8, 8))])
 
 

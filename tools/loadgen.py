@@ -24,6 +24,7 @@ import httpx
 import numpy as np
 
 from tools.bench_embed import cpu_model, write_results
+from tools.prom import metric_sum
 
 MODEL = "all-minilm-l6-v2"
 
@@ -97,12 +98,8 @@ async def run_requests(
 
 def batch_fill(url: str) -> float:
     metrics = httpx.get(url + "/metrics").text
-    total = count = 0.0
-    for line in metrics.splitlines():
-        if line.startswith("jaxembed_batch_fill_ratio_sum"):
-            total = float(line.split()[-1])
-        elif line.startswith("jaxembed_batch_fill_ratio_count"):
-            count = float(line.split()[-1])
+    total = metric_sum(metrics, "jaxembed_batch_fill_ratio_sum") or 0.0
+    count = metric_sum(metrics, "jaxembed_batch_fill_ratio_count") or 0.0
     return total / count if count else float("nan")
 
 

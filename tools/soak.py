@@ -22,7 +22,6 @@ import base64
 import dataclasses
 import json
 import random
-import re
 import sys
 import time
 from collections import Counter
@@ -32,6 +31,7 @@ import httpx
 import numpy as np
 
 from jaxembed.pooling import truncate_dimensions
+from tools.prom import metric_sum
 
 BAD_KINDS = (
     "empty_text",
@@ -278,8 +278,7 @@ def server_stats(url: str, pid: int | None, api_key: str | None = None) -> dict:
         "jaxembed_active_requests",
         "jaxembed_queue_requests",
     ):
-        match = re.search(rf"^{name} (\S+)$", text, re.M)
-        stats[name] = float(match.group(1)) if match else None
+        stats[name] = metric_sum(text, name)
     if pid is not None:
         with open(f"/proc/{pid}/status") as f:
             rss_kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))

@@ -32,6 +32,7 @@ from jaxembed.engine.buckets import (
     Bucket,
     PlannedBatch,
 )
+from jaxembed.engine.device_share import DEFAULT_SECONDS_PER_TOKEN, DeviceShare
 from jaxembed.engine.embedder import Embedder
 from jaxembed.engine.scheduler import ThroughputEstimate, take_step
 from jaxembed.engine.workload import DeviceResult, Workload
@@ -132,6 +133,7 @@ class _Dispatched:
     bucket: Bucket
     result: object  # jax.Array, or the exception raised at dispatch
     started: float
+    shared: bool = False  # holds a turn of the DeviceShare until collected
 
 
 class Batcher:
@@ -148,7 +150,11 @@ class Batcher:
         pipeline_depth: int = 2,
         on_batch: Callable[[BatchStats], None] | None = None,
         fault_hook: FaultHook | None = None,
+        share: DeviceShare | None = None,
+        name: str = "default",
     ):
+        """`share`: devices shared with other batchers (other models, images): each batch
+        waits for a fair turn (engine/device_share.py); `name` identifies this batcher there."""
         self.workload = embedder if isinstance(embedder, Workload) else TextWorkload(embedder)
         self.max_queued_requests = max_queued_requests
         self.max_queued_tokens = max_queued_tokens
@@ -156,6 +162,8 @@ class Batcher:
         self.step_tokens = self.workload.step_budget * step_batches
         self._on_batch = on_batch
         self._fault_hook = fault_hook
+        self._share = share
+        self.name = name
         self._cond = threading.Condition()
         self._pending: list[_Job] = []  # jobs with rows not yet dispatched
         self._queued_tokens = 0
@@ -218,6 +226,17 @@ class Batcher:
     @property
     def active_requests(self) -> int:
         return self._active_jobs
+
+    def check_capacity(self) -> None:
+        """Refuse at once when the queue is already full: a flooded model answers its 503s
+        before tokenising anything, which keeps the flood's cost off everyone else."""
+        with self._cond:
+            full = len(self._pending) >= self.max_queued_requests
+            waiting = len(self._pending)
+        if full:
+            raise OverloadedError(
+                f"the queue is full ({waiting} requests waiting)", retry_after=1.0
+            )
 
     def expected_seconds(self, tokens: int) -> float | None:
         """How long `tokens` take at the measured device throughput, even with the device to
@@ -329,13 +348,25 @@ class Batcher:
                 batch_rows = [rows[i] for i in planned.indices]
                 if all(r.job.done for r in batch_rows):
                     continue  # every request in it timed out or went away: skip the device work
+                shared = self._take_turn(planned.bucket)
                 started = time.perf_counter()
                 try:
                     result = self._run(batch_rows, planned)
                 except Exception as e:  # surfaced per request by the collector
                     result = e
-                self._inflight.put(_Dispatched(batch_rows, planned.bucket, result, started))
+                self._inflight.put(_Dispatched(batch_rows, planned.bucket, result, started, shared))
         self._inflight.put(None)
+
+    def _take_turn(self, bucket: Bucket) -> bool:
+        """Wait for this batcher's fair turn on shared devices; True if one was taken."""
+        if self._share is None:
+            return False
+        padded = bucket.batch * bucket.seq
+        seconds = self.expected_seconds(padded)
+        self._share.acquire(
+            self.name, padded * DEFAULT_SECONDS_PER_TOKEN if seconds is None else seconds
+        )
+        return True
 
     def _run(self, rows: list[_Row], planned: PlannedBatch) -> DeviceResult:
         token_lists = [r.tokens for r in rows]
@@ -354,6 +385,12 @@ class Batcher:
                 log.exception("collecting batch %s failed; failing its requests", item.bucket)
                 for row in item.rows:
                     self._fail(row.job, EngineError("internal error while collecting a batch"))
+                self._give_back_turn(item)
+
+    def _give_back_turn(self, item: _Dispatched) -> None:
+        if item.shared:
+            item.shared = False
+            self._share.release(self.name)
 
     def _collect(self, item: _Dispatched) -> None:
         try:
@@ -361,9 +398,11 @@ class Batcher:
                 raise item.result
             vectors = item.result.read()  # waits for the device
         except Exception as e:
+            self._give_back_turn(item)
             log.warning("batch %s failed (%s); retrying", item.bucket, e)
             self._retry(item.rows, e)
             return
+        self._give_back_turn(item)
         self._deliver(item.rows, vectors)
         real_tokens = sum(self.workload.size(r.tokens) for r in item.rows)
         self.throughput.observe(real_tokens, item.started, time.perf_counter())

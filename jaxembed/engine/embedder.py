@@ -40,7 +40,7 @@ from jaxembed.lora import AdapterError, LoraAdapter, LoraBank, load_adapter
 from jaxembed.models.attention import AttentionConfig, unavailable_reason
 from jaxembed.parallel.mesh import MeshShape, make_mesh
 from jaxembed.parallel.sharding import DATA_AXIS, replicated
-from jaxembed.pooling import PACKABLE_POOLING, mean_of_frames, truncate_dimensions
+from jaxembed.pooling import PACKABLE_POOLING
 from jaxembed.weights.loader import LoadedModel, load_model
 
 Inputs = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]
@@ -140,6 +140,7 @@ class Embedder:
         )
         self.packing = False
         self.set_packing(self.can_pack if packing is None else packing)
+        self._service = self._loop = None  # built by `service()` on first use
         self.images: ImageEngine | None = None
         if "image" in model.card.modalities or "video" in model.card.modalities:
             if not hasattr(model.module(), "encode_image"):
@@ -388,6 +389,34 @@ class Embedder:
             out[indices] = result.read()
         return out
 
+    # -- the synchronous API over the embedding service ---------------------------------------
+
+    def service(self):
+        """The `EmbeddingService` that `embed`, `embed_images` and `embed_video` run on (built
+        on first use, on a background event loop): the same pipeline the server runs."""
+        if self._service is None:
+            from jaxembed.engine.background_loop import BackgroundLoop
+            from jaxembed.engine.service import EmbeddingService, QueueLimits, ServiceConfig
+
+            unbounded = QueueLimits(max_queued_requests=2**62, max_queued_tokens=2**62)
+            self._service = EmbeddingService(self, ServiceConfig(queue=unbounded))
+            self._service.start(warmup=False)  # buckets compile on first use, as before
+            self._loop = BackgroundLoop()
+        return self._service
+
+    def close(self) -> None:
+        """Stop the background service of `embed` (if it was started); the engine stays usable."""
+        if self._service is not None:
+            self._service.close(timeout=5)
+            self._loop.close()
+            self._service = self._loop = None
+
+    def _run_job(self, inputs, **options) -> np.ndarray:
+        from jaxembed.engine.jobs import EmbedJob, EmbedOptions
+
+        service = self.service()
+        return self._loop.run(service.embed(EmbedJob(inputs, EmbedOptions(**options)))).vectors
+
     def embed(
         self,
         inputs: Inputs,
@@ -399,6 +428,7 @@ class Embedder:
         instruction: str | None = None,
         adapter: str | None = None,
         chunking: bool = False,
+        priority: int = 0,
     ) -> np.ndarray:
         """Embed texts or token ids → [N, dimensions] float32, rows in input order.
 
@@ -406,58 +436,42 @@ class Embedder:
         instead fills the card's instruction template (decoder embedders);
         `adapter` names a LoRA adapter loaded with `adapter_slot`; `chunking` embeds
         an over-long input as windows pooled by token count (instead of `truncate`).
+        Thread-safe: concurrent calls share device batches, as requests do in the server.
         """
-        self.check_dimensions(dimensions)
-        plan = None
-        if chunking:
-            plan = self.tokenize_windows(inputs, prompt_name=prompt_name, instruction=instruction)
-            token_lists = plan.windows
-        else:
-            token_lists = self.tokenize(
-                inputs,
-                truncate=truncate,
-                truncation_direction=truncation_direction,
-                prompt_name=prompt_name,
-                instruction=instruction,
-            )
-        slots = None
-        if adapter is not None:
-            slot = self.adapter_slot(adapter)
-            slots = [slot] * len(token_lists)
-        try:
-            vectors = self.embed_token_lists(token_lists, slots)
-        finally:
-            if adapter is not None:
-                self.lora_bank.release(adapter)
-        if plan is not None:
-            vectors = plan.combine(vectors, self.card.normalize)
-        return truncate_dimensions(vectors, dimensions, self.card.normalize)
+        from jaxembed.engine.jobs import AdapterRef
+
+        return self._run_job(
+            inputs,
+            truncate=truncate,
+            truncation_direction=truncation_direction,
+            dimensions=dimensions,
+            prompt_name=prompt_name,
+            instruction=instruction,
+            adapter=None if adapter is None else AdapterRef(adapter),
+            chunking=chunking,
+            priority=priority,
+        )
 
     # -- images and videos (models with a vision tower) ----------------------------------------
 
-    def _image_engine(self) -> ImageEngine:
-        if self.images is None:
-            raise InvalidInputError(
-                f"{self.card.name} embeds only {'/'.join(self.card.modalities)}",
-                code="unsupported_modality",
-            )
-        return self.images
-
     def embed_images(
-        self, images: Sequence[Image.Image], *, dimensions: int | None = None
+        self, images: Sequence[Image.Image | bytes], *, dimensions: int | None = None
     ) -> np.ndarray:
-        """Decoded images (any size or mode) → [N, dimensions] float32, in order."""
-        engine = self._image_engine()
-        self.check_dimensions(dimensions)
-        return truncate_dimensions(engine.embed(images), dimensions, self.card.normalize)
+        """Images (decoded, any size or mode, or encoded file bytes) → [N, dimensions] float32."""
+        from jaxembed.engine.jobs import EmbedItem
+
+        return self._run_job([EmbedItem(image=image) for image in images], dimensions=dimensions)
 
     def embed_video(
-        self, frames: Sequence[Image.Image], *, dimensions: int | None = None
+        self,
+        video: Sequence[Image.Image] | bytes,
+        *,
+        dimensions: int | None = None,
+        frames: int | None = None,
     ) -> np.ndarray:
-        """Sampled frames of one video → one [dimensions] vector: the mean frame embedding."""
-        engine = self._image_engine()
-        self.check_dimensions(dimensions)
-        if not frames:
-            raise InvalidInputError("a video needs at least one frame")
-        video = mean_of_frames(engine.embed(frames), self.card.normalize)
-        return truncate_dimensions(video[None], dimensions, self.card.normalize)[0]
+        """One video (sampled frames, or an encoded file sampled to `frames`, default the
+        card's) → one [dimensions] vector: the mean frame embedding."""
+        from jaxembed.engine.jobs import EmbedItem
+
+        item = EmbedItem(video=video if isinstance(video, bytes) else list(video))
+        return self._run_job([item], dimensions=dimensions, video_frames=frames)[0]

@@ -140,3 +140,13 @@ def abstract_params_on(family: Any, config: Any, dtype: str, mesh: Any) -> Any:
         abstract,
         shardings,
     )
+
+
+def param_bytes_per_device(params: Any) -> int:
+    """Bytes of a parameter tree held by one device (its shard of each array; the largest
+    over devices where shards differ in size)."""
+    per_device: dict[Any, int] = {}
+    for leaf in jax.tree.leaves(params):
+        for shard in getattr(leaf, "addressable_shards", ()):
+            per_device[shard.device] = per_device.get(shard.device, 0) + shard.data.nbytes
+    return max(per_device.values(), default=0)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import httpx
 
+from tests.helpers import metric_value
+
 MODEL = "all-minilm-l6-v2"
 
 
@@ -84,29 +86,22 @@ def test_user_and_load_are_logged(server):
     assert "jaxembed.server: loaded all-minilm-l6-v2" in server.log_path.read_text()
 
 
-def _counter(server, name: str) -> float:
-    for line in httpx.get(server.url + "/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
-
-
 def test_repeated_inputs_come_from_the_cache(server, embedder):
     import numpy as np
 
     text = "a sentence asked twice, the second time answered from the cache"
-    hits = _counter(server, "jaxembed_cache_hits_total")
+    hits = metric_value(server.url, "jaxembed_cache_hits_total")
     first = httpx.post(server.url + "/v1/embeddings", json={"input": [text, text]}).json()
     assert (
-        _counter(server, "jaxembed_cache_hits_total") == hits
+        metric_value(server.url, "jaxembed_cache_hits_total") == hits
     )  # in-request duplicate: computed once
     a, b = (np.asarray(d["embedding"], dtype=np.float32) for d in first["data"])
     np.testing.assert_array_equal(a, b)
     assert np.abs(a - embedder.embed([text])[0]).max() <= 1e-6
 
     again = httpx.post(server.url + "/v1/embeddings", json={"input": text, "dimensions": 64}).json()
-    assert _counter(server, "jaxembed_cache_hits_total") == hits + 1
+    assert metric_value(server.url, "jaxembed_cache_hits_total") == hits + 1
     assert again["usage"]["prompt_tokens"] == first["usage"]["prompt_tokens"] // 2
     reduced = np.asarray(again["data"][0]["embedding"], dtype=np.float32)
     np.testing.assert_allclose(reduced, a[:64] / np.linalg.norm(a[:64]), atol=1e-7)
-    assert _counter(server, "jaxembed_cache_bytes") > 0
+    assert metric_value(server.url, "jaxembed_cache_bytes") > 0

@@ -21,6 +21,7 @@ from tests.helpers import (
     generated_image,
     generated_video,
     image_bytes,
+    metric_value,
     save_tiny_clip,
 )
 
@@ -287,19 +288,14 @@ def test_models_lists_modalities(open_server):
     assert data[0]["id"] == MODEL and data[0]["modalities"] == ["text", "image", "video"]
 
 
-def _counter(server: ServerProcess, name: str) -> float:
-    text = httpx.get(server.url + "/metrics", timeout=10).text
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
-
-
 def test_repeated_images_come_from_the_cache(open_server):
     image = base64.b64encode(image_bytes(generated_image((33, 44), seed=42))).decode()
     other = base64.b64encode(image_bytes(generated_image((33, 44), seed=43))).decode()
-    hits = _counter(open_server, "jaxembed_cache_hits_total")
+    hits = metric_value(open_server.url, "jaxembed_cache_hits_total")
     first = _vectors_of(_post(open_server, {"model": MODEL, "input": [{"image": image}]}))
-    assert _counter(open_server, "jaxembed_cache_hits_total") == hits  # a miss
+    assert metric_value(open_server.url, "jaxembed_cache_hits_total") == hits  # a miss
     again = _post(open_server, {"model": MODEL, "input": [{"image": image}, {"image": other}]})
-    assert _counter(open_server, "jaxembed_cache_hits_total") == hits + 1  # only the repeat
+    assert metric_value(open_server.url, "jaxembed_cache_hits_total") == hits + 1  # only the repeat
     vectors = _vectors_of(again)
     np.testing.assert_array_equal(vectors[0], first[0])
     assert not np.allclose(vectors[1], first[0])

@@ -159,9 +159,11 @@ def test_64_concurrent_clients_get_their_own_results(server, client, embedder, c
     metrics = httpx.get(server.url + "/metrics").text
     # Histogram buckets are cumulative: batches with at most one request < all batches.
     one_request = float(
-        re.search(r'jaxembed_batch_requests_bucket\{le="1.0"\} (\S+)', metrics).group(1)
+        re.search(r'jaxembed_batch_requests_bucket\{le="1.0",model="[^"]+"\} (\S+)', metrics).group(
+            1
+        )
     )
-    total = float(re.search(r"jaxembed_batch_requests_count (\S+)", metrics).group(1))
+    total = float(re.search(r"jaxembed_batch_requests_count\{[^}]*\} (\S+)", metrics).group(1))
     assert one_request < total, "no batch ever held more than one request"
 
 

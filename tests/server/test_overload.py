@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import concurrent.futures
-import re
 import time
 
 import httpx
 import pytest
 
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, metric_value
 
 MODEL = "all-minilm-l6-v2"
 
@@ -19,11 +18,6 @@ def small_queue_server():
     proc = ServerProcess("--max-queued-requests", "2", "--no-warmup")
     yield proc
     assert proc.stop() == 0, proc.log()
-
-
-def _gauge(server, name: str) -> float:
-    text = httpx.get(server.url + "/metrics").text
-    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
 
 
 def test_burst_gets_fast_503s_and_accepted_requests_complete(small_queue_server):
@@ -75,8 +69,9 @@ def test_client_disconnect_drops_its_pending_work(small_queue_server):
     # 2,048 long rows take minutes on this CPU; the slot must be free long before that.
     deadline = time.monotonic() + 20
     while (
-        time.monotonic() < deadline and _gauge(small_queue_server, "jaxembed_active_requests") > 0
+        time.monotonic() < deadline
+        and metric_value(small_queue_server.url, "jaxembed_active_requests") > 0
     ):
         time.sleep(0.2)
-    assert _gauge(small_queue_server, "jaxembed_active_requests") == 0
-    assert _gauge(small_queue_server, "jaxembed_queue_requests") == 0
+    assert metric_value(small_queue_server.url, "jaxembed_active_requests") == 0
+    assert metric_value(small_queue_server.url, "jaxembed_queue_requests") == 0

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import signal
 import threading
 import time
 
 import httpx
 
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, metric_value
 
 
 def test_sigterm_drains_in_flight_work_and_exits_zero(capsys):
@@ -28,8 +27,7 @@ def test_sigterm_drains_in_flight_work_and_exits_zero(capsys):
     thread.start()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        metrics = httpx.get(server.url + "/metrics").text
-        if float(re.search(r"^jaxembed_active_requests (\S+)$", metrics, re.M).group(1)) >= 1:
+        if metric_value(server.url, "jaxembed_active_requests") >= 1:
             break
         time.sleep(0.05)
     else:

@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, metric_value
 from tests.texts import long_passages
 
 MODEL = "all-minilm-l6-v2"
@@ -18,13 +18,6 @@ def timeout_server():
     proc = ServerProcess("--request-timeout", "5", "--cache-mb", "0")
     yield proc
     assert proc.stop() == 0, proc.log()
-
-
-def _metric(server, name: str) -> float:
-    for line in httpx.get(server.url + "/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics")
 
 
 def test_timeout_then_admission(timeout_server):
@@ -38,14 +31,14 @@ def test_timeout_then_admission(timeout_server):
     assert error["code"] == "timeout" and error["type"] == "server_error"
     assert "--request-timeout of 5 s" in error["message"] and "of 2048 inputs" in error["message"]
     assert 4.5 <= elapsed < 20
-    assert _metric(timeout_server, "jaxembed_request_timeouts_total") == 1
+    assert metric_value(timeout_server.url, "jaxembed_request_timeouts_total") == 1
     # The server is free at once: nothing of the dead request is left queued.
     start = time.perf_counter()
     r = httpx.post(
         timeout_server.url + "/v1/embeddings", json={"input": "hello", "model": MODEL}, timeout=30
     )
     assert r.status_code == 200 and time.perf_counter() - start < 3
-    assert _metric(timeout_server, "jaxembed_queue_requests") == 0
+    assert metric_value(timeout_server.url, "jaxembed_queue_requests") == 0
     # Now the server has measured its speed: the same request is refused up front (413).
     start = time.perf_counter()
     r = httpx.post(timeout_server.url + "/v1/embeddings", json=body, timeout=120)
@@ -53,7 +46,7 @@ def test_timeout_then_admission(timeout_server):
     error = r.json()["error"]
     assert error["code"] == "request_too_large" and "--request-timeout of 5 s" in error["message"]
     assert "split it into requests of at most about" in error["message"]
-    assert _metric(timeout_server, "jaxembed_request_timeouts_total") == 1
+    assert metric_value(timeout_server.url, "jaxembed_request_timeouts_total") == 1
 
 
 def test_time_limits_are_set_from_the_options():

@@ -1,0 +1,36 @@
+"""An asyncio event loop on a daemon thread, so synchronous code can await the service.
+
+`Embedder.embed` is a plain function, yet it runs the same async
+`EmbeddingService` as the server. `asyncio.run` would fail inside an already
+running loop (Jupyter, an async web app calling the library); submitting to a
+loop of our own works everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class BackgroundLoop:
+    def __init__(self, name: str = "jaxembed-loop"):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the background loop and wait for its result (or its exception)."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("BackgroundLoop.run called from its own loop (it would deadlock)")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        self.loop.close()

@@ -1,0 +1,85 @@
+"""What an `EmbeddingService` is asked to do, and what it answers: plain data, no behaviour.
+
+A job is a list of inputs plus options. Inputs are texts, token ids, or
+multimodal items whose media are *already bytes* (or decoded images, from
+the Python API): fetching URLs is the HTTP layer's business, not the engine's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+# Texts or token ids, as `Embedder.tokenize` accepts them.
+TextInputs = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]
+ImageSource = bytes | Image.Image  # encoded file bytes, or an image already decoded
+VideoSource = bytes | Sequence[Image.Image]  # an encoded file, or frames already sampled
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedItem:
+    """One multimodal input: any of text, an image and a video; one vector comes back."""
+
+    text: str | None = None
+    image: ImageSource | None = None
+    video: VideoSource | None = None
+
+    @property
+    def modalities(self) -> list[str]:
+        return [m for m in ("text", "image", "video") if getattr(self, m) is not None]
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterRef:
+    """A LoRA adapter by name, with the directory to load it from if it is not resident."""
+
+    name: str
+    path: str | os.PathLike | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedOptions:
+    """How to embed a job's inputs (defaults: the model's own behaviour)."""
+
+    priority: int = 0  # lower = sooner (engine/scheduler.py)
+    truncate: bool = False
+    truncation_direction: str = "right"
+    prompt_name: str | None = None  # a prompt of the card, e.g. "query"
+    instruction: str | None = None  # fills the card's instruction template
+    dimensions: int | None = None  # matryoshka truncation
+    adapter: AdapterRef | None = None
+    chunking: bool = False  # over-long texts → windows pooled by token count
+    video_frames: int | None = None  # frames sampled per video (None: the card's)
+    # time.monotonic() by which the job must be done: admission refuses a job that the
+    # measured device throughput cannot finish by then (None: no deadline).
+    deadline: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedJob:
+    """Texts/token ids (`inputs` as `Embedder.embed` takes them) or multimodal `EmbedItem`s."""
+
+    inputs: TextInputs | Sequence[EmbedItem]
+    options: EmbedOptions = EmbedOptions()
+
+    @property
+    def multimodal(self) -> bool:
+        inputs = self.inputs
+        return isinstance(inputs, Sequence) and bool(inputs) and isinstance(inputs[0], EmbedItem)
+
+    @property
+    def count(self) -> int:
+        return 1 if isinstance(self.inputs, str) else len(self.inputs)
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedResult:
+    """[N, D] float32 vectors in input order and the usage count: text tokens (all windows
+    of a chunked input) plus image patches (frames x patches for a video)."""
+
+    vectors: np.ndarray
+    tokens: int

@@ -1,0 +1,211 @@
+"""`POST /v1/embeddings` and `POST /tokenize`: parse, validate, route, await the service, answer.
+
+Handlers read everything they need from `request.app.ctx` (server/app.py);
+the computation is the model's `EmbeddingService` (jaxembed/engine/service.py).
+Library errors become API errors in one place (the app's exception handler).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+from sanic import Request
+
+from jaxembed.engine.batcher import RequestProgress
+from jaxembed.engine.jobs import EmbedJob, EmbedOptions
+from jaxembed.errors import DeadlineError
+from jaxembed_server.errors import APIError, from_validation_error, invalid, unavailable
+from jaxembed_server.http import json_response, notice_disconnects, parse_json
+from jaxembed_server.media import fetch_items
+from jaxembed_server.protocol import EmbeddingRequest, MultimodalItem, TokenizeRequest
+from jaxembed_server.served import Route
+
+log = logging.getLogger("jaxembed.server")
+
+
+def encode_embeddings(vectors: np.ndarray, encoding_format: str) -> list[dict]:
+    if encoding_format == "base64":
+        # Little-endian float32, exactly what the openai client decodes with np.frombuffer.
+        le = vectors.astype("<f4", copy=False)
+        return [
+            {
+                "object": "embedding",
+                "embedding": base64.b64encode(le[i].tobytes()).decode("ascii"),
+                "index": i,
+            }
+            for i in range(len(le))
+        ]
+    return [
+        {"object": "embedding", "embedding": vectors[i], "index": i} for i in range(len(vectors))
+    ]
+
+
+def check_size(items: Any, max_inputs: int) -> None:
+    count = 1 if isinstance(items, str) else len(items)
+    if count == 0:
+        raise invalid("'input' must not be empty", param="input")
+    if count > max_inputs:
+        raise invalid(f"'input' has {count} items; the maximum is {max_inputs}", param="input")
+
+
+def check_serving(request: Request, route: Route | None = None) -> None:
+    """503 while draining, or while the routed model's engine cannot run (a lost host)."""
+    if request.app.ctx.state["draining"]:
+        raise APIError(
+            503,
+            "the server is shutting down",
+            type="server_error",
+            code="shutting_down",
+            headers={"Retry-After": "5"},
+        )
+    if route is not None and (reason := route.model.service.unhealthy_reason()):
+        raise unavailable(f"the model is not available: {reason}", retry_after=5)
+
+
+def embed_options(request: Request, req: EmbeddingRequest, route: Route) -> EmbedOptions:
+    config = request.app.ctx.config
+    deadline = None
+    if config.request_timeout:
+        deadline = request.ctx.start + config.request_timeout
+    chunking = route.model.config.chunking if req.chunking is None else req.chunking
+    return EmbedOptions(
+        priority=req.priority,
+        truncate=req.truncate,
+        truncation_direction=req.truncation_direction,
+        prompt_name=req.input_type,
+        instruction=req.instruction,
+        dimensions=req.dimensions,
+        adapter=route.adapter,
+        chunking=chunking,
+        video_frames=req.video_frames,
+        deadline=deadline,
+    )
+
+
+async def embeddings(request: Request):
+    check_serving(request)
+    notice_disconnects(request)
+    ctx = request.app.ctx
+    try:
+        req = EmbeddingRequest.model_validate(parse_json(request))
+    except ValidationError as e:
+        raise from_validation_error(e) from None
+    route = ctx.models.route(req.model, req.lora_path)
+    check_serving(request, route)
+    check_size(req.input, ctx.config.max_inputs)
+    service = route.model.service
+    service.check_capacity()
+    inputs: Any = req.input
+    progress = RequestProgress()
+
+    async def compute():
+        nonlocal inputs
+        if isinstance(inputs, list) and inputs and isinstance(inputs[0], MultimodalItem):
+            service.check_items(inputs, route.answer)  # before anything is fetched
+            inputs = await fetch_items(ctx.media, inputs)
+        return await service.embed(EmbedJob(inputs, embed_options(request, req, route)), progress)
+
+    count = 1 if isinstance(req.input, str) else len(req.input)
+    try:
+        result = await within_request_timeout(request, compute(), progress, count, route)
+    except DeadlineError as e:
+        raise too_slow(e, ctx.config.request_timeout) from None
+    return embeddings_response(request, req, route, result.vectors, result.tokens)
+
+
+def embeddings_response(
+    request: Request, req: EmbeddingRequest, route: Route, vectors: np.ndarray, total: int
+):
+    metrics = request.app.ctx.metrics
+    metrics.inputs.labels(model=route.model.name).inc(len(vectors))
+    metrics.tokens.labels(model=route.model.name).inc(total)
+    if req.user:
+        log.info(
+            "embedded %d inputs (%d tokens) for user %s",
+            len(vectors),
+            total,
+            req.user,
+            extra={"user": req.user, "inputs": len(vectors), "tokens": total},
+        )
+    return json_response(
+        {
+            "object": "list",
+            "data": encode_embeddings(vectors, req.encoding_format),
+            "model": route.answer,
+            "usage": {"prompt_tokens": total, "total_tokens": total},
+        }
+    )
+
+
+async def within_request_timeout(
+    request: Request, work, progress: RequestProgress, n: int, route: Route
+):
+    """Run the request's work under --request-timeout; past it, a 504 `timeout` whose
+    undispatched rows never reach the device (the batcher drops a cancelled job)."""
+    timeout = request.app.ctx.config.request_timeout
+    if not timeout:
+        return await work
+    left = timeout - (time.monotonic() - request.ctx.start)
+    try:
+        return await asyncio.wait_for(work, max(left, 0.001))
+    except TimeoutError:
+        request.app.ctx.metrics.request_timeouts.labels(model=route.model.name).inc()
+        log.warning(
+            "request timed out: --request-timeout %g s reached with %d of %d inputs embedded",
+            timeout,
+            progress.rows_done,
+            n,
+        )
+        raise APIError(
+            504,
+            f"the request did not finish within this server's --request-timeout of "
+            f"{timeout:g} s ({progress.rows_done} of {n} inputs were "
+            "embedded and discarded); send smaller requests (fewer or shorter inputs per "
+            "request) or ask the operator to raise --request-timeout",
+            type="server_error",
+            code="timeout",
+        ) from None
+
+
+def too_slow(error: DeadlineError, request_timeout: float) -> APIError:
+    """Admission refused the job: it cannot finish within --request-timeout (a 413)."""
+    rate = error.tokens / error.expected_seconds
+    return APIError(
+        413,
+        f"the request's {error.tokens} uncached tokens would take about "
+        f"{error.expected_seconds:.0f} s at the {rate:.0f} tokens/s this server measures, more "
+        f"than its --request-timeout of {request_timeout:g} s; split it into requests of at "
+        f"most about {int(rate * request_timeout * 0.5)} tokens",
+        param="input",
+        code="request_too_large",
+    )
+
+
+async def tokenize(request: Request):
+    ctx = request.app.ctx
+    try:
+        req = TokenizeRequest.model_validate(parse_json(request))
+    except ValidationError as e:
+        raise from_validation_error(e) from None
+    model, _, _ = ctx.models.find(req.model)  # an adapter does not change tokenisation
+    check_size(req.input, ctx.config.max_inputs)
+    options = EmbedOptions(
+        truncate=req.truncate,
+        truncation_direction=req.truncation_direction,
+        prompt_name=req.input_type,
+        instruction=req.instruction,
+    )
+    token_lists = await model.service.tokenize(req.input, options)
+    return json_response(
+        {
+            "tokens": [t.tolist() for t in token_lists],
+            "count": sum(len(t) for t in token_lists),
+            "max_model_len": model.card.max_length,
+        }
+    )

@@ -1,0 +1,85 @@
+"""What clients and operators read: `/v1/models`, `/health`, `/ready`, `/metrics`, API docs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from sanic import Request
+from sanic.response import raw, text
+
+from jaxembed_server.http import json_response
+from jaxembed_server.openapi import docs_page
+from jaxembed_server.served import ServedModel, ServedModels
+
+
+def model_entries(model: ServedModel, created: int) -> list[dict]:
+    """/v1/models rows of one model: each served name, then each adapter as `name:adapter`."""
+    card = model.card
+    common = {
+        "object": "model",
+        "created": created,
+        "owned_by": "jaxembed",
+        "dimensions": card.dimensions,
+        "max_model_len": card.max_length,
+        "modalities": list(card.modalities),
+    }
+    rows = [{"id": name, **common} for name in model.names]
+    rows += [
+        {"id": f"{model.name}:{adapter}", **common, "parent": model.name, "root": adapter}
+        for adapter in model.adapters()
+    ]
+    return rows
+
+
+async def models(request: Request):
+    created = int(time.time())
+    data = [row for model in request.app.ctx.models for row in model_entries(model, created)]
+    return json_response({"object": "list", "data": data})
+
+
+async def health(request: Request):
+    return text("ok")
+
+
+def not_ready_reason(draining: bool, models: ServedModels) -> str | None:
+    """Readiness: every model warm, not draining, and (multi-host) every follower alive."""
+    if draining:
+        return "shutting down"
+    cold = [m.name for m in models if not m.service.warm]
+    if cold:
+        return f"warming up: {', '.join(cold)}"
+    for model in models:
+        if reason := model.service.unhealthy_reason():
+            return f"{model.name}: {reason}" if len(models) > 1 else reason
+    return None
+
+
+async def ready(request: Request):
+    ctx = request.app.ctx
+    reason = not_ready_reason(ctx.state["draining"], ctx.models)
+    ctx.metrics.ready.set(0 if reason else 1)
+    return text(f"not ready: {reason}" if reason else "ready", status=503 if reason else 200)
+
+
+async def metrics(request: Request):
+    ctx = request.app.ctx
+    m = ctx.metrics
+    for model in ctx.models:
+        service, name = model.service, model.name
+        m.queue_requests.labels(model=name).set(service.queued_requests)
+        m.queue_tokens.labels(model=name).set(service.queued_tokens)
+        m.active_requests.labels(model=name).set(service.active_requests)
+        m.cache_bytes.labels(model=name).set(service.cache.size_bytes)
+        m.lazy_compiles.labels(model=name).set(service.embedder.runner.lazy_compiles)
+    m.loop_tasks.set(len(asyncio.all_tasks()))
+    m.ready.set(0 if not_ready_reason(ctx.state["draining"], ctx.models) else 1)
+    return raw(m.render(), content_type="text/plain; version=0.0.4")
+
+
+async def openapi(request: Request):
+    return json_response(request.app.ctx.openapi)
+
+
+async def docs(request: Request):
+    return raw(docs_page(request.app.ctx.openapi).encode(), content_type="text/html; charset=utf-8")

@@ -1,0 +1,123 @@
+"""The models behind one server: their services, the names clients use, and request routing.
+
+A request's `model` picks the model (any of its served names; `name:adapter`
+picks a LoRA adapter of it); no `model` means the first model configured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+from jaxembed.engine.jobs import AdapterRef
+from jaxembed.engine.service import EmbeddingService
+from jaxembed_server.adapters import AdapterResolver
+from jaxembed_server.errors import invalid, model_not_found
+from jaxembed_server.model_config import ModelConfig
+
+
+@dataclasses.dataclass
+class ServedModel:
+    config: ModelConfig
+    service: EmbeddingService
+    names: tuple[str, ...]  # names clients may send, the canonical one first
+    resolver: AdapterResolver | None  # None: LoRA is off for this model
+
+    @property
+    def name(self) -> str:
+        return self.names[0]
+
+    @property
+    def card(self):
+        return self.service.card
+
+    @classmethod
+    def build(cls, config: ModelConfig, service: EmbeddingService) -> ServedModel:
+        resolver = None
+        if config.lora_enabled:
+            resolver = AdapterResolver(
+                {name: Path(path) for name, path in config.lora},
+                Path(config.lora_root) if config.lora_root else None,
+            )
+        return cls(config, service, config.names(service.card.names), resolver)
+
+    def adapters(self) -> list[str]:
+        """Adapters a client can name now: the preloaded ones and those resident."""
+        if self.resolver is None:
+            return []
+        bank = self.service.embedder.lora_bank
+        return list(dict.fromkeys([*self.resolver.preloaded, *(bank.loaded() if bank else [])]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    model: ServedModel
+    answer: str  # the `model` value of the response: what the client asked for
+    adapter: AdapterRef | None
+
+
+class ServedModels:
+    def __init__(self, models: Sequence[ServedModel]):
+        if not models:
+            raise ValueError("a server needs at least one model")
+        self.models = list(models)
+        self._by_name: dict[str, ServedModel] = {}
+        for model in self.models:
+            for name in model.names:
+                if name in self._by_name:
+                    raise ValueError(
+                        f"the served name {name!r} is given to two models "
+                        f"({self._by_name[name].config.spec} and {model.config.spec}); "
+                        "name them with --model NAME=SPEC or `name:` in --config"
+                    )
+                self._by_name[name] = model
+
+    def __iter__(self):
+        return iter(self.models)
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._by_name)
+
+    @property
+    def services(self) -> list[EmbeddingService]:
+        return [m.service for m in self.models]
+
+    def find(self, requested: str | None) -> tuple[ServedModel, str, str | None]:
+        """(model, name to answer with, adapter named by `base:adapter` or None)."""
+        if requested is None:
+            return self.models[0], self.models[0].name, None
+        if requested in self._by_name:
+            return self._by_name[requested], requested, None
+        base, sep, adapter = requested.partition(":")
+        if sep and base in self._by_name:
+            model = self._by_name[base]
+            if model.resolver is None:
+                raise invalid(
+                    f"LoRA is not enabled for {base} on this server",
+                    param="model",
+                    code="lora_not_enabled",
+                )
+            return model, requested, adapter
+        raise model_not_found(requested, self.names)
+
+    def route(self, requested: str | None, lora_path: str | None) -> Route:
+        """The model, answer name and (resolved) LoRA adapter a request names."""
+        model, answer, spec = self.find(requested)
+        param = "model"
+        if lora_path is not None:
+            if model.resolver is None:
+                raise invalid(
+                    "LoRA is not enabled on this server", param="lora_path", code="lora_not_enabled"
+                )
+            if spec is not None and spec != lora_path:
+                raise invalid("model names one adapter and lora_path another", param="lora_path")
+            spec, param = lora_path, "lora_path"
+        if spec is None:
+            return Route(model, answer, None)
+        name, path = model.resolver.resolve(spec, param)
+        return Route(model, answer, AdapterRef(name, path))
