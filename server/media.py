@@ -35,6 +35,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 import aiohttp
 from aiohttp.abc import AbstractResolver
 
+from jaxembed.engine.aio import gather_or_cancel
 from jaxembed.engine.jobs import EmbedItem
 from jaxembed.errors import MediaError
 from jaxembed_server.paths import PathOutsideRoot, resolve_inside
@@ -301,17 +302,11 @@ async def fetch_items(loader: MediaLoader, items: Sequence[Any]) -> list[EmbedIt
         except MediaError as e:
             raise MediaError(f"input[{index}].{kind}: {e}", code=e.code, index=index) from None
 
-    tasks = [
-        asyncio.ensure_future(read(i, kind, getattr(item, kind)))
+    data = await gather_or_cancel(
+        read(i, kind, getattr(item, kind))
         for i, item in enumerate(items)
         for kind in ("image", "video")
-    ]
-    try:
-        data = await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        raise
+    )
     return [
         EmbedItem(text=item.text, image=data[2 * i], video=data[2 * i + 1])
         for i, item in enumerate(items)

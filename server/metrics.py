@@ -17,7 +17,12 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 class Metrics:
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
+        self.registry = CollectorRegistry()
+        self._http_metrics(self.registry)
+        self._model_metrics(self.registry)
+        self._state_metrics(self.registry)
+
+    def _http_metrics(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
             "jaxembed_requests",
             "HTTP requests by route and status",
@@ -32,6 +37,9 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+
+    def _model_metrics(self, r: CollectorRegistry) -> None:
+        """What each model does, labelled `model`."""
         self.inputs = Counter("jaxembed_inputs", "inputs embedded", ["model"], registry=r)
         self.tokens = Counter("jaxembed_prompt_tokens", "tokens embedded", ["model"], registry=r)
         self.batches = Counter("jaxembed_batches", "device batches run", ["model"], registry=r)
@@ -63,6 +71,9 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+
+    def _state_metrics(self, r: CollectorRegistry) -> None:
+        """Gauges set at scrape time (queues, cache, readiness)."""
         self.queue_requests = Gauge(
             "jaxembed_queue_requests", "requests waiting for the device", ["model"], registry=r
         )

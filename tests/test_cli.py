@@ -122,4 +122,4 @@ def test_embed_images_and_videos_from_files(tmp_path):
     bad = _run("embed", "--image", str(tmp_path / "missing.png"), "--model", str(tmp_path / "clip"))
     assert bad.returncode == 2 and "missing.png" in bad.stderr and "Traceback" not in bad.stderr
     text_only = _run("embed", "--image", str(tmp_path / "cat.png"))  # MiniLM embeds text only
-    assert text_only.returncode == 2 and "only text" in text_only.stderr
+    assert text_only.returncode == 2 and "only embeds text" in text_only.stderr

@@ -395,7 +395,7 @@ class Embedder:
         """The `EmbeddingService` that `embed`, `embed_images` and `embed_video` run on (built
         on first use, on a background event loop): the same pipeline the server runs."""
         if self._service is None:
-            from jaxembed.engine.background_loop import BackgroundLoop
+            from jaxembed.engine.aio import BackgroundLoop
             from jaxembed.engine.service import EmbeddingService, QueueLimits, ServiceConfig
 
             unbounded = QueueLimits(max_queued_requests=2**62, max_queued_tokens=2**62)
@@ -453,6 +453,12 @@ class Embedder:
         )
 
     # -- images and videos (models with a vision tower) ----------------------------------------
+
+    def embed_items(self, items: Sequence, *, dimensions: int | None = None, **options):
+        """Multimodal items (`jaxembed.engine.jobs.EmbedItem`: text, image and/or video; images
+        and videos as bytes or decoded) → [N, dimensions], one fused vector per item.
+        `options`: further `EmbedOptions` fields (e.g. video_frames, prompt_name)."""
+        return self._run_job(list(items), dimensions=dimensions, **options)
 
     def embed_images(
         self, images: Sequence[Image.Image | bytes], *, dimensions: int | None = None

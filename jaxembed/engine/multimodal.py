@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from jaxembed.card import ModelCard
+from jaxembed.engine.aio import gather_or_cancel
 from jaxembed.engine.batcher import Batcher
 from jaxembed.engine.cache import EmbeddingCache, bytes_key
 from jaxembed.engine.jobs import EmbedItem, ImageSource, VideoSource
@@ -113,13 +114,7 @@ class MediaEmbedder:
             if source is not None
         ]
         jobs += [self._media(i, kind, source, priority, frames) for i, kind, source in media_jobs]
-        tasks = [asyncio.ensure_future(job) for job in jobs]
-        try:
-            results = await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            raise
+        results = await gather_or_cancel(jobs)
         parts: list[dict[str, _Part]] = [{} for _ in items]
         if text_items:
             (text_vectors, text_token_counts), results = results[0], results[1:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import json
 
@@ -150,3 +151,15 @@ def test_unknown_adapter_in_model_name(lora_setup):
     )
     assert r.status_code == 400
     assert json.loads(r.text)["error"]["param"] == "lora_path"
+
+
+def test_server_and_python_api_agree_bit_for_bit_with_an_adapter(lora_setup):
+    server, reference, _, _ = lora_setup
+    body = httpx.post(
+        server.url + "/v1/embeddings",
+        json={"model": f"{BASE}:my-adapter", "input": TEXTS, "encoding_format": "base64"},
+    ).json()
+    got = np.stack(
+        [np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in body["data"]]
+    )
+    np.testing.assert_array_equal(got, reference.embed(TEXTS, adapter="my-adapter"))

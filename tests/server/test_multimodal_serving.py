@@ -300,3 +300,30 @@ def test_repeated_images_come_from_the_cache(open_server):
     np.testing.assert_array_equal(vectors[0], first[0])
     assert not np.allclose(vectors[1], first[0])
     assert again.json()["usage"]["prompt_tokens"] == 2 * PATCHES  # usage counts cached items too
+
+
+def test_server_and_python_api_agree_bit_for_bit(open_server, http_media, reference):
+    """Text, an image, a video and a fused item: the server and `Embedder` share one
+    pipeline (decoding, batching, frame means, fusion), so the bits are the same."""
+    from jaxembed.engine.jobs import EmbedItem
+
+    image = image_bytes(generated_image((37, 29), seed=11))
+    video = http_media.files["clip.mp4"]
+
+    def served(item: dict) -> np.ndarray:
+        body = {"model": MODEL, "input": [item], "encoding_format": "base64"}
+        response = _post(open_server, body)
+        assert response.status_code == 200, response.text
+        data = response.json()["data"][0]["embedding"]
+        return np.frombuffer(base64.b64decode(data), dtype="<f4")
+
+    b64 = base64.b64encode
+    np.testing.assert_array_equal(served({"text": "a cat"}), reference.embed(["a cat"])[0])
+    np.testing.assert_array_equal(
+        served({"image": b64(image).decode()}), reference.embed_images([image])[0]
+    )
+    np.testing.assert_array_equal(
+        served({"video": b64(video).decode()}), reference.embed_video(video)
+    )
+    want = reference.embed_items([EmbedItem(text="a cat", image=image)])[0]
+    np.testing.assert_array_equal(served({"text": "a cat", "image": b64(image).decode()}), want)

@@ -1,19 +1,31 @@
-"""An asyncio event loop on a daemon thread, so synchronous code can await the service.
+"""asyncio helpers: all-or-nothing gathering, and a loop on a thread for synchronous callers.
 
 `Embedder.embed` is a plain function, yet it runs the same async
 `EmbeddingService` as the server. `asyncio.run` would fail inside an already
 running loop (Jupyter, an async web app calling the library); submitting to a
-loop of our own works everywhere.
+loop of our own (`BackgroundLoop`) works everywhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+async def gather_or_cancel(awaitables: Iterable[Awaitable[Any]]) -> list[Any]:
+    """Results of all awaitables, concurrently; the first failure cancels the others (a bad
+    item of a request stops its siblings' fetching and decoding) and is raised."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
 
 
 class BackgroundLoop:

@@ -1,0 +1,71 @@
+"""`EmbeddingService` in-process: the async pipeline the server and `Embedder.embed` share."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from jaxembed.engine.jobs import EmbedJob, EmbedOptions
+from jaxembed.engine.service import EmbeddingService, QueueLimits, ServiceConfig, ServiceHooks
+from jaxembed.errors import DeadlineError, OverloadedError, RequestTooLargeError
+
+TEXTS = [
+    "the service owns the pipeline",
+    "cache, prompts, truncation",
+    "the service owns the pipeline",
+]
+
+
+@pytest.fixture(scope="module")
+def service(embedder):
+    lookups: list[tuple[int, int]] = []
+    svc = EmbeddingService(
+        embedder,
+        ServiceConfig(cache_bytes=2**20, max_request_tokens=64),
+        name="minilm",
+        hooks=ServiceHooks(on_cache=lambda hits, misses: lookups.append((hits, misses))),
+    )
+    svc.start(warmup=False)
+    svc.lookups = lookups
+    yield svc
+    assert svc.close(timeout=10)
+
+
+def _run(service: EmbeddingService, job: EmbedJob):
+    return asyncio.run(service.embed(job))
+
+
+def test_vectors_usage_and_the_cache(service, embedder):
+    result = _run(service, EmbedJob(TEXTS))
+    tokens = [len(t) for t in embedder.tokenize(TEXTS)]
+    assert result.tokens == sum(tokens)
+    np.testing.assert_array_equal(result.vectors, embedder.embed(TEXTS))
+    assert service.lookups[-1] == (0, 3)  # the repeated text is computed once, counted a miss
+    again = _run(service, EmbedJob(TEXTS[:1], EmbedOptions(dimensions=32)))
+    assert service.lookups[-1] == (1, 0)
+    full = result.vectors[0][:32]
+    np.testing.assert_allclose(again.vectors[0], full / np.linalg.norm(full), atol=1e-6)
+
+
+def test_limits_are_library_errors(service):
+    with pytest.raises(RequestTooLargeError, match="maximum per request is 64"):
+        _run(service, EmbedJob(["word " * 100], EmbedOptions(truncate=True)))
+    for second in range(8):  # pretend: 8 batches measured at 1,000 tokens/s
+        service.text.throughput.observe(1000, second, second + 1.0)
+    try:
+        late = EmbedOptions(deadline=time.monotonic() + 0.001)
+        with pytest.raises(DeadlineError) as caught:
+            _run(service, EmbedJob(["a text never seen before " * 8], late))
+        assert caught.value.tokens > 0 and caught.value.expected_seconds > 0
+    finally:
+        service.text.throughput = type(service.text.throughput)()
+
+
+def test_a_full_queue_refuses_before_any_work(embedder):
+    svc = EmbeddingService(embedder, ServiceConfig(queue=QueueLimits(max_queued_requests=0)))
+    with pytest.raises(OverloadedError, match="queue is full"):
+        svc.check_capacity()
+    svc.close(timeout=1)
