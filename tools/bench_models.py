@@ -7,6 +7,11 @@ one-text request to MiniLM and to CLIP (a) with the server otherwise idle and (b
 `Retry-After` of each 503, as the openai client does). Reports both medians, their ratio,
 the flood's 503 share and throughput. Every response's status is checked.
 
+`--control` repeats the measurement with the decoder in a *second* server process on the
+same machine: the same CPU contention with no shared queue or scheduler, which separates
+what the host's cores cost from what sharing one process costs. The flood runs in its own
+process (no client threads next to the probe).
+
     python -m tools.bench_models --out tools/results/models.json
 """
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import multiprocessing
 import statistics
 import tempfile
 import threading
@@ -27,20 +33,28 @@ from tools.bench_embed import cpu_model, write_results
 PROBED = ("minilm", "tiny-clip")
 
 
-def start_server(root: Path, queue: int, extra: list[str]):
+def start_servers(root: Path, queue: int, extra: list[str], control: bool) -> list:
+    """One server with all three models, or (control) the decoder in a second server.
+    Returns [server of the probed models, server of the decoder (maybe the same)]."""
     from tests.helpers import ServerProcess, save_tiny_clip, save_tiny_decoder
 
     save_tiny_decoder("qwen3", root / "decoder", seed=31)
     save_tiny_clip(root / "clip", seed=32)
-    config = root / "models.yaml"
-    config.write_text(
-        "models:\n"
+    probed = (
         "  - name: minilm\n    model: all-MiniLM-L6-v2\n"
-        f"  - name: tiny-decoder\n    model: {root / 'decoder'}\n    dtype: float32\n"
-        f"    max_queued_requests: {queue}\n"
         f"  - name: tiny-clip\n    model: {root / 'clip'}\n"
     )
-    return ServerProcess("--config", str(config), "--cache-mb", "0", *extra)
+    decoder = (
+        f"  - name: tiny-decoder\n    model: {root / 'decoder'}\n    dtype: float32\n"
+        f"    max_queued_requests: {queue}\n"
+    )
+    configs = [probed, decoder] if control else [probed + decoder]
+    servers = []
+    for i, models in enumerate(configs):
+        path = root / f"models-{i}.yaml"
+        path.write_text("models:\n" + models)
+        servers.append(ServerProcess("--config", str(path), "--cache-mb", "0", *extra))
+    return servers if control else servers * 2
 
 
 def median_latency(http: httpx.Client, model: str, count: int) -> float:
@@ -51,6 +65,23 @@ def median_latency(http: httpx.Client, model: str, count: int) -> float:
         assert r.status_code == 200, r.text
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def flood_process(url: str, flooders: int, stop, results) -> None:
+    """Flood threads in a process of their own; (statuses, rows) go back through `results`."""
+    statuses: list[int] = []
+    rows: list[int] = []
+    halt = threading.Event()
+    threads = [
+        threading.Thread(target=flood, args=(url, halt, statuses, rows)) for _ in range(flooders)
+    ]
+    for t in threads:
+        t.start()
+    stop.wait()
+    halt.set()
+    for t in threads:
+        t.join()
+    results.put((statuses, rows))
 
 
 def flood(url: str, stop: threading.Event, statuses: list[int], rows: list[int]) -> None:
@@ -66,23 +97,21 @@ def flood(url: str, stop: threading.Event, statuses: list[int], rows: list[int])
                 rows.append(len(r.json()["data"]))
 
 
-def measure(url: str, flooders: int, probes: int, seconds: float) -> dict:
+def measure(url: str, flood_url: str, flooders: int, probes: int, seconds: float) -> dict:
     http = httpx.Client(base_url=url, timeout=120)
     for model in PROBED:
         median_latency(http, model, 3)  # warm connection and paths
     idle = {m: median_latency(http, m, probes) for m in PROBED}
-    stop, statuses, rows = threading.Event(), [], []
-    threads = [
-        threading.Thread(target=flood, args=(url, stop, statuses, rows)) for _ in range(flooders)
-    ]
+    context = multiprocessing.get_context("spawn")
+    stop, results = context.Event(), context.Queue()
+    flooder = context.Process(target=flood_process, args=(flood_url, flooders, stop, results))
     start = time.perf_counter()
-    for t in threads:
-        t.start()
+    flooder.start()
     time.sleep(seconds)
     loaded = {m: median_latency(http, m, probes) for m in PROBED}
     stop.set()
-    for t in threads:
-        t.join()
+    statuses, rows = results.get(timeout=600)
+    flooder.join()
     elapsed = time.perf_counter() - start
     return {
         "idle_p50_ms": {m: round(v * 1e3, 1) for m, v in idle.items()},
@@ -101,6 +130,7 @@ def main() -> None:
     p.add_argument("--probes", type=int, default=40)
     p.add_argument("--warm-seconds", type=float, default=2.0, help="flood before probing")
     p.add_argument("--server-args", default="")
+    p.add_argument("--control", action="store_true", help="the decoder in a second process")
     p.add_argument("--out", default="tools/results/models.json")
     args = p.parse_args()
     results = {
@@ -108,13 +138,19 @@ def main() -> None:
         "machine": cpu_model(),
         "flooders": args.flooders,
         "queue": args.queue,
+        "layout": "two processes (control)" if args.control else "one process, three models",
     }
     with tempfile.TemporaryDirectory() as tmp:
-        server = start_server(Path(tmp), args.queue, args.server_args.split())
+        probed, decoder = start_servers(
+            Path(tmp), args.queue, args.server_args.split(), args.control
+        )
         try:
-            results |= measure(server.url, args.flooders, args.probes, args.warm_seconds)
+            results |= measure(
+                probed.url, decoder.url, args.flooders, args.probes, args.warm_seconds
+            )
         finally:
-            assert server.stop() == 0, server.log()
+            for server in {id(s): s for s in (probed, decoder)}.values():
+                assert server.stop() == 0, server.log()
     print(results)
     write_results(args.out, results)
 
