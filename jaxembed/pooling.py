@@ -98,6 +98,12 @@ def truncate_dimensions(vectors: np.ndarray, dims: int | None, normalize: bool) 
     return out
 
 
+def l2_normalize_rows(vectors: np.ndarray) -> np.ndarray:
+    """Unit-length rows (float32); a zero row stays zero."""
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return (vectors / np.maximum(norms, NORM_EPS)).astype(np.float32)
+
+
 def weighted_mean(vectors: np.ndarray, weights: np.ndarray | None, normalize: bool) -> np.ndarray:
     """The (weighted) mean of several vectors of one item, renormalised when the model
     normalises: a video's frames, an over-long text's windows (weighted by their tokens)."""

@@ -20,7 +20,7 @@ from jaxembed.engine.batcher import FaultHook
 from jaxembed.engine.device_share import DeviceShare
 from jaxembed.engine.embedder import Embedder
 from jaxembed.engine.service import EmbeddingService, QueueLimits, ServiceConfig, ServiceHooks
-from jaxembed_server import middleware, route_embeddings, route_info
+from jaxembed_server import api_tei, middleware, route_embeddings, route_info
 from jaxembed_server.config import ServerConfig
 from jaxembed_server.media import MediaLoader, MediaPolicy
 from jaxembed_server.metrics import Metrics
@@ -44,6 +44,7 @@ def service_config(config: ServerConfig, model: ModelConfig) -> ServiceConfig:
             step_batches=config.step_batches,
         ),
         cache_bytes=int(model.cache_mb * 2**20),
+        quantization_ranges=model.quantization_ranges,
         max_request_tokens=config.max_request_tokens,
         max_media_items=config.max_media_items,
         max_image_pixels=config.max_image_pixels,
@@ -181,4 +182,10 @@ def create_app(
     app.add_route(route_info.metrics, "/metrics", methods=["GET"])
     app.add_route(route_info.openapi, "/openapi.json", methods=["GET"])
     app.add_route(route_info.docs, "/docs", methods=["GET"])
+    # Infinity's paths (no /v1) for its clients.
+    app.add_route(
+        route_embeddings.embeddings, "/embeddings", methods=["POST"], name="infinity_embeddings"
+    )
+    app.add_route(route_info.models, "/models", methods=["GET"], name="infinity_models")
+    api_tei.install(app)
     return app

@@ -49,6 +49,7 @@ class ServerConfig:
     log_level: str = "info"
     log_format: str = "text"
     cache_mb: float = 128.0  # embedding cache size; 0 disables it
+    quantization_ranges: str | None = None  # int8/uint8 ranges ([2, D] .npy or JSON)
     packing: bool | None = None  # short inputs share batch rows; None: where the model allows
     lora: tuple[tuple[str, str], ...] = ()  # (name, path) preloaded adapters
     lora_root: str | None = None  # adapters named by path must lie inside it
@@ -227,6 +228,12 @@ def _add_limit_arguments(p: argparse.ArgumentParser, d: ServerConfig) -> None:
         type=float,
         default=d.keep_alive_timeout,
         help="seconds an idle keep-alive connection stays open (above a load balancer's 60)",
+    )
+    p.add_argument(
+        "--quantization-ranges",
+        default=None,
+        help="int8/uint8 ranges per dimension, a [2, D] .npy or JSON [[min...], [max...]] "
+        "(default: calibrated once per model on a fixed corpus, cached in $JAXEMBED_HOME)",
     )
     p.add_argument(
         "--cache-mb",

@@ -47,6 +47,7 @@ INHERITED = (
     "max_queued_requests",
     "max_queued_tokens",
     "cache_mb",
+    "quantization_ranges",
 )
 
 
@@ -77,6 +78,7 @@ class ModelConfig:
     max_queued_requests: int = 1024
     max_queued_tokens: int = 4 * 2**20
     cache_mb: float = 128.0
+    quantization_ranges: str | None = None  # int8/uint8 ranges file; None: calibrated
 
     @property
     def lora_enabled(self) -> bool:

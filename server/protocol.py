@@ -73,11 +73,17 @@ class EmbeddingRequest(BaseModel):
         le=MAX_VIDEO_FRAMES,
         description="frames sampled uniformly from each video (default: the model card's)",
     )
+    embedding_type: Literal["float", "int8", "uint8", "binary", "ubinary"] = Field(
+        "float",
+        description="quantized vectors (sentence-transformers semantics): int8/uint8 over the "
+        "model's calibration ranges, (u)binary one bit per dimension packed 8 per byte; as "
+        "JSON integers, or their bytes with encoding_format=base64",
+    )
 
 
 class EmbeddingObject(BaseModel):
     object: Literal["embedding"] = "embedding"
-    embedding: list[float] | str
+    embedding: list[float] | list[int] | str
     index: int
 
 

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from sanic import Request
 
 from jaxembed.engine.batcher import RequestProgress
-from jaxembed.engine.jobs import EmbedJob, EmbedOptions
+from jaxembed.engine.jobs import EmbedJob, EmbedOptions, EmbedResult
 from jaxembed.errors import DeadlineError
 from jaxembed_server.errors import APIError, from_validation_error, invalid, unavailable
 from jaxembed_server.http import json_response, notice_disconnects, parse_json
@@ -30,9 +30,11 @@ log = logging.getLogger("jaxembed.server")
 
 
 def encode_embeddings(vectors: np.ndarray, encoding_format: str) -> list[dict]:
+    """float32 rows (or quantized integer rows) as JSON numbers or base64 of their bytes."""
     if encoding_format == "base64":
-        # Little-endian float32, exactly what the openai client decodes with np.frombuffer.
-        le = vectors.astype("<f4", copy=False)
+        # Little-endian float32, exactly what the openai client decodes with np.frombuffer;
+        # integer precisions are one byte per value (or per 8 bits), endianness-free.
+        le = vectors.astype("<f4", copy=False) if vectors.dtype == np.float32 else vectors
         return [
             {
                 "object": "embedding",
@@ -68,11 +70,14 @@ def check_serving(request: Request, route: Route | None = None) -> None:
         raise unavailable(f"the model is not available: {reason}", retry_after=5)
 
 
+def request_deadline(request: Request) -> float | None:
+    """time.monotonic() by which --request-timeout ends this request (None: no limit)."""
+    timeout = request.app.ctx.config.request_timeout
+    return request.ctx.start + timeout if timeout else None
+
+
 def embed_options(request: Request, req: EmbeddingRequest, route: Route) -> EmbedOptions:
-    config = request.app.ctx.config
-    deadline = None
-    if config.request_timeout:
-        deadline = request.ctx.start + config.request_timeout
+    deadline = request_deadline(request)
     chunking = route.model.config.chunking if req.chunking is None else req.chunking
     return EmbedOptions(
         priority=req.priority,
@@ -85,46 +90,53 @@ def embed_options(request: Request, req: EmbeddingRequest, route: Route) -> Embe
         chunking=chunking,
         video_frames=req.video_frames,
         deadline=deadline,
+        precision="float32" if req.embedding_type == "float" else req.embedding_type,
     )
+
+
+async def run_job(
+    request: Request, route: Route, inputs: Any, options: EmbedOptions
+) -> EmbedResult:
+    """What every API's embedding route does once it has parsed its request: refuse early
+    when the model's queue is full, check and fetch media, run the job on the model's
+    service under --request-timeout, and count what was embedded."""
+    ctx = request.app.ctx
+    check_serving(request, route)
+    check_size(inputs, ctx.config.max_inputs)
+    service = route.model.service
+    service.check_capacity()
+    progress = RequestProgress()
+
+    async def compute() -> EmbedResult:
+        items = inputs
+        if isinstance(items, list) and items and isinstance(items[0], MultimodalItem):
+            service.check_items(items, route.answer)  # before anything is fetched
+            items = await fetch_items(ctx.media, items)
+        return await service.embed(EmbedJob(items, options), progress)
+
+    count = 1 if isinstance(inputs, str) else len(inputs)
+    try:
+        result = await within_request_timeout(request, compute(), progress, count, route)
+    except DeadlineError as e:
+        raise too_slow(e, ctx.config.request_timeout) from None
+    ctx.metrics.inputs.labels(model=route.model.name).inc(count)
+    ctx.metrics.tokens.labels(model=route.model.name).inc(result.tokens)
+    return result
 
 
 async def embeddings(request: Request):
     check_serving(request)
     notice_disconnects(request)
-    ctx = request.app.ctx
     try:
         req = EmbeddingRequest.model_validate(parse_json(request))
     except ValidationError as e:
         raise from_validation_error(e) from None
-    route = ctx.models.route(req.model, req.lora_path)
-    check_serving(request, route)
-    check_size(req.input, ctx.config.max_inputs)
-    service = route.model.service
-    service.check_capacity()
-    inputs: Any = req.input
-    progress = RequestProgress()
-
-    async def compute():
-        nonlocal inputs
-        if isinstance(inputs, list) and inputs and isinstance(inputs[0], MultimodalItem):
-            service.check_items(inputs, route.answer)  # before anything is fetched
-            inputs = await fetch_items(ctx.media, inputs)
-        return await service.embed(EmbedJob(inputs, embed_options(request, req, route)), progress)
-
-    count = 1 if isinstance(req.input, str) else len(req.input)
-    try:
-        result = await within_request_timeout(request, compute(), progress, count, route)
-    except DeadlineError as e:
-        raise too_slow(e, ctx.config.request_timeout) from None
-    return embeddings_response(request, req, route, result.vectors, result.tokens)
+    route = request.app.ctx.models.route(req.model, req.lora_path)
+    result = await run_job(request, route, req.input, embed_options(request, req, route))
+    return embeddings_response(req, route, result.vectors, result.tokens)
 
 
-def embeddings_response(
-    request: Request, req: EmbeddingRequest, route: Route, vectors: np.ndarray, total: int
-):
-    metrics = request.app.ctx.metrics
-    metrics.inputs.labels(model=route.model.name).inc(len(vectors))
-    metrics.tokens.labels(model=route.model.name).inc(total)
+def embeddings_response(req: EmbeddingRequest, route: Route, vectors: np.ndarray, total: int):
     if req.user:
         log.info(
             "embedded %d inputs (%d tokens) for user %s",

@@ -13,6 +13,18 @@ from jaxembed_server.openapi import docs_page
 from jaxembed_server.served import ServedModel, ServedModels
 
 
+def quantization_entry(model: ServedModel) -> dict:
+    """The precisions offered and where the int8/uint8 ranges come from (the ranges once
+    known: computed on the first int8/uint8 request, or read from the operator's file)."""
+    calibration = model.service.calibration
+    ranges = calibration.full_ranges()
+    return {
+        "embedding_types": ["float", "int8", "uint8", "binary", "ubinary"],
+        "int8_calibration": calibration.source,
+        "int8_ranges": None if ranges is None else ranges.tolist(),
+    }
+
+
 def model_entries(model: ServedModel, created: int) -> list[dict]:
     """/v1/models rows of one model: each served name, then each adapter as `name:adapter`."""
     card = model.card
@@ -23,6 +35,7 @@ def model_entries(model: ServedModel, created: int) -> list[dict]:
         "dimensions": card.dimensions,
         "max_model_len": card.max_length,
         "modalities": list(card.modalities),
+        "quantization": quantization_entry(model),
     }
     rows = [{"id": name, **common} for name in model.names]
     rows += [

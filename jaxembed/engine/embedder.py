@@ -429,13 +429,15 @@ class Embedder:
         adapter: str | None = None,
         chunking: bool = False,
         priority: int = 0,
+        precision: str = "float32",
     ) -> np.ndarray:
         """Embed texts or token ids → [N, dimensions] float32, rows in input order.
 
         `prompt_name` picks a prompt of the card (e.g. "query"); `instruction`
         instead fills the card's instruction template (decoder embedders);
         `adapter` names a LoRA adapter loaded with `adapter_slot`; `chunking` embeds
-        an over-long input as windows pooled by token count (instead of `truncate`).
+        an over-long input as windows pooled by token count (instead of `truncate`);
+        `precision` int8/uint8/binary/ubinary quantizes (jaxembed/quantization.py).
         Thread-safe: concurrent calls share device batches, as requests do in the server.
         """
         from jaxembed.engine.jobs import AdapterRef
@@ -450,6 +452,7 @@ class Embedder:
             adapter=None if adapter is None else AdapterRef(adapter),
             chunking=chunking,
             priority=priority,
+            precision=precision,
         )
 
     # -- images and videos (models with a vision tower) ----------------------------------------

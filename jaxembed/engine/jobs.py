@@ -54,6 +54,11 @@ class EmbedOptions:
     adapter: AdapterRef | None = None
     chunking: bool = False  # over-long texts → windows pooled by token count
     video_frames: int | None = None  # frames sampled per video (None: the card's)
+    # L2-normalise the vectors (None: as the card says). False for a model that normalises
+    # inside its compiled program cannot be honoured and is refused.
+    normalize: bool | None = None
+    # float32 | int8 | uint8 | binary | ubinary (jaxembed/quantization.py), after `dimensions`.
+    precision: str = "float32"
     # time.monotonic() by which the job must be done: admission refuses a job that the
     # measured device throughput cannot finish by then (None: no deadline).
     deadline: float | None = None

@@ -24,17 +24,21 @@ import numpy as np
 
 from jaxembed.engine.batcher import Batcher, BatchStats, FaultHook, RequestProgress
 from jaxembed.engine.cache import EmbeddingCache, assemble
+from jaxembed.engine.calibration import Calibration
 from jaxembed.engine.device_share import DeviceShare
 from jaxembed.engine.embedder import Embedder
 from jaxembed.engine.jobs import AdapterRef, EmbedJob, EmbedOptions, EmbedResult, TextInputs
 from jaxembed.engine.multimodal import CacheHook, MediaEmbedder, check_items
 from jaxembed.engine.vision import ImageWorkload
-from jaxembed.errors import DeadlineError, RequestTooLargeError
+from jaxembed.errors import DeadlineError, InvalidInputError, RequestTooLargeError
 from jaxembed.media import MediaLimits
-from jaxembed.pooling import truncate_dimensions
+from jaxembed.pooling import l2_normalize_rows, truncate_dimensions
+from jaxembed.quantization import check_precision, quantize
 
 # Tokenising more characters than this moves off the event loop (HF tokenizers release the GIL).
 INLINE_TOKENIZE_CHARS = 4096
+# Calibrating int8 ranges runs behind requests of the default priority (0).
+CALIBRATION_PRIORITY = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +63,7 @@ class ServiceConfig:
     max_video_frames: int = MediaLimits.max_video_frames
     max_decode_seconds: float = MediaLimits.max_decode_seconds
     decode_workers: int = 4
+    quantization_ranges: str | None = None  # int8/uint8 ranges file (default: calibrated)
 
     @property
     def media_limits(self) -> MediaLimits:
@@ -106,6 +111,13 @@ class EmbeddingService:
             workload = ImageWorkload(embedder.images)
             self.images = Batcher(workload, name=f"{self.name}/images", **common)
         self.cache = EmbeddingCache(config.cache_bytes)
+        model = embedder.model
+        self.calibration = Calibration(
+            (str(model.model_dir), self.card.name, str(model.dtype)),
+            self.card.dimensions,
+            self.card.normalize,
+            config.quantization_ranges,
+        )
         self.media = MediaEmbedder(
             self.card,
             embedder.images,
@@ -162,6 +174,8 @@ class EmbeddingService:
         """
         o = job.options
         self.embedder.check_dimensions(o.dimensions)
+        self._check_normalize(o.normalize)
+        check_precision(o.precision, o.dimensions or self.card.dimensions)
         self.embedder.check_instruction(o.instruction)
         if job.multimodal:
             self.check_items(job.inputs)
@@ -178,7 +192,29 @@ class EmbeddingService:
             else:
                 vectors, counts = await texts(job.inputs)
                 tokens = sum(counts)
-        return EmbedResult(truncate_dimensions(vectors, o.dimensions, self.card.normalize), tokens)
+        vectors = truncate_dimensions(vectors, o.dimensions, self.card.normalize)
+        if o.normalize and not self.card.normalize:
+            vectors = l2_normalize_rows(vectors)
+        return EmbedResult(await self._quantize(vectors, o.precision), tokens)
+
+    async def _quantize(self, vectors: np.ndarray, precision: str) -> np.ndarray:
+        if precision in ("int8", "uint8"):
+            await self.calibration.ensure(self._calibration_vectors)
+            return quantize(vectors, precision, self.calibration.ranges(vectors.shape[1]))
+        return quantize(vectors, precision)
+
+    async def _calibration_vectors(self, texts: list[str]) -> np.ndarray:
+        """Full-width float vectors of the calibration corpus, behind interactive work."""
+        job = EmbedJob(texts, EmbedOptions(truncate=True, priority=CALIBRATION_PRIORITY))
+        return (await self.embed(job)).vectors
+
+    def _check_normalize(self, normalize: bool | None) -> None:
+        if normalize is False and self.card.normalize:
+            raise InvalidInputError(
+                f"normalize=false is not supported for {self.name}: its embeddings are "
+                "normalised inside the compiled program (the model card says so)",
+                param="normalize",
+            )
 
     def check_capacity(self) -> None:
         """OverloadedError now if this model's queue is full (before any work on a request)."""

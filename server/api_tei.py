@@ -1,0 +1,133 @@
+"""Hugging Face text-embeddings-inference's native API: `POST /embed`, `POST /`, `GET /info`.
+
+A drop-in for TEI clients (`huggingface_hub.InferenceClient(base_url).feature_extraction`
+posts to the root URL). Requests go to the server's first model, as TEI serves one.
+Errors use TEI's body, `{"error": "...", "error_type": "validation"}`, and its statuses:
+validation 413, tokenizer 422, empty 400, overloaded 429, unhealthy 503, backend 424.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
+from sanic import Request
+from sanic.response import HTTPResponse
+
+import jaxembed
+from jaxembed.engine.jobs import EmbedOptions
+from jaxembed.errors import JaxEmbedError
+from jaxembed_server.errors import APIError, from_library_error, from_validation_error, invalid
+from jaxembed_server.http import json_response, notice_disconnects, parse_json
+from jaxembed_server.route_embeddings import check_serving, request_deadline, run_job
+
+
+class TEIEmbedRequest(BaseModel):
+    """TEI's `EmbedRequest` (router/src/http/types.rs); unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    normalize: StrictBool = True
+    truncate: StrictBool | None = None
+    truncation_direction: Literal["left", "right", "Left", "Right"] = "right"
+    prompt_name: StrictStr | None = None
+    dimensions: StrictInt | None = None
+
+
+def tei_error(error: APIError, status: int | None = None) -> HTTPResponse:
+    """An APIError in TEI's shape and statuses: input problems `validation` (413, as TEI
+    answers them), an empty input `empty` (400), a full queue `overloaded` (429), an engine
+    that cannot run `unhealthy` (503), a failed or timed-out computation `backend` (424)."""
+    if error.status == 503:
+        kind, status = ("overloaded", 429) if error.code == "overloaded" else ("unhealthy", 503)
+    elif error.status >= 500:
+        kind, status = "backend", 424
+    elif error.code == "empty":
+        kind, status = "empty", 400
+    else:
+        kind, status = "validation", status or 413
+    return json_response(
+        {"error": error.message, "error_type": kind}, status=status, headers=error.headers
+    )
+
+
+def with_tei_errors(handler: Callable[[Request], Awaitable[HTTPResponse]]):
+    """Every error of a TEI route leaves in TEI's shape (never OpenAI's)."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: Request) -> HTTPResponse:
+        try:
+            return await handler(request)
+        except APIError as e:
+            return tei_error(e)
+        except ValidationError as e:  # malformed JSON fields: 422, as TEI's JSON extractor
+            return tei_error(from_validation_error(e), status=422)
+        except JaxEmbedError as e:
+            return tei_error(from_library_error(e))
+
+    return wrapped
+
+
+@with_tei_errors
+async def embed(request: Request) -> HTTPResponse:
+    """`POST /embed` (and `POST /`): a bare list of vectors, one per input."""
+    check_serving(request)
+    notice_disconnects(request)
+    req = TEIEmbedRequest.model_validate(parse_json(request))
+    if isinstance(req.inputs, list) and not req.inputs:
+        raise APIError(400, "`inputs` cannot be empty", param="inputs", code="empty")
+    route = request.app.ctx.models.route(None, None)  # TEI serves one model: the first
+    options = EmbedOptions(
+        truncate=bool(req.truncate),
+        truncation_direction=req.truncation_direction.lower(),
+        prompt_name=req.prompt_name,
+        dimensions=req.dimensions,
+        normalize=req.normalize,
+        deadline=request_deadline(request),
+    )
+    result = await run_job(request, route, req.inputs, options)
+    return json_response(result.vectors)
+
+
+@with_tei_errors
+async def embed_all(request: Request) -> HTTPResponse:
+    raise invalid(
+        "/embed_all (per-token hidden states) is not supported by jaxembed: its compiled "
+        "programs return pooled embeddings only; use /embed",
+        param="inputs",
+    )
+
+
+async def info(request: Request) -> HTTPResponse:
+    """`GET /info`: what TEI's clients read to size their batches."""
+    ctx = request.app.ctx
+    model = ctx.models.models[0]
+    embedder = model.service.embedder
+    return json_response(
+        {
+            "model_id": model.name,
+            "model_sha": None,
+            "model_dtype": str(embedder.model.dtype),
+            "model_type": {"embedding": {"pooling": model.card.pooling}},
+            "max_concurrent_requests": ctx.config.max_queued_requests,
+            "max_input_length": model.card.max_length,
+            "max_batch_tokens": embedder.grid.token_budget,
+            "max_batch_requests": None,
+            "max_client_batch_size": ctx.config.max_inputs,
+            "auto_truncate": False,
+            "tokenization_workers": 1,
+            "version": jaxembed.__version__,
+            "sha": None,
+            "docker_label": None,
+        }
+    )
+
+
+def install(app) -> None:
+    app.add_route(embed, "/embed", methods=["POST"], name="tei_embed")
+    app.add_route(embed, "/", methods=["POST"], name="tei_root")
+    app.add_route(embed_all, "/embed_all", methods=["POST"], name="tei_embed_all")
+    app.add_route(info, "/info", methods=["GET"], name="tei_info")
