@@ -20,7 +20,7 @@ from jaxembed.engine.batcher import FaultHook
 from jaxembed.engine.device_share import DeviceShare
 from jaxembed.engine.embedder import Embedder
 from jaxembed.engine.service import EmbeddingService, QueueLimits, ServiceConfig, ServiceHooks
-from jaxembed_server import api_tei, middleware, route_embeddings, route_info
+from jaxembed_server import api_cohere, api_tei, middleware, route_embeddings, route_info
 from jaxembed_server.config import ServerConfig
 from jaxembed_server.media import MediaLoader, MediaPolicy
 from jaxembed_server.metrics import Metrics
@@ -188,4 +188,5 @@ def create_app(
     )
     app.add_route(route_info.models, "/models", methods=["GET"], name="infinity_models")
     api_tei.install(app)
+    api_cohere.install(app)
     return app

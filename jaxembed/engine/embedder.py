@@ -308,11 +308,14 @@ class Embedder:
         truncation_direction: str = "right",
         prompt_name: str | None = None,
         instruction: str | None = None,
+        max_tokens: int | None = None,
+        add_special_tokens: bool = True,
     ) -> list[np.ndarray]:
         """Token ids per input (texts through the tokenizer, token ids validated as they are).
 
         Prompts and instructions apply to texts only: token ids are used exactly as given
-        (an instruction the model cannot take is refused for them too).
+        (an instruction the model cannot take is refused for them too). `max_tokens` lowers
+        the per-input limit below the model's maximum (`truncate` cuts to it).
         """
         self.check_instruction(instruction)
         kind, items = classify_inputs(inputs)
@@ -321,8 +324,12 @@ class Embedder:
                 self.apply_prompt(items, prompt_name, instruction),
                 truncate=truncate,
                 direction=truncation_direction,
+                max_tokens=max_tokens,
+                add_special_tokens=add_special_tokens,
             )
-        return self.tokenizer.check_ids(items, truncate=truncate, direction=truncation_direction)
+        return self.tokenizer.check_ids(
+            items, truncate=truncate, direction=truncation_direction, max_tokens=max_tokens
+        )
 
     def tokenize_windows(
         self,

@@ -48,6 +48,8 @@ class EmbedOptions:
     priority: int = 0  # lower = sooner (engine/scheduler.py)
     truncate: bool = False
     truncation_direction: str = "right"
+    max_tokens: int | None = None  # per input, below the model's maximum (cut when truncate)
+    add_special_tokens: bool = True
     prompt_name: str | None = None  # a prompt of the card, e.g. "query"
     instruction: str | None = None  # fills the card's instruction template
     dimensions: int | None = None  # matryoshka truncation

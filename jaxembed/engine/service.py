@@ -195,9 +195,12 @@ class EmbeddingService:
         vectors = truncate_dimensions(vectors, o.dimensions, self.card.normalize)
         if o.normalize and not self.card.normalize:
             vectors = l2_normalize_rows(vectors)
-        return EmbedResult(await self._quantize(vectors, o.precision), tokens)
+        return EmbedResult(await self.encode(vectors, o.precision), tokens)
 
-    async def _quantize(self, vectors: np.ndarray, precision: str) -> np.ndarray:
+    async def encode(self, vectors: np.ndarray, precision: str) -> np.ndarray:
+        """Float vectors of this model (as `embed` returned them) in another precision; an API
+        asking for several precisions embeds once and encodes each."""
+        check_precision(precision, vectors.shape[1])
         if precision in ("int8", "uint8"):
             await self.calibration.ensure(self._calibration_vectors)
             return quantize(vectors, precision, self.calibration.ranges(vectors.shape[1]))
@@ -234,6 +237,8 @@ class EmbeddingService:
                 truncation_direction=options.truncation_direction,
                 prompt_name=options.prompt_name,
                 instruction=options.instruction,
+                max_tokens=options.max_tokens,
+                add_special_tokens=options.add_special_tokens,
             ),
         )
         self._check_tokens(token_lists)

@@ -36,7 +36,7 @@ class TextTokenizer:
         path = Path(model_dir) / "tokenizer.json"
         self._tokenizer = self._load(path)
         self._path = path
-        self._truncating: dict[str, Tokenizer] = {}
+        self._truncating: dict[tuple[str, int], Tokenizer] = {}
         self.max_length = max_length
         self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
         self.eos_id = eos_id
@@ -54,14 +54,21 @@ class TextTokenizer:
         tokenizer.no_truncation()
         return tokenizer
 
-    def _truncating_tokenizer(self, direction: str) -> Tokenizer:
-        if direction not in self._truncating:
+    def _truncating_tokenizer(self, direction: str, limit: int) -> Tokenizer:
+        key = (direction, limit)
+        if key not in self._truncating:
             tokenizer = self._load(self._path)
-            tokenizer.enable_truncation(self.max_length - self._eos_slot, direction=direction)
-            self._truncating[direction] = tokenizer
-        return self._truncating[direction]
+            tokenizer.enable_truncation(limit - self._eos_slot, direction=direction)
+            self._truncating[key] = tokenizer
+        return self._truncating[key]
 
-    def _encode_checked(self, texts: Sequence[str], direction: str) -> list[np.ndarray]:
+    def limit(self, max_tokens: int | None) -> int:
+        """Most tokens of one input: the model's maximum, or a caller's smaller bound."""
+        return self.max_length if max_tokens is None else min(max_tokens, self.max_length)
+
+    def _encode_checked(
+        self, texts: Sequence[str], direction: str, add_special_tokens: bool = True
+    ) -> list[np.ndarray]:
         """Full token ids (special tokens, EOS) of valid texts; nothing truncated yet."""
         if direction not in TRUNCATION_DIRECTIONS:
             raise InvalidInputError(
@@ -74,20 +81,30 @@ class TextTokenizer:
             if not text.strip():
                 raise InvalidInputError(f"input[{i}] is empty or only whitespace", index=i)
         # encode_batch runs in Rust threads without the GIL.
-        return [self._with_eos(e.ids) for e in self._tokenizer.encode_batch(list(texts))]
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        return [self._with_eos(e.ids) for e in encodings]
 
     def encode(
-        self, texts: Sequence[str], *, truncate: bool = False, direction: str = "right"
+        self,
+        texts: Sequence[str],
+        *,
+        truncate: bool = False,
+        direction: str = "right",
+        max_tokens: int | None = None,
+        add_special_tokens: bool = True,
     ) -> list[np.ndarray]:
-        """Token ids (special tokens included) per text, as int32 arrays."""
-        ids = self._encode_checked(texts, direction)
-        too_long = [i for i, x in enumerate(ids) if len(x) > self.max_length]
+        """Token ids (special tokens included unless `add_special_tokens=False`) per text, as
+        int32 arrays; at most `max_tokens` (default: the model's maximum) per text, cut on
+        `direction`'s side with the special tokens kept when `truncate`, else refused."""
+        limit = self.limit(max_tokens)
+        ids = self._encode_checked(texts, direction, add_special_tokens)
+        too_long = [i for i, x in enumerate(ids) if len(x) > limit]
         if too_long and not truncate:
             i = too_long[0]
-            raise InputTooLongError(i, len(ids[i]), self.max_length)
+            raise InputTooLongError(i, len(ids[i]), limit)
         if too_long:
-            redone = self._truncating_tokenizer(direction).encode_batch(
-                [texts[i] for i in too_long]
+            redone = self._truncating_tokenizer(direction, limit).encode_batch(
+                [texts[i] for i in too_long], add_special_tokens=add_special_tokens
             )
             for i, enc in zip(too_long, redone, strict=True):
                 ids[i] = self._with_eos(enc.ids)
@@ -158,8 +175,10 @@ class TextTokenizer:
         *,
         truncate: bool = False,
         direction: str = "right",
+        max_tokens: int | None = None,
     ) -> list[np.ndarray]:
         """Validate pre-tokenised inputs (used as given: no special tokens are added)."""
+        limit = self.limit(max_tokens)
         out = []
         for i, tokens in enumerate(token_lists):
             if len(tokens) == 0:
@@ -176,10 +195,10 @@ class TextTokenizer:
                     f"(0..{self.vocab_size - 1})",
                     index=i,
                 )
-            if len(arr) > self.max_length:
+            if len(arr) > limit:
                 if not truncate:
-                    raise InputTooLongError(i, len(arr), self.max_length)
-                arr = arr[: self.max_length] if direction == "right" else arr[-self.max_length :]
+                    raise InputTooLongError(i, len(arr), limit)
+                arr = arr[:limit] if direction == "right" else arr[-limit:]
             out.append(self._padded(arr.astype(np.int32)))
         return out
 

@@ -1,0 +1,182 @@
+"""Cohere's embed API: `POST /v2/embed` (and `/v1/embed`), for the `cohere` SDK and its users.
+
+Texts, images (data URIs) or mixed `inputs`; `input_type` picks the model card's prompt
+(`search_query` → its query prompt, `search_document` → its document prompt,
+`classification`/`clustering` → a prompt of that name if the card has one, else none);
+`embedding_types` returns one key per type (float, int8, uint8, binary, ubinary, base64:
+float32 bytes); `truncate` NONE refuses over-long inputs, START drops their beginning, END
+(Cohere's default) their end; `max_tokens` lowers the per-input limit; `output_dimension`
+is matryoshka reduction. Errors: Cohere's body `{"id", "message"}` with 400 (bad input),
+404 (unknown model), 429 (queue full), 500 or 503.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from sanic import Request
+from sanic.response import HTTPResponse
+
+from jaxembed.engine.jobs import EmbedOptions
+from jaxembed.errors import JaxEmbedError
+from jaxembed_server.errors import APIError, from_library_error, from_validation_error, invalid
+from jaxembed_server.http import json_response, notice_disconnects, parse_json
+from jaxembed_server.protocol import MultimodalItem
+from jaxembed_server.route_embeddings import check_serving, request_deadline, run_job
+from jaxembed_server.served import Route
+
+EmbeddingType = Literal["float", "int8", "uint8", "binary", "ubinary", "base64"]
+TRUNCATE = {"NONE": (False, "right"), "START": (True, "left"), "END": (True, "right")}
+PROMPTS = {"search_query": "query", "search_document": "document"}
+
+
+class ImageURL(BaseModel):
+    url: StrictStr
+
+
+class Content(BaseModel):
+    type: Literal["text", "image_url"]
+    text: StrictStr | None = None
+    image_url: ImageURL | None = None
+
+
+class CohereInput(BaseModel):
+    content: list[Content] = Field(min_length=1)
+
+
+class CohereEmbedRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr | None = None
+    texts: list[StrictStr] | None = None
+    images: list[StrictStr] | None = None
+    inputs: list[CohereInput] | None = None
+    input_type: (
+        Literal["search_document", "search_query", "classification", "clustering", "image"] | None
+    ) = None
+    embedding_types: list[EmbeddingType] | None = Field(None, min_length=1)
+    truncate: Literal["NONE", "START", "END"] | None = "END"
+    output_dimension: StrictInt | None = None
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    priority: StrictInt = 0
+
+
+def cohere_error(error: APIError) -> HTTPResponse:
+    if error.status == 503:
+        status = 429 if error.code == "overloaded" else 503
+    elif error.status >= 500:
+        status = 500
+    elif error.status in (401, 404):
+        status = error.status
+    else:
+        status = 400
+    body = {"id": uuid.uuid4().hex, "message": error.message}
+    return json_response(body, status=status, headers=error.headers)
+
+
+def with_cohere_errors(handler: Callable[[Request], Awaitable[HTTPResponse]]):
+    @functools.wraps(handler)
+    async def wrapped(request: Request) -> HTTPResponse:
+        try:
+            return await handler(request)
+        except APIError as e:
+            return cohere_error(e)
+        except ValidationError as e:
+            return cohere_error(from_validation_error(e))
+        except JaxEmbedError as e:
+            return cohere_error(from_library_error(e))
+
+    return wrapped
+
+
+def inputs_of(req: CohereEmbedRequest) -> list:
+    """texts → strings; images / inputs → multimodal items (text parts joined, one image)."""
+    given = [name for name in ("texts", "images", "inputs") if getattr(req, name) is not None]
+    if len(given) != 1:
+        raise invalid("give exactly one of `texts`, `images` or `inputs`", param="texts")
+    if req.texts is not None:
+        return list(req.texts)
+    if req.images is not None:
+        return [MultimodalItem(image=uri) for uri in req.images]
+    items = []
+    for i, entry in enumerate(req.inputs):
+        texts = [part.text for part in entry.content if part.type == "text" and part.text]
+        images = [part.image_url.url for part in entry.content if part.type == "image_url"]
+        if len(images) > 1 or (not texts and not images):
+            raise invalid(f"inputs[{i}] needs text parts and/or one image", param="inputs")
+        items.append(MultimodalItem(text=" ".join(texts) or None, image=(images or [None])[0]))
+    return items
+
+
+def options_of(req: CohereEmbedRequest, route: Route, request: Request) -> EmbedOptions:
+    truncate, direction = TRUNCATE[req.truncate or "END"]
+    prompt = PROMPTS.get(req.input_type or "")
+    if (
+        req.input_type in ("classification", "clustering")
+        and req.input_type in route.model.card.prompts
+    ):
+        prompt = req.input_type
+    return EmbedOptions(
+        priority=req.priority,
+        truncate=truncate,
+        truncation_direction=direction,
+        max_tokens=req.max_tokens,
+        prompt_name=prompt,
+        dimensions=req.output_dimension,
+        deadline=request_deadline(request),
+    )
+
+
+async def encoded(route: Route, vectors: np.ndarray, types: list[str]) -> dict:
+    """One entry per requested type, as Cohere names them."""
+    out: dict = {}
+    for kind in dict.fromkeys(types):
+        if kind == "float":
+            out["float"] = vectors
+        elif kind == "base64":
+            le = vectors.astype("<f4", copy=False)
+            out["base64"] = [base64.b64encode(row.tobytes()).decode("ascii") for row in le]
+        else:
+            out[kind] = await route.model.service.encode(vectors, kind)
+    return out
+
+
+async def _embed(request: Request, by_type_default: bool) -> HTTPResponse:
+    check_serving(request)
+    notice_disconnects(request)
+    req = CohereEmbedRequest.model_validate(parse_json(request))
+    route = request.app.ctx.models.route(req.model, None)
+    inputs = inputs_of(req)
+    result = await run_job(request, route, inputs, options_of(req, route, request))
+    meta = {
+        "api_version": {"version": "2" if by_type_default else "1"},
+        "billed_units": {"input_tokens": result.tokens},
+    }
+    body = {"id": uuid.uuid4().hex, "texts": req.texts or [], "meta": meta}
+    if req.embedding_types is None and not by_type_default:  # v1 without types: floats
+        return json_response(
+            {**body, "embeddings": result.vectors, "response_type": "embeddings_floats"}
+        )
+    embeddings = await encoded(route, result.vectors, req.embedding_types or ["float"])
+    return json_response({**body, "embeddings": embeddings, "response_type": "embeddings_by_type"})
+
+
+@with_cohere_errors
+async def embed_v2(request: Request) -> HTTPResponse:
+    return await _embed(request, by_type_default=True)
+
+
+@with_cohere_errors
+async def embed_v1(request: Request) -> HTTPResponse:
+    return await _embed(request, by_type_default=False)
+
+
+def install(app) -> None:
+    app.add_route(embed_v2, "/v2/embed", methods=["POST"], name="cohere_embed_v2")
+    app.add_route(embed_v1, "/v1/embed", methods=["POST"], name="cohere_embed_v1")
