@@ -165,3 +165,113 @@ def test_quantize_matches_sentence_transformers_on_random_vectors():
         np.testing.assert_array_equal(
             quantize(vectors, precision), quantize_embeddings(vectors, precision)
         )
+
+
+# -- Cohere --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cohere_client(server):
+    import cohere
+
+    return cohere.ClientV2(api_key="unused", base_url=server.url)
+
+
+def test_cohere_v2_embed_through_the_sdk(server, cohere_client):
+    response = cohere_client.embed(
+        model="all-minilm-l6-v2",
+        texts=TEXTS,
+        input_type="search_document",
+        embedding_types=["float", "int8", "uint8", "binary", "ubinary", "base64"],
+    )
+    floats = np.asarray(response.embeddings.float_, dtype=np.float32)
+    np.testing.assert_allclose(floats, _openai_floats(server, TEXTS), atol=1e-6)
+    np.testing.assert_array_equal(response.embeddings.int8, _typed(server, TEXTS, "int8"))
+    np.testing.assert_array_equal(response.embeddings.uint8, _typed(server, TEXTS, "uint8"))
+    np.testing.assert_array_equal(
+        response.embeddings.binary, quantize_embeddings(floats, precision="binary")
+    )
+    np.testing.assert_array_equal(
+        response.embeddings.ubinary, quantize_embeddings(floats, precision="ubinary")
+    )
+    decoded = np.frombuffer(base64.b64decode(response.embeddings.base64[0]), dtype="<f4")
+    np.testing.assert_array_equal(decoded, floats[0])
+    tokens = httpx.post(server.url + "/tokenize", json={"input": TEXTS}).json()["count"]
+    assert response.meta.billed_units.input_tokens == tokens
+    assert response.texts == TEXTS
+
+
+def test_cohere_truncation_dimensions_and_v1(server, cohere_client):
+    import cohere
+
+    long_text = "word " * 400
+    start = cohere_client.embed(
+        model="all-minilm-l6-v2", texts=[long_text + "end"], input_type="search_query",
+        truncate="START", max_tokens=16, output_dimension=64,
+    )  # fmt: skip
+    assert len(start.embeddings.float_[0]) == 64 and start.meta.billed_units.input_tokens == 16
+    with pytest.raises(cohere.BadRequestError) as refused:
+        cohere_client.embed(
+            model="all-minilm-l6-v2", texts=[long_text], input_type="search_query", truncate="NONE"
+        )
+    assert "maximum of 256" in refused.value.body["message"]
+    v1 = cohere.Client(api_key="unused", base_url=server.url).embed(
+        model="all-minilm-l6-v2", texts=TEXTS, input_type="search_query"
+    )
+    np.testing.assert_allclose(np.asarray(v1.embeddings), _openai_floats(server, TEXTS), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        ({"model": "nope", "texts": ["x"]}, 404, "does not exist"),
+        ({"texts": ["x"], "images": ["data:,"]}, 400, "exactly one of"),
+        ({"texts": ["x"], "embedding_types": ["int4"]}, 400, "embedding_types"),
+        ({"texts": ["x"], "truncate": "MIDDLE"}, 400, "truncate"),
+        (
+            {"texts": ["x"], "embedding_types": ["binary"], "output_dimension": 12},
+            400,
+            "multiple of 8",
+        ),
+        ({"texts": [], "input_type": "search_query"}, 400, "empty"),
+        ({"images": ["data:image/png;base64,AAAA"]}, 400, "only embeds text"),
+    ],
+)
+def test_cohere_errors_use_cohere_bodies(server, body, status, words):
+    response = httpx.post(server.url + "/v2/embed", json=body)
+    assert response.status_code == status, response.text
+    assert set(response.json()) == {"id", "message"} and words in response.json()["message"]
+
+
+# -- framework clients ---------------------------------------------------------------------
+
+
+def test_langchain_openai_embeddings(server):
+    from langchain_openai import OpenAIEmbeddings
+
+    # check_embedding_ctx_length=False: by default LangChain sends tiktoken ids of OpenAI's
+    # vocabulary instead of text, which mean nothing to another model's tokenizer.
+    embeddings = OpenAIEmbeddings(
+        model="all-minilm-l6-v2",
+        base_url=server.url + "/v1",
+        api_key="unused",
+        check_embedding_ctx_length=False,
+    )
+    documents = embeddings.embed_documents(TEXTS)
+    query = embeddings.embed_query(TEXTS[0])
+    want = _openai_floats(server, TEXTS)
+    np.testing.assert_allclose(np.asarray(documents), want, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(query), want[0], atol=1e-6)
+
+
+def test_llamaindex_openai_like_embedding(server):
+    from llama_index.embeddings.openai import OpenAIEmbedding
+
+    embedding = OpenAIEmbedding(
+        model_name="all-minilm-l6-v2", api_base=server.url + "/v1", api_key="unused"
+    )
+    documents = embedding.get_text_embedding_batch(TEXTS)
+    query = embedding.get_query_embedding(TEXTS[0])
+    want = _openai_floats(server, TEXTS)
+    np.testing.assert_allclose(np.asarray(documents), want, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(query), want[0], atol=1e-6)
