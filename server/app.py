@@ -20,7 +20,14 @@ from jaxembed.engine.batcher import FaultHook
 from jaxembed.engine.device_share import DeviceShare
 from jaxembed.engine.embedder import Embedder
 from jaxembed.engine.service import EmbeddingService, QueueLimits, ServiceConfig, ServiceHooks
-from jaxembed_server import api_cohere, api_tei, middleware, route_embeddings, route_info
+from jaxembed_server import (
+    api_cohere,
+    api_tei,
+    middleware,
+    route_embeddings,
+    route_info,
+    route_tokens,
+)
 from jaxembed_server.config import ServerConfig
 from jaxembed_server.media import MediaLoader, MediaPolicy
 from jaxembed_server.metrics import Metrics
@@ -175,7 +182,9 @@ def create_app(
     app.before_server_stop(stop_models)
     middleware.install(app)
     app.add_route(route_embeddings.embeddings, "/v1/embeddings", methods=["POST"])
-    app.add_route(route_embeddings.tokenize, "/tokenize", methods=["POST"])
+    app.add_route(route_tokens.tokenize, "/tokenize", methods=["POST"])
+    app.add_route(route_tokens.detokenize, "/detokenize", methods=["POST"])
+    app.add_route(route_embeddings.invocations, "/invocations", methods=["POST"])
     app.add_route(route_info.models, "/v1/models", methods=["GET"])
     app.add_route(route_info.health, "/health", methods=["GET"])
     app.add_route(route_info.ready, "/ready", methods=["GET"])

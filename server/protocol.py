@@ -38,13 +38,55 @@ EmbeddingInput = (
 )
 
 
+class MediaURL(BaseModel):
+    url: StrictStr
+
+
+class ContentPart(BaseModel):
+    """A part of a chat message (vLLM / OpenAI chat shape)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text", "image_url", "video_url"]
+    text: StrictStr | None = None
+    image_url: MediaURL | None = None
+    video_url: MediaURL | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: StrictStr
+    content: StrictStr | list[ContentPart]
+
+
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    input: EmbeddingInput = Field(
+    input: EmbeddingInput | None = Field(
+        None,
         description="a string, a list of strings, a list of token ids, a list of token-id lists, "
-        "or a list of multimodal items"
+        "or a list of multimodal items (required unless `messages` is given)",
     )
+    messages: list[ChatMessage] | None = Field(
+        None,
+        min_length=1,
+        description="vLLM: a conversation rendered by the model's chat template into one input",
+    )
+    add_generation_prompt: StrictBool = False
+    continue_final_message: StrictBool = False
+    truncate_prompt_tokens: StrictInt | None = Field(
+        None, ge=-1, description="vLLM: keep at most this many tokens per input (-1: the maximum)"
+    )
+    truncation_side: Literal["left", "right"] | None = Field(
+        None, description="vLLM: with truncate_prompt_tokens, left keeps the last tokens (default)"
+    )
+    add_special_tokens: StrictBool | None = Field(
+        None,
+        description="vLLM: add the tokenizer's special tokens (default: true for input, "
+        "false for messages, whose template has them)",
+    )
+    normalize: StrictBool | None = Field(None, description="L2-normalise (default: the card's)")
     model: StrictStr | None = Field(
         None, description="a served model name; `base:adapter` selects a LoRA adapter"
     )
@@ -102,7 +144,12 @@ class EmbeddingResponse(BaseModel):
 class TokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    input: StrictStr | list[StrictStr]
+    input: StrictStr | list[StrictStr] | None = None
+    prompt: StrictStr | None = Field(None, description="vLLM's form: one text, flat `tokens`")
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    add_special_tokens: StrictBool | None = None
+    add_generation_prompt: StrictBool = False
+    continue_final_message: StrictBool = False
     model: StrictStr | None = None
     truncate: StrictBool = False
     truncation_direction: Literal["left", "right"] = "right"
@@ -110,8 +157,15 @@ class TokenizeRequest(BaseModel):
     instruction: StrictStr | None = None
 
 
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    tokens: list[StrictInt] = Field(min_length=1)
+    model: StrictStr | None = None
+
+
 class TokenizeResponse(BaseModel):
-    tokens: list[list[int]]
+    tokens: list[list[int]] | list[int]
     count: int
     max_model_len: int
 

@@ -1,4 +1,4 @@
-"""`POST /v1/embeddings` and `POST /tokenize`: parse, validate, route, await the service, answer.
+"""`POST /v1/embeddings` (and `/invocations`): parse, validate, route, await the service, answer.
 
 Handlers read everything they need from `request.app.ctx` (server/app.py);
 the computation is the model's `EmbeddingService` (jaxembed/engine/service.py).
@@ -20,10 +20,11 @@ from sanic import Request
 from jaxembed.engine.batcher import RequestProgress
 from jaxembed.engine.jobs import EmbedJob, EmbedOptions, EmbedResult
 from jaxembed.errors import DeadlineError
+from jaxembed_server import vllm_fields
 from jaxembed_server.errors import APIError, from_validation_error, invalid, unavailable
 from jaxembed_server.http import json_response, notice_disconnects, parse_json
 from jaxembed_server.media import fetch_items
-from jaxembed_server.protocol import EmbeddingRequest, MultimodalItem, TokenizeRequest
+from jaxembed_server.protocol import EmbeddingRequest, MultimodalItem
 from jaxembed_server.served import Route
 
 log = logging.getLogger("jaxembed.server")
@@ -81,8 +82,8 @@ def embed_options(request: Request, req: EmbeddingRequest, route: Route) -> Embe
     chunking = route.model.config.chunking if req.chunking is None else req.chunking
     return EmbedOptions(
         priority=req.priority,
-        truncate=req.truncate,
-        truncation_direction=req.truncation_direction,
+        **vllm_fields.truncation(req, route),
+        normalize=req.normalize,
         prompt_name=req.input_type,
         instruction=req.instruction,
         dimensions=req.dimensions,
@@ -127,12 +128,16 @@ async def run_job(
 async def embeddings(request: Request):
     check_serving(request)
     notice_disconnects(request)
+    body = parse_json(request)
+    vllm_fields.refuse_unsupported_fields(body)
     try:
-        req = EmbeddingRequest.model_validate(parse_json(request))
+        req = EmbeddingRequest.model_validate(body)
     except ValidationError as e:
         raise from_validation_error(e) from None
+    vllm_fields.check_input_or_messages(req)
     route = request.app.ctx.models.route(req.model, req.lora_path)
-    result = await run_job(request, route, req.input, embed_options(request, req, route))
+    inputs = req.input if req.messages is None else vllm_fields.chat_input(req, route)
+    result = await run_job(request, route, inputs, embed_options(request, req, route))
     return embeddings_response(req, route, result.vectors, result.tokens)
 
 
@@ -199,25 +204,9 @@ def too_slow(error: DeadlineError, request_timeout: float) -> APIError:
     )
 
 
-async def tokenize(request: Request):
-    ctx = request.app.ctx
-    try:
-        req = TokenizeRequest.model_validate(parse_json(request))
-    except ValidationError as e:
-        raise from_validation_error(e) from None
-    model, _, _ = ctx.models.find(req.model)  # an adapter does not change tokenisation
-    check_size(req.input, ctx.config.max_inputs)
-    options = EmbedOptions(
-        truncate=req.truncate,
-        truncation_direction=req.truncation_direction,
-        prompt_name=req.input_type,
-        instruction=req.instruction,
-    )
-    token_lists = await model.service.tokenize(req.input, options)
-    return json_response(
-        {
-            "tokens": [t.tolist() for t in token_lists],
-            "count": sum(len(t) for t in token_lists),
-            "max_model_len": model.card.max_length,
-        }
-    )
+async def invocations(request: Request):
+    """SageMaker's one route: an embeddings request, in `input` or chat `messages` form."""
+    body = parse_json(request)
+    if "input" in body or "messages" in body:
+        return await embeddings(request)
+    raise invalid("/invocations takes an embeddings request (`input` or `messages`)", param="input")

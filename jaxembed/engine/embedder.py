@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -28,6 +29,7 @@ from jaxembed.engine.buckets import (
     plan_batches,
     plan_packed,
 )
+from jaxembed.engine.chat import ChatTemplate
 from jaxembed.engine.chunking import MAX_EMBED_FACTOR, ChunkPlan
 from jaxembed.engine.compile_cache import enable_compile_cache
 from jaxembed.engine.memory import fit_grid
@@ -141,6 +143,7 @@ class Embedder:
         self.packing = False
         self.set_packing(self.can_pack if packing is None else packing)
         self._service = self._loop = None  # built by `service()` on first use
+        self.chat_template = ChatTemplate.from_model_dir(Path(model.model_dir))
         self.images: ImageEngine | None = None
         if "image" in model.card.modalities or "video" in model.card.modalities:
             if not hasattr(model.module(), "encode_image"):
@@ -278,6 +281,16 @@ class Embedder:
                 f"{self.card.name} takes no instructions (its card has no instruction template)",
                 param="instruction",
             )
+
+    def render_messages(self, messages: list[dict], **flags) -> str:
+        """A chat conversation → the one text to embed (the model's chat template)."""
+        if self.chat_template is None:
+            raise InvalidInputError(
+                f"{self.card.name} has no chat template (tokenizer_config.json / "
+                "chat_template.jinja): send `input` instead of `messages`",
+                param="messages",
+            )
+        return self.chat_template.render(messages, **flags)
 
     def apply_prompt(
         self, texts: Sequence[str], prompt_name: str | None, instruction: str | None = None

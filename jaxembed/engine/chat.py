@@ -1,0 +1,68 @@
+"""Chat-form inputs: a conversation rendered into one text by the model's own chat template.
+
+vLLM's embeddings API accepts `messages` instead of `input`; the template comes from the
+model directory (`chat_template.jinja`, or `chat_template` in `tokenizer_config.json`) and is
+rendered the way transformers renders it (its Jinja environment), with the tokenizer's
+special tokens available to the template.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from jaxembed.errors import InvalidInputError
+
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "sep_token", "cls_token")
+
+
+class ChatTemplate:
+    def __init__(self, template: str, special_tokens: dict[str, str]):
+        self.template = template
+        self.special_tokens = special_tokens
+
+    @classmethod
+    def from_model_dir(cls, model_dir: Path) -> ChatTemplate | None:
+        """The directory's default chat template, or None if it has none."""
+        config_path = model_dir / "tokenizer_config.json"
+        config = json.loads(config_path.read_text()) if config_path.exists() else {}
+        template = config.get("chat_template")
+        if (model_dir / "chat_template.jinja").exists():
+            template = (model_dir / "chat_template.jinja").read_text()
+        if isinstance(template, list):  # named templates: the default one
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default")
+        if not isinstance(template, str) or not template.strip():
+            return None
+        special = {k: v for k in SPECIAL_TOKEN_KEYS if isinstance(v := config.get(k), str)}
+        return cls(template, special)
+
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = False,
+        continue_final_message: bool = False,
+    ) -> str:
+        """The conversation as the one text the model embeds."""
+        if add_generation_prompt and continue_final_message:
+            raise InvalidInputError(
+                "add_generation_prompt and continue_final_message cannot both be true",
+                param="continue_final_message",
+            )
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        try:
+            rendered, _ = render_jinja_template(
+                conversations=[messages],
+                chat_template=self.template,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
+                **self.special_tokens,
+            )
+        except Exception as e:  # a template's own raise_exception, or messages it cannot take
+            raise InvalidInputError(
+                f"the chat template refused the messages: {e}", param="messages"
+            ) from None
+        return rendered[0]

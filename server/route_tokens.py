@@ -1,0 +1,82 @@
+"""`POST /tokenize` and `POST /detokenize`: the ids a text becomes, and back.
+
+Two request forms: ours (`input`: a text or texts → `tokens` as a list per text) and vLLM's
+(`prompt`: one text, or chat `messages` → `tokens` as one flat list, as vLLM answers).
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+from sanic import Request
+
+from jaxembed.engine.jobs import EmbedOptions
+from jaxembed_server.errors import from_validation_error, invalid
+from jaxembed_server.http import json_response, parse_json
+from jaxembed_server.protocol import DetokenizeRequest, EmbeddingRequest, TokenizeRequest
+from jaxembed_server.route_embeddings import check_size
+from jaxembed_server.served import Route
+from jaxembed_server.vllm_fields import chat_input
+
+
+def _text_of(req: TokenizeRequest, route: Route) -> tuple[str | list[str], bool]:
+    """(what to tokenize, whether the answer is vLLM's flat form)."""
+    given = [f for f in ("input", "prompt", "messages") if getattr(req, f) is not None]
+    if len(given) != 1:
+        raise invalid("give one of `input`, `prompt` or `messages`", param="input")
+    if req.messages is not None:
+        chat = EmbeddingRequest(
+            messages=req.messages,
+            add_generation_prompt=req.add_generation_prompt,
+            continue_final_message=req.continue_final_message,
+        )
+        (text,) = chat_input(chat, route)
+        if not isinstance(text, str):
+            raise invalid("/tokenize takes text-only messages", param="messages")
+        return text, True
+    return (req.prompt, True) if req.prompt is not None else (req.input, False)
+
+
+async def tokenize(request: Request):
+    ctx = request.app.ctx
+    try:
+        req = TokenizeRequest.model_validate(parse_json(request))
+    except ValidationError as e:
+        raise from_validation_error(e) from None
+    model, answer, _ = ctx.models.find(req.model)  # an adapter does not change tokenisation
+    route = Route(model, answer, None)
+    text, flat = _text_of(req, route)
+    check_size(text, ctx.config.max_inputs)
+    special = req.add_special_tokens
+    options = EmbedOptions(
+        truncate=req.truncate,
+        truncation_direction=req.truncation_direction,
+        prompt_name=req.input_type,
+        instruction=req.instruction,
+        add_special_tokens=(req.messages is None) if special is None else special,
+    )
+    token_lists = await route.model.service.tokenize(text, options)
+    tokens = [t.tolist() for t in token_lists]
+    return json_response(
+        {
+            "tokens": tokens[0] if flat else tokens,
+            "count": sum(len(t) for t in token_lists),
+            "max_model_len": route.model.card.max_length,
+        }
+    )
+
+
+async def detokenize(request: Request):
+    ctx = request.app.ctx
+    try:
+        req = DetokenizeRequest.model_validate(parse_json(request))
+    except ValidationError as e:
+        raise from_validation_error(e) from None
+    model, _, _ = ctx.models.find(req.model)
+    tokenizer = model.service.embedder.tokenizer
+    outside = [t for t in req.tokens if not 0 <= t < tokenizer.vocab_size]
+    if outside:
+        raise invalid(
+            f"token id {outside[0]} is outside the vocabulary (0..{tokenizer.vocab_size - 1})",
+            param="tokens",
+        )
+    return json_response({"prompt": tokenizer.decode(req.tokens)})

@@ -1,0 +1,98 @@
+"""vLLM's extensions of the embeddings request: chat-form `messages`, `truncate_prompt_tokens`,
+`add_special_tokens`, and a clear refusal of the vLLM fields jaxembed does not implement.
+
+Unknown fields are ignored as OpenAI does, but a field that vLLM defines and that would
+change the result if we ignored it is a 400 naming it (listed in the README).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jaxembed_server.errors import invalid
+from jaxembed_server.protocol import EmbeddingRequest, MultimodalItem
+from jaxembed_server.served import Route
+
+# field → the values we can honour (None: none at all), and why the others are refused.
+REFUSED_VLLM_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
+    "chat_template": ((None,), "custom chat templates are not supported (the model's own is used)"),
+    "chat_template_kwargs": ((None, {}), "chat template arguments are not supported"),
+    "mm_processor_kwargs": ((None, {}), "multimodal processor arguments are not supported"),
+    "embed_dtype": ((None, "float32"), "only float32 vectors (see embedding_type for int8/binary)"),
+    "endianness": ((None, "native", "little"), "base64 vectors are little-endian"),
+    "use_activation": ((None, True), "embedding models here have no activation to switch off"),
+    "return_token_ids": ((None, False), "token ids are returned by POST /tokenize"),
+}
+
+
+def refuse_unsupported_fields(body: dict) -> None:
+    for field, (accepted, why) in REFUSED_VLLM_FIELDS.items():
+        if field in body and body[field] not in accepted:
+            raise invalid(f"'{field}' is not supported by this server: {why}", param=field)
+    if body.get("encoding_format") in ("bytes", "bytes_only"):
+        raise invalid(
+            "encoding_format 'bytes' is not supported: use 'float' or 'base64'",
+            param="encoding_format",
+        )
+
+
+def check_input_or_messages(req: EmbeddingRequest) -> None:
+    if req.input is None and req.messages is None:
+        raise invalid("'input' is required (or `messages`)", param="input")
+    if req.input is not None and req.messages is not None:
+        raise invalid("give `input` or `messages`, not both", param="messages")
+
+
+def chat_input(req: EmbeddingRequest, route: Route) -> list:
+    """`messages` → one input: the rendered conversation, with its image/video (one each)
+    for models that embed them. Without a chat template a multimodal model embeds the
+    messages' text joined; a text model without one refuses `messages`."""
+    messages, images, videos = [], [], []
+    for message in req.messages:
+        if isinstance(message.content, str):
+            messages.append({"role": message.role, "content": message.content})
+            continue
+        texts = [p.text for p in message.content if p.type == "text" and p.text is not None]
+        images += [
+            p.image_url.url for p in message.content if p.type == "image_url" and p.image_url
+        ]
+        videos += [
+            p.video_url.url for p in message.content if p.type == "video_url" and p.video_url
+        ]
+        messages.append({"role": message.role, "content": "\n".join(texts)})
+    if len(images) > 1 or len(videos) > 1:
+        raise invalid("messages may hold one image and one video", param="messages")
+    service = route.model.service
+    if service.embedder.chat_template is None and (images or videos):
+        text = "\n".join(m["content"] for m in messages if m["content"]) or None
+    else:
+        text = service.embedder.render_messages(
+            messages,
+            add_generation_prompt=req.add_generation_prompt,
+            continue_final_message=req.continue_final_message,
+        )
+    if images or videos:
+        return [MultimodalItem(text=text, image=(images or [None])[0], video=(videos or [None])[0])]
+    return [text]
+
+
+def truncation(req: EmbeddingRequest, route: Route) -> dict:
+    """EmbedOptions fields for truncate / truncate_prompt_tokens / add_special_tokens."""
+    fields: dict = {"truncate": req.truncate, "truncation_direction": req.truncation_direction}
+    limit = req.truncate_prompt_tokens
+    maximum = route.model.card.max_length
+    if limit is not None:
+        if limit == 0 or limit > maximum:
+            raise invalid(
+                f"truncate_prompt_tokens={limit} is outside 1..{maximum} (this model's maximum; "
+                "-1 means the maximum)",
+                param="truncate_prompt_tokens",
+            )
+        fields.update(
+            truncate=True,
+            truncation_direction=req.truncation_side or "left",  # vLLM keeps the last tokens
+            max_tokens=None if limit == -1 else limit,
+        )
+    special = req.add_special_tokens
+    fields["add_special_tokens"] = (req.messages is None) if special is None else special
+    return fields
