@@ -14,12 +14,21 @@ from __future__ import annotations
 
 import base64
 import functools
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 from sanic import Request
 from sanic.response import HTTPResponse
 
@@ -36,6 +45,14 @@ TRUNCATE = {"NONE": (False, "right"), "START": (True, "left"), "END": (True, "ri
 PROMPTS = {"search_query": "query", "search_document": "document"}
 
 
+log = logging.getLogger("jaxembed.server")
+
+
+class CohereError(BaseModel):
+    id: str
+    message: str
+
+
 class ImageURL(BaseModel):
     url: StrictStr
 
@@ -44,6 +61,14 @@ class Content(BaseModel):
     type: Literal["text", "image_url"]
     text: StrictStr | None = None
     image_url: ImageURL | None = None
+
+    @model_validator(mode="after")
+    def _has_its_value(self) -> Content:
+        if (self.type == "text") != (self.text is not None) or (self.type == "image_url") != (
+            self.image_url is not None
+        ):
+            raise ValueError("a text part needs `text`, an image_url part `image_url`")
+        return self
 
 
 class CohereInput(BaseModel):
@@ -91,6 +116,9 @@ def with_cohere_errors(handler: Callable[[Request], Awaitable[HTTPResponse]]):
             return cohere_error(from_validation_error(e))
         except JaxEmbedError as e:
             return cohere_error(from_library_error(e))
+        except Exception:
+            log.exception("unexpected error on %s", request.path)
+            return cohere_error(APIError(500, "internal error", type="server_error"))
 
     return wrapped
 

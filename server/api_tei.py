@@ -9,6 +9,7 @@ validation 413, tokenizer 422, empty 400, overloaded 429, unhealthy 503, backend
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
@@ -22,6 +23,13 @@ from jaxembed.errors import JaxEmbedError
 from jaxembed_server.errors import APIError, from_library_error, from_validation_error, invalid
 from jaxembed_server.http import json_response, notice_disconnects, parse_json
 from jaxembed_server.route_embeddings import check_serving, request_deadline, run_job
+
+log = logging.getLogger("jaxembed.server")
+
+
+class TEIError(BaseModel):
+    error: str
+    error_type: Literal["validation", "tokenizer", "empty", "overloaded", "unhealthy", "backend"]
 
 
 class TEIEmbedRequest(BaseModel):
@@ -47,6 +55,8 @@ def tei_error(error: APIError, status: int | None = None) -> HTTPResponse:
         kind, status = "backend", 424
     elif error.code == "empty":
         kind, status = "empty", 400
+    elif error.code == "invalid_json":  # as TEI's JSON extractor: 400 for a body that is not JSON
+        kind, status = "validation", 400
     else:
         kind, status = "validation", status or 413
     return json_response(
@@ -67,6 +77,9 @@ def with_tei_errors(handler: Callable[[Request], Awaitable[HTTPResponse]]):
             return tei_error(from_validation_error(e), status=422)
         except JaxEmbedError as e:
             return tei_error(from_library_error(e))
+        except Exception:
+            log.exception("unexpected error on %s", request.path)
+            return tei_error(APIError(500, "internal error", type="server_error"))
 
     return wrapped
 

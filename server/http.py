@@ -33,9 +33,9 @@ def parse_json(request: Request) -> dict:
     try:
         body = orjson.loads(request.body or b"")
     except orjson.JSONDecodeError:
-        raise invalid("the request body is not valid JSON") from None
+        raise invalid("the request body is not valid JSON", code="invalid_json") from None
     if not isinstance(body, dict):
-        raise invalid("the request body must be a JSON object")
+        raise invalid("the request body must be a JSON object", code="invalid_json")
     return body
 
 

@@ -7,7 +7,10 @@ import html
 
 from pydantic.json_schema import models_json_schema
 
+from jaxembed_server.api_cohere import CohereEmbedRequest, CohereError
+from jaxembed_server.api_tei import TEIEmbedRequest, TEIError
 from jaxembed_server.protocol import (
+    DetokenizeRequest,
     EmbeddingRequest,
     EmbeddingResponse,
     ErrorResponse,
@@ -15,7 +18,18 @@ from jaxembed_server.protocol import (
     TokenizeResponse,
 )
 
-_MODELS = [EmbeddingRequest, EmbeddingResponse, ErrorResponse, TokenizeRequest, TokenizeResponse]
+_MODELS = [
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ErrorResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+    DetokenizeRequest,
+    TEIEmbedRequest,
+    TEIError,
+    CohereEmbedRequest,
+    CohereError,
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,13 +84,80 @@ def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _errors(*codes: int) -> dict:
-    return {
-        str(c): {
-            "description": "error",
-            "content": {"application/json": {"schema": _ref("ErrorResponse")}},
+def _errors(*codes: int, shape: str = "ErrorResponse") -> dict:
+    """Error responses; every route also answers 401 in OpenAI's shape (API keys)."""
+    body = lambda name: {  # noqa: E731
+        "description": "error",
+        "content": {"application/json": {"schema": _ref(name)}},
+    }
+    return {str(c): body("ErrorResponse" if c == 401 else shape) for c in codes}
+
+
+def _peer_paths(json_body, ok) -> dict:
+    """TEI's, Cohere's, vLLM's and Infinity's routes (server/api_*.py, route_tokens.py)."""
+    vectors = {
+        "description": "OK",
+        "content": {"application/json": {"schema": {"type": "array", "items": {"type": "array"}}}},
+    }
+    obj = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
+    tei = _errors(400, 401, 413, 422, 424, 429, 503, shape="TEIError")
+    cohere = _errors(400, 401, 404, 429, 500, 503, shape="CohereError")
+    embeddings_ops = {"200": ok("EmbeddingResponse"), **_errors(400, 401, 404, 413, 500, 503, 504)}
+
+    def post(op_id, summary, body, responses):
+        return {
+            "post": {
+                "summary": summary,
+                "operationId": op_id,
+                "requestBody": json_body(body),
+                "responses": responses,
+            }
         }
-        for c in codes
+
+    return {
+        "/embed": post(
+            "teiEmbed",
+            "TEI: embed (a bare list of vectors)",
+            "TEIEmbedRequest",
+            {"200": vectors, **tei},
+        ),
+        "/": post(
+            "teiRoot",
+            "TEI: the root route (huggingface_hub feature extraction)",
+            "TEIEmbedRequest",
+            {"200": vectors, **tei},
+        ),
+        "/info": {
+            "get": {
+                "summary": "TEI: model and limits",
+                "operationId": "teiInfo",
+                "responses": {"200": obj, **_errors(401)},
+            }
+        },
+        "/v2/embed": post(
+            "cohereEmbedV2", "Cohere: embed (v2)", "CohereEmbedRequest", {"200": obj, **cohere}
+        ),
+        "/v1/embed": post(
+            "cohereEmbedV1", "Cohere: embed (v1)", "CohereEmbedRequest", {"200": obj, **cohere}
+        ),
+        "/detokenize": post(
+            "detokenize",
+            "vLLM: token ids back to text",
+            "DetokenizeRequest",
+            {"200": obj, **_errors(400, 401, 404)},
+        ),
+        "/invocations": post(
+            "invocations",
+            "SageMaker/vLLM: an embeddings request",
+            "EmbeddingRequest",
+            embeddings_ops,
+        ),
+        "/embeddings": post(
+            "createEmbeddingInfinity",
+            "Infinity: /v1/embeddings",
+            "EmbeddingRequest",
+            embeddings_ops,
+        ),
     }
 
 
@@ -122,7 +203,7 @@ def build_openapi(version: str, *, auth: bool = True, served: ServedModel | None
                     "requestBody": json_body("EmbeddingRequest"),
                     "responses": {
                         "200": ok("EmbeddingResponse"),
-                        **_errors(400, 401, 404, 413, 500, 503),
+                        **_errors(400, 401, 404, 413, 500, 503, 504),
                     },
                 }
             },
@@ -157,6 +238,7 @@ def build_openapi(version: str, *, auth: bool = True, served: ServedModel | None
                     "responses": {"200": plain, **_errors(401)},
                 }
             },
+            **_peer_paths(json_body, ok),
         },
     }
 
