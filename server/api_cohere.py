@@ -13,10 +13,7 @@ is matryoshka reduction. Errors: Cohere's body `{"id", "message"}` with 400 (bad
 from __future__ import annotations
 
 import base64
-import functools
-import logging
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Literal
 
 import numpy as np
@@ -26,16 +23,14 @@ from pydantic import (
     Field,
     StrictInt,
     StrictStr,
-    ValidationError,
     model_validator,
 )
 from sanic import Request
 from sanic.response import HTTPResponse
 
 from jaxembed.engine.jobs import EmbedOptions
-from jaxembed.errors import JaxEmbedError
-from jaxembed_server.errors import APIError, from_library_error, from_validation_error, invalid
-from jaxembed_server.http import json_response, notice_disconnects, parse_json
+from jaxembed_server.errors import APIError, invalid
+from jaxembed_server.http import json_response, notice_disconnects, parse_body, with_error_shape
 from jaxembed_server.protocol import MultimodalItem
 from jaxembed_server.route_embeddings import check_serving, request_deadline, run_job
 from jaxembed_server.served import Route
@@ -43,9 +38,6 @@ from jaxembed_server.served import Route
 EmbeddingType = Literal["float", "int8", "uint8", "binary", "ubinary", "base64"]
 TRUNCATE = {"NONE": (False, "right"), "START": (True, "left"), "END": (True, "right")}
 PROMPTS = {"search_query": "query", "search_document": "document"}
-
-
-log = logging.getLogger("jaxembed.server")
 
 
 class CohereError(BaseModel):
@@ -105,24 +97,6 @@ def cohere_error(error: APIError) -> HTTPResponse:
     return json_response(body, status=status, headers=error.headers)
 
 
-def with_cohere_errors(handler: Callable[[Request], Awaitable[HTTPResponse]]):
-    @functools.wraps(handler)
-    async def wrapped(request: Request) -> HTTPResponse:
-        try:
-            return await handler(request)
-        except APIError as e:
-            return cohere_error(e)
-        except ValidationError as e:
-            return cohere_error(from_validation_error(e))
-        except JaxEmbedError as e:
-            return cohere_error(from_library_error(e))
-        except Exception:
-            log.exception("unexpected error on %s", request.path)
-            return cohere_error(APIError(500, "internal error", type="server_error"))
-
-    return wrapped
-
-
 def inputs_of(req: CohereEmbedRequest) -> list:
     """texts → strings; images / inputs → multimodal items (text parts joined, one image)."""
     given = [name for name in ("texts", "images", "inputs") if getattr(req, name) is not None]
@@ -178,7 +152,7 @@ async def encoded(route: Route, vectors: np.ndarray, types: list[str]) -> dict:
 async def _embed(request: Request, by_type_default: bool) -> HTTPResponse:
     check_serving(request)
     notice_disconnects(request)
-    req = CohereEmbedRequest.model_validate(parse_json(request))
+    req = parse_body(request, CohereEmbedRequest)
     route = request.app.ctx.models.route(req.model, None)
     inputs = inputs_of(req)
     result = await run_job(request, route, inputs, options_of(req, route, request))
@@ -195,12 +169,12 @@ async def _embed(request: Request, by_type_default: bool) -> HTTPResponse:
     return json_response({**body, "embeddings": embeddings, "response_type": "embeddings_by_type"})
 
 
-@with_cohere_errors
+@with_error_shape(cohere_error)
 async def embed_v2(request: Request) -> HTTPResponse:
     return await _embed(request, by_type_default=True)
 
 
-@with_cohere_errors
+@with_error_shape(cohere_error)
 async def embed_v1(request: Request) -> HTTPResponse:
     return await _embed(request, by_type_default=False)
 

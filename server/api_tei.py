@@ -8,23 +8,17 @@ validation 413, tokenizer 422, empty 400, overloaded 429, unhealthy 503, backend
 
 from __future__ import annotations
 
-import functools
-import logging
-from collections.abc import Awaitable, Callable
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr
 from sanic import Request
 from sanic.response import HTTPResponse
 
 import jaxembed
 from jaxembed.engine.jobs import EmbedOptions
-from jaxembed.errors import JaxEmbedError
-from jaxembed_server.errors import APIError, from_library_error, from_validation_error, invalid
-from jaxembed_server.http import json_response, notice_disconnects, parse_json
+from jaxembed_server.errors import APIError, invalid
+from jaxembed_server.http import json_response, notice_disconnects, parse_body, with_error_shape
 from jaxembed_server.route_embeddings import check_serving, request_deadline, run_job
-
-log = logging.getLogger("jaxembed.server")
 
 
 class TEIError(BaseModel):
@@ -45,7 +39,7 @@ class TEIEmbedRequest(BaseModel):
     dimensions: StrictInt | None = None
 
 
-def tei_error(error: APIError, status: int | None = None) -> HTTPResponse:
+def tei_error(error: APIError) -> HTTPResponse:
     """An APIError in TEI's shape and statuses: input problems `validation` (413, as TEI
     answers them), an empty input `empty` (400), a full queue `overloaded` (429), an engine
     that cannot run `unhealthy` (503), a failed or timed-out computation `backend` (424)."""
@@ -55,41 +49,23 @@ def tei_error(error: APIError, status: int | None = None) -> HTTPResponse:
         kind, status = "backend", 424
     elif error.code == "empty":
         kind, status = "empty", 400
-    elif error.code == "invalid_json":  # as TEI's JSON extractor: 400 for a body that is not JSON
+    elif error.reason == "invalid_json":  # as TEI's JSON extractor: 400 for a body that is not JSON
         kind, status = "validation", 400
+    elif error.reason == "invalid_fields":  # ... and 422 for fields of the wrong type
+        kind, status = "validation", 422
     else:
-        kind, status = "validation", status or 413
+        kind, status = "validation", 413
     return json_response(
         {"error": error.message, "error_type": kind}, status=status, headers=error.headers
     )
 
 
-def with_tei_errors(handler: Callable[[Request], Awaitable[HTTPResponse]]):
-    """Every error of a TEI route leaves in TEI's shape (never OpenAI's)."""
-
-    @functools.wraps(handler)
-    async def wrapped(request: Request) -> HTTPResponse:
-        try:
-            return await handler(request)
-        except APIError as e:
-            return tei_error(e)
-        except ValidationError as e:  # malformed JSON fields: 422, as TEI's JSON extractor
-            return tei_error(from_validation_error(e), status=422)
-        except JaxEmbedError as e:
-            return tei_error(from_library_error(e))
-        except Exception:
-            log.exception("unexpected error on %s", request.path)
-            return tei_error(APIError(500, "internal error", type="server_error"))
-
-    return wrapped
-
-
-@with_tei_errors
+@with_error_shape(tei_error)
 async def embed(request: Request) -> HTTPResponse:
     """`POST /embed` (and `POST /`): a bare list of vectors, one per input."""
     check_serving(request)
     notice_disconnects(request)
-    req = TEIEmbedRequest.model_validate(parse_json(request))
+    req = parse_body(request, TEIEmbedRequest)
     if isinstance(req.inputs, list) and not req.inputs:
         raise APIError(400, "`inputs` cannot be empty", param="inputs", code="empty")
     route = request.app.ctx.models.route(None, None)  # TEI serves one model: the first
@@ -105,7 +81,7 @@ async def embed(request: Request) -> HTTPResponse:
     return json_response(result.vectors)
 
 
-@with_tei_errors
+@with_error_shape(tei_error)
 async def embed_all(request: Request) -> HTTPResponse:
     raise invalid(
         "/embed_all (per-token hidden states) is not supported by jaxembed: its compiled "

@@ -39,6 +39,9 @@ class APIError(Exception):
         self.param = param
         self.code = code
         self.headers = headers or {}
+        # What went wrong, for peer APIs that answer each kind with its own status
+        # (never sent): "invalid_json", "invalid_fields".
+        self.reason: str | None = None
 
     def body(self) -> dict:
         return {

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
+from pydantic import BaseModel, ValidationError
 from sanic import Request
 from sanic.response import HTTPResponse, raw
 
-from jaxembed_server.errors import APIError, invalid
+from jaxembed.errors import JaxEmbedError
+from jaxembed_server.errors import APIError, from_library_error, from_validation_error, invalid
+
+log = logging.getLogger("jaxembed.server")
+Model = TypeVar("Model", bound=BaseModel)
+Handler = Callable[[Request], Awaitable[HTTPResponse]]
 
 MAX_REQUEST_ID = 128
 
@@ -33,10 +42,16 @@ def parse_json(request: Request) -> dict:
     try:
         body = orjson.loads(request.body or b"")
     except orjson.JSONDecodeError:
-        raise invalid("the request body is not valid JSON", code="invalid_json") from None
+        raise _not_json("the request body is not valid JSON") from None
     if not isinstance(body, dict):
-        raise invalid("the request body must be a JSON object", code="invalid_json")
+        raise _not_json("the request body must be a JSON object")
     return body
+
+
+def _not_json(message: str) -> APIError:
+    error = invalid(message)
+    error.reason = "invalid_json"
+    return error
 
 
 def request_id(client_value: str | None) -> str:
@@ -62,3 +77,39 @@ def notice_disconnects(request: Request) -> None:
     transport = request.transport
     if transport is not None and not transport.is_closing():
         transport.resume_reading()
+
+
+def validated(model: type[Model], body: dict) -> Model:
+    """The body as `model`, or a 400 naming the first problem."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        error = from_validation_error(e)
+        error.reason = "invalid_fields"
+        raise error from None
+
+
+def parse_body(request: Request, model: type[Model]) -> Model:
+    return validated(model, parse_json(request))
+
+
+def with_error_shape(render: Callable[[APIError], HTTPResponse]) -> Callable[[Handler], Handler]:
+    """Every error of a peer API's route leaves in that API's shape (`render`), never in
+    OpenAI's: library errors through the one mapping, anything unexpected as a 500."""
+
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def wrapped(request: Request) -> HTTPResponse:
+            try:
+                return await handler(request)
+            except APIError as e:
+                return render(e)
+            except JaxEmbedError as e:
+                return render(from_library_error(e))
+            except Exception:
+                log.exception("unexpected error on %s", request.path)
+                return render(APIError(500, "internal error", type="server_error"))
+
+        return wrapped
+
+    return decorate

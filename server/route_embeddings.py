@@ -14,15 +14,14 @@ import time
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 from sanic import Request
 
 from jaxembed.engine.batcher import RequestProgress
 from jaxembed.engine.jobs import EmbedJob, EmbedOptions, EmbedResult
 from jaxembed.errors import DeadlineError
 from jaxembed_server import vllm_fields
-from jaxembed_server.errors import APIError, from_validation_error, invalid, unavailable
-from jaxembed_server.http import json_response, notice_disconnects, parse_json
+from jaxembed_server.errors import APIError, invalid, unavailable
+from jaxembed_server.http import json_response, notice_disconnects, parse_json, validated
 from jaxembed_server.media import fetch_items
 from jaxembed_server.protocol import EmbeddingRequest, MultimodalItem
 from jaxembed_server.served import Route
@@ -130,10 +129,7 @@ async def embeddings(request: Request):
     notice_disconnects(request)
     body = parse_json(request)
     vllm_fields.refuse_unsupported_fields(body)
-    try:
-        req = EmbeddingRequest.model_validate(body)
-    except ValidationError as e:
-        raise from_validation_error(e) from None
+    req = validated(EmbeddingRequest, body)
     vllm_fields.check_input_or_messages(req)
     route = request.app.ctx.models.route(req.model, req.lora_path)
     inputs = req.input if req.messages is None else vllm_fields.chat_input(req, route)

@@ -6,12 +6,11 @@ Two request forms: ours (`input`: a text or texts → `tokens` as a list per tex
 
 from __future__ import annotations
 
-from pydantic import ValidationError
 from sanic import Request
 
 from jaxembed.engine.jobs import EmbedOptions
-from jaxembed_server.errors import from_validation_error, invalid
-from jaxembed_server.http import json_response, parse_json
+from jaxembed_server.errors import invalid
+from jaxembed_server.http import json_response, parse_body
 from jaxembed_server.protocol import DetokenizeRequest, EmbeddingRequest, TokenizeRequest
 from jaxembed_server.route_embeddings import check_size
 from jaxembed_server.served import Route
@@ -38,10 +37,7 @@ def _text_of(req: TokenizeRequest, route: Route) -> tuple[str | list[str], bool]
 
 async def tokenize(request: Request):
     ctx = request.app.ctx
-    try:
-        req = TokenizeRequest.model_validate(parse_json(request))
-    except ValidationError as e:
-        raise from_validation_error(e) from None
+    req = parse_body(request, TokenizeRequest)
     model, answer, _ = ctx.models.find(req.model)  # an adapter does not change tokenisation
     route = Route(model, answer, None)
     text, flat = _text_of(req, route)
@@ -67,10 +63,7 @@ async def tokenize(request: Request):
 
 async def detokenize(request: Request):
     ctx = request.app.ctx
-    try:
-        req = DetokenizeRequest.model_validate(parse_json(request))
-    except ValidationError as e:
-        raise from_validation_error(e) from None
+    req = parse_body(request, DetokenizeRequest)
     model, _, _ = ctx.models.find(req.model)
     tokenizer = model.service.embedder.tokenizer
     outside = [t for t in req.tokens if not 0 <= t < tokenizer.vocab_size]
