@@ -93,6 +93,8 @@ def truncation(req: EmbeddingRequest, route: Route) -> dict:
             truncation_direction=req.truncation_side or "left",  # vLLM keeps the last tokens
             max_tokens=None if limit == -1 else limit,
         )
+    # A chat template writes the special tokens itself (vLLM's default for messages: false).
+    templated = req.messages is not None and route.model.service.embedder.chat_template
     special = req.add_special_tokens
-    fields["add_special_tokens"] = (req.messages is None) if special is None else special
+    fields["add_special_tokens"] = (not templated) if special is None else special
     return fields

@@ -69,3 +69,26 @@ def test_a_full_queue_refuses_before_any_work(embedder):
     with pytest.raises(OverloadedError, match="queue is full"):
         svc.check_capacity()
     svc.close(timeout=1)
+
+
+def test_operator_ranges_replace_calibration(embedder, tmp_path):
+    import json
+
+    from jaxembed.quantization import quantize
+
+    ranges = np.stack([-np.full(384, 0.2), np.full(384, 0.2)]).astype(np.float32)
+    (tmp_path / "ranges.json").write_text(json.dumps(ranges.tolist()))
+    svc = EmbeddingService(
+        embedder, ServiceConfig(quantization_ranges=str(tmp_path / "ranges.json"))
+    )
+    svc.start(warmup=False)
+    try:
+        floats = _run(svc, EmbedJob(TEXTS[:2])).vectors
+        got = _run(svc, EmbedJob(TEXTS[:2], EmbedOptions(precision="int8"))).vectors
+        np.testing.assert_array_equal(got, quantize(floats, "int8", ranges))
+        assert svc.calibration.source == "ranges file ranges.json"
+    finally:
+        svc.close(timeout=5)
+    (tmp_path / "bad.json").write_text("[[1, 2]]")
+    with pytest.raises(ValueError, match="expected ranges of shape"):
+        EmbeddingService(embedder, ServiceConfig(quantization_ranges=str(tmp_path / "bad.json")))

@@ -327,3 +327,29 @@ def test_server_and_python_api_agree_bit_for_bit(open_server, http_media, refere
     )
     want = reference.embed_items([EmbedItem(text="a cat", image=image)])[0]
     np.testing.assert_array_equal(served({"text": "a cat", "image": b64(image).decode()}), want)
+
+
+def test_chat_messages_with_image_parts_are_one_fused_item(open_server):
+    """vLLM's chat form for an image model (no chat template): text parts joined + the image."""
+    image = (
+        "data:image/png;base64,"
+        + base64.b64encode(image_bytes(generated_image((30, 20), seed=12))).decode()
+    )
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "a red square"},
+                {"type": "image_url", "image_url": {"url": image}},
+            ],
+        }
+    ]
+    chat = _post(open_server, {"model": MODEL, "messages": messages})
+    item = _post(open_server, {"model": MODEL, "input": [{"text": "a red square", "image": image}]})
+    assert chat.status_code == 200, chat.text
+    np.testing.assert_allclose(
+        chat.json()["data"][0]["embedding"], item.json()["data"][0]["embedding"], atol=1e-7
+    )
+    two = messages[0]["content"] + [{"type": "image_url", "image_url": {"url": image}}]
+    refused = _post(open_server, {"model": MODEL, "messages": [{"role": "user", "content": two}]})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "messages"
