@@ -353,3 +353,35 @@ def test_chat_messages_with_image_parts_are_one_fused_item(open_server):
     two = messages[0]["content"] + [{"type": "image_url", "image_url": {"url": image}}]
     refused = _post(open_server, {"model": MODEL, "messages": [{"role": "user", "content": two}]})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "messages"
+
+
+def test_cohere_images_and_mixed_inputs(open_server):
+    import cohere
+
+    image = (
+        "data:image/png;base64,"
+        + base64.b64encode(image_bytes(generated_image((26, 18), seed=13))).decode()
+    )
+    co = cohere.ClientV2(api_key="unused", base_url=open_server.url)
+    by_images = co.embed(model=MODEL, images=[image], input_type="image")
+    item = _post(open_server, {"model": MODEL, "input": [{"image": image}]}).json()
+    np.testing.assert_allclose(
+        by_images.embeddings.float_[0], item["data"][0]["embedding"], atol=1e-7
+    )
+    mixed = co.embed(
+        model=MODEL,
+        input_type="search_document",
+        inputs=[
+            {
+                "content": [
+                    {"type": "text", "text": "a photo"},
+                    {"type": "image_url", "image_url": {"url": image}},
+                ]
+            }
+        ],
+    )
+    fused = _post(
+        open_server, {"model": MODEL, "input": [{"text": "a photo", "image": image}]}
+    ).json()
+    np.testing.assert_allclose(mixed.embeddings.float_[0], fused["data"][0]["embedding"], atol=1e-7)
+    assert mixed.meta.billed_units.input_tokens == fused["usage"]["prompt_tokens"]
