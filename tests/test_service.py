@@ -92,3 +92,28 @@ def test_operator_ranges_replace_calibration(embedder, tmp_path):
     (tmp_path / "bad.json").write_text("[[1, 2]]")
     with pytest.raises(ValueError, match="expected ranges of shape"):
         EmbeddingService(embedder, ServiceConfig(quantization_ranges=str(tmp_path / "bad.json")))
+
+
+def test_calibration_is_computed_once_and_then_read_from_the_cache(embedder, tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXEMBED_HOME", str(tmp_path))
+    first = EmbeddingService(embedder)
+    first.start(warmup=False)
+    try:
+        got = _run(first, EmbedJob(TEXTS[:1], EmbedOptions(precision="uint8"))).vectors
+        assert first.calibration.cache_path.exists()
+        assert first.calibration.cache_path.is_relative_to(tmp_path / "calibration")
+    finally:
+        first.close(timeout=5)
+    second = EmbeddingService(embedder)  # a restart: the cached vectors, no recomputation
+    second.start(warmup=False)
+    try:
+        calls = []
+        original = second._calibration_vectors
+        second._calibration_vectors = lambda texts: calls.append(1) or original(texts)
+        again = _run(second, EmbedJob(TEXTS[:1], EmbedOptions(precision="uint8"))).vectors
+        assert calls == [] and (again == got).all()
+        np.testing.assert_array_equal(
+            second.calibration.full_ranges(), first.calibration.full_ranges()
+        )
+    finally:
+        second.close(timeout=5)
