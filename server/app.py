@@ -158,6 +158,8 @@ async def stop_models(app: Sanic) -> None:
         *(loop.run_in_executor(None, s.close, timeout) for s in app.ctx.models.services)
     )
     log.info("shutdown: %s", "drained" if all(results) else "drain timed out")
+    if app.ctx.tracer is not None:
+        await loop.run_in_executor(None, app.ctx.tracer.shutdown)  # flush buffered spans
 
 
 def create_app(
@@ -178,6 +180,16 @@ def create_app(
     app.ctx.media = media_loader(config)
     app.ctx.openapi = openapi_document(config, models)
     app.ctx.state = {"draining": False}
+    app.ctx.tracer = None
+    if config.otlp_endpoint:  # imported only when asked for (the `tracing` extra)
+        try:
+            from jaxembed_server.tracing import RequestTracer
+        except ImportError as e:
+            raise ValueError(
+                f"--otlp-endpoint needs OpenTelemetry ({e.name} is missing): "
+                'pip install "jaxembed[tracing]"'
+            ) from None
+        app.ctx.tracer = RequestTracer.to_endpoint(config.otlp_endpoint)
     app.before_server_start(start_models)
     app.before_server_stop(stop_models)
     middleware.install(app)
@@ -187,6 +199,7 @@ def create_app(
     app.add_route(route_embeddings.invocations, "/invocations", methods=["POST"])
     app.add_route(route_info.models, "/v1/models", methods=["GET"])
     app.add_route(route_info.health, "/health", methods=["GET"])
+    app.add_route(route_info.root, "/", methods=["GET"], name="root_info")
     app.add_route(route_info.ready, "/ready", methods=["GET"])
     app.add_route(route_info.metrics, "/metrics", methods=["GET"])
     app.add_route(route_info.openapi, "/openapi.json", methods=["GET"])

@@ -48,6 +48,7 @@ class ServerConfig:
     keep_alive_timeout: float = 75.0  # idle keep-alive connections close after this
     log_level: str = "info"
     log_format: str = "text"
+    otlp_endpoint: str | None = None  # OpenTelemetry traces over OTLP/HTTP; None: off
     cache_mb: float = 128.0  # embedding cache size; 0 disables it
     quantization_ranges: str | None = None  # int8/uint8 ranges ([2, D] .npy or JSON)
     packing: bool | None = None  # short inputs share batch rows; None: where the model allows
@@ -258,6 +259,12 @@ def _add_batching_and_logging_arguments(p: argparse.ArgumentParser, d: ServerCon
         choices=["text", "json"],
         default=d.log_format,
         help="json: one object per line with the request id (for log pipelines)",
+    )
+    p.add_argument(
+        "--otlp-endpoint",
+        default=None,
+        help="export OpenTelemetry traces (a span per request, child spans per phase) to this "
+        "OTLP/HTTP collector, e.g. http://127.0.0.1:4318 (needs the `tracing` extra)",
     )
     p.add_argument(
         "--mesh",

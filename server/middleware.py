@@ -30,6 +30,7 @@ SANIC_CODES = {
 
 async def before_request(request: Request):
     request.ctx.start = time.monotonic()
+    request.ctx.start_ns = time.time_ns()
     request.ctx.request_id = request_id(request.headers.get("x-request-id"))
     request_id_var.set(request.ctx.request_id)
     if request.path not in OPEN_PATHS:
@@ -64,12 +65,35 @@ async def after_response(request: Request, response: HTTPResponse):
             "duration_ms": round(seconds * 1000, 2),
         },
     )
+    tracer = request.app.ctx.tracer
+    if tracer is not None and route not in QUIET_ROUTES:
+        trace_request(tracer, request, response, route)
     if response.status >= 400:
         try:
             code = orjson.loads(response.body)["error"].get("code") or str(response.status)
         except Exception:
             code = str(response.status)
         metrics.errors.labels(code=code).inc()
+
+
+def trace_request(tracer, request: Request, response: HTTPResponse, route: str) -> None:
+    progress = getattr(request.ctx, "progress", None)
+    attributes = {
+        "http.request.method": request.method,
+        "http.route": route,
+        "http.response.status_code": response.status,
+        "jaxembed.request_id": getattr(request.ctx, "request_id", ""),
+    }
+    if model := getattr(request.ctx, "model", None):
+        attributes["jaxembed.model"] = model
+    tracer.record(
+        f"{request.method} {route}",
+        getattr(request.ctx, "start_ns", time.time_ns()),
+        time.time_ns(),
+        attributes,
+        progress.phases if progress is not None else (),
+        request.headers,
+    )
 
 
 async def api_error(request: Request, error: APIError):

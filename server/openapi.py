@@ -179,7 +179,7 @@ def build_openapi(version: str, *, auth: bool = True, served: ServedModel | None
 
     ok = lambda name: {"description": "OK", "content": {"application/json": {"schema": _ref(name)}}}  # noqa: E731
     plain = {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
-    return {
+    document = {
         "openapi": "3.1.0",
         "info": {
             "title": "jaxembed",
@@ -241,6 +241,18 @@ def build_openapi(version: str, *, auth: bool = True, served: ServedModel | None
             **_peer_paths(json_body, ok),
         },
     }
+    _root_get(document["paths"])
+    return document
+
+
+def _root_get(paths: dict) -> dict:
+    """`GET /` beside TEI's `POST /`."""
+    paths["/"]["get"] = {
+        "summary": "Server name, version, models and where the docs are",
+        "operationId": "root",
+        "responses": {"200": {"description": "OK"}, **_errors(401)},
+    }
+    return paths
 
 
 def docs_page(spec: dict) -> str:

@@ -105,7 +105,8 @@ async def run_job(
     check_size(inputs, ctx.config.max_inputs)
     service = route.model.service
     service.check_capacity()
-    progress = RequestProgress()
+    progress = request.ctx.progress = RequestProgress()  # its phases become trace spans
+    request.ctx.model = route.model.name
 
     async def compute() -> EmbedResult:
         items = inputs
@@ -134,7 +135,8 @@ async def embeddings(request: Request):
     route = request.app.ctx.models.route(req.model, req.lora_path)
     inputs = req.input if req.messages is None else vllm_fields.chat_input(req, route)
     result = await run_job(request, route, inputs, embed_options(request, req, route))
-    return embeddings_response(req, route, result.vectors, result.tokens)
+    with request.ctx.progress.timed("encode"):
+        return embeddings_response(req, route, result.vectors, result.tokens)
 
 
 def embeddings_response(req: EmbeddingRequest, route: Route, vectors: np.ndarray, total: int):

@@ -51,6 +51,20 @@ async def models(request: Request):
     return json_response({"object": "list", "data": data})
 
 
+async def root(request: Request):
+    """`GET /`: where to go from here (a browser or a curl that guessed the URL)."""
+    return json_response(
+        {
+            "name": "jaxembed",
+            "version": request.app.ctx.openapi["info"]["version"],
+            "models": request.app.ctx.models.names,
+            "docs": "/docs",
+            "openapi": "/openapi.json",
+            "embeddings": "/v1/embeddings",
+        }
+    )
+
+
 async def health(request: Request):
     return text("ok")
 

@@ -18,13 +18,14 @@ that breaks the engine fails alone and the others in its batch still succeed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -101,6 +102,8 @@ class _Job:
     served_tokens: int = 0  # tokens dispatched so far (fair share within a priority level)
     done: bool = False
     progress: RequestProgress | None = None
+    enqueued_ns: int = 0  # time.time_ns() when queued, and when its first row was dispatched
+    dispatched_ns: int | None = None
 
     @property
     def rows_done(self) -> int:
@@ -112,9 +115,22 @@ class _Job:
 
 @dataclasses.dataclass
 class RequestProgress:
-    """Rows of a request that the device finished (a timed-out request reports them)."""
+    """Rows of a request that the device finished (a timed-out request reports them), and the
+    phases it went through — (name, start, end) in `time.time_ns()` — for tracing."""
 
     rows_done: int = 0
+    phases: list[tuple[str, int, int]] = dataclasses.field(default_factory=list)
+
+    def phase(self, name: str, start_ns: int, end_ns: int) -> None:
+        self.phases.append((name, start_ns, end_ns))  # list.append: safe from any thread
+
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        start = time.time_ns()
+        try:
+            yield
+        finally:
+            self.phase(name, start, time.time_ns())
 
 
 @dataclasses.dataclass
@@ -272,6 +288,7 @@ class Batcher:
             remaining=len(token_lists),
             adapter_slot=adapter_slot,
             progress=progress,
+            enqueued_ns=time.time_ns(),
         )
         with self._cond:
             if not self._accepting:
@@ -308,7 +325,17 @@ class Batcher:
             self._active_jobs -= 1
             if job.progress is not None:
                 job.progress.rows_done += job.rows_done
+                self._record_phases(job, job.progress)
             self._cond.notify_all()
+
+    @staticmethod
+    def _record_phases(job: _Job, progress: RequestProgress) -> None:
+        """Queue wait (until its first row went out) and device time (until its last came back)."""
+        now = time.time_ns()
+        dispatched = job.dispatched_ns or now
+        progress.phase("queue", job.enqueued_ns, dispatched)
+        if job.dispatched_ns is not None:
+            progress.phase("device", dispatched, now)
 
     # -- dispatcher ---------------------------------------------------------------------------
 
@@ -349,6 +376,10 @@ class Batcher:
                 if all(r.job.done for r in batch_rows):
                     continue  # every request in it timed out or went away: skip the device work
                 shared = self._take_turn(planned.bucket)
+                dispatched_ns = time.time_ns()
+                for row in batch_rows:
+                    if row.job.dispatched_ns is None:
+                        row.job.dispatched_ns = dispatched_ns
                 started = time.perf_counter()
                 try:
                     result = self._run(batch_rows, planned)

@@ -254,15 +254,17 @@ class EmbeddingService:
     ) -> tuple[np.ndarray, list[int]]:
         """Texts or token ids → (vectors, tokens per input): windows pooled back when chunking."""
         if not o.chunking:
-            token_lists = await self.tokenize(inputs, o)
+            with progress.timed("tokenize"):
+                token_lists = await self.tokenize(inputs, o)
             vectors = await self._embed_cached(token_lists, o, namespace, slot, progress)
             return vectors, [len(t) for t in token_lists]
-        plan = await self._off_loop(
-            inputs,
-            lambda: self.embedder.tokenize_windows(
-                inputs, prompt_name=o.prompt_name, instruction=o.instruction
-            ),
-        )
+        with progress.timed("tokenize"):
+            plan = await self._off_loop(
+                inputs,
+                lambda: self.embedder.tokenize_windows(
+                    inputs, prompt_name=o.prompt_name, instruction=o.instruction
+                ),
+            )
         self._check_tokens(plan.windows)
         vectors = await self._embed_cached(plan.windows, o, namespace, slot, progress)
         return plan.combine(vectors, self.card.normalize), plan.token_counts

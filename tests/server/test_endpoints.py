@@ -130,3 +130,9 @@ def test_server_and_python_api_give_bit_identical_vectors(server, embedder):
             json={"input": texts, "encoding_format": "base64", **options},
         ).json()
         np.testing.assert_array_equal(_base64_rows(body), embedder.embed(texts, **kwargs))
+
+
+def test_root_says_where_to_go(server):
+    body = httpx.get(server.url + "/").json()
+    assert body["name"] == "jaxembed" and body["docs"] == "/docs"
+    assert "all-minilm-l6-v2" in body["models"]
