@@ -214,9 +214,9 @@ def test_ready_reason_names_the_model_still_warming():
 def test_sigterm_drains_all_three(server, references):
     """Last in this module: it stops the shared server."""
     bodies = {
-        "minilm": [f"drain minilm {i} " * 30 for i in range(1024)],
-        "tiny-decoder": [f"drain decoder {i} " * 15 for i in range(1024)],
-        "tiny-clip": [f"drain clip {i} " * 10 for i in range(1024)],
+        "minilm": [f"drain minilm {i} " * 30 for i in range(256)],
+        "tiny-decoder": [f"drain decoder {i} " * 15 for i in range(256)],
+        "tiny-clip": [f"drain clip {i} " * 10 for i in range(256)],
     }
     results: dict[str, httpx.Response] = {}
 
