@@ -12,7 +12,6 @@ is matryoshka reduction. Errors: Cohere's body `{"id", "message"}` with 400 (bad
 
 from __future__ import annotations
 
-import base64
 import uuid
 from typing import Literal
 
@@ -30,7 +29,13 @@ from sanic.response import HTTPResponse
 
 from jaxembed.engine.jobs import EmbedOptions
 from jaxembed_server.errors import APIError, invalid
-from jaxembed_server.http import json_response, notice_disconnects, parse_body, with_error_shape
+from jaxembed_server.http import (
+    base64_rows,
+    json_response,
+    notice_disconnects,
+    parse_body,
+    with_error_shape,
+)
 from jaxembed_server.protocol import MultimodalItem
 from jaxembed_server.route_embeddings import check_serving, request_deadline, run_job
 from jaxembed_server.served import Route
@@ -142,8 +147,7 @@ async def encoded(route: Route, vectors: np.ndarray, types: list[str]) -> dict:
         if kind == "float":
             out["float"] = vectors
         elif kind == "base64":
-            le = vectors.astype("<f4", copy=False)
-            out["base64"] = [base64.b64encode(row.tobytes()).decode("ascii") for row in le]
+            out["base64"] = base64_rows(vectors)
         else:
             out[kind] = await route.model.service.encode(vectors, kind)
     return out

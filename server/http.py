@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import numpy as np
 import orjson
 from pydantic import BaseModel, ValidationError
 from sanic import Request
@@ -32,6 +34,13 @@ def json_response(
         headers=headers,
         content_type="application/json",
     )
+
+
+def base64_rows(vectors: np.ndarray) -> list[str]:
+    """Each row's bytes in base64: float32 little-endian (what the openai client decodes with
+    np.frombuffer), integer precisions one byte per value (or per 8 bits)."""
+    rows = vectors.astype("<f4", copy=False) if vectors.dtype == np.float32 else vectors
+    return [base64.b64encode(row.tobytes()).decode("ascii") for row in rows]
 
 
 def error_response(error: APIError) -> HTTPResponse:

@@ -93,7 +93,7 @@ def _errors(*codes: int, shape: str = "ErrorResponse") -> dict:
     return {str(c): body("ErrorResponse" if c == 401 else shape) for c in codes}
 
 
-def _peer_paths(json_body, ok) -> dict:
+def _peer_paths() -> dict:
     """TEI's, Cohere's, vLLM's and Infinity's routes (server/api_*.py, route_tokens.py)."""
     vectors = {
         "description": "OK",
@@ -102,14 +102,14 @@ def _peer_paths(json_body, ok) -> dict:
     obj = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
     tei = _errors(400, 401, 413, 422, 424, 429, 503, shape="TEIError")
     cohere = _errors(400, 401, 404, 429, 500, 503, shape="CohereError")
-    embeddings_ops = {"200": ok("EmbeddingResponse"), **_errors(400, 401, 404, 413, 500, 503, 504)}
+    embeddings_ops = {"200": _ok("EmbeddingResponse"), **_errors(400, 401, 404, 413, 500, 503, 504)}
 
     def post(op_id, summary, body, responses):
         return {
             "post": {
                 "summary": summary,
                 "operationId": op_id,
-                "requestBody": json_body(body),
+                "requestBody": _json_body(body),
                 "responses": responses,
             }
         }
@@ -161,6 +161,65 @@ def _peer_paths(json_body, ok) -> dict:
     }
 
 
+def _json_body(name: str) -> dict:
+    return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+def _ok(name: str) -> dict:
+    return {"description": "OK", "content": {"application/json": {"schema": _ref(name)}}}
+
+
+_PLAIN = {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
+
+
+def _core_paths() -> dict:
+    """The OpenAI route, tokenisation, models, probes and metrics."""
+    return {
+        "/v1/embeddings": {
+            "post": {
+                "summary": "Create embeddings",
+                "operationId": "createEmbedding",
+                "requestBody": _json_body("EmbeddingRequest"),
+                "responses": {
+                    "200": _ok("EmbeddingResponse"),
+                    **_errors(400, 401, 404, 413, 500, 503, 504),
+                },
+            }
+        },
+        "/tokenize": {
+            "post": {
+                "summary": "Tokenize texts with the model's tokenizer",
+                "operationId": "tokenize",
+                "requestBody": _json_body("TokenizeRequest"),
+                "responses": {"200": _ok("TokenizeResponse"), **_errors(400, 401, 404, 413)},
+            }
+        },
+        "/v1/models": {
+            "get": {
+                "summary": "List served models",
+                "operationId": "listModels",
+                "responses": {"200": {"description": "OK"}, **_errors(401)},
+            }
+        },
+        "/health": {
+            "get": {"summary": "Process is alive", "security": [], "responses": {"200": _PLAIN}}
+        },
+        "/ready": {
+            "get": {
+                "summary": "Warm-up finished and accepting",
+                "security": [],
+                "responses": {"200": _PLAIN, "503": _PLAIN},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {"200": _PLAIN, **_errors(401)},
+            }
+        },
+    }
+
+
 def build_openapi(version: str, *, auth: bool = True, served: ServedModel | None = None) -> dict:
     """The document of this server: bearer auth only when API keys are set, model limits if given."""
     _, schema = models_json_schema(
@@ -171,14 +230,6 @@ def build_openapi(version: str, *, auth: bool = True, served: ServedModel | None
     if served is not None:
         _constrain(schema["$defs"], served)
 
-    def json_body(name):
-        return {
-            "required": True,
-            "content": {"application/json": {"schema": _ref(name)}},
-        }
-
-    ok = lambda name: {"description": "OK", "content": {"application/json": {"schema": _ref(name)}}}  # noqa: E731
-    plain = {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
     document = {
         "openapi": "3.1.0",
         "info": {
@@ -196,49 +247,8 @@ def build_openapi(version: str, *, auth: bool = True, served: ServedModel | None
         },
         "security": [{"bearer": []}] if auth else [],
         "paths": {
-            "/v1/embeddings": {
-                "post": {
-                    "summary": "Create embeddings",
-                    "operationId": "createEmbedding",
-                    "requestBody": json_body("EmbeddingRequest"),
-                    "responses": {
-                        "200": ok("EmbeddingResponse"),
-                        **_errors(400, 401, 404, 413, 500, 503, 504),
-                    },
-                }
-            },
-            "/tokenize": {
-                "post": {
-                    "summary": "Tokenize texts with the model's tokenizer",
-                    "operationId": "tokenize",
-                    "requestBody": json_body("TokenizeRequest"),
-                    "responses": {"200": ok("TokenizeResponse"), **_errors(400, 401, 404, 413)},
-                }
-            },
-            "/v1/models": {
-                "get": {
-                    "summary": "List served models",
-                    "operationId": "listModels",
-                    "responses": {"200": {"description": "OK"}, **_errors(401)},
-                }
-            },
-            "/health": {
-                "get": {"summary": "Process is alive", "security": [], "responses": {"200": plain}}
-            },
-            "/ready": {
-                "get": {
-                    "summary": "Warm-up finished and accepting",
-                    "security": [],
-                    "responses": {"200": plain, "503": plain},
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {"200": plain, **_errors(401)},
-                }
-            },
-            **_peer_paths(json_body, ok),
+            **_core_paths(),
+            **_peer_paths(),
         },
     }
     _root_get(document["paths"])

@@ -8,7 +8,6 @@ Library errors become API errors in one place (the app's exception handler).
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from typing import Any
@@ -21,7 +20,13 @@ from jaxembed.engine.jobs import EmbedJob, EmbedOptions, EmbedResult
 from jaxembed.errors import DeadlineError
 from jaxembed_server import vllm_fields
 from jaxembed_server.errors import APIError, invalid, unavailable
-from jaxembed_server.http import json_response, notice_disconnects, parse_json, validated
+from jaxembed_server.http import (
+    base64_rows,
+    json_response,
+    notice_disconnects,
+    parse_json,
+    validated,
+)
 from jaxembed_server.media import fetch_items
 from jaxembed_server.protocol import EmbeddingRequest, MultimodalItem
 from jaxembed_server.served import Route
@@ -31,21 +36,8 @@ log = logging.getLogger("jaxembed.server")
 
 def encode_embeddings(vectors: np.ndarray, encoding_format: str) -> list[dict]:
     """float32 rows (or quantized integer rows) as JSON numbers or base64 of their bytes."""
-    if encoding_format == "base64":
-        # Little-endian float32, exactly what the openai client decodes with np.frombuffer;
-        # integer precisions are one byte per value (or per 8 bits), endianness-free.
-        le = vectors.astype("<f4", copy=False) if vectors.dtype == np.float32 else vectors
-        return [
-            {
-                "object": "embedding",
-                "embedding": base64.b64encode(le[i].tobytes()).decode("ascii"),
-                "index": i,
-            }
-            for i in range(len(le))
-        ]
-    return [
-        {"object": "embedding", "embedding": vectors[i], "index": i} for i in range(len(vectors))
-    ]
+    rows = base64_rows(vectors) if encoding_format == "base64" else list(vectors)
+    return [{"object": "embedding", "embedding": row, "index": i} for i, row in enumerate(rows)]
 
 
 def check_size(items: Any, max_inputs: int) -> None:

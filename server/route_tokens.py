@@ -66,10 +66,9 @@ async def detokenize(request: Request):
     req = parse_body(request, DetokenizeRequest)
     model, _, _ = ctx.models.find(req.model)
     tokenizer = model.service.embedder.tokenizer
-    outside = [t for t in req.tokens if not 0 <= t < tokenizer.vocab_size]
-    if outside:
+    if (bad := tokenizer.outside_vocabulary(req.tokens)) is not None:
         raise invalid(
-            f"token id {outside[0]} is outside the vocabulary (0..{tokenizer.vocab_size - 1})",
+            f"token id {bad} is outside the vocabulary (0..{tokenizer.vocab_size - 1})",
             param="tokens",
         )
     return json_response({"prompt": tokenizer.decode(req.tokens)})

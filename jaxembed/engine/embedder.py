@@ -32,6 +32,7 @@ from jaxembed.engine.buckets import (
 from jaxembed.engine.chat import ChatTemplate
 from jaxembed.engine.chunking import MAX_EMBED_FACTOR, ChunkPlan
 from jaxembed.engine.compile_cache import enable_compile_cache
+from jaxembed.engine.jobs import AdapterRef, EmbedItem, EmbedJob, EmbedOptions
 from jaxembed.engine.memory import fit_grid
 from jaxembed.engine.runner import BucketRunner
 from jaxembed.engine.tokenize import TextTokenizer
@@ -432,8 +433,6 @@ class Embedder:
             self._service = self._loop = None
 
     def _run_job(self, inputs, **options) -> np.ndarray:
-        from jaxembed.engine.jobs import EmbedJob, EmbedOptions
-
         service = self.service()
         return self._loop.run(service.embed(EmbedJob(inputs, EmbedOptions(**options)))).vectors
 
@@ -460,8 +459,6 @@ class Embedder:
         `precision` int8/uint8/binary/ubinary quantizes (jaxembed/quantization.py).
         Thread-safe: concurrent calls share device batches, as requests do in the server.
         """
-        from jaxembed.engine.jobs import AdapterRef
-
         return self._run_job(
             inputs,
             truncate=truncate,
@@ -487,8 +484,6 @@ class Embedder:
         self, images: Sequence[Image.Image | bytes], *, dimensions: int | None = None
     ) -> np.ndarray:
         """Images (decoded, any size or mode, or encoded file bytes) → [N, dimensions] float32."""
-        from jaxembed.engine.jobs import EmbedItem
-
         return self._run_job([EmbedItem(image=image) for image in images], dimensions=dimensions)
 
     def embed_video(
@@ -500,7 +495,5 @@ class Embedder:
     ) -> np.ndarray:
         """One video (sampled frames, or an encoded file sampled to `frames`, default the
         card's) → one [dimensions] vector: the mean frame embedding."""
-        from jaxembed.engine.jobs import EmbedItem
-
         item = EmbedItem(video=video if isinstance(video, bytes) else list(video))
         return self._run_job([item], dimensions=dimensions, video_frames=frames)[0]

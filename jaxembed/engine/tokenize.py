@@ -188,10 +188,10 @@ class TextTokenizer:
             ):
                 raise InvalidInputError(f"input[{i}] must contain only integer token ids", index=i)
             arr = np.asarray(tokens, dtype=np.int64)
-            bad = arr[(arr < 0) | (arr >= self.vocab_size)]
-            if bad.size:
+            bad = self.outside_vocabulary(arr)
+            if bad is not None:
                 raise InvalidInputError(
-                    f"input[{i}] has token id {int(bad[0])} outside the vocabulary "
+                    f"input[{i}] has token id {bad} outside the vocabulary "
                     f"(0..{self.vocab_size - 1})",
                     index=i,
                 )
@@ -201,6 +201,12 @@ class TextTokenizer:
                 arr = arr[:limit] if direction == "right" else arr[-limit:]
             out.append(self._padded(arr.astype(np.int32)))
         return out
+
+    def outside_vocabulary(self, ids: Sequence[int] | np.ndarray) -> int | None:
+        """The first id that is not a token of this vocabulary, or None."""
+        arr = np.asarray(ids, dtype=np.int64)
+        bad = arr[(arr < 0) | (arr >= self.vocab_size)]
+        return int(bad[0]) if bad.size else None
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tokenizer.decode(list(ids))
