@@ -25,6 +25,24 @@ MODALITIES = ("text", "image", "video")
 MAX_VIDEO_FRAMES = 64
 DTYPES = ("float32", "bfloat16")
 CARD_FILENAME = "card.json"
+KINDS = ("embedding", "reranker")
+# How a reranker's logits become scores: sigmoid of one logit, softmax over several labels,
+# or the logits as they are.
+SCORE_ACTIVATIONS = ("sigmoid", "softmax", "identity")
+PAIR_TEMPLATE_FIELDS = ("prefix", "body", "suffix", "instruction")
+# Qwen3-Reranker's documented prompt (its model card's usage code): the score is
+# P("yes") against P("no") for the next token after `suffix`.
+QWEN3_RERANKER_TEMPLATE = {
+    "prefix": (
+        "<|im_start|>system\nJudge whether the Document meets the requirements based on the "
+        'Query and the Instruct provided. Note that the answer can only be "yes" or "no".'
+        "<|im_end|>\n<|im_start|>user\n"
+    ),
+    "body": "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}",
+    "suffix": "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
+    "instruction": "Given a web search query, retrieve relevant passages that answer the query",
+}
+QWEN3_RERANKER_SCORE_TOKENS = ("yes", "no")
 
 # sentence-transformers' pooling flags, in the order it prefers them when several are set.
 _ST_POOLING_FLAGS = (
@@ -67,6 +85,14 @@ class ModelCard:
         Missing modalities weigh 1 (empty = the plain normalised sum).
       architecture: the model's Hugging Face `config.json` fields that define its shapes,
         so that `jaxembed plan` can compile its buckets without the weights (shipped cards).
+      kind: "embedding", or "reranker": the model scores (query, document) pairs and
+        `dimensions` is its number of labels (models/heads.py).
+      activation: a reranker's logits → scores, one of SCORE_ACTIVATIONS ("" = sigmoid for
+        one label, softmax for several).
+      pair_template: how a reranker reads a pair: `prefix` + `body` (with {instruction},
+        {query}, {document}) + `suffix`, and the default `instruction`; empty = the
+        tokenizer's own pair encoding (`[CLS] q [SEP] d [SEP]`, `<s> q </s></s> d </s>`).
+      score_tokens: an LM-head reranker's (positive, negative) tokens, e.g. ("yes", "no").
     """
 
     name: str
@@ -89,6 +115,10 @@ class ModelCard:
     video_frames: int = 8
     fusion_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
     architecture: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    kind: str = "embedding"
+    activation: str = ""
+    pair_template: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    score_tokens: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLING_MODES:
@@ -127,6 +157,7 @@ class ModelCard:
                 f"card {self.name!r}: fusion_weights {bad_fusion} must be non-negative weights "
                 "of the card's modalities"
             )
+        self._check_reranker_fields()
         # Freeze the containers so a card can be shared across threads without copies.
         object.__setattr__(self, "prompts", dict(self.prompts))
         object.__setattr__(self, "fusion_weights", dict(self.fusion_weights))
@@ -134,6 +165,35 @@ class ModelCard:
         object.__setattr__(self, "matryoshka_dims", tuple(self.matryoshka_dims))
         object.__setattr__(self, "served_names", tuple(self.served_names))
         object.__setattr__(self, "modalities", tuple(self.modalities))
+        object.__setattr__(self, "pair_template", dict(self.pair_template))
+        object.__setattr__(self, "score_tokens", tuple(self.score_tokens))
+
+    def _check_reranker_fields(self) -> None:
+        if self.kind not in KINDS:
+            raise ModelLoadError(f"card {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
+        if self.activation and self.activation not in SCORE_ACTIVATIONS:
+            raise ModelLoadError(
+                f"card {self.name!r}: activation {self.activation!r} is not one of "
+                f"{SCORE_ACTIVATIONS}"
+            )
+        template = self.pair_template
+        unknown = sorted(set(template) - set(PAIR_TEMPLATE_FIELDS))
+        if unknown:
+            raise ModelLoadError(f"card {self.name!r}: unknown pair_template fields {unknown}")
+        body = template.get("body", "{query}{document}")
+        if template and not ("{query}" in body and "{document}" in body):
+            raise ModelLoadError(
+                f"card {self.name!r}: pair_template body needs {{query}} and {{document}}"
+            )
+        if self.score_tokens and len(self.score_tokens) != 2:
+            raise ModelLoadError(
+                f"card {self.name!r}: score_tokens are two tokens (positive, negative)"
+            )
+
+    @property
+    def score_activation(self) -> str:
+        """How this reranker's logits become scores (the card's, or by label count)."""
+        return self.activation or ("sigmoid" if self.dimensions == 1 else "softmax")
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -160,6 +220,8 @@ class ModelCard:
         out["modalities"] = list(self.modalities)
         out["fusion_weights"] = dict(self.fusion_weights)
         out["architecture"] = dict(self.architecture)
+        out["pair_template"] = dict(self.pair_template)
+        out["score_tokens"] = list(self.score_tokens)
         return out
 
     @classmethod
@@ -208,6 +270,10 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
     family = str(hf_config.get("model_type", ""))
     if family in CLIP_FAMILIES:
         return _clip_card(model_dir, hf_config)
+    if is_sequence_classifier(hf_config) or (
+        family in DECODER_FAMILIES and "reranker" in model_dir.resolve().name.lower()
+    ):
+        return _reranker_card(model_dir, hf_config)
     modules = _read_json(model_dir / "modules.json") or []
     module_types = [str(m.get("type", "")) for m in modules if isinstance(m, dict)]
 
@@ -226,12 +292,7 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
                 pooling = mode
                 break
 
-    st_config = _read_json(model_dir / "sentence_bert_config.json") or {}
-    max_positions = int(hf_config.get("max_position_embeddings", 512))
-    if family in ("roberta", "xlm-roberta", "camembert"):
-        # Their position table reserves padding_idx + 1 slots before the first real position.
-        max_positions -= int(hf_config.get("pad_token_id", 1)) + 1
-    max_length = int(st_config.get("max_seq_length") or max_positions)
+    max_length = _max_length(model_dir, hf_config)
 
     st_meta = _read_json(model_dir / "config_sentence_transformers.json") or {}
     prompts = {k: v for k, v in (st_meta.get("prompts") or {}).items() if isinstance(v, str)}
@@ -242,12 +303,84 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
         family=family,
         pooling=pooling,
         normalize=any(t.endswith("Normalize") for t in module_types),
-        max_length=min(max_length, max_positions),
+        max_length=max_length,
         dimensions=hidden,
         prompts=prompts,
         source=str(hf_config.get("_name_or_path", "")),
         append_eos=pooling == "last_token",
         dtype="bfloat16" if is_decoder else "float32",
+    )
+
+
+def _max_length(model_dir: Path, hf_config: Mapping[str, Any]) -> int:
+    """sentence-transformers' max_seq_length, within the model's position table."""
+    st_config = _read_json(model_dir / "sentence_bert_config.json") or {}
+    max_positions = int(hf_config.get("max_position_embeddings", 512))
+    if hf_config.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
+        # Their position table reserves padding_idx + 1 slots before the first real position.
+        max_positions -= int(hf_config.get("pad_token_id", 1)) + 1
+    return min(int(st_config.get("max_seq_length") or max_positions), max_positions)
+
+
+def is_sequence_classifier(hf_config: Mapping[str, Any]) -> bool:
+    """A `*ForSequenceClassification` checkpoint (a cross-encoder), from its config alone."""
+    architectures = hf_config.get("architectures") or []
+    return any(str(a).endswith("ForSequenceClassification") for a in architectures)
+
+
+def num_labels(hf_config: Mapping[str, Any]) -> int:
+    """Outputs of a classification head, as transformers counts them."""
+    return len(hf_config.get("id2label") or {}) or int(hf_config.get("num_labels", 1))
+
+
+# sentence-transformers' CrossEncoder activation (class path) → the card's activation.
+_ST_ACTIVATIONS = {"Sigmoid": "sigmoid", "Identity": "identity", "Softmax": "softmax"}
+
+
+def _cross_encoder_activation(model_dir: Path, hf_config: Mapping[str, Any]) -> str:
+    """What a CrossEncoder saved as its activation (v5+: config_sentence_transformers.json;
+    v3-4: config.json's `sentence_transformers`), or "" for the default by label count."""
+    meta = _read_json(model_dir / "config_sentence_transformers.json") or {}
+    saved = meta.get("activation_fn") or (hf_config.get("sentence_transformers") or {}).get(
+        "activation_fn"
+    )
+    if not saved:
+        return ""
+    name = str(saved).rsplit(".", 1)[-1]
+    if name not in _ST_ACTIVATIONS:
+        raise ModelLoadError(
+            f"{model_dir}: the CrossEncoder activation {saved!r} is not supported "
+            f"({sorted(_ST_ACTIVATIONS)})"
+        )
+    return _ST_ACTIVATIONS[name]
+
+
+def _reranker_card(model_dir: Path, hf_config: Mapping[str, Any]) -> ModelCard:
+    """A cross-encoder (`*ForSequenceClassification`: the classifier reads the first token)
+    or an LM-head reranker in Qwen3-Reranker's format (last token, yes/no logits)."""
+    family = str(hf_config["model_type"])
+    common = dict(
+        name=model_dir.resolve().name.lower(),
+        family=family,
+        normalize=False,
+        max_length=_max_length(model_dir, hf_config),
+        source=str(hf_config.get("_name_or_path", "")),
+        kind="reranker",
+    )
+    if is_sequence_classifier(hf_config):
+        return ModelCard(
+            **common,
+            pooling="cls",
+            dimensions=num_labels(hf_config),
+            activation=_cross_encoder_activation(model_dir, hf_config),
+        )
+    return ModelCard(
+        **common,
+        pooling="last_token",
+        dimensions=1,
+        dtype="bfloat16",
+        pair_template=QWEN3_RERANKER_TEMPLATE,
+        score_tokens=QWEN3_RERANKER_SCORE_TOKENS,
     )
 
 

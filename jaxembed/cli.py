@@ -160,7 +160,7 @@ def _force_host_devices(count: int) -> None:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from jaxembed.families import get_family
+    from jaxembed.families import model_family
     from jaxembed.models.attention import AttentionConfig
     from jaxembed.parallel.plan import plan_parameters
 
@@ -168,8 +168,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         _force_host_devices((args.mesh.data or 1) * args.mesh.model)
     hf_config, card = _plan_target(args.model)
     dtype = args.dtype or (card.dtype if card is not None else "bfloat16")
-    family = get_family(str(hf_config.get("model_type")))
-    config = family.config_from_hf(hf_config)
+    family, config = model_family(hf_config, card)
     shape = args.mesh
     data = shape.data or 1
     plan = plan_parameters(family, config, data, shape.model, dtype)

@@ -7,17 +7,21 @@ converter and the engine read everything they need from it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxembed.errors import UnsupportedArchitectureError
+from jaxembed.card import is_sequence_classifier, num_labels
+from jaxembed.errors import ModelLoadError, UnsupportedArchitectureError
 from jaxembed.models.clip import CLIP_FAMILIES, ClipConfig, ClipModel
 from jaxembed.models.decoder import DECODER_FAMILIES, Decoder, DecoderConfig
 from jaxembed.models.encoder import ENCODER_FAMILIES, Encoder, EncoderConfig
+from jaxembed.models.heads import HeadConfig, Scorer, ScorerConfig
 from jaxembed.parallel.sharding import logical_axes
 from jaxembed.weights import maps
 
@@ -86,3 +90,75 @@ def get_family(model_type: str) -> Family:
         raise UnsupportedArchitectureError(
             f"architecture {model_type!r} is not supported; supported: {sorted(FAMILIES)}"
         ) from None
+
+
+def _score_token_ids(tokens: Sequence[str], model_dir: Path | None) -> tuple[int, ...]:
+    """The vocabulary ids of an LM-head reranker's score tokens (e.g. "yes", "no").
+
+    Without a model directory (`jaxembed plan` from a card) only the head's shape
+    matters, and placeholder ids stand in."""
+    if model_dir is None:
+        return tuple(range(len(tokens)))
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    ids = [tokenizer.token_to_id(t) for t in tokens]
+    if None in ids:
+        raise ModelLoadError(
+            f"the score tokens {list(tokens)} are not all single tokens of {model_dir}'s vocabulary"
+        )
+    return tuple(int(i) for i in ids)
+
+
+def _head_config(
+    model_type: str, hf_config: Mapping[str, Any], card: Any, model_dir: Path | None
+) -> HeadConfig:
+    hidden = int(hf_config["hidden_size"])
+    if model_type in ENCODER_FAMILIES:
+        labels = num_labels(hf_config)
+        if card is not None and card.dimensions != labels:
+            raise ModelLoadError(
+                f"card {card.name!r} says {card.dimensions} scores but the checkpoint's "
+                f"classifier has {labels} labels"
+            )
+        return HeadConfig("classifier", hidden, labels)
+    if model_type in DECODER_FAMILIES:
+        tokens = card.score_tokens if card is not None else ()
+        if len(tokens) != 2:
+            raise ModelLoadError(
+                f"a {model_type} reranker needs the card's score_tokens (positive, negative)"
+            )
+        return HeadConfig("token_logits", hidden, 1, _score_token_ids(tokens, model_dir))
+    raise UnsupportedArchitectureError(f"{model_type} models cannot be rerankers")
+
+
+def _scorer_family(base: Family, model_type: str) -> Family:
+    """`base`'s backbone with a scoring head (models/heads.py) under `head/`."""
+    return Family(
+        config_from_hf=base.config_from_hf,  # the backbone's; model_family adds the head
+        module=functools.partial(Scorer, backbone_module=base.module),
+        rules=lambda config: maps.scorer_rules(
+            list(base.rules(config.backbone)), model_type, config.head
+        ),
+        ignored_prefixes=base.ignored_prefixes,
+        wrapper_prefixes=base.wrapper_prefixes,
+        packable=base.packable,
+    )
+
+
+def model_family(
+    hf_config: Mapping[str, Any], card: Any = None, model_dir: Path | None = None
+) -> tuple[Family, Any]:
+    """The family and config of a model: an embedder's, or a reranker's (the card's `kind`,
+    or without a card a `*ForSequenceClassification` config), whose config is a
+    `ScorerConfig`. The card also decides causal vs bidirectional attention (gte-Qwen2)."""
+    model_type = str(hf_config.get("model_type"))
+    family = get_family(model_type)
+    config = family.config_from_hf(hf_config)
+    if card is not None and getattr(config, "causal", card.causal) != card.causal:
+        config = dataclasses.replace(config, causal=card.causal)
+    reranker = card.kind == "reranker" if card is not None else is_sequence_classifier(hf_config)
+    if not reranker:
+        return family, config
+    head = _head_config(model_type, hf_config, card, model_dir)
+    return _scorer_family(family, model_type), ScorerConfig(config, head)

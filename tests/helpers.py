@@ -497,3 +497,76 @@ def metric_value(server_url: str, name: str) -> float:
     from tools.prom import metric_sum
 
     return metric_sum(httpx.get(server_url + "/metrics", timeout=10).text, name) or 0.0
+
+
+def _perturb(model, scale: float = 0.1) -> None:
+    """Random init leaves norms at 1 and biases at 0, and a head's weights so small that
+    every score is 0.5: perturb them so parity tests see each of them."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(scale * torch.randn_like(p))
+            if "classifier" in name or "pooler" in name:
+                p.mul_(5.0)
+
+
+def _xlmr_style_tokenizer(out_dir: Path) -> None:
+    """MiniLM's vocabulary with RoBERTa's pair template (`<s> q </s></s> d </s>`, no token
+    types), spelled with MiniLM's [CLS]/[SEP] ids; loaded as a plain fast tokenizer."""
+    from tokenizers import Tokenizer
+    from tokenizers.processors import RobertaProcessing
+
+    tokenizer = Tokenizer.from_file(str(MINILM_DIR / "tokenizer.json"))
+    tokenizer.post_processor = RobertaProcessing(("[SEP]", 102), ("[CLS]", 101))
+    tokenizer.no_padding()
+    tokenizer.save(str(out_dir / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_input_names": ["input_ids", "attention_mask"],
+        "cls_token": "[CLS]",
+        "sep_token": "[SEP]",
+        "pad_token": "[PAD]",
+        "unk_token": "[UNK]",
+        "model_max_length": 128,
+    }
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config))
+
+
+def save_tiny_cross_encoder(family: str, out_dir: Path, *, num_labels: int = 1, seed: int = 0):
+    """A random tiny `*ForSequenceClassification` (BERT: MiniLM's tokenizer, token types;
+    XLM-R: RoBERTa's pair template) as a sentence-transformers CrossEncoder directory."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = tiny_hf_config(family, num_labels=num_labels)
+    model = transformers.AutoModelForSequenceClassification.from_config(config).eval()
+    _perturb(model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    if family == "bert":
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+            shutil.copy2(MINILM_DIR / name, out_dir / name)
+    else:
+        _xlmr_style_tokenizer(out_dir)
+    return model
+
+
+def save_tiny_qwen3_reranker(out_dir: Path, *, seed: int = 0, tied: bool = False):
+    """A random tiny Qwen3ForCausalLM + MiniLM's tokenizer, in a directory whose name says
+    reranker (so jaxembed reads it with Qwen3-Reranker's template and yes/no head)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = tiny_decoder_config("qwen3")
+    config.tie_word_embeddings = tied
+    model = transformers.Qwen3ForCausalLM(config).eval()
+    _perturb(model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        shutil.copy2(MINILM_DIR / name, out_dir / name)
+    return model

@@ -8,8 +8,9 @@ host overlaps the device running batch n), and rows come back in input order.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
@@ -34,6 +35,7 @@ from jaxembed.engine.chunking import MAX_EMBED_FACTOR, ChunkPlan
 from jaxembed.engine.compile_cache import enable_compile_cache
 from jaxembed.engine.jobs import AdapterRef, EmbedItem, EmbedJob, EmbedOptions
 from jaxembed.engine.memory import fit_grid
+from jaxembed.engine.pairs import PairTokenizer
 from jaxembed.engine.runner import BucketRunner
 from jaxembed.engine.tokenize import TextTokenizer
 from jaxembed.engine.vision import ImageEngine
@@ -46,6 +48,7 @@ from jaxembed.parallel.sharding import DATA_AXIS, replicated
 from jaxembed.pooling import PACKABLE_POOLING
 from jaxembed.weights.loader import LoadedModel, load_model
 
+T = TypeVar("T")
 Inputs = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]
 # Input types every model accepts; a card without a prompt for one means "no prefix".
 STANDARD_INPUT_TYPES = ("query", "document")
@@ -126,6 +129,11 @@ class Embedder:
             eos_id=eos_id,
             pad_to_max_length=model.card.pad_to_max_length,
             pad_id=self.pad_id,
+        )
+        self.pairs = (
+            PairTokenizer(self.tokenizer.backend, model.card, model.config)
+            if model.card.kind == "reranker"
+            else None
         )
         budget, sizes = data_parallel_grid_options(
             model.mesh.shape[DATA_AXIS], token_budget or default_token_budget(), batch_sizes
@@ -219,8 +227,9 @@ class Embedder:
 
     def enable_lora(self, *, max_loras: int = 8, max_rank: int = 64) -> LoraBank:
         """Reserve `max_loras` adapter slots of rank ≤ `max_rank` on the devices."""
-        if self.images is not None:
-            raise AdapterError(f"LoRA adapters are not supported for {self.card.family} models")
+        if self.images is not None or self.card.kind != "embedding":
+            what = "rerankers" if self.card.kind == "reranker" else f"{self.card.family} models"
+            raise AdapterError(f"LoRA adapters are not supported for {what}")
         if self.runner.lora_bank is None:
             self.set_packing(False)  # an adapter applies per row, and rows are not shared
             self.runner.lora_bank = LoraBank(
@@ -432,9 +441,15 @@ class Embedder:
             self._loop.close()
             self._service = self._loop = None
 
-    def _run_job(self, inputs, **options) -> np.ndarray:
+    def call_service(self, call: Callable[[Any], Awaitable[T]]) -> T:
+        """Run `call(service)` (a coroutine on this model's service) to completion from
+        synchronous code; what `embed` and `Reranker.score` are made of."""
         service = self.service()
-        return self._loop.run(service.embed(EmbedJob(inputs, EmbedOptions(**options)))).vectors
+        return self._loop.run(call(service))
+
+    def _run_job(self, inputs, **options) -> np.ndarray:
+        job = EmbedJob(inputs, EmbedOptions(**options))
+        return self.call_service(lambda service: service.embed(job)).vectors
 
     def embed(
         self,

@@ -90,3 +90,38 @@ class EmbedResult:
 
     vectors: np.ndarray
     tokens: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreOptions:
+    """How to score a job's (query, document) pairs with a reranker."""
+
+    priority: int = 0
+    truncate: bool = False  # cut documents that do not fit beside the query (else refused)
+    truncation_direction: str = "right"  # the side of the document that is cut
+    max_document_tokens: int | None = None  # cut every document to this many tokens first
+    instruction: str | None = None  # the task, for rerankers whose card has a pair template
+    raw: bool = False  # the head's logits, without the card's activation
+    deadline: float | None = None  # as EmbedOptions.deadline
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreJob:
+    pairs: Sequence[tuple[str, str]]
+    options: ScoreOptions = ScoreOptions()
+
+    @classmethod
+    def rerank(
+        cls, query: str, documents: Sequence[str], options: ScoreOptions = ScoreOptions()
+    ) -> ScoreJob:
+        """One query against many documents: one set of device batches."""
+        return cls([(query, d) for d in documents], options)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreResult:
+    """Scores in pair order: [N] for a one-label reranker, [N, labels] otherwise; `tokens`
+    counts every token of every pair (template and special tokens included)."""
+
+    scores: np.ndarray
+    tokens: int

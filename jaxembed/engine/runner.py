@@ -31,6 +31,7 @@ from jaxembed.engine.buckets import Bucket, BucketGrid, segments_per_row
 from jaxembed.engine.memory import BucketMemory, from_compiled
 from jaxembed.lora import LoraBank
 from jaxembed.models.attention import record_choices
+from jaxembed.models.heads import Scorer
 from jaxembed.parallel.sharding import (
     DATA_AXIS,
     activation_sharding,
@@ -56,7 +57,14 @@ def embed_forward(
     """The numeric path: params, padded batch (+ adapter stacks, row slots) → [B, D] float32."""
     hidden_bld = module.apply({"params": params}, input_ids, attention_mask, lora, adapter_ids)
     pooled_bd = pool(hidden_bld, attention_mask, pooling)
-    return l2_normalize(pooled_bd) if normalize else pooled_bd
+    return _finish(params, pooled_bd, module, normalize)
+
+
+def _finish(params: Any, pooled: jax.Array, module: nn.Module, normalize: bool) -> jax.Array:
+    """A reranker's head turns pooled vectors into logits; an embedder's may normalise them."""
+    if isinstance(module, Scorer):
+        return module.apply({"params": params}, pooled, method=Scorer.score)
+    return l2_normalize(pooled) if normalize else pooled
 
 
 def embed_forward_packed(
@@ -72,7 +80,7 @@ def embed_forward_packed(
     """Packed rows (several sequences each, numbered by `segments`) → [B, K, D] float32."""
     hidden_bld = module.apply({"params": params}, input_ids, segments, packed=True)
     pooled_bkd = pool_segments(hidden_bld, segments, pooling, max_segments)
-    return l2_normalize(pooled_bkd) if normalize else pooled_bkd
+    return _finish(params, pooled_bkd, module, normalize)
 
 
 class Runner(Protocol):

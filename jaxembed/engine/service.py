@@ -27,8 +27,19 @@ from jaxembed.engine.cache import EmbeddingCache, assemble
 from jaxembed.engine.calibration import Calibration
 from jaxembed.engine.device_share import DeviceShare
 from jaxembed.engine.embedder import Embedder
-from jaxembed.engine.jobs import AdapterRef, EmbedJob, EmbedOptions, EmbedResult, TextInputs
+from jaxembed.engine.jobs import (
+    AdapterRef,
+    EmbedJob,
+    EmbedOptions,
+    EmbedResult,
+    ScoreJob,
+    ScoreOptions,
+    ScoreResult,
+    TextInputs,
+)
 from jaxembed.engine.multimodal import CacheHook, MediaEmbedder, check_items
+from jaxembed.engine.pairs import PairOptions
+from jaxembed.engine.scores import activate
 from jaxembed.engine.vision import ImageWorkload
 from jaxembed.errors import DeadlineError, InvalidInputError, RequestTooLargeError
 from jaxembed.media import MediaLimits
@@ -172,6 +183,7 @@ class EmbeddingService:
 
         `progress` counts the rows the device finished (a caller that gives up reports it).
         """
+        self.check_kind("embedding")
         o = job.options
         self.embedder.check_dimensions(o.dimensions)
         self._check_normalize(o.normalize)
@@ -196,6 +208,41 @@ class EmbeddingService:
         if o.normalize and not self.card.normalize:
             vectors = l2_normalize_rows(vectors)
         return EmbedResult(await self.encode(vectors, o.precision), tokens)
+
+    async def score(self, job: ScoreJob, progress: RequestProgress | None = None) -> ScoreResult:
+        """A reranker's scores of every (query, document) pair of `job`, in order.
+
+        Pairs are token rows like texts: they share the text batcher's buckets, packing,
+        priorities, admission and cache with every other request for this model.
+        """
+        self.check_kind("reranker")
+        o = job.options
+        progress = progress or RequestProgress()
+        pair_options = PairOptions(
+            truncate=o.truncate,
+            direction=o.truncation_direction,
+            max_document_tokens=o.max_document_tokens,
+            instruction=o.instruction,
+        )
+        with progress.timed("tokenize"):
+            rows = await self._off_loop(
+                [d for _, d in job.pairs],
+                lambda: self.embedder.pairs.encode(job.pairs, pair_options),
+            )
+        self._check_tokens(rows)
+        logits = await self._embed_cached(rows, o, "", 0, progress)
+        scores = logits if o.raw else activate(logits, self.card.score_activation)
+        return ScoreResult(scores[:, 0] if scores.shape[1] == 1 else scores, sum(map(len, rows)))
+
+    def check_kind(self, kind: str) -> None:
+        """Refuse work of the other kind: a reranker does not embed, an embedder does not score."""
+        if self.card.kind == kind:
+            return
+        if kind == "reranker":
+            message = f"{self.name} is an embedding model; it does not score pairs"
+        else:
+            message = f"{self.name} is a reranker: it scores (query, document) pairs, it does not embed"
+        raise InvalidInputError(message, param="model", code="wrong_model_kind")
 
     async def encode(self, vectors: np.ndarray, precision: str) -> np.ndarray:
         """Float vectors of this model (as `embed` returned them) in another precision; an API
@@ -272,7 +319,7 @@ class EmbeddingService:
     async def _embed_cached(
         self,
         token_lists: list[np.ndarray],
-        o: EmbedOptions,
+        o: EmbedOptions | ScoreOptions,
         namespace: str,
         slot: int,
         progress: RequestProgress,

@@ -62,6 +62,11 @@ class TextTokenizer:
             self._truncating[key] = tokenizer
         return self._truncating[key]
 
+    @property
+    def backend(self) -> Tokenizer:
+        """The fast tokenizer itself (padding and truncation off), for pair encodings."""
+        return self._tokenizer
+
     def limit(self, max_tokens: int | None) -> int:
         """Most tokens of one input: the model's maximum, or a caller's smaller bound."""
         return self.max_length if max_tokens is None else min(max_tokens, self.max_length)

@@ -18,6 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxembed.errors import UnsupportedArchitectureError
 from jaxembed.models.attention import AttentionConfig, AttentionMask, attention
@@ -105,6 +106,21 @@ class EncoderConfig:
             raise UnsupportedArchitectureError(f"config.json lacks {e.args[0]!r}") from None
 
 
+def fold_token_types(ids: np.ndarray, types: np.ndarray, config: EncoderConfig) -> np.ndarray:
+    """Token ids that also carry their token type: `id + type × vocab_size`.
+
+    A pair `[CLS] q [SEP] d [SEP]` gives its second segment type 1; folding the type
+    into the id keeps a row one integer array, so pairs travel through the same
+    bucketing, packing, caching and compiled programs as single texts, and
+    `_Embeddings` unfolds them on the device. Plain texts (type 0) are unchanged.
+    """
+    if config.type_vocab_size < 2:
+        return np.asarray(ids, dtype=np.int32)  # one type: nothing to carry
+    return (np.asarray(ids, np.int64) + np.asarray(types, np.int64) * config.vocab_size).astype(
+        np.int32
+    )
+
+
 class _Embeddings(nn.Module):
     config: EncoderConfig
     dtype: jnp.dtype
@@ -114,6 +130,10 @@ class _Embeddings(nn.Module):
     def __call__(self, input_ids: jax.Array, segments: jax.Array | None = None) -> jax.Array:
         """[B, L] ids → [B, L, D]; `segments` (packed rows): positions restart per sequence."""
         cfg = self.config
+        if cfg.type_vocab_size > 1:  # see fold_token_types
+            token_types, input_ids = jnp.divmod(input_ids, cfg.vocab_size)
+        else:
+            token_types = jnp.zeros_like(input_ids)
         embed = lambda n, name, axis: nn.Embed(  # noqa: E731
             n,
             cfg.hidden_size,
@@ -133,10 +153,7 @@ class _Embeddings(nn.Module):
         x = embed(cfg.vocab_size, "word", "vocab")(input_ids)
         x = x + embed(cfg.max_position_embeddings, "position", "position")(positions)
         if cfg.type_vocab_size:
-            # Single-segment inputs: every token has type 0, i.e. row 0 of the table.
-            x = x + embed(cfg.type_vocab_size, "token_type", "token_type")(
-                jnp.zeros_like(input_ids)
-            )
+            x = x + embed(cfg.type_vocab_size, "token_type", "token_type")(token_types)
         return _layer_norm(cfg, self.dtype, self.param_dtype, "norm")(x)
 
 

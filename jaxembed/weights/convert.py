@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from jaxembed.card import CARD_FILENAME
 from jaxembed.errors import ModelLoadError
-from jaxembed.families import get_family
+from jaxembed.families import model_family
 from jaxembed.registry import checkpoints_dir, find_card, read_hf_config, resolve_model
 from jaxembed.weights.convert_params import iter_leaves, plan_conversion
 from jaxembed.weights.loader import COMPANION_FILES, PARAMS_DIRNAME
@@ -65,8 +65,7 @@ def convert(
         raise ModelLoadError(f"{out_dir} exists, is not empty and is not a jaxembed checkpoint")
 
     hf_config = read_hf_config(src_dir)
-    family = get_family(str(hf_config.get("model_type")))
-    config = family.config_from_hf(hf_config)
+    family, config = model_family(hf_config, card, src_dir)
     dtype = jnp.dtype(card.dtype)
     checkpoint = SafetensorsCheckpoint(src_dir)
     try:

@@ -70,6 +70,7 @@ def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 def _resolve(
     checkpoint: SafetensorsCheckpoint, prefix: str, rule: ParamRule, layer: int | None
 ) -> str | None:
+    prefix = "" if rule.top_level else prefix
     for key in (rule.hf_key, *rule.aliases):
         full = prefix + (key.format(layer=layer) if layer is not None else key)
         if full in checkpoint:
@@ -123,12 +124,17 @@ def plan_conversion(
             key = _resolve(checkpoint, prefix, rule, layer)
             if key is None:
                 missing.append(
-                    prefix + (rule.hf_key.format(layer=layer) if layer is not None else rule.hf_key)
+                    ("" if rule.top_level else prefix)
+                    + (rule.hf_key.format(layer=layer) if layer is not None else rule.hf_key)
                 )
                 continue
             used.add(key)
             want = _expected_hf_shape(rule.layout, leaf_shape)
             have = checkpoint.shape(key)
+            if rule.rows:  # the rows taken must exist; the leaf is made of them alone
+                if max(rule.rows) >= have[0]:
+                    mismatched.append(f"{key}: has {have[0]} rows, rows {list(rule.rows)} wanted")
+                have = (len(rule.rows), *have[1:])
             if have != want:
                 mismatched.append(f"{key}: checkpoint has {list(have)}, model expects {list(want)}")
             keys.append(key)
@@ -159,7 +165,10 @@ def iter_leaves(
         out = np.empty(leaf.shape, dtype=dtype)
         slice_shape = leaf.shape[1:] if leaf.rule.per_layer else leaf.shape
         for layer, key in enumerate(leaf.keys):
-            value = _to_flax(plan.checkpoint.get(key), leaf.rule.layout, slice_shape)
+            source = plan.checkpoint.get(key)
+            if leaf.rule.rows:
+                source = source[list(leaf.rule.rows)]
+            value = _to_flax(source, leaf.rule.layout, slice_shape)
             if leaf.rule.per_layer:
                 out[layer] = value
             else:

@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 
 from jaxembed.card import CARD_FILENAME, ModelCard
 from jaxembed.errors import ModelLoadError
-from jaxembed.families import Family, get_family
+from jaxembed.families import Family, model_family
 from jaxembed.models.attention import AttentionConfig
 from jaxembed.parallel.mesh import make_mesh
 from jaxembed.parallel.sharding import param_shardings
@@ -122,12 +122,7 @@ def load_model(
     start = time.perf_counter()
     model_dir, card = resolve_model(spec)
     hf_config = read_hf_config(model_dir)
-    family = get_family(str(hf_config.get("model_type")))
-    config = family.config_from_hf(hf_config)
-    if (
-        getattr(config, "causal", card.causal) != card.causal
-    ):  # the card decides (gte-Qwen2: bidirectional)
-        config = dataclasses.replace(config, causal=card.causal)
+    family, config = model_family(hf_config, card, model_dir)
     jdtype = jnp.dtype(dtype or card.dtype)
     if not (model_dir / "tokenizer.json").is_file():
         raise ModelLoadError(

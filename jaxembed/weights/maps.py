@@ -14,6 +14,7 @@ import enum
 from jaxembed.models.clip import ClipConfig, TowerConfig
 from jaxembed.models.decoder import DecoderConfig
 from jaxembed.models.encoder import EncoderConfig
+from jaxembed.models.heads import HeadConfig
 
 
 class Layout(enum.Enum):
@@ -34,6 +35,11 @@ class ParamRule:
     # Depth of the stack a per-layer rule fills, when it differs from the model's
     # `num_layers` (CLIP's text and vision towers).
     num_layers: int | None = None
+    # The key is the checkpoint's own name, outside the wrapper prefix (`bert.`, `model.`):
+    # task heads such as `classifier.*` and `lm_head.weight` sit beside the wrapped model.
+    top_level: bool = False
+    # Only these rows of the HF tensor (an LM head's yes/no rows), before the layout.
+    rows: tuple[int, ...] = ()
 
     @property
     def per_layer(self) -> bool:
@@ -226,3 +232,46 @@ CLIP_IGNORED_PREFIXES = (
     "vision_model.embeddings.position_ids",
 )
 CLIP_WRAPPER_PREFIXES: tuple[str, ...] = ()
+
+
+def _top_level(rules: list[ParamRule]) -> list[ParamRule]:
+    return [dataclasses.replace(r, top_level=True) for r in rules]
+
+
+def head_rules(family: str, head: HeadConfig) -> list[ParamRule]:
+    """Where each family's checkpoints keep the scoring head (models/heads.py).
+
+    BERT: the pooler (inside `bert.`) and a top-level `classifier`; RoBERTa / XLM-R:
+    `classifier.dense` and `classifier.out_proj`; an LM-head reranker: the (positive,
+    negative) rows of `lm_head.weight`, or of the input embeddings when they are tied.
+    """
+    if head.kind == "token_logits":
+        return [
+            ParamRule(
+                ("head", "kernel"),
+                "lm_head.weight",
+                Layout.IN_KERNEL,
+                aliases=("model.embed_tokens.weight",),
+                top_level=True,
+                rows=head.token_ids,
+            )
+        ]
+    if family == "bert":
+        return [
+            *_linear(("head", "dense"), "pooler.dense", Layout.IN_KERNEL),
+            *_top_level(_linear(("head", "out"), "classifier", Layout.IN_KERNEL)),
+        ]
+    return _top_level(
+        [
+            *_linear(("head", "dense"), "classifier.dense", Layout.IN_KERNEL),
+            *_linear(("head", "out"), "classifier.out_proj", Layout.IN_KERNEL),
+        ]
+    )
+
+
+def scorer_rules(
+    backbone_rules: list[ParamRule], family: str, head: HeadConfig
+) -> list[ParamRule]:
+    """A reranker's table: its backbone's rules under `backbone/`, then its head's."""
+    nested = [dataclasses.replace(r, flax_path=("backbone", *r.flax_path)) for r in backbone_rules]
+    return [*nested, *head_rules(family, head)]

@@ -1,0 +1,175 @@
+"""(query, document) pairs → one token row each, read the way the reranker was trained.
+
+Cross-encoders use their tokenizer's own pair encoding (`[CLS] q [SEP] d [SEP]`
+with token types for BERT, `<s> q </s></s> d </s>` for XLM-R): query and
+document are tokenised on their own and joined by the tokenizer's
+post-processor, exactly as `tokenizer(query, document)` does. LM-head rerankers
+(Qwen3-Reranker) use their card's `pair_template`: prefix, body and suffix are
+tokenised separately as the model's published code does, and the document's
+tokens are found in the body by character offsets.
+
+Only the document is cut when a pair is too long (`truncate`, from the right
+or the left); a query that leaves less than half of the model's length for
+the document is itself cut to that half. Token types are folded into the ids
+(models/encoder.py `fold_token_types`), so a pair is one int32 row like a text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+from jaxembed.card import ModelCard
+from jaxembed.engine.tokenize import TRUNCATION_DIRECTIONS
+from jaxembed.errors import InvalidInputError
+from jaxembed.models.encoder import fold_token_types
+
+
+@dataclasses.dataclass(frozen=True)
+class PairOptions:
+    truncate: bool = False
+    direction: str = "right"  # the side of the document that is cut
+    max_document_tokens: int | None = None  # cut every document to this many tokens first
+    instruction: str | None = None  # template rerankers: the task (default: the card's)
+
+
+def pair_too_long(index: int, tokens: int, limit: int) -> InvalidInputError:
+    return InvalidInputError(
+        f"documents[{index}] with the query has {tokens} tokens, more than this model's "
+        f"maximum of {limit}; shorten it, or send truncate=true to cut the document",
+        index=index,
+        param="documents",
+        code="input_too_long",
+    )
+
+
+class PairTokenizer:
+    def __init__(self, tokenizer: Tokenizer, card: ModelCard, config: Any):
+        """`tokenizer`: the model's fast tokenizer, padding and truncation off."""
+        self._tokenizer = tokenizer
+        self.card = card
+        self.config = config
+        self.max_length = card.max_length
+        template = card.pair_template
+        self._prefix = self._plain_ids(template.get("prefix", ""))
+        self._suffix = self._plain_ids(template.get("suffix", ""))
+
+    def _plain_ids(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids if text else []
+
+    def encode(
+        self, pairs: Sequence[tuple[str, str]], options: PairOptions = PairOptions()
+    ) -> list[np.ndarray]:
+        """One int32 row per (query, document) pair, in order."""
+        if options.direction not in TRUNCATION_DIRECTIONS:
+            raise InvalidInputError(
+                f"truncation_direction must be one of {TRUNCATION_DIRECTIONS}",
+                param="truncation_direction",
+            )
+        self._check_texts(pairs)
+        if self.card.pair_template:
+            return self._encode_templated(pairs, options)
+        if options.instruction is not None:
+            raise InvalidInputError(
+                f"{self.card.name} takes no instruction (its card has no pair template)",
+                param="instruction",
+            )
+        return self._encode_with_post_processor(pairs, options)
+
+    @staticmethod
+    def _check_texts(pairs: Sequence[tuple[str, str]]) -> None:
+        for i, (query, document) in enumerate(pairs):
+            if not isinstance(query, str) or not query.strip():
+                raise InvalidInputError("the query must be a non-empty string", param="query")
+            if not isinstance(document, str):
+                raise InvalidInputError(f"documents[{i}] is not a string", index=i, param="documents")
+
+    # -- cross-encoders: the tokenizer's pair encoding -----------------------------------------
+
+    def _encode_with_post_processor(
+        self, pairs: Sequence[tuple[str, str]], options: PairOptions
+    ) -> list[np.ndarray]:
+        tok = self._tokenizer
+        room = self.max_length - tok.num_special_tokens_to_add(is_pair=True)
+        queries = list(dict.fromkeys(q for q, _ in pairs))
+        query_ids = dict(zip(queries, tok.encode_batch(queries, add_special_tokens=False)))
+        documents = tok.encode_batch([d for _, d in pairs], add_special_tokens=False)
+        rows = []
+        for i, ((query, _), doc) in enumerate(zip(pairs, documents, strict=True)):
+            q = query_ids[query]
+            if options.max_document_tokens is not None:
+                doc.truncate(options.max_document_tokens, direction=options.direction)
+            if len(q) + len(doc) > room:
+                if not options.truncate:
+                    raise pair_too_long(i, len(q) + len(doc) + self.max_length - room, self.max_length)
+                q = self._fit_query(q, room)
+                doc.truncate(max(room - len(q), 0), direction=options.direction)
+            pair = tok.post_process(q, doc, add_special_tokens=True)
+            rows.append(fold_token_types(pair.ids, pair.type_ids, self.config))
+        return rows
+
+    def _fit_query(self, query: Encoding, room: int) -> Encoding:
+        """A query longer than half the room is cut to that half (a copy: queries are shared)."""
+        half = room // 2
+        if len(query) <= half:
+            return query
+        copy = self._tokenizer.post_process(query, add_special_tokens=False)
+        copy.truncate(half)
+        return copy
+
+    # -- LM-head rerankers: the card's prompt template -------------------------------------------
+
+    def _encode_templated(
+        self, pairs: Sequence[tuple[str, str]], options: PairOptions
+    ) -> list[np.ndarray]:
+        template = self.card.pair_template
+        instruction = options.instruction or template.get("instruction", "")
+        before, after = template["body"].split("{document}", 1)
+        bodies, spans = [], []
+        for query, document in pairs:
+            values = {"instruction": instruction, "query": query}
+            head = before.format_map(values)
+            bodies.append(head + document + after.format_map(values))
+            spans.append((len(head), len(head) + len(document)))
+        encodings = self._tokenizer.encode_batch(bodies, add_special_tokens=False)
+        frame = len(self._prefix) + len(self._suffix)
+        rows = []
+        for i, (encoding, span) in enumerate(zip(encodings, spans, strict=True)):
+            ids = self._cut_document(encoding, span, frame, options, i)
+            rows.append(np.asarray([*self._prefix, *ids, *self._suffix], dtype=np.int32))
+        return rows
+
+    def _cut_document(
+        self,
+        encoding: Encoding,
+        span: tuple[int, int],
+        frame: int,
+        options: PairOptions,
+        index: int,
+    ) -> list[int]:
+        """The body's ids with the document's tokens (those overlapping `span`) cut to fit."""
+        ids = encoding.ids
+        start, end = span
+        doc = [j for j, (s, e) in enumerate(encoding.offsets) if e > start and s < end]
+        keep = len(doc)
+        if options.max_document_tokens is not None:
+            keep = min(keep, options.max_document_tokens)
+        over = frame + len(ids) - len(doc) + keep - self.max_length
+        if over > 0:
+            if not options.truncate:
+                raise pair_too_long(index, frame + len(ids), self.max_length)
+            keep = max(keep - over, 0)
+            if frame + len(ids) - len(doc) + keep > self.max_length:
+                raise InvalidInputError(
+                    f"the query and instruction alone have more than this model's maximum of "
+                    f"{self.max_length} tokens",
+                    param="query",
+                    code="input_too_long",
+                )
+        dropped = doc[keep:] if options.direction == "right" else doc[: len(doc) - keep]
+        dropped = set(dropped)
+        return [t for j, t in enumerate(ids) if j not in dropped]
