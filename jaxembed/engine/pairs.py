@@ -86,7 +86,9 @@ class PairTokenizer:
             if not isinstance(query, str) or not query.strip():
                 raise InvalidInputError("the query must be a non-empty string", param="query")
             if not isinstance(document, str):
-                raise InvalidInputError(f"documents[{i}] is not a string", index=i, param="documents")
+                raise InvalidInputError(
+                    f"documents[{i}] is not a string", index=i, param="documents"
+                )
 
     # -- cross-encoders: the tokenizer's pair encoding -----------------------------------------
 
@@ -96,7 +98,8 @@ class PairTokenizer:
         tok = self._tokenizer
         room = self.max_length - tok.num_special_tokens_to_add(is_pair=True)
         queries = list(dict.fromkeys(q for q, _ in pairs))
-        query_ids = dict(zip(queries, tok.encode_batch(queries, add_special_tokens=False)))
+        encoded = tok.encode_batch(queries, add_special_tokens=False)
+        query_ids = dict(zip(queries, encoded, strict=True))
         documents = tok.encode_batch([d for _, d in pairs], add_special_tokens=False)
         rows = []
         for i, ((query, _), doc) in enumerate(zip(pairs, documents, strict=True)):
@@ -105,7 +108,9 @@ class PairTokenizer:
                 doc.truncate(options.max_document_tokens, direction=options.direction)
             if len(q) + len(doc) > room:
                 if not options.truncate:
-                    raise pair_too_long(i, len(q) + len(doc) + self.max_length - room, self.max_length)
+                    raise pair_too_long(
+                        i, len(q) + len(doc) + self.max_length - room, self.max_length
+                    )
                 q = self._fit_query(q, room)
                 doc.truncate(max(room - len(q), 0), direction=options.direction)
             pair = tok.post_process(q, doc, add_special_tokens=True)

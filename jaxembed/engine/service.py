@@ -241,7 +241,9 @@ class EmbeddingService:
         if kind == "reranker":
             message = f"{self.name} is an embedding model; it does not score pairs"
         else:
-            message = f"{self.name} is a reranker: it scores (query, document) pairs, it does not embed"
+            message = (
+                f"{self.name} is a reranker: it scores (query, document) pairs, it does not embed"
+            )
         raise InvalidInputError(message, param="model", code="wrong_model_kind")
 
     async def encode(self, vectors: np.ndarray, precision: str) -> np.ndarray:

@@ -269,9 +269,7 @@ def head_rules(family: str, head: HeadConfig) -> list[ParamRule]:
     )
 
 
-def scorer_rules(
-    backbone_rules: list[ParamRule], family: str, head: HeadConfig
-) -> list[ParamRule]:
+def scorer_rules(backbone_rules: list[ParamRule], family: str, head: HeadConfig) -> list[ParamRule]:
     """A reranker's table: its backbone's rules under `backbone/`, then its head's."""
     nested = [dataclasses.replace(r, flax_path=("backbone", *r.flax_path)) for r in backbone_rules]
     return [*nested, *head_rules(family, head)]
