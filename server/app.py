@@ -22,6 +22,8 @@ from jaxembed.engine.embedder import Embedder
 from jaxembed.engine.service import EmbeddingService, QueueLimits, ServiceConfig, ServiceHooks
 from jaxembed_server import (
     api_cohere,
+    api_rerank,
+    api_score,
     api_tei,
     middleware,
     route_embeddings,
@@ -211,4 +213,6 @@ def create_app(
     app.add_route(route_info.models, "/models", methods=["GET"], name="infinity_models")
     api_tei.install(app)
     api_cohere.install(app)
+    api_rerank.install(app)
+    api_score.install(app)
     return app

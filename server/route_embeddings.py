@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import numpy as np
 from sanic import Request
@@ -32,6 +33,7 @@ from jaxembed_server.protocol import EmbeddingRequest, MultimodalItem
 from jaxembed_server.served import Route
 
 log = logging.getLogger("jaxembed.server")
+R = TypeVar("R")
 
 
 def encode_embeddings(vectors: np.ndarray, encoding_format: str) -> list[dict]:
@@ -96,11 +98,8 @@ async def run_job(
     check_serving(request, route)
     check_size(inputs, ctx.config.max_inputs)
     service = route.model.service
-    service.check_capacity()
-    progress = request.ctx.progress = RequestProgress()  # its phases become trace spans
-    request.ctx.model = route.model.name
 
-    async def compute() -> EmbedResult:
+    async def compute(progress: RequestProgress) -> EmbedResult:
         items = inputs
         if isinstance(items, list) and items and isinstance(items[0], MultimodalItem):
             service.check_items(items, route.answer)  # before anything is fetched
@@ -108,8 +107,25 @@ async def run_job(
         return await service.embed(EmbedJob(items, options), progress)
 
     count = 1 if isinstance(inputs, str) else len(inputs)
+    return await run_work(request, route, count, compute)
+
+
+async def run_work(
+    request: Request,
+    route: Route,
+    count: int,
+    compute: Callable[[RequestProgress], Awaitable[R]],
+) -> R:
+    """Run one request's work on its model's service: refused at once when the queue is
+    full, under --request-timeout, its phases recorded for tracing, its `count` inputs and
+    `result.tokens` counted in the metrics. Embedding and scoring routes share it."""
+    ctx = request.app.ctx
+    check_serving(request, route)
+    route.model.service.check_capacity()
+    progress = request.ctx.progress = RequestProgress()  # its phases become trace spans
+    request.ctx.model = route.model.name
     try:
-        result = await within_request_timeout(request, compute(), progress, count, route)
+        result = await within_request_timeout(request, compute(progress), progress, count, route)
     except DeadlineError as e:
         raise too_slow(e, ctx.config.request_timeout) from None
     ctx.metrics.inputs.labels(model=route.model.name).inc(count)

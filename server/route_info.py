@@ -35,8 +35,10 @@ def model_entries(model: ServedModel, created: int) -> list[dict]:
         "dimensions": card.dimensions,
         "max_model_len": card.max_length,
         "modalities": list(card.modalities),
-        "quantization": quantization_entry(model),
+        "kind": card.kind,
     }
+    if card.kind == "embedding":
+        common["quantization"] = quantization_entry(model)
     rows = [{"id": name, **common} for name in model.names]
     rows += [
         {"id": f"{model.name}:{adapter}", **common, "parent": model.name, "root": adapter}

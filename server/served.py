@@ -87,11 +87,37 @@ class ServedModels:
     def services(self) -> list[EmbeddingService]:
         return [m.service for m in self.models]
 
-    def find(self, requested: str | None) -> tuple[ServedModel, str, str | None]:
-        """(model, name to answer with, adapter named by `base:adapter` or None)."""
+    def of_kind(self, kind: str) -> list[ServedModel]:
+        return [m for m in self.models if m.card.kind == kind]
+
+    def _check_kind(self, model: ServedModel, requested: str | None, kind: str | None) -> None:
+        """A route for one kind of model (embedding / reranker) refuses the other kind."""
+        if kind is None or model.card.kind == kind:
+            return
+        others = [m.name for m in self.of_kind(kind)]
+        does = {"reranker": "rerank", "embedding": "embed"}[kind]
+        what = f"{requested} is {'a reranker' if model.card.kind == 'reranker' else 'an embedding model'}"
+        raise invalid(
+            f"{what}; the models here that {does}: {others or 'none'}"
+            if requested
+            else f"this server serves no model that can {does} (models: {self.names})",
+            param="model",
+            code="wrong_model_kind",
+        )
+
+    def find(
+        self, requested: str | None, kind: str | None = None
+    ) -> tuple[ServedModel, str, str | None]:
+        """(model, name to answer with, adapter named by `base:adapter` or None).
+
+        `kind`: the route serves only models of this kind; without `model` it takes
+        the first one configured."""
         if requested is None:
-            return self.models[0], self.models[0].name, None
+            default = next(iter(self.of_kind(kind)), self.models[0]) if kind else self.models[0]
+            self._check_kind(default, None, kind)
+            return default, default.name, None
         if requested in self._by_name:
+            self._check_kind(self._by_name[requested], requested, kind)
             return self._by_name[requested], requested, None
         base, sep, adapter = requested.partition(":")
         if sep and base in self._by_name:
@@ -105,9 +131,12 @@ class ServedModels:
             return model, requested, adapter
         raise model_not_found(requested, self.names)
 
-    def route(self, requested: str | None, lora_path: str | None) -> Route:
-        """The model, answer name and (resolved) LoRA adapter a request names."""
-        model, answer, spec = self.find(requested)
+    def route(
+        self, requested: str | None, lora_path: str | None, kind: str | None = "embedding"
+    ) -> Route:
+        """The model, answer name and (resolved) LoRA adapter a request names; `kind`: what
+        the route does (None: any model, e.g. /tokenize)."""
+        model, answer, spec = self.find(requested, kind)
         param = "model"
         if lora_path is not None:
             if model.resolver is None:

@@ -100,6 +100,7 @@ class ScoreOptions:
     truncate: bool = False  # cut documents that do not fit beside the query (else refused)
     truncation_direction: str = "right"  # the side of the document that is cut
     max_document_tokens: int | None = None  # cut every document to this many tokens first
+    max_tokens: int | None = None  # most tokens of a pair, below the model's maximum
     instruction: str | None = None  # the task, for rerankers whose card has a pair template
     raw: bool = False  # the head's logits, without the card's activation
     deadline: float | None = None  # as EmbedOptions.deadline

@@ -35,6 +35,7 @@ class PairOptions:
     direction: str = "right"  # the side of the document that is cut
     max_document_tokens: int | None = None  # cut every document to this many tokens first
     instruction: str | None = None  # template rerankers: the task (default: the card's)
+    max_tokens: int | None = None  # most tokens of a pair, below the model's maximum
 
 
 def pair_too_long(index: int, tokens: int, limit: int) -> InvalidInputError:
@@ -43,7 +44,7 @@ def pair_too_long(index: int, tokens: int, limit: int) -> InvalidInputError:
         f"maximum of {limit}; shorten it, or send truncate=true to cut the document",
         index=index,
         param="documents",
-        code="input_too_long",
+        code="context_length_exceeded",
     )
 
 
@@ -57,6 +58,12 @@ class PairTokenizer:
         template = card.pair_template
         self._prefix = self._plain_ids(template.get("prefix", ""))
         self._suffix = self._plain_ids(template.get("suffix", ""))
+
+    def limit(self, options: PairOptions) -> int:
+        """Most tokens of one pair: the model's maximum, or the caller's smaller bound."""
+        if options.max_tokens is None:
+            return self.max_length
+        return min(options.max_tokens, self.max_length)
 
     def _plain_ids(self, text: str) -> list[int]:
         return self._tokenizer.encode(text, add_special_tokens=False).ids if text else []
@@ -96,7 +103,8 @@ class PairTokenizer:
         self, pairs: Sequence[tuple[str, str]], options: PairOptions
     ) -> list[np.ndarray]:
         tok = self._tokenizer
-        room = self.max_length - tok.num_special_tokens_to_add(is_pair=True)
+        limit = self.limit(options)
+        room = limit - tok.num_special_tokens_to_add(is_pair=True)
         queries = list(dict.fromkeys(q for q, _ in pairs))
         encoded = tok.encode_batch(queries, add_special_tokens=False)
         query_ids = dict(zip(queries, encoded, strict=True))
@@ -108,9 +116,7 @@ class PairTokenizer:
                 doc.truncate(options.max_document_tokens, direction=options.direction)
             if len(q) + len(doc) > room:
                 if not options.truncate:
-                    raise pair_too_long(
-                        i, len(q) + len(doc) + self.max_length - room, self.max_length
-                    )
+                    raise pair_too_long(i, len(q) + len(doc) + limit - room, limit)
                 q = self._fit_query(q, room)
                 doc.truncate(max(room - len(q), 0), direction=options.direction)
             pair = tok.post_process(q, doc, add_special_tokens=True)
@@ -158,22 +164,23 @@ class PairTokenizer:
     ) -> list[int]:
         """The body's ids with the document's tokens (those overlapping `span`) cut to fit."""
         ids = encoding.ids
+        limit = self.limit(options)
         start, end = span
         doc = [j for j, (s, e) in enumerate(encoding.offsets) if e > start and s < end]
         keep = len(doc)
         if options.max_document_tokens is not None:
             keep = min(keep, options.max_document_tokens)
-        over = frame + len(ids) - len(doc) + keep - self.max_length
+        over = frame + len(ids) - len(doc) + keep - limit
         if over > 0:
             if not options.truncate:
-                raise pair_too_long(index, frame + len(ids), self.max_length)
+                raise pair_too_long(index, frame + len(ids), limit)
             keep = max(keep - over, 0)
-            if frame + len(ids) - len(doc) + keep > self.max_length:
+            if frame + len(ids) - len(doc) + keep > limit:
                 raise InvalidInputError(
-                    f"the query and instruction alone have more than this model's maximum of "
-                    f"{self.max_length} tokens",
+                    f"the query and instruction alone have more than the {limit} tokens a pair "
+                    "may have",
                     param="query",
-                    code="input_too_long",
+                    code="context_length_exceeded",
                 )
         dropped = doc[keep:] if options.direction == "right" else doc[: len(doc) - keep]
         dropped = set(dropped)

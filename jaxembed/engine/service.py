@@ -223,6 +223,7 @@ class EmbeddingService:
             direction=o.truncation_direction,
             max_document_tokens=o.max_document_tokens,
             instruction=o.instruction,
+            max_tokens=o.max_tokens,
         )
         with progress.timed("tokenize"):
             rows = await self._off_loop(
