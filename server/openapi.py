@@ -8,6 +8,8 @@ import html
 from pydantic.json_schema import models_json_schema
 
 from jaxembed_server.api_cohere import CohereEmbedRequest, CohereError
+from jaxembed_server.api_rerank import RerankRequest, TEIRerankRequest
+from jaxembed_server.api_score import ScoreRequest
 from jaxembed_server.api_tei import TEIEmbedRequest, TEIError
 from jaxembed_server.protocol import (
     DetokenizeRequest,
@@ -29,6 +31,9 @@ _MODELS = [
     TEIError,
     CohereEmbedRequest,
     CohereError,
+    RerankRequest,
+    TEIRerankRequest,
+    ScoreRequest,
 ]
 
 
@@ -161,6 +166,49 @@ def _peer_paths() -> dict:
     }
 
 
+def _rerank_paths() -> dict:
+    """Rerank (Cohere/Jina on /v1, /v2 and /rerank; TEI's body on /rerank) and vLLM's score."""
+    obj = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
+    cohere = _errors(400, 401, 404, 429, 500, 503, shape="CohereError")
+    either = {"anyOf": [_ref("CohereError"), _ref("TEIError")]}
+    both = {
+        str(code): {"description": "error", "content": {"application/json": {"schema": either}}}
+        for code in (400, 404, 413, 422, 424, 429, 500, 503)
+    }
+
+    def post(op_id: str, summary: str, body: dict, responses: dict) -> dict:
+        request = {"required": True, "content": {"application/json": {"schema": body}}}
+        return {
+            "post": {
+                "summary": summary,
+                "operationId": op_id,
+                "requestBody": request,
+                "responses": responses,
+            }
+        }
+
+    rerank = _ref("RerankRequest")
+    any_shape = {"anyOf": [rerank, _ref("TEIRerankRequest")]}
+    ranked = {"description": "OK", "content": {"application/json": {"schema": {}}}}
+    score_ops = {"200": obj, **_errors(400, 401, 404, 413, 500, 503, 504)}
+    return {
+        "/v1/rerank": post(
+            "rerankV1", "Rerank documents (Cohere/Jina)", rerank, {"200": obj, **cohere}
+        ),
+        "/v2/rerank": post(
+            "rerankV2", "Rerank documents (Cohere v2)", rerank, {"200": obj, **cohere}
+        ),
+        "/rerank": post(
+            "rerank",
+            "Rerank: Cohere/Jina body (documents), or TEI's (texts: a bare list back)",
+            any_shape,
+            {"200": ranked, **both, **_errors(401)},
+        ),
+        "/v1/score": post("scoreV1", "vLLM: score text pairs", _ref("ScoreRequest"), score_ops),
+        "/score": post("score", "vLLM: score text pairs", _ref("ScoreRequest"), score_ops),
+    }
+
+
 def _json_body(name: str) -> dict:
     return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
 
@@ -249,6 +297,7 @@ def build_openapi(version: str, *, auth: bool = True, served: ServedModel | None
         "paths": {
             **_core_paths(),
             **_peer_paths(),
+            **_rerank_paths(),
         },
     }
     _root_get(document["paths"])
