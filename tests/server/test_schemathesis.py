@@ -13,14 +13,26 @@ import sys
 import httpx
 import pytest
 
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, save_tiny_cross_encoder
 
 KEY = "schemathesis-key"
 
 
 @pytest.fixture(scope="module")
-def keyed_server():
-    proc = ServerProcess("--api-key", KEY, "--seq-lengths", "16,32,64,128,256")
+def keyed_server(tmp_path_factory):
+    """MiniLM plus a tiny cross-encoder, so the rerank and score routes score for real."""
+    reranker = tmp_path_factory.mktemp("schemathesis-reranker")
+    save_tiny_cross_encoder("bert", reranker, seed=2)
+    proc = ServerProcess(
+        "--api-key",
+        KEY,
+        "--seq-lengths",
+        "16,32,64,128,256",
+        "--model",
+        "all-minilm-l6-v2",
+        "--model",
+        f"rr={reranker}",
+    )
     yield proc
     assert proc.stop() == 0, proc.log()
 
@@ -55,6 +67,6 @@ def test_schemathesis_finds_no_failures(keyed_server, tmp_path):
     )
     report = run.stdout[-8000:] + run.stderr[-2000:]
     assert run.returncode == 0, report
-    assert "15 passed" in run.stdout, report  # every operation was exercised
+    assert "20 passed" in run.stdout, report  # every operation was exercised
     # The server is still healthy afterwards.
     assert httpx.get(keyed_server.url + "/ready", timeout=5).status_code == 200
