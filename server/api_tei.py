@@ -90,6 +90,16 @@ async def embed_all(request: Request) -> HTTPResponse:
     )
 
 
+def _model_type(model) -> dict:
+    """TEI's `model_type`: an embedder's pooling, or a reranker's labels."""
+    if model.card.kind != "reranker":
+        return {"embedding": {"pooling": model.card.pooling}}
+    hf = model.service.embedder.model.hf_config
+    id2label = {str(k): v for k, v in (hf.get("id2label") or {"0": "LABEL_0"}).items()}
+    label2id = {v: int(k) for k, v in id2label.items()}
+    return {"reranker": {"id2label": id2label, "label2id": label2id}}
+
+
 async def info(request: Request) -> HTTPResponse:
     """`GET /info`: what TEI's clients read to size their batches."""
     ctx = request.app.ctx
@@ -100,7 +110,7 @@ async def info(request: Request) -> HTTPResponse:
             "model_id": model.name,
             "model_sha": None,
             "model_dtype": str(embedder.model.dtype),
-            "model_type": {"embedding": {"pooling": model.card.pooling}},
+            "model_type": _model_type(model),
             "max_concurrent_requests": ctx.config.max_queued_requests,
             "max_input_length": model.card.max_length,
             "max_batch_tokens": embedder.grid.token_budget,

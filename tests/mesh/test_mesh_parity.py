@@ -226,3 +226,21 @@ def test_dual_encoder_attention_implementations_on_a_mesh(dual_encoder):
         text, image = on_mesh(AttentionConfig(impl, **options))
         assert np.abs(text - text_ref).max() <= 2e-6, impl
         assert np.abs(image - image_ref).max() <= 2e-6, impl
+
+
+@pytest.mark.parametrize("mesh_shape", [(8, 1), (2, 4)])
+def test_reranker_on_a_mesh_scores_as_on_one_device(tmp_path_factory, mesh_shape):
+    """A cross-encoder's backbone and head split over the mesh score as on one device."""
+    from jaxembed.engine.reranker import Reranker
+    from tests.helpers import save_tiny_cross_encoder
+
+    path = tmp_path_factory.mktemp("tiny-cross-encoder")
+    save_tiny_cross_encoder("bert", path, seed=1)
+    pairs = [("what is a dog", t) for t in varied_texts()[:24]]
+    one = Reranker(_embedder(path, None))
+    many = Reranker(_embedder(path, mesh_shape))
+    try:
+        np.testing.assert_allclose(many.predict(pairs), one.predict(pairs), atol=1e-5)
+    finally:
+        one.close()
+        many.close()
