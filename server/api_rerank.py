@@ -51,16 +51,26 @@ class RerankRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: StrictStr | None = None
+    model: StrictStr | None = Field(None, description="a served reranker (default: the first)")
     query: StrictStr = Field(min_length=1)
-    documents: list[StrictStr | RerankDocument] = Field(min_length=1)
-    top_n: StrictInt | None = Field(None, ge=1)
-    return_documents: StrictBool = False
-    max_tokens_per_doc: StrictInt | None = Field(None, ge=1)
-    truncate: StrictBool = True
-    truncation_direction: Literal["left", "right"] = "right"
-    instruction: StrictStr | None = None
-    priority: StrictInt = 0
+    documents: list[StrictStr | RerankDocument] = Field(
+        min_length=1, description="strings or {text} objects; at most --max-inputs"
+    )
+    top_n: StrictInt | None = Field(None, ge=1, description="how many results (default all)")
+    return_documents: StrictBool = Field(False, description="echo each result's document text")
+    max_tokens_per_doc: StrictInt | None = Field(
+        None, ge=1, description="cut every document to this many tokens first"
+    )
+    truncate: StrictBool = Field(
+        True, description="jaxembed: cut documents that do not fit beside the query (else a 400)"
+    )
+    truncation_direction: Literal["left", "right"] = Field(
+        "right", description="jaxembed: the side of the document that is cut"
+    )
+    instruction: StrictStr | None = Field(
+        None, description="jaxembed: the task, for rerankers with a prompt (Qwen3-Reranker)"
+    )
+    priority: StrictInt = Field(0, description="jaxembed: lower is served sooner")
 
 
 class TEIRerankRequest(BaseModel):
@@ -70,9 +80,9 @@ class TEIRerankRequest(BaseModel):
 
     query: StrictStr
     texts: list[StrictStr]
-    truncate: StrictBool | None = None
+    truncate: StrictBool | None = Field(None, description="cut over-long documents (else 413)")
     truncation_direction: Literal["left", "right", "Left", "Right"] = "right"
-    raw_scores: StrictBool = False
+    raw_scores: StrictBool = Field(False, description="logits instead of the model's activation")
     return_text: StrictBool = False
 
 

@@ -29,14 +29,16 @@ Texts = StrictStr | list[StrictStr]
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: StrictStr | None = None
-    text_1: Texts | None = None
-    text_2: Texts | None = None
-    queries: Texts | None = None
-    documents: Texts | None = None
-    truncate_prompt_tokens: StrictInt | None = Field(None, ge=-1)
-    instruction: StrictStr | None = None
-    priority: StrictInt = 0
+    model: StrictStr | None = Field(None, description="a served reranker (default: the first)")
+    text_1: Texts | None = Field(None, description="one query for all of text_2, or one per pair")
+    text_2: Texts | None = Field(None, description="the documents")
+    queries: Texts | None = Field(None, description="another spelling of text_1")
+    documents: Texts | None = Field(None, description="another spelling of text_2")
+    truncate_prompt_tokens: StrictInt | None = Field(
+        None, ge=-1, description="-1: cut pairs to the model's maximum; k: to k tokens"
+    )
+    instruction: StrictStr | None = Field(None, description="jaxembed: the task (Qwen3-Reranker)")
+    priority: StrictInt = Field(0, description="jaxembed: lower is served sooner")
 
 
 def _side(req: ScoreRequest, old: str, new: str) -> list[str]:

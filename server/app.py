@@ -25,6 +25,7 @@ from jaxembed_server import (
     api_rerank,
     api_score,
     api_tei,
+    docs_ui,
     middleware,
     route_embeddings,
     route_info,
@@ -103,6 +104,8 @@ def openapi_document(config: ServerConfig, models: ServedModels) -> dict:
             max_inputs=config.max_inputs,
             instructions=any(m.card.instruction_template for m in models),
             lora=any(m.resolver is not None for m in models),
+            example_model=next((m.name for m in models.of_kind("embedding")), models.names[0]),
+            example_reranker=next((m.name for m in models.of_kind("reranker")), "reranker"),
         ),
     )
 
@@ -205,7 +208,7 @@ def create_app(
     app.add_route(route_info.ready, "/ready", methods=["GET"])
     app.add_route(route_info.metrics, "/metrics", methods=["GET"])
     app.add_route(route_info.openapi, "/openapi.json", methods=["GET"])
-    app.add_route(route_info.docs, "/docs", methods=["GET"])
+    docs_ui.install(app)
     # Infinity's paths (no /v1) for its clients.
     app.add_route(
         route_embeddings.embeddings, "/embeddings", methods=["POST"], name="infinity_embeddings"

@@ -12,6 +12,7 @@ from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse
 
 from jaxembed.errors import JaxEmbedError
+from jaxembed_server import docs_ui
 from jaxembed_server.auth import OPEN_PATHS, check_api_key
 from jaxembed_server.errors import APIError, from_library_error
 from jaxembed_server.http import error_response, request_id
@@ -33,7 +34,7 @@ async def before_request(request: Request):
     request.ctx.start_ns = time.time_ns()
     request.ctx.request_id = request_id(request.headers.get("x-request-id"))
     request_id_var.set(request.ctx.request_id)
-    if request.path not in OPEN_PATHS:
+    if request.path not in OPEN_PATHS and not docs_ui.is_open(request.path):
         try:
             check_api_key(request.headers.get("authorization"), request.app.ctx.config.api_keys)
         except APIError as e:

@@ -1,9 +1,8 @@
-"""The server's OpenAPI 3.1 document, built from the pydantic models, and a self-contained docs page."""
+"""The server's OpenAPI 3.1 document, built from the pydantic models (Swagger UI reads it: server/docs_ui.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-import html
 
 from pydantic.json_schema import models_json_schema
 
@@ -11,6 +10,11 @@ from jaxembed_server.api_cohere import CohereEmbedRequest, CohereError
 from jaxembed_server.api_rerank import RerankRequest, TEIRerankRequest
 from jaxembed_server.api_score import ScoreRequest
 from jaxembed_server.api_tei import TEIEmbedRequest, TEIError
+from jaxembed_server.openapi_examples import (
+    EXAMPLES_BY_SCHEMA,
+    STATUS_MEANINGS,
+    embedding_examples,
+)
 from jaxembed_server.protocol import (
     DetokenizeRequest,
     EmbeddingRequest,
@@ -53,6 +57,9 @@ class ServedModel:
     max_inputs: int
     instructions: bool  # the card has an instruction template
     lora: bool = False
+    # Model names the examples use: the first embedding model, the first reranker.
+    example_model: str = "all-minilm-l6-v2"
+    example_reranker: str = "reranker"
 
 
 def _constrain(schemas: dict, served: ServedModel) -> None:
@@ -280,6 +287,7 @@ def build_openapi(version: str, *, auth: bool = True, served: ServedModel | None
 
     document = {
         "openapi": "3.1.0",
+        "tags": [{"name": tag} for tag, _ in _TAGS] + [{"name": "Operations"}],
         "info": {
             "title": "jaxembed",
             "version": version,
@@ -301,7 +309,56 @@ def build_openapi(version: str, *, auth: bool = True, served: ServedModel | None
         },
     }
     _root_get(document["paths"])
+    served = served or ServedModel((), 1, 1, 1, False)
+    _describe(document["paths"], served.example_model, served.example_reranker)
     return document
+
+
+def _examples_for(schema: dict, model: str, reranker: str) -> dict:
+    refs = [schema] if "$ref" in schema else schema.get("anyOf", [])
+    examples: dict = {}
+    for ref in refs:
+        name = ref.get("$ref", "").rsplit("/", 1)[-1]
+        if name == "EmbeddingRequest":
+            examples.update(embedding_examples(model))
+        elif name in EXAMPLES_BY_SCHEMA:
+            examples.update(EXAMPLES_BY_SCHEMA[name](model, reranker))
+    return examples
+
+
+# Operations grouped by the API family a user comes from (the sections of /docs).
+_TAGS = (
+    ("OpenAI", ("/v1/embeddings", "/embeddings", "/invocations")),
+    ("Rerank and score", ("/v1/rerank", "/v2/rerank", "/rerank", "/v1/score", "/score")),
+    ("TEI", ("/embed", "/info")),
+    ("Cohere", ("/v2/embed", "/v1/embed")),
+    ("vLLM tokens", ("/tokenize", "/detokenize")),
+)
+
+
+def _tag(path: str, method: str) -> str:
+    if path == "/" and method == "post":
+        return "TEI"
+    return next((tag for tag, paths in _TAGS if path in paths), "Operations")
+
+
+def _describe(paths: dict, model: str, reranker: str) -> None:
+    """Tags, examples on every request body, what each error status means on every response."""
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            operation["tags"] = [_tag(path, method)]
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+            if body is not None:
+                examples = _examples_for(body["schema"], model, reranker)
+                if examples:
+                    body["examples"] = examples
+            for status, response in operation.get("responses", {}).items():
+                if (
+                    status.isdigit()
+                    and int(status) in STATUS_MEANINGS
+                    and response.get("description") in ("error", None)
+                ):
+                    response["description"] = STATUS_MEANINGS[int(status)]
 
 
 def _root_get(paths: dict) -> dict:
@@ -312,22 +369,3 @@ def _root_get(paths: dict) -> dict:
         "responses": {"200": {"description": "OK"}, **_errors(401)},
     }
     return paths
-
-
-def docs_page(spec: dict) -> str:
-    """A docs page with no external scripts (servers here are often offline)."""
-    rows = []
-    for path, ops in spec["paths"].items():
-        for method, op in ops.items():
-            rows.append(
-                f"<tr><td><code>{method.upper()}</code></td><td><code>{html.escape(path)}</code></td>"
-                f"<td>{html.escape(op.get('summary', ''))}</td></tr>"
-            )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>jaxembed API</title>"
-        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}td{padding:.2em 1em}</style></head>"
-        "<body><h1>jaxembed API</h1><p>OpenAI-compatible embeddings. Machine-readable spec: "
-        "<a href='/openapi.json'>/openapi.json</a>.</p><table>"
-        + "".join(rows)
-        + "</table></body></html>"
-    )

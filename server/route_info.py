@@ -1,4 +1,4 @@
-"""What clients and operators read: `/v1/models`, `/health`, `/ready`, `/metrics`, API docs."""
+"""What clients and operators read: `/v1/models`, `/health`, `/ready`, `/metrics`, `/openapi.json`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from sanic import Request
 from sanic.response import raw, text
 
 from jaxembed_server.http import json_response
-from jaxembed_server.openapi import docs_page
 from jaxembed_server.served import ServedModel, ServedModels
 
 
@@ -108,7 +107,3 @@ async def metrics(request: Request):
 
 async def openapi(request: Request):
     return json_response(request.app.ctx.openapi)
-
-
-async def docs(request: Request):
-    return raw(docs_page(request.app.ctx.openapi).encode(), content_type="text/html; charset=utf-8")
