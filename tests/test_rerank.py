@@ -234,3 +234,16 @@ def test_shipped_qwen3_reranker_card_uses_the_published_template():
 
     card = find_card("Qwen/Qwen3-Reranker-0.6B")
     assert card.pair_template == TEMPLATE and card.score_tokens == ("yes", "no")
+
+
+def test_qwen3_reranker_converts(qwen3, tmp_path):
+    path, _, _ = qwen3
+    convert(path, tmp_path / "out", dtype="float32", show_progress=False)  # the card says bf16
+    direct = Reranker.from_pretrained(path, dtype="float32", compile_cache_dir=False)
+    converted = Reranker.from_pretrained(tmp_path / "out", dtype="float32", compile_cache_dir=False)
+    try:
+        assert converted.card.pair_template == TEMPLATE
+        np.testing.assert_array_equal(converted.predict(PAIRS[:2]), direct.predict(PAIRS[:2]))
+    finally:
+        direct.close()
+        converted.close()
