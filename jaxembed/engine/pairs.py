@@ -16,7 +16,6 @@ the document is itself cut to that half. Token types are folded into the ids
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,18 +23,10 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from jaxembed.card import ModelCard
+from jaxembed.engine.jobs import ScoreOptions
 from jaxembed.engine.tokenize import TRUNCATION_DIRECTIONS
 from jaxembed.errors import InvalidInputError
 from jaxembed.models.encoder import fold_token_types
-
-
-@dataclasses.dataclass(frozen=True)
-class PairOptions:
-    truncate: bool = False
-    direction: str = "right"  # the side of the document that is cut
-    max_document_tokens: int | None = None  # cut every document to this many tokens first
-    instruction: str | None = None  # template rerankers: the task (default: the card's)
-    max_tokens: int | None = None  # most tokens of a pair, below the model's maximum
 
 
 def pair_too_long(index: int, tokens: int, limit: int) -> InvalidInputError:
@@ -59,7 +50,7 @@ class PairTokenizer:
         self._prefix = self._plain_ids(template.get("prefix", ""))
         self._suffix = self._plain_ids(template.get("suffix", ""))
 
-    def limit(self, options: PairOptions) -> int:
+    def limit(self, options: ScoreOptions) -> int:
         """Most tokens of one pair: the model's maximum, or the caller's smaller bound."""
         if options.max_tokens is None:
             return self.max_length
@@ -69,10 +60,12 @@ class PairTokenizer:
         return self._tokenizer.encode(text, add_special_tokens=False).ids if text else []
 
     def encode(
-        self, pairs: Sequence[tuple[str, str]], options: PairOptions = PairOptions()
+        self, pairs: Sequence[tuple[str, str]], options: ScoreOptions | None = None
     ) -> list[np.ndarray]:
-        """One int32 row per (query, document) pair, in order."""
-        if options.direction not in TRUNCATION_DIRECTIONS:
+        """One int32 row per (query, document) pair, in order (`options`: truncation and
+        instruction fields of the job's ScoreOptions)."""
+        options = options or ScoreOptions()
+        if options.truncation_direction not in TRUNCATION_DIRECTIONS:
             raise InvalidInputError(
                 f"truncation_direction must be one of {TRUNCATION_DIRECTIONS}",
                 param="truncation_direction",
@@ -100,7 +93,7 @@ class PairTokenizer:
     # -- cross-encoders: the tokenizer's pair encoding -----------------------------------------
 
     def _encode_with_post_processor(
-        self, pairs: Sequence[tuple[str, str]], options: PairOptions
+        self, pairs: Sequence[tuple[str, str]], options: ScoreOptions
     ) -> list[np.ndarray]:
         tok = self._tokenizer
         limit = self.limit(options)
@@ -113,12 +106,12 @@ class PairTokenizer:
         for i, ((query, _), doc) in enumerate(zip(pairs, documents, strict=True)):
             q = query_ids[query]
             if options.max_document_tokens is not None:
-                doc.truncate(options.max_document_tokens, direction=options.direction)
+                doc.truncate(options.max_document_tokens, direction=options.truncation_direction)
             if len(q) + len(doc) > room:
                 if not options.truncate:
                     raise pair_too_long(i, len(q) + len(doc) + limit - room, limit)
                 q = self._fit_query(q, room)
-                doc.truncate(max(room - len(q), 0), direction=options.direction)
+                doc.truncate(max(room - len(q), 0), direction=options.truncation_direction)
             pair = tok.post_process(q, doc, add_special_tokens=True)
             rows.append(fold_token_types(pair.ids, pair.type_ids, self.config))
         return rows
@@ -135,7 +128,7 @@ class PairTokenizer:
     # -- LM-head rerankers: the card's prompt template -------------------------------------------
 
     def _encode_templated(
-        self, pairs: Sequence[tuple[str, str]], options: PairOptions
+        self, pairs: Sequence[tuple[str, str]], options: ScoreOptions
     ) -> list[np.ndarray]:
         template = self.card.pair_template
         instruction = options.instruction or template.get("instruction", "")
@@ -159,7 +152,7 @@ class PairTokenizer:
         encoding: Encoding,
         span: tuple[int, int],
         frame: int,
-        options: PairOptions,
+        options: ScoreOptions,
         index: int,
     ) -> list[int]:
         """The body's ids with the document's tokens (those overlapping `span`) cut to fit."""
@@ -182,6 +175,6 @@ class PairTokenizer:
                     param="query",
                     code="context_length_exceeded",
                 )
-        dropped = doc[keep:] if options.direction == "right" else doc[: len(doc) - keep]
+        dropped = doc[keep:] if options.truncation_direction == "right" else doc[: len(doc) - keep]
         dropped = set(dropped)
         return [t for j, t in enumerate(ids) if j not in dropped]

@@ -38,7 +38,6 @@ from jaxembed.engine.jobs import (
     TextInputs,
 )
 from jaxembed.engine.multimodal import CacheHook, MediaEmbedder, check_items
-from jaxembed.engine.pairs import PairOptions
 from jaxembed.engine.scores import activate
 from jaxembed.engine.vision import ImageWorkload
 from jaxembed.errors import DeadlineError, InvalidInputError, RequestTooLargeError
@@ -218,17 +217,10 @@ class EmbeddingService:
         self.check_kind("reranker")
         o = job.options
         progress = progress or RequestProgress()
-        pair_options = PairOptions(
-            truncate=o.truncate,
-            direction=o.truncation_direction,
-            max_document_tokens=o.max_document_tokens,
-            instruction=o.instruction,
-            max_tokens=o.max_tokens,
-        )
         with progress.timed("tokenize"):
             rows = await self._off_loop(
                 [d for _, d in job.pairs],
-                lambda: self.embedder.pairs.encode(job.pairs, pair_options),
+                lambda: self.embedder.pairs.encode(job.pairs, o),
             )
         self._check_tokens(rows)
         logits = await self._embed_cached(rows, o, "", 0, progress)

@@ -32,6 +32,7 @@ from jaxembed.errors import UnsupportedArchitectureError
 from jaxembed.models.attention import AttentionConfig, AttentionMask
 from jaxembed.models.encoder import ACTIVATIONS, SelfAttention
 from jaxembed.models.partitioning import KERNEL_INIT, ONES, ZEROS, with_axes
+from jaxembed.models.partitioning import dense as partitioned_dense
 from jaxembed.parallel.sharding import constrain
 
 CLIP_FAMILIES = frozenset({"clip", "siglip"})
@@ -191,14 +192,7 @@ class _Mlp(nn.Module):
         cfg = self.config
 
         def dense(n: int, axes: tuple[str, str], name: str) -> nn.Dense:
-            return nn.Dense(
-                n,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                kernel_init=with_axes(KERNEL_INIT, axes),
-                bias_init=with_axes(ZEROS, axes[1:]),
-                name=name,
-            )
+            return partitioned_dense(n, axes, name, dtype=self.dtype, param_dtype=self.param_dtype)
 
         h_blf = dense(cfg.intermediate_size, ("embed", "mlp"), "fc1")(x_bld)
         h_blf = constrain(_CLIP_ACTIVATIONS[cfg.activation](h_blf), ("batch", "length", "mlp"))

@@ -27,6 +27,7 @@ from jaxembed.models.packing import running_count, token_positions
 from jaxembed.models.partitioning import KERNEL_INIT as _kernel_init
 from jaxembed.models.partitioning import ONES as _ones
 from jaxembed.models.partitioning import ZEROS as _zeros
+from jaxembed.models.partitioning import dense as _dense
 from jaxembed.models.partitioning import with_axes as _axes
 from jaxembed.parallel.sharding import constrain
 
@@ -226,14 +227,7 @@ class _EncoderLayer(nn.Module):
         x_bld = _layer_norm(cfg, dt, pdt, "attention_norm")(x_bld + attn)
 
         def dense(n: int, axes: tuple[str, str], name: str) -> nn.Dense:
-            return nn.Dense(
-                n,
-                dtype=dt,
-                param_dtype=pdt,
-                kernel_init=_axes(_kernel_init, axes),
-                bias_init=_axes(_zeros, axes[1:]),
-                name=name,
-            )
+            return _dense(n, axes, name, dtype=dt, param_dtype=pdt)
 
         h_blf = dense(cfg.intermediate_size, ("embed", "mlp"), "intermediate")(x_bld)
         h_blf = add_delta(h_blf, x_bld, lora, "intermediate", ids)

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jaxembed.errors import UnsupportedArchitectureError
 from jaxembed.models.attention import AttentionConfig
 from jaxembed.models.partitioning import KERNEL_INIT as _kernel_init
-from jaxembed.models.partitioning import ZEROS as _zeros
+from jaxembed.models.partitioning import dense as _dense
 from jaxembed.models.partitioning import with_axes as _axes
 
 HEAD_KINDS = ("classifier", "token_logits")
@@ -84,14 +84,7 @@ class ClassifierHead(nn.Module):
         cfg = self.config
 
         def dense(n: int, axes: tuple[str, str], name: str) -> nn.Dense:
-            return nn.Dense(
-                n,
-                dtype=jnp.float32,
-                param_dtype=self.param_dtype,
-                kernel_init=_axes(_kernel_init, axes),
-                bias_init=_axes(_zeros, axes[1:]),
-                name=name,
-            )
+            return _dense(n, axes, name, dtype=jnp.float32, param_dtype=self.param_dtype)
 
         hidden = jnp.tanh(dense(cfg.hidden_size, ("embed", "embed_out"), "dense")(pooled))
         return dense(cfg.num_labels, ("embed", "labels"), "out")(hidden)

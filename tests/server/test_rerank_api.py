@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jaxembed.engine.pairs import PairOptions
+from jaxembed.engine.jobs import ScoreOptions
 from jaxembed.engine.reranker import Reranker
 from tests.helpers import ServerProcess, save_tiny_cross_encoder
 from tests.texts import passages
@@ -89,7 +89,7 @@ def test_rerank_tei_and_score_agree(http, in_process):
     assert [r["index"] for r in tei] == order
     assert all(r["score"] == scores[r["index"]] and r["text"] == DOCUMENTS[r["index"]] for r in tei)
 
-    pairs = in_process.engine.pairs.encode([(QUERY, d) for d in DOCUMENTS], PairOptions())
+    pairs = in_process.engine.pairs.encode([(QUERY, d) for d in DOCUMENTS], ScoreOptions())
     tokens = sum(len(p) for p in pairs)
     assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
     assert vllm_shape.json()["usage"]["prompt_tokens"] == tokens
