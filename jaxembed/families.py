@@ -22,6 +22,7 @@ from jaxembed.models.clip import CLIP_FAMILIES, ClipConfig, ClipModel
 from jaxembed.models.decoder import DECODER_FAMILIES, Decoder, DecoderConfig
 from jaxembed.models.encoder import ENCODER_FAMILIES, Encoder, EncoderConfig
 from jaxembed.models.heads import HeadConfig, Scorer, ScorerConfig
+from jaxembed.models.modernbert import MODERNBERT_FAMILIES, ModernBert, ModernBertConfig
 from jaxembed.parallel.sharding import logical_axes
 from jaxembed.weights import maps
 
@@ -76,8 +77,18 @@ _CLIP = Family(
     wrapper_prefixes=maps.CLIP_WRAPPER_PREFIXES,
 )
 
+_MODERNBERT = Family(
+    config_from_hf=ModernBertConfig.from_hf,
+    module=ModernBert,
+    rules=maps.modernbert_rules,
+    ignored_prefixes=maps.MODERNBERT_IGNORED_PREFIXES,
+    wrapper_prefixes=maps.MODERNBERT_WRAPPER_PREFIXES,
+    packable=True,
+)
+
 FAMILIES: dict[str, Family] = (
     dict.fromkeys(ENCODER_FAMILIES, _ENCODER)
+    | dict.fromkeys(MODERNBERT_FAMILIES, _MODERNBERT)
     | dict.fromkeys(DECODER_FAMILIES, _DECODER)
     | dict.fromkeys(CLIP_FAMILIES, _CLIP)
 )

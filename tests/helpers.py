@@ -568,3 +568,37 @@ def save_tiny_qwen3_reranker(out_dir: Path, *, seed: int = 0, tied: bool = False
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
         shutil.copy2(MINILM_DIR / name, out_dir / name)
     return model
+
+
+def save_tiny_modernbert(out_dir: Path, *, seed: int = 0, pooling: str = "mean", **overrides):
+    """A random tiny ModernBertModel (biases on, windows of 8 tokens, global every 2nd layer)
+    + MiniLM's tokenizer and sentence-transformers files; returns the torch reference."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    options = dict(
+        vocab_size=30522,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        local_attention=8,
+        global_attn_every_n_layers=2,
+        norm_bias=True,
+        attention_bias=True,
+        mlp_bias=True,
+        pad_token_id=0,
+        bos_token_id=101,
+        cls_token_id=101,
+        eos_token_id=102,
+        sep_token_id=102,
+    )
+    config = transformers.ModernBertConfig(**{**options, **overrides})
+    model = transformers.ModernBertModel(config).eval()
+    _perturb(model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    write_sentence_transformers_files(out_dir, pooling=pooling, normalize=True, dim=64)
+    return model

@@ -44,7 +44,11 @@ LOGICAL_AXIS_RULES: Rules = (
     ("projection", None),  # CLIP's joint embedding space
     ("qkv", None),  # SigLIP's fused attention-pooling projection
     ("embed_out", None),  # a square [embed, embed] kernel's output side
-    ("labels", None),  # a scoring head's outputs (models/heads.py)
+    ("labels", None),
+    (
+        "glu",
+        None,
+    ),  # a GLU's (input, gate) halves of one fused kernel  # a scoring head's outputs (models/heads.py)
 )
 
 _ACTIVE: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar(

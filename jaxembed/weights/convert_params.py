@@ -120,7 +120,8 @@ def plan_conversion(
         leaf_shape = target[1:] if rule.per_layer else target
         keys = []
         depth = rule.num_layers or num_layers
-        for layer in range(depth) if rule.per_layer else [None]:
+        for index in range(depth) if rule.per_layer else [None]:
+            layer = None if index is None else index + rule.layer_offset
             key = _resolve(checkpoint, prefix, rule, layer)
             if key is None:
                 missing.append(

@@ -15,6 +15,7 @@ from jaxembed.models.clip import ClipConfig, TowerConfig
 from jaxembed.models.decoder import DecoderConfig
 from jaxembed.models.encoder import EncoderConfig
 from jaxembed.models.heads import HeadConfig
+from jaxembed.models.modernbert import ModernBertConfig
 
 
 class Layout(enum.Enum):
@@ -40,6 +41,9 @@ class ParamRule:
     top_level: bool = False
     # Only these rows of the HF tensor (an LM head's yes/no rows), before the layout.
     rows: tuple[int, ...] = ()
+    # The checkpoint's layer number of the stack's first slice (ModernBERT stacks layers
+    # 1.. and keeps layer 0, which has no attention norm, on its own).
+    layer_offset: int = 0
 
     @property
     def per_layer(self) -> bool:
@@ -273,3 +277,47 @@ def scorer_rules(backbone_rules: list[ParamRule], family: str, head: HeadConfig)
     """A reranker's table: its backbone's rules under `backbone/`, then its head's."""
     nested = [dataclasses.replace(r, flax_path=("backbone", *r.flax_path)) for r in backbone_rules]
     return [*nested, *head_rules(family, head)]
+
+
+def modernbert_rules(config: ModernBertConfig) -> list[ParamRule]:
+    """ModernBERT (keys without the `model.` prefix of its task wrappers): layer 0 under
+    `first` (no attention norm), layers 1.. stacked under `layers`."""
+
+    def norm(flax_prefix: tuple[str, ...], hf_prefix: str) -> list[ParamRule]:
+        rules = [ParamRule((*flax_prefix, "scale"), f"{hf_prefix}.weight")]
+        if config.norm_bias:
+            rules.append(ParamRule((*flax_prefix, "bias"), f"{hf_prefix}.bias"))
+        return rules
+
+    def linear(flax_prefix, hf_prefix, layout, bias: bool) -> list[ParamRule]:
+        rules = _linear(flax_prefix, hf_prefix, layout)
+        return rules if bias else rules[:1]
+
+    def layer(flax: str, hf: str) -> list[ParamRule]:
+        return [
+            *linear((flax, "qkv"), f"{hf}.attn.Wqkv", Layout.IN_KERNEL, config.attention_bias),
+            *linear((flax, "output"), f"{hf}.attn.Wo", Layout.OUT_KERNEL, config.attention_bias),
+            *norm((flax, "mlp_norm"), f"{hf}.mlp_norm"),
+            *linear((flax, "wi"), f"{hf}.mlp.Wi", Layout.IN_KERNEL, config.mlp_bias),
+            *linear((flax, "wo"), f"{hf}.mlp.Wo", Layout.IN_KERNEL, config.mlp_bias),
+        ]
+
+    stacked = [
+        *norm(("layers", "attention_norm"), "layers.{layer}.attn_norm"),
+        *layer("layers", "layers.{layer}"),
+    ]
+    return [
+        ParamRule(("embed", "embedding"), "embeddings.tok_embeddings.weight"),
+        *norm(("embed_norm",), "embeddings.norm"),
+        *layer("first", "layers.0"),
+        *[
+            dataclasses.replace(r, layer_offset=1, num_layers=config.num_layers - 1)
+            for r in stacked
+        ],
+        *norm(("final_norm",), "final_norm"),
+    ]
+
+
+# Masked-LM and classification heads of ModernBERT checkpoints; the rotary tables are buffers.
+MODERNBERT_IGNORED_PREFIXES = ("head.", "decoder.", "classifier.", "rotary_emb.")
+MODERNBERT_WRAPPER_PREFIXES = ("model.",)

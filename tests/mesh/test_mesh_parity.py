@@ -244,3 +244,14 @@ def test_reranker_on_a_mesh_scores_as_on_one_device(tmp_path_factory, mesh_shape
     finally:
         one.close()
         many.close()
+
+
+@pytest.mark.parametrize("mesh_shape", [(8, 1), (2, 4)])
+def test_modernbert_on_a_mesh_matches_one_device(tmp_path_factory, texts, mesh_shape):
+    from tests.helpers import save_tiny_modernbert
+
+    path = tmp_path_factory.mktemp("tiny-modernbert")
+    save_tiny_modernbert(path, seed=3)
+    one = _embedder(path, None).embed(texts, truncate=True)
+    many = _embedder(path, mesh_shape).embed(texts, truncate=True)
+    np.testing.assert_allclose(many, one, atol=2e-5)
