@@ -23,6 +23,7 @@ from jaxembed.models.decoder import DECODER_FAMILIES, Decoder, DecoderConfig
 from jaxembed.models.encoder import ENCODER_FAMILIES, Encoder, EncoderConfig
 from jaxembed.models.heads import HeadConfig, Scorer, ScorerConfig
 from jaxembed.models.modernbert import MODERNBERT_FAMILIES, ModernBert, ModernBertConfig
+from jaxembed.models.nomic_bert import NOMIC_FAMILIES, NomicBert, NomicBertConfig
 from jaxembed.parallel.sharding import logical_axes
 from jaxembed.weights import maps
 
@@ -86,9 +87,19 @@ _MODERNBERT = Family(
     packable=True,
 )
 
+_NOMIC = Family(
+    config_from_hf=NomicBertConfig.from_hf,
+    module=NomicBert,
+    rules=maps.nomic_bert_rules,
+    ignored_prefixes=maps.NOMIC_IGNORED_PREFIXES,
+    wrapper_prefixes=maps.NOMIC_WRAPPER_PREFIXES,
+    packable=True,
+)
+
 FAMILIES: dict[str, Family] = (
     dict.fromkeys(ENCODER_FAMILIES, _ENCODER)
     | dict.fromkeys(MODERNBERT_FAMILIES, _MODERNBERT)
+    | dict.fromkeys(NOMIC_FAMILIES, _NOMIC)
     | dict.fromkeys(DECODER_FAMILIES, _DECODER)
     | dict.fromkeys(CLIP_FAMILIES, _CLIP)
 )

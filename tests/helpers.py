@@ -602,3 +602,29 @@ def save_tiny_modernbert(out_dir: Path, *, seed: int = 0, pooling: str = "mean",
     model.save_pretrained(out_dir, safe_serialization=True)
     write_sentence_transformers_files(out_dir, pooling=pooling, normalize=True, dim=64)
     return model
+
+
+def save_tiny_nomic_bert(out_dir: Path, *, seed: int = 0, pooling: str = "mean"):
+    """A random tiny NomicBertModel + MiniLM's tokenizer and sentence-transformers files
+    (nomic's search_query / search_document prompts); returns the torch reference."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.NomicBertConfig(
+        vocab_size=30522,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+    )
+    model = transformers.NomicBertModel(config).eval()
+    _perturb(model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    prompts = {"query": "search_query: ", "document": "search_document: "}
+    write_sentence_transformers_files(
+        out_dir, pooling=pooling, normalize=True, dim=64, prompts=prompts
+    )
+    return model

@@ -16,6 +16,7 @@ from jaxembed.models.decoder import DecoderConfig
 from jaxembed.models.encoder import EncoderConfig
 from jaxembed.models.heads import HeadConfig
 from jaxembed.models.modernbert import ModernBertConfig
+from jaxembed.models.nomic_bert import NomicBertConfig
 
 
 class Layout(enum.Enum):
@@ -321,3 +322,28 @@ def modernbert_rules(config: ModernBertConfig) -> list[ParamRule]:
 # Masked-LM and classification heads of ModernBERT checkpoints; the rotary tables are buffers.
 MODERNBERT_IGNORED_PREFIXES = ("head.", "decoder.", "classifier.", "rotary_emb.")
 MODERNBERT_WRAPPER_PREFIXES = ("model.",)
+
+
+def nomic_bert_rules(config: NomicBertConfig) -> list[ParamRule]:
+    """NomicBERT under nomic's own tensor names (what transformers 5 saves, too)."""
+    layer = "encoder.layers.{layer}"
+
+    def kernel(flax_name: str, hf_name: str, layout: Layout = Layout.IN_KERNEL) -> ParamRule:
+        return ParamRule(("layers", flax_name, "kernel"), f"{layer}.{hf_name}.weight", layout)
+
+    return [
+        ParamRule(("word", "embedding"), "embeddings.word_embeddings.weight"),
+        ParamRule(("token_type", "embedding"), "embeddings.token_type_embeddings.weight"),
+        *_norm(("embed_norm",), "emb_ln"),
+        kernel("qkv", "attn.Wqkv"),
+        kernel("output", "attn.out_proj", Layout.OUT_KERNEL),
+        *_norm(("layers", "attention_norm"), f"{layer}.norm1"),
+        kernel("up", "mlp.fc11"),
+        kernel("gate", "mlp.fc12"),
+        kernel("down", "mlp.fc2"),
+        *_norm(("layers", "mlp_norm"), f"{layer}.norm2"),
+    ]
+
+
+NOMIC_IGNORED_PREFIXES = ("pooler.", "cls.", "lm_head.", "classifier.", "embeddings.position_ids")
+NOMIC_WRAPPER_PREFIXES = ("nomic_bert.", "bert.", "model.")

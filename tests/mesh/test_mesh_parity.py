@@ -247,11 +247,12 @@ def test_reranker_on_a_mesh_scores_as_on_one_device(tmp_path_factory, mesh_shape
 
 
 @pytest.mark.parametrize("mesh_shape", [(8, 1), (2, 4)])
-def test_modernbert_on_a_mesh_matches_one_device(tmp_path_factory, texts, mesh_shape):
-    from tests.helpers import save_tiny_modernbert
+@pytest.mark.parametrize("family", ["modernbert", "nomic_bert"])
+def test_rotary_encoders_on_a_mesh_match_one_device(tmp_path_factory, texts, mesh_shape, family):
+    from tests.helpers import save_tiny_modernbert, save_tiny_nomic_bert
 
-    path = tmp_path_factory.mktemp("tiny-modernbert")
-    save_tiny_modernbert(path, seed=3)
+    path = tmp_path_factory.mktemp(f"tiny-{family}")
+    {"modernbert": save_tiny_modernbert, "nomic_bert": save_tiny_nomic_bert}[family](path, seed=3)
     one = _embedder(path, None).embed(texts, truncate=True)
     many = _embedder(path, mesh_shape).embed(texts, truncate=True)
     np.testing.assert_allclose(many, one, atol=2e-5)

@@ -1,5 +1,5 @@
-"""Tiny random ModernBERT vs transformers / sentence-transformers: hidden states, pooled
-embeddings, packed rows, bf16, conversion; windows shorter than the inputs."""
+"""Tiny random ModernBERT and NomicBERT vs transformers / sentence-transformers: hidden states,
+pooled embeddings, packed rows, bf16, conversion (ModernBERT windows shorter than the inputs)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,19 @@ import torch
 from jaxembed.engine.embedder import Embedder
 from jaxembed.weights.convert import convert
 from jaxembed.weights.loader import load_model
-from tests.helpers import save_tiny_modernbert
+from tests.helpers import save_tiny_modernbert, save_tiny_nomic_bert
 from tests.texts import varied_texts
 
 LENGTHS = [5, 30, 17, 1, 29]  # most longer than the 8-token sliding window
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-modernbert")
-    return save_tiny_modernbert(path, seed=13), path
+SAVERS = {"modernbert": save_tiny_modernbert, "nomic_bert": save_tiny_nomic_bert}
+
+
+@pytest.fixture(scope="module", params=sorted(SAVERS))
+def tiny(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp(f"tiny-{request.param}")
+    return SAVERS[request.param](path, seed=13), path
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,9 @@ def _batch(seq: int = 32):
 def test_hidden_states_match_transformers(tiny):
     ref, path = tiny
     model = load_model(path, dtype="float32")
-    assert model.config.window == 5 and model.config.global_layers == (True, False, True, False)
+    if model.card.family == "modernbert":
+        assert model.config.window == 5
+        assert model.config.global_layers == (True, False, True, False)
     ids, mask = _batch()
     ours = np.asarray(model.module().apply({"params": model.params}, ids, mask))
     with torch.no_grad():
@@ -81,12 +86,12 @@ def test_bfloat16_and_conversion(tiny, texts, tmp_path):
             e.close()
 
 
-def test_older_config_spelling_reads_the_same(tiny):
+def test_older_modernbert_config_spelling_reads_the_same(tmp_path):
     """`global_attn_every_n_layers` + `global_rope_theta`/`local_rope_theta` (older configs)
     and `layer_types` + `rope_parameters` (newer) describe the same model."""
     from jaxembed.models.modernbert import ModernBertConfig
 
-    ref, _ = tiny
+    ref = save_tiny_modernbert(tmp_path)
     newer = ModernBertConfig.from_hf(ref.config.to_dict())
     older = {
         k: v for k, v in ref.config.to_dict().items() if k not in ("layer_types", "rope_parameters")
@@ -111,3 +116,49 @@ def test_plan_counts_modernbert_base_parameters():
     with torch.device("meta"):
         reference = transformers.ModernBertModel(config)
     assert counted == sum(p.numel() for p in reference.parameters()) == 149_014_272
+
+
+def test_nomic_original_config_spelling_reads_the_same():
+    """nomic-embed-text's own config.json (GPT-2-style names, custom code) and transformers 5's."""
+    import transformers
+
+    from jaxembed.models.nomic_bert import NomicBertConfig
+
+    newer = NomicBertConfig.from_hf(transformers.NomicBertConfig().to_dict())
+    original = {
+        "model_type": "nomic_bert",
+        "vocab_size": 30528,
+        "n_embd": 768,
+        "n_head": 12,
+        "n_layer": 12,
+        "n_inner": 3072,
+        "n_positions": 2048,
+        "activation_function": "swiglu",
+        "rotary_emb_base": 1000,
+        "rotary_emb_fraction": 1.0,
+        "rotary_emb_interleaved": False,
+        "rotary_scaling_factor": None,
+        "layer_norm_epsilon": 1e-12,
+        "type_vocab_size": 2,
+        "qkv_proj_bias": False,
+        "mlp_fc1_bias": False,
+        "mlp_fc2_bias": False,
+        "prenorm": False,
+    }
+    assert NomicBertConfig.from_hf(original) == newer
+    with pytest.raises(Exception, match="rotary_scaling_factor"):
+        NomicBertConfig.from_hf({**original, "rotary_scaling_factor": 2})
+
+
+def test_plan_counts_nomic_embed_text_v15_parameters():
+    import transformers
+
+    from jaxembed.families import model_family
+    from jaxembed.parallel.plan import plan_parameters
+
+    config = transformers.NomicBertConfig()  # nomic-embed-text-v1.5's shapes
+    family, ours = model_family(config.to_dict())
+    counted = plan_parameters(family, ours, 1, 1, "float32").parameters
+    with torch.device("meta"):
+        reference = transformers.NomicBertModel(config)
+    assert counted == sum(p.numel() for p in reference.parameters())
