@@ -30,6 +30,16 @@ KINDS = ("embedding", "reranker")
 # or the logits as they are.
 SCORE_ACTIVATIONS = ("sigmoid", "softmax", "identity")
 PAIR_TEMPLATE_FIELDS = ("prefix", "body", "suffix", "instruction")
+# sentence-transformers Dense activations (torch class names) → the card's names.
+_ST_DENSE_ACTIVATIONS = {
+    "Identity": "identity",
+    "Tanh": "tanh",
+    "ReLU": "relu",
+    "GELU": "gelu",
+    "SiLU": "silu",
+    "Sigmoid": "sigmoid",
+}
+PROJECTION_ACTIVATIONS = tuple(_ST_DENSE_ACTIVATIONS.values())
 # Qwen3-Reranker's documented prompt (its model card's usage code): the score is
 # P("yes") against P("no") for the next token after `suffix`.
 QWEN3_RERANKER_TEMPLATE = {
@@ -93,6 +103,9 @@ class ModelCard:
         {query}, {document}) + `suffix`, and the default `instruction`; empty = the
         tokenizer's own pair encoding (`[CLS] q [SEP] d [SEP]`, `<s> q </s></s> d </s>`).
       score_tokens: an LM-head reranker's (positive, negative) tokens, e.g. ("yes", "no").
+      projections: sentence-transformers Dense modules applied after pooling, in order:
+        {"path", "in_features", "out_features", "bias", "activation"} (EmbeddingGemma's
+        768→3072→768); `dimensions` is the last one's `out_features`.
     """
 
     name: str
@@ -119,6 +132,7 @@ class ModelCard:
     activation: str = ""
     pair_template: Mapping[str, str] = dataclasses.field(default_factory=dict)
     score_tokens: tuple[str, ...] = ()
+    projections: tuple[Mapping[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLING_MODES:
@@ -167,6 +181,25 @@ class ModelCard:
         object.__setattr__(self, "modalities", tuple(self.modalities))
         object.__setattr__(self, "pair_template", dict(self.pair_template))
         object.__setattr__(self, "score_tokens", tuple(self.score_tokens))
+        object.__setattr__(self, "projections", tuple(dict(p) for p in self.projections))
+        self._check_projections()
+
+    def _check_projections(self) -> None:
+        width = None
+        for p in self.projections:
+            missing = {"path", "in_features", "out_features", "bias", "activation"} - set(p)
+            if missing or p["activation"] not in PROJECTION_ACTIVATIONS:
+                raise ModelLoadError(
+                    f"card {self.name!r}: projection {p} needs path, in_features, out_features, "
+                    f"bias and an activation among {PROJECTION_ACTIVATIONS}"
+                )
+            if width is not None and p["in_features"] != width:
+                raise ModelLoadError(f"card {self.name!r}: projection widths do not chain")
+            width = p["out_features"]
+        if width is not None and width != self.dimensions:
+            raise ModelLoadError(
+                f"card {self.name!r}: dimensions {self.dimensions} != the last projection's {width}"
+            )
 
     def _check_reranker_fields(self) -> None:
         if self.kind not in KINDS:
@@ -222,6 +255,7 @@ class ModelCard:
         out["architecture"] = dict(self.architecture)
         out["pair_template"] = dict(self.pair_template)
         out["score_tokens"] = list(self.score_tokens)
+        out["projections"] = [dict(p) for p in self.projections]
         return out
 
     @classmethod
@@ -298,18 +332,47 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
     prompts = {k: v for k, v in (st_meta.get("prompts") or {}).items() if isinstance(v, str)}
 
     hidden = int(hf_config.get("hidden_size", 0) or pooling_cfg.get("word_embedding_dimension", 0))
+    projections = _dense_modules(model_dir, modules)
     return ModelCard(
         name=model_dir.resolve().name.lower(),
         family=family,
         pooling=pooling,
         normalize=any(t.endswith("Normalize") for t in module_types),
         max_length=max_length,
-        dimensions=hidden,
+        dimensions=projections[-1]["out_features"] if projections else hidden,
+        projections=projections,
         prompts=prompts,
         source=str(hf_config.get("_name_or_path", "")),
         append_eos=pooling == "last_token",
         dtype="bfloat16" if is_decoder else "float32",
     )
+
+
+def _dense_modules(model_dir: Path, modules: list) -> tuple[dict[str, Any], ...]:
+    """The Dense modules sentence-transformers applies after pooling (`2_Dense`, `3_Dense`, …)."""
+    out = []
+    for module in modules:
+        if not (isinstance(module, dict) and str(module.get("type", "")).endswith("Dense")):
+            continue
+        path = str(module.get("path", ""))
+        config = _read_json(model_dir / path / "config.json") or {}
+        activation = str(config.get("activation_function", "torch.nn.modules.activation.Tanh"))
+        name = activation.rsplit(".", 1)[-1]
+        if name not in _ST_DENSE_ACTIVATIONS or "in_features" not in config:
+            raise ModelLoadError(
+                f"{model_dir}: Dense module {path!r} ({activation}) is not supported "
+                f"(activations: {sorted(_ST_DENSE_ACTIVATIONS)})"
+            )
+        out.append(
+            {
+                "path": path,
+                "in_features": int(config["in_features"]),
+                "out_features": int(config["out_features"]),
+                "bias": bool(config.get("bias", True)),
+                "activation": _ST_DENSE_ACTIVATIONS[name],
+            }
+        )
+    return tuple(out)
 
 
 def _max_length(model_dir: Path, hf_config: Mapping[str, Any]) -> int:

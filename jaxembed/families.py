@@ -154,6 +154,21 @@ def _head_config(
     raise UnsupportedArchitectureError(f"{model_type} models cannot be rerankers")
 
 
+def _projection_head(card: Any) -> HeadConfig:
+    layers = tuple(
+        (p["path"], int(p["out_features"]), bool(p["bias"]), p["activation"])
+        for p in card.projections
+    )
+    return HeadConfig("projection", int(card.projections[0]["in_features"]), layers=layers)
+
+
+def module_dirs(config: Any) -> list[str]:
+    """Subdirectories whose own weight files the model also needs (its Dense modules)."""
+    if isinstance(config, ScorerConfig) and config.head.kind == "projection":
+        return [path for path, *_ in config.head.layers]
+    return []
+
+
 def _scorer_family(base: Family, model_type: str) -> Family:
     """`base`'s backbone with a scoring head (models/heads.py) under `head/`."""
     return Family(
@@ -181,6 +196,9 @@ def model_family(
         config = dataclasses.replace(config, causal=card.causal)
     reranker = card.kind == "reranker" if card is not None else is_sequence_classifier(hf_config)
     if not reranker:
+        if card is not None and card.projections:
+            head = _projection_head(card)
+            return _scorer_family(family, model_type), ScorerConfig(config, head)
         return family, config
     head = _head_config(model_type, hf_config, card, model_dir)
     return _scorer_family(family, model_type), ScorerConfig(config, head)

@@ -61,9 +61,10 @@ def embed_forward(
 
 
 def _finish(params: Any, pooled: jax.Array, module: nn.Module, normalize: bool) -> jax.Array:
-    """A reranker's head turns pooled vectors into logits; an embedder's may normalise them."""
+    """A head after pooling (a reranker's scores, an embedder's Dense modules), then the
+    card's normalisation (never for rerankers)."""
     if isinstance(module, Scorer):
-        return module.apply({"params": params}, pooled, method=Scorer.score)
+        pooled = module.apply({"params": params}, pooled, method=Scorer.score)
     return l2_normalize(pooled) if normalize else pooled
 
 

@@ -36,19 +36,31 @@ from jaxembed.models.partitioning import KERNEL_INIT as _kernel_init
 from jaxembed.models.partitioning import dense as _dense
 from jaxembed.models.partitioning import with_axes as _axes
 
-HEAD_KINDS = ("classifier", "token_logits")
+HEAD_KINDS = ("classifier", "token_logits", "projection")
+# Activations of sentence-transformers Dense modules (card.PROJECTION_ACTIVATIONS).
+_PROJECTION_ACTIVATIONS = {
+    "identity": lambda x: x,
+    "tanh": jnp.tanh,
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "silu": jax.nn.silu,
+    "sigmoid": jax.nn.sigmoid,
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class HeadConfig:
     """`num_labels`: logits the head emits (1 for a relevance score; `token_logits`
     always emits one: positive minus negative). `token_ids`: the LM-head rows
-    (positive, negative) a `token_logits` head reads."""
+    (positive, negative) a `token_logits` head reads. A `projection` head is an
+    embedder's sentence-transformers Dense modules (`layers`), not a scorer."""
 
     kind: str
     hidden_size: int
     num_labels: int = 1
     token_ids: tuple[int, ...] = ()
+    # `projection`: (module path, out_features, bias, activation) per Dense module, in order.
+    layers: tuple[tuple[str, int, bool, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in HEAD_KINDS:
@@ -106,15 +118,39 @@ class TokenLogitsHead(nn.Module):
         return logits[..., :1] - logits[..., 1:]
 
 
+class ProjectionHead(nn.Module):
+    """sentence-transformers Dense modules after pooling: `activation(x W + b)` each."""
+
+    config: HeadConfig
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, pooled: jax.Array) -> jax.Array:
+        x = pooled.astype(jnp.float32)
+        for i, (_, features, bias, activation) in enumerate(self.config.layers):
+            dense = _dense(
+                features,
+                ("embed", "embed_out"),
+                f"dense_{i}",
+                dtype=jnp.float32,
+                param_dtype=self.param_dtype,
+                bias=bias,
+            )
+            x = _PROJECTION_ACTIVATIONS[activation](dense(x))
+        return x
+
+
 HEADS: dict[str, type[nn.Module]] = {
     "classifier": ClassifierHead,
     "token_logits": TokenLogitsHead,
+    "projection": ProjectionHead,
 }
 
 
 class Scorer(nn.Module):
-    """`__call__`: the backbone's hidden states (pooled by the engine as for embeddings);
-    `score`: pooled vectors [..., D] → logits [..., num_labels] float32."""
+    """A backbone with a head after pooling. `__call__`: the backbone's hidden states
+    (pooled by the engine as for embeddings); `score`: pooled vectors [..., D] → the
+    head's output (a reranker's logits, or an embedder's projected vectors), float32."""
 
     config: ScorerConfig
     backbone_module: Callable[..., nn.Module]

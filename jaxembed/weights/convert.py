@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from jaxembed.card import CARD_FILENAME
 from jaxembed.errors import ModelLoadError
-from jaxembed.families import model_family
+from jaxembed.families import model_family, module_dirs
 from jaxembed.registry import checkpoints_dir, find_card, read_hf_config, resolve_model
 from jaxembed.weights.convert_params import iter_leaves, plan_conversion
 from jaxembed.weights.loader import COMPANION_FILES, PARAMS_DIRNAME
@@ -68,6 +68,8 @@ def convert(
     family, config = model_family(hf_config, card, src_dir)
     dtype = jnp.dtype(card.dtype)
     checkpoint = SafetensorsCheckpoint(src_dir)
+    for path in module_dirs(config):
+        checkpoint.add_module(src_dir / path, f"{path}/")
     try:
         # Every name and shape is checked before anything is written.
         plan = plan_conversion(

@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 
 from jaxembed.card import CARD_FILENAME, ModelCard
 from jaxembed.errors import ModelLoadError
-from jaxembed.families import Family, model_family
+from jaxembed.families import Family, model_family, module_dirs
 from jaxembed.models.attention import AttentionConfig
 from jaxembed.parallel.mesh import make_mesh
 from jaxembed.parallel.sharding import param_shardings
@@ -78,6 +78,8 @@ def read_safetensors_params(
     """The parameter tree as host numpy arrays of `dtype`, converted tensor by tensor."""
     abstract = family.abstract_params(config, dtype)
     checkpoint = SafetensorsCheckpoint(model_dir)
+    for path in module_dirs(config):
+        checkpoint.add_module(model_dir / path, f"{path}/")
     try:
         return assemble_params(
             checkpoint,

@@ -250,6 +250,13 @@ def head_rules(family: str, head: HeadConfig) -> list[ParamRule]:
     `classifier.dense` and `classifier.out_proj`; an LM-head reranker: the (positive,
     negative) rows of `lm_head.weight`, or of the input embeddings when they are tied.
     """
+    if head.kind == "projection":  # in each module's own file (SafetensorsCheckpoint.add_module)
+        rules = []
+        for i, (path, _, bias, _) in enumerate(head.layers):
+            rules += _top_level(_linear(("head", f"dense_{i}"), f"{path}/linear", Layout.IN_KERNEL))
+            if not bias:
+                rules.pop()
+        return rules
     if head.kind == "token_logits":
         return [
             ParamRule(

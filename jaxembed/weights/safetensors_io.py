@@ -95,6 +95,7 @@ class SafetensorsCheckpoint:
         index = model_dir / INDEX_FILENAME
         self._files: dict[str, SafetensorsFile] = {}
         self._where: dict[str, SafetensorsFile] = {}
+        self._inner: dict[str, str] = {}  # a module file's own name of a prefixed key
         if index.is_file():
             try:
                 weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
@@ -124,6 +125,21 @@ class SafetensorsCheckpoint:
             )
             raise ModelLoadError(f"no {SINGLE_FILENAME} or {INDEX_FILENAME} in {model_dir}{hint}")
 
+    def add_module(self, module_dir: Path, prefix: str) -> None:
+        """Also read a sentence-transformers module's own weights (e.g. `2_Dense/model.safetensors`),
+        its tensors named `prefix` + their name (`2_Dense/linear.weight`)."""
+        path = Path(module_dir) / SINGLE_FILENAME
+        if not path.is_file():
+            raise ModelLoadError(
+                f"{module_dir.name} has no {SINGLE_FILENAME} (pickle weights are not loaded)"
+            )
+        module = SafetensorsFile(path)
+        self._files[f"{prefix}{SINGLE_FILENAME}"] = module
+        names = module.keys()
+        for key in names:
+            self._where[prefix + key] = module
+            self._inner[prefix + key] = key
+
     def keys(self) -> list[str]:
         return list(self._where)
 
@@ -134,13 +150,13 @@ class SafetensorsCheckpoint:
         return key in self._where
 
     def shape(self, key: str) -> tuple[int, ...]:
-        return self._where[key].shape(key)
+        return self._where[key].shape(self._inner.get(key, key))
 
     def get(self, key: str) -> np.ndarray:
-        return self._where[key].get(key)
+        return self._where[key].get(self._inner.get(key, key))
 
     def release(self, key: str) -> None:
-        self._where[key].release(key)
+        self._where[key].release(self._inner.get(key, key))
 
     def close(self) -> None:
         for f in self._files.values():
