@@ -345,6 +345,7 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
         source=str(hf_config.get("_name_or_path", "")),
         append_eos=pooling == "last_token",
         dtype="bfloat16" if is_decoder else "float32",
+        causal=not bool(hf_config.get("use_bidirectional_attention", False)),
     )
 
 

@@ -21,6 +21,7 @@ from jaxembed.errors import ModelLoadError, UnsupportedArchitectureError
 from jaxembed.models.clip import CLIP_FAMILIES, ClipConfig, ClipModel
 from jaxembed.models.decoder import DECODER_FAMILIES, Decoder, DecoderConfig
 from jaxembed.models.encoder import ENCODER_FAMILIES, Encoder, EncoderConfig
+from jaxembed.models.gemma3 import GEMMA3_FAMILIES, Gemma3Config, Gemma3Text
 from jaxembed.models.heads import HeadConfig, Scorer, ScorerConfig
 from jaxembed.models.modernbert import MODERNBERT_FAMILIES, ModernBert, ModernBertConfig
 from jaxembed.models.nomic_bert import NOMIC_FAMILIES, NomicBert, NomicBertConfig
@@ -96,10 +97,20 @@ _NOMIC = Family(
     packable=True,
 )
 
+_GEMMA3 = Family(
+    config_from_hf=Gemma3Config.from_hf,
+    module=Gemma3Text,
+    rules=maps.gemma3_rules,
+    ignored_prefixes=maps.GEMMA3_IGNORED_PREFIXES,
+    wrapper_prefixes=maps.GEMMA3_WRAPPER_PREFIXES,
+    packable=True,
+)
+
 FAMILIES: dict[str, Family] = (
     dict.fromkeys(ENCODER_FAMILIES, _ENCODER)
     | dict.fromkeys(MODERNBERT_FAMILIES, _MODERNBERT)
     | dict.fromkeys(NOMIC_FAMILIES, _NOMIC)
+    | dict.fromkeys(GEMMA3_FAMILIES, _GEMMA3)
     | dict.fromkeys(DECODER_FAMILIES, _DECODER)
     | dict.fromkeys(CLIP_FAMILIES, _CLIP)
 )

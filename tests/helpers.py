@@ -628,3 +628,47 @@ def save_tiny_nomic_bert(out_dir: Path, *, seed: int = 0, pooling: str = "mean")
         out_dir, pooling=pooling, normalize=True, dim=64, prompts=prompts
     )
     return model
+
+
+def save_tiny_embedding_gemma(out_dir: Path, *, seed: int = 0):
+    """EmbeddingGemma's shape in miniature: a bidirectional Gemma3TextModel (sliding windows
+    shorter than the test inputs, distinct RoPE bases, q/k norms, query_pre_attn_scalar ≠
+    head_dim) + mean pooling + two Dense modules (up, down; no bias) + Normalize, saved by
+    sentence-transformers with MiniLM's tokenizer. Returns the SentenceTransformer."""
+    import torch
+    import transformers
+    from sentence_transformers import SentenceTransformer, models
+
+    torch.manual_seed(seed)
+    config = transformers.Gemma3TextConfig(
+        vocab_size=30522,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        query_pre_attn_scalar=32,
+        sliding_window=6,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        max_position_embeddings=256,
+        use_bidirectional_attention=True,
+        pad_token_id=0,
+    )
+    base = out_dir.parent / f"{out_dir.name}-base"
+    model = transformers.Gemma3TextModel(config).eval()
+    _perturb(model, scale=0.3)
+    model.save_pretrained(base, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        shutil.copy2(MINILM_DIR / name, base / name)
+    transformer = models.Transformer(str(base), max_seq_length=128)
+    modules = [
+        transformer,
+        models.Pooling(64, "mean"),
+        models.Dense(64, 128, bias=False, activation_function=torch.nn.Identity()),
+        models.Dense(128, 64, bias=False, activation_function=torch.nn.Identity()),
+        models.Normalize(),
+    ]
+    st = SentenceTransformer(modules=modules, device="cpu")
+    st.save(str(out_dir))
+    return SentenceTransformer(str(out_dir), device="cpu")

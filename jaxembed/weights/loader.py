@@ -21,10 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxembed.card import CARD_FILENAME, ModelCard
+from jaxembed.card import CARD_FILENAME, DTYPES, ModelCard
 from jaxembed.errors import ModelLoadError
 from jaxembed.families import Family, model_family, module_dirs
 from jaxembed.models.attention import AttentionConfig
+from jaxembed.models.gemma3 import GEMMA3_FAMILIES
 from jaxembed.parallel.mesh import make_mesh
 from jaxembed.parallel.sharding import param_shardings
 from jaxembed.registry import read_hf_config, resolve_model
@@ -126,6 +127,13 @@ def load_model(
     hf_config = read_hf_config(model_dir)
     family, config = model_family(hf_config, card, model_dir)
     jdtype = jnp.dtype(dtype or card.dtype)
+    if jdtype.name not in DTYPES:
+        hint = (
+            ": Gemma3's activations overflow float16 (NaN); use bfloat16 or float32"
+            if card.family in GEMMA3_FAMILIES
+            else ""
+        )
+        raise ModelLoadError(f"dtype {jdtype.name!r} is not one of {DTYPES}{hint}")
     if not (model_dir / "tokenizer.json").is_file():
         raise ModelLoadError(
             f"{model_dir} has no tokenizer.json (a fast tokenizer is required; "

@@ -14,6 +14,7 @@ import enum
 from jaxembed.models.clip import ClipConfig, TowerConfig
 from jaxembed.models.decoder import DecoderConfig
 from jaxembed.models.encoder import EncoderConfig
+from jaxembed.models.gemma3 import Gemma3Config
 from jaxembed.models.heads import HeadConfig
 from jaxembed.models.modernbert import ModernBertConfig
 from jaxembed.models.nomic_bert import NomicBertConfig
@@ -354,3 +355,35 @@ def nomic_bert_rules(config: NomicBertConfig) -> list[ParamRule]:
 
 NOMIC_IGNORED_PREFIXES = ("pooler.", "cls.", "lm_head.", "classifier.", "embeddings.position_ids")
 NOMIC_WRAPPER_PREFIXES = ("nomic_bert.", "bert.", "model.")
+
+
+def gemma3_rules(config: Gemma3Config) -> list[ParamRule]:
+    """Gemma3 text (keys without the `model.` prefix of Gemma3ForCausalLM)."""
+    layer = "layers.{layer}"
+
+    def kernel(path: tuple[str, ...], hf: str, layout: Layout = Layout.IN_KERNEL) -> ParamRule:
+        return ParamRule(("layers", *path, "kernel"), f"{layer}.{hf}.weight", layout)
+
+    def scale(path: tuple[str, ...], hf: str) -> ParamRule:
+        return ParamRule((*path, "scale"), f"{hf}.weight")
+
+    norms = {
+        "input_norm": "input_layernorm",
+        "post_attention_norm": "post_attention_layernorm",
+        "pre_ffw_norm": "pre_feedforward_layernorm",
+        "post_ffw_norm": "post_feedforward_layernorm",
+    }
+    return [
+        ParamRule(("embed", "embedding"), "embed_tokens.weight"),
+        *[kernel((name,), f"self_attn.{name}_proj") for name in ("q", "k", "v")],
+        kernel(("o",), "self_attn.o_proj", Layout.OUT_KERNEL),
+        scale(("layers", "q_norm"), f"{layer}.self_attn.q_norm"),
+        scale(("layers", "k_norm"), f"{layer}.self_attn.k_norm"),
+        *[scale(("layers", ours), f"{layer}.{theirs}") for ours, theirs in norms.items()],
+        *[kernel((name,), f"mlp.{name}_proj") for name in ("gate", "up", "down")],
+        scale(("final_norm",), "norm"),
+    ]
+
+
+GEMMA3_IGNORED_PREFIXES = ("lm_head.", "rotary_emb.")
+GEMMA3_WRAPPER_PREFIXES = ("model.",)
