@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jaxembed.errors import UnsupportedArchitectureError
 from jaxembed.models.attention import AttentionConfig, AttentionMask
 from jaxembed.models.encoder import ACTIVATIONS, SelfAttention
-from jaxembed.models.partitioning import KERNEL_INIT, ONES, ZEROS, with_axes
+from jaxembed.models.partitioning import KERNEL_INIT, ZEROS, layer_norm, scan_layers, with_axes
 from jaxembed.models.partitioning import dense as partitioned_dense
 from jaxembed.parallel.sharding import constrain
 
@@ -152,14 +152,7 @@ class ClipConfig:
 
 
 def _layer_norm(cfg: TowerConfig, dtype: jnp.dtype, param_dtype: jnp.dtype, name: str):
-    return nn.LayerNorm(
-        epsilon=cfg.layer_norm_eps,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        scale_init=with_axes(ONES, ("embed",)),
-        bias_init=with_axes(ZEROS, ("embed",)),
-        name=name,
-    )
+    return layer_norm(cfg.layer_norm_eps, name, dtype=dtype, param_dtype=param_dtype)
 
 
 class _Layer(nn.Module):
@@ -213,14 +206,7 @@ class _Tower(nn.Module):
 
     @nn.compact
     def __call__(self, x_bld: jax.Array, segments_bl: jax.Array | None) -> jax.Array:
-        layers = nn.scan(
-            _Layer,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=(nn.broadcast,),
-            length=self.config.num_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )
+        layers = scan_layers(_Layer, self.config.num_layers, (nn.broadcast,))
         x_bld, _ = layers(
             self.config, self.dtype, self.param_dtype, self.attention, self.causal, name="layers"
         )(x_bld, segments_bl)

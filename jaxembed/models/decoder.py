@@ -26,6 +26,7 @@ from jaxembed.models.lora_delta import add_delta
 from jaxembed.models.packing import token_positions
 from jaxembed.models.partitioning import KERNEL_INIT as _kernel_init
 from jaxembed.models.partitioning import ZEROS as _zeros
+from jaxembed.models.partitioning import scan_layers
 from jaxembed.models.partitioning import with_axes as _axes
 from jaxembed.parallel.sharding import constrain
 
@@ -288,13 +289,10 @@ class Decoder(nn.Module):
             name="embed",
         )(input_ids)
         x = constrain(x, ("batch", "length", "embed"))
-        layers = nn.scan(
+        layers = scan_layers(
             _DecoderLayer,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-            length=cfg.num_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"},
+            cfg.num_layers,
+            (0, 0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
         )
         windows = jnp.asarray(cfg.sliding_windows, dtype=jnp.int32)
         x, _ = layers(cfg, self.dtype, self.param_dtype, self.attention, packed, name="layers")(

@@ -25,9 +25,9 @@ from jaxembed.models.attention import AttentionConfig, AttentionMask, attention
 from jaxembed.models.lora_delta import add_delta
 from jaxembed.models.packing import running_count, token_positions
 from jaxembed.models.partitioning import KERNEL_INIT as _kernel_init
-from jaxembed.models.partitioning import ONES as _ones
 from jaxembed.models.partitioning import ZEROS as _zeros
 from jaxembed.models.partitioning import dense as _dense
+from jaxembed.models.partitioning import layer_norm, scan_layers
 from jaxembed.models.partitioning import with_axes as _axes
 from jaxembed.parallel.sharding import constrain
 
@@ -159,14 +159,7 @@ class _Embeddings(nn.Module):
 
 
 def _layer_norm(cfg: EncoderConfig, dtype: jnp.dtype, param_dtype: jnp.dtype, name: str):
-    return nn.LayerNorm(
-        epsilon=cfg.layer_norm_eps,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        scale_init=_axes(_ones, ("embed",)),
-        bias_init=_axes(_zeros, ("embed",)),
-        name=name,
-    )
+    return layer_norm(cfg.layer_norm_eps, name, dtype=dtype, param_dtype=param_dtype)
 
 
 class SelfAttention(nn.Module):
@@ -271,14 +264,7 @@ class Encoder(nn.Module):
         )
         x_bld = constrain(x_bld, ("batch", "length", "embed"))
         segments_bl = attention_mask.astype(jnp.int32) if packed else (attention_mask > 0)
-        layers = nn.scan(
-            _EncoderLayer,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=(nn.broadcast, 0, nn.broadcast),
-            length=self.config.num_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )
+        layers = scan_layers(_EncoderLayer, self.config.num_layers, (nn.broadcast, 0, nn.broadcast))
         x_bld, _ = layers(
             self.config, self.dtype, self.param_dtype, self.attention, packed, name="layers"
         )(x_bld, segments_bl.astype(jnp.int32), lora or {}, adapter_ids)

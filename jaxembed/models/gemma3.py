@@ -29,7 +29,7 @@ from jaxembed.models.attention import AttentionConfig, AttentionMask, attention
 from jaxembed.models.decoder import NO_WINDOW, apply_rope, rope_cos_sin
 from jaxembed.models.encoder import ACTIVATIONS
 from jaxembed.models.packing import token_positions
-from jaxembed.models.partitioning import KERNEL_INIT, ZEROS, with_axes
+from jaxembed.models.partitioning import ZEROS, projection, scan_layers, with_axes
 from jaxembed.parallel.sharding import constrain
 
 GEMMA3_FAMILIES = frozenset({"gemma3_text"})
@@ -138,18 +138,8 @@ class GemmaRMSNorm(nn.Module):
         return (normed * (1.0 + w.astype(jnp.float32))).astype(self.dtype)
 
 
-def _proj(
-    features, axes: tuple[str, ...], name: str, dtype, param_dtype, **kwargs
-) -> nn.DenseGeneral:
-    return nn.DenseGeneral(
-        features,
-        use_bias=False,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        kernel_init=with_axes(KERNEL_INIT, axes),
-        name=name,
-        **kwargs,
-    )
+def _proj(features, axes: tuple[str, ...], name: str, dtype, param_dtype, **kwargs):
+    return projection(features, axes, name, dtype=dtype, param_dtype=param_dtype, **kwargs)
 
 
 class _Layer(nn.Module):
@@ -241,14 +231,7 @@ class Gemma3Text(nn.Module):
         segments = (attention_mask.astype(jnp.int32) if packed else (attention_mask > 0)).astype(
             jnp.int32
         )
-        layers = nn.scan(
-            _Layer,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=(0, nn.broadcast, nn.broadcast),
-            length=cfg.num_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )
+        layers = scan_layers(_Layer, cfg.num_layers, (0, nn.broadcast, nn.broadcast))
         x, _ = layers(cfg, dt, pdt, self.attention, packed, name="layers")(
             x, jnp.asarray(cfg.global_layers, dtype=bool), segments, rope
         )

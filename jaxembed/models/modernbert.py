@@ -30,7 +30,7 @@ from jaxembed.models.attention import AttentionConfig, AttentionMask, attention
 from jaxembed.models.decoder import NO_WINDOW, apply_rope, rope_cos_sin
 from jaxembed.models.encoder import ACTIVATIONS
 from jaxembed.models.packing import token_positions
-from jaxembed.models.partitioning import KERNEL_INIT, ONES, ZEROS, with_axes
+from jaxembed.models.partitioning import KERNEL_INIT, ZEROS, layer_norm, scan_layers, with_axes
 from jaxembed.parallel.sharding import constrain
 
 MODERNBERT_FAMILIES = frozenset({"modernbert"})
@@ -118,15 +118,7 @@ class ModernBertConfig:
 
 
 def _norm(cfg: ModernBertConfig, dtype, param_dtype, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(
-        epsilon=cfg.norm_eps,
-        use_bias=cfg.norm_bias,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        scale_init=with_axes(ONES, ("embed",)),
-        bias_init=with_axes(ZEROS, ("embed",)),
-        name=name,
-    )
+    return layer_norm(cfg.norm_eps, name, dtype=dtype, param_dtype=param_dtype, bias=cfg.norm_bias)
 
 
 class _Layer(nn.Module):
@@ -237,14 +229,7 @@ class ModernBert(nn.Module):
         x, _ = _Layer(cfg, dt, pdt, self.attention, packed, first=True, name="first")(
             x, is_global[0], segments, rope
         )
-        layers = nn.scan(
-            _Layer,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=(0, nn.broadcast, nn.broadcast),
-            length=cfg.num_layers - 1,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )
+        layers = scan_layers(_Layer, cfg.num_layers - 1, (0, nn.broadcast, nn.broadcast))
         x, _ = layers(cfg, dt, pdt, self.attention, packed, name="layers")(
             x, is_global[1:], segments, rope
         )

@@ -25,7 +25,7 @@ from jaxembed.models.attention import AttentionConfig, AttentionMask, attention
 from jaxembed.models.decoder import apply_rope, rope_cos_sin
 from jaxembed.models.encoder import ACTIVATIONS
 from jaxembed.models.packing import token_positions
-from jaxembed.models.partitioning import KERNEL_INIT, ONES, ZEROS, with_axes
+from jaxembed.models.partitioning import layer_norm, projection, scan_layers, with_axes
 from jaxembed.parallel.sharding import constrain
 
 NOMIC_FAMILIES = frozenset({"nomic_bert"})
@@ -105,26 +105,11 @@ class NomicBertConfig:
 
 
 def _norm(cfg: NomicBertConfig, dtype, param_dtype, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(
-        epsilon=cfg.layer_norm_eps,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        scale_init=with_axes(ONES, ("embed",)),
-        bias_init=with_axes(ZEROS, ("embed",)),
-        name=name,
-    )
+    return layer_norm(cfg.layer_norm_eps, name, dtype=dtype, param_dtype=param_dtype)
 
 
 def _kernel(features, axes: tuple[str, ...], name: str, dtype, param_dtype, **kwargs):
-    return nn.DenseGeneral(
-        features,
-        use_bias=False,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        kernel_init=with_axes(KERNEL_INIT, axes),
-        name=name,
-        **kwargs,
-    )
+    return projection(features, axes, name, dtype=dtype, param_dtype=param_dtype, **kwargs)
 
 
 class _Layer(nn.Module):
@@ -192,14 +177,7 @@ class NomicBert(nn.Module):
         positions = token_positions(attention_mask, attention_mask if packed else None)
         cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, 1.0)
         segments = attention_mask.astype(jnp.int32) if packed else (attention_mask > 0)
-        layers = nn.scan(
-            _Layer,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
-            length=cfg.num_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )
+        layers = scan_layers(_Layer, cfg.num_layers, (nn.broadcast,) * 3)
         x, _ = layers(cfg, dt, pdt, self.attention, packed, name="layers")(
             x, segments.astype(jnp.int32), cos, sin
         )

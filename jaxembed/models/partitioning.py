@@ -28,3 +28,55 @@ def dense(
         bias_init=with_axes(ZEROS, axes[1:]),
         name=name,
     )
+
+
+def projection(
+    features: int | tuple[int, ...],
+    axes: tuple[str, ...],
+    name: str,
+    *,
+    dtype,
+    param_dtype,
+    bias: bool = False,
+    **kwargs,
+) -> nn.DenseGeneral:
+    """A DenseGeneral (q/k/v heads, fused qkv, output) whose kernel carries `axes` and whose
+    bias, if any, carries the output axes; bias-free by default, as most modern encoders."""
+    out_axes = axes[-len(features) :] if isinstance(features, tuple) else axes[-1:]
+    return nn.DenseGeneral(
+        features,
+        use_bias=bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=with_axes(KERNEL_INIT, axes),
+        bias_init=with_axes(ZEROS, out_axes),
+        name=name,
+        **kwargs,
+    )
+
+
+def layer_norm(eps: float, name: str, *, dtype, param_dtype, bias: bool = True) -> nn.LayerNorm:
+    """A LayerNorm over the `embed` axis."""
+    return nn.LayerNorm(
+        epsilon=eps,
+        use_bias=bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=with_axes(ONES, ("embed",)),
+        bias_init=with_axes(ZEROS, ("embed",)),
+        name=name,
+    )
+
+
+def scan_layers(layer: type[nn.Module], length: int, in_axes: tuple) -> type[nn.Module]:
+    """`layer` stacked `length` times with `nn.scan`: one compiled body for every layer, each
+    parameter with a leading `layers` axis; `in_axes` says which extra inputs are per layer (0)
+    and which are shared (`nn.broadcast`)."""
+    return nn.scan(
+        layer,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=in_axes,
+        length=length,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )

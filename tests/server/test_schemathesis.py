@@ -51,6 +51,10 @@ def test_schemathesis_finds_no_failures(keyed_server, tmp_path):
             "all",
             "--exclude-checks",
             "positive_data_acceptance",
+            # The documented examples are sent by test_openapi_examples_are_answered instead:
+            # hypothesis' example phase trips a CPython 3.11 AST recursion-depth SystemError.
+            "--phases",
+            "coverage,fuzzing",
             "--max-time",
             "45",
             "--workers",
