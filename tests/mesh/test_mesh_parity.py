@@ -228,7 +228,7 @@ def test_dual_encoder_attention_implementations_on_a_mesh(dual_encoder):
         assert np.abs(image - image_ref).max() <= 2e-6, impl
 
 
-@pytest.mark.parametrize("mesh_shape", [(8, 1), (2, 4)])
+@pytest.mark.parametrize("mesh_shape", [(2, 4)])  # data and model axes both split
 def test_reranker_on_a_mesh_scores_as_on_one_device(tmp_path_factory, mesh_shape):
     """A cross-encoder's backbone and head split over the mesh score as on one device."""
     from jaxembed.engine.reranker import Reranker
@@ -246,7 +246,7 @@ def test_reranker_on_a_mesh_scores_as_on_one_device(tmp_path_factory, mesh_shape
         many.close()
 
 
-@pytest.mark.parametrize("mesh_shape", [(8, 1), (2, 4)])
+@pytest.mark.parametrize("mesh_shape", [(2, 4)])  # data and model axes both split
 @pytest.mark.parametrize("family", ["modernbert", "nomic_bert"])
 def test_rotary_encoders_on_a_mesh_match_one_device(tmp_path_factory, texts, mesh_shape, family):
     from tests.helpers import save_tiny_modernbert, save_tiny_nomic_bert
