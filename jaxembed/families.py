@@ -197,19 +197,20 @@ def _scorer_family(base: Family, model_type: str) -> Family:
 def model_family(
     hf_config: Mapping[str, Any], card: Any = None, model_dir: Path | None = None
 ) -> tuple[Family, Any]:
-    """The family and config of a model: an embedder's, or a reranker's (the card's `kind`,
-    or without a card a `*ForSequenceClassification` config), whose config is a
-    `ScorerConfig`. The card also decides causal vs bidirectional attention (gte-Qwen2)."""
+    """The family and config of a model: an embedder's, or — with a head after pooling — a
+    reranker's (the card's `kind`, or without a card a `*ForSequenceClassification` config) or
+    an embedder with sentence-transformers Dense modules, whose config is a `ScorerConfig`.
+    The card also decides causal vs bidirectional attention (gte-Qwen2)."""
     model_type = str(hf_config.get("model_type"))
     family = get_family(model_type)
     config = family.config_from_hf(hf_config)
     if card is not None and getattr(config, "causal", card.causal) != card.causal:
         config = dataclasses.replace(config, causal=card.causal)
     reranker = card.kind == "reranker" if card is not None else is_sequence_classifier(hf_config)
-    if not reranker:
-        if card is not None and card.projections:
-            head = _projection_head(card)
-            return _scorer_family(family, model_type), ScorerConfig(config, head)
+    if reranker:
+        head = _head_config(model_type, hf_config, card, model_dir)
+    elif card is not None and card.projections:
+        head = _projection_head(card)
+    else:
         return family, config
-    head = _head_config(model_type, hf_config, card, model_dir)
     return _scorer_family(family, model_type), ScorerConfig(config, head)

@@ -101,20 +101,19 @@ def reranker_route(request: Request, model: str | None) -> Route:
     return route
 
 
-async def score_documents(
-    request: Request, route: Route, query: str, documents: list[str], options: ScoreOptions
+async def score_pairs(
+    request: Request, route: Route, job: ScoreJob, param: str = "documents"
 ) -> ScoreResult:
-    """Score `documents` against `query` on the route's model (limits, timeout, metrics)."""
+    """Score `job`'s pairs on the route's model: --max-inputs (on `param`), the request
+    timeout and the metrics as for embeddings. Every rerank and score route runs this."""
     limit = request.app.ctx.config.max_inputs
-    if len(documents) > limit:
+    if len(job.pairs) > limit:
         raise invalid(
-            f"there are {len(documents)} documents; the maximum per request is {limit}",
-            param="documents",
+            f"{len(job.pairs)} `{param}` given; the maximum per request is {limit}", param=param
         )
-    job = ScoreJob.rerank(query, documents, options)
     service = route.model.service
     return await run_work(
-        request, route, len(documents), lambda progress: service.score(job, progress)
+        request, route, len(job.pairs), lambda progress: service.score(job, progress)
     )
 
 
@@ -134,7 +133,7 @@ async def rerank(request: Request) -> HTTPResponse:
         instruction=req.instruction,
         deadline=request_deadline(request),
     )
-    result = await score_documents(request, route, req.query, texts, options)
+    result = await score_pairs(request, route, ScoreJob.rerank(req.query, texts, options))
     results = []
     for i in ranking(result.scores, req.top_n):
         entry = {"index": i, "relevance_score": float(result.scores[i])}
@@ -174,7 +173,9 @@ async def tei_rerank(request: Request) -> HTTPResponse:
         raw=req.raw_scores,
         deadline=request_deadline(request),
     )
-    result = await score_documents(request, route, req.query, req.texts, options)
+    result = await score_pairs(
+        request, route, ScoreJob.rerank(req.query, req.texts, options), "texts"
+    )
     out = []
     for i in ranking(result.scores):
         entry = {"index": i, "score": float(result.scores[i])}

@@ -18,10 +18,10 @@ from sanic import Request
 from sanic.response import HTTPResponse
 
 from jaxembed.engine.jobs import ScoreJob, ScoreOptions
-from jaxembed_server.api_rerank import reranker_route
+from jaxembed_server.api_rerank import reranker_route, score_pairs
 from jaxembed_server.errors import invalid
 from jaxembed_server.http import json_response, notice_disconnects, parse_body
-from jaxembed_server.route_embeddings import check_serving, request_deadline, run_work
+from jaxembed_server.route_embeddings import check_serving, request_deadline
 
 Texts = StrictStr | list[StrictStr]
 
@@ -86,13 +86,8 @@ async def score(request: Request) -> HTTPResponse:
     notice_disconnects(request)
     req = parse_body(request, ScoreRequest)
     route = reranker_route(request, req.model)
-    pairs = pairs_of(req)
-    limit = request.app.ctx.config.max_inputs
-    if len(pairs) > limit:
-        raise invalid(f"there are {len(pairs)} pairs; the maximum is {limit}", param="text_2")
-    job = ScoreJob(pairs, score_options(req, request))
-    service = route.model.service
-    result = await run_work(request, route, len(pairs), lambda p: service.score(job, p))
+    job = ScoreJob(pairs_of(req), score_options(req, request))
+    result = await score_pairs(request, route, job, "text_2")
     data = [{"index": i, "object": "score", "score": float(s)} for i, s in enumerate(result.scores)]
     usage = {"prompt_tokens": result.tokens, "total_tokens": result.tokens, "completion_tokens": 0}
     return json_response(

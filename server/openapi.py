@@ -116,15 +116,7 @@ def _peer_paths() -> dict:
     cohere = _errors(400, 401, 404, 429, 500, 503, shape="CohereError")
     embeddings_ops = {"200": _ok("EmbeddingResponse"), **_errors(400, 401, 404, 413, 500, 503, 504)}
 
-    def post(op_id, summary, body, responses):
-        return {
-            "post": {
-                "summary": summary,
-                "operationId": op_id,
-                "requestBody": _json_body(body),
-                "responses": responses,
-            }
-        }
+    post = lambda op_id, summary, name, responses: _post(op_id, summary, _ref(name), responses)  # noqa: E731
 
     return {
         "/embed": post(
@@ -183,17 +175,7 @@ def _rerank_paths() -> dict:
         for code in (400, 404, 413, 422, 424, 429, 500, 503)
     }
 
-    def post(op_id: str, summary: str, body: dict, responses: dict) -> dict:
-        request = {"required": True, "content": {"application/json": {"schema": body}}}
-        return {
-            "post": {
-                "summary": summary,
-                "operationId": op_id,
-                "requestBody": request,
-                "responses": responses,
-            }
-        }
-
+    post = _post
     rerank = _ref("RerankRequest")
     any_shape = {"anyOf": [rerank, _ref("TEIRerankRequest")]}
     ranked = {"description": "OK", "content": {"application/json": {"schema": {}}}}
@@ -217,7 +199,24 @@ def _rerank_paths() -> dict:
 
 
 def _json_body(name: str) -> dict:
-    return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
+    return _schema_body(_ref(name))
+
+
+def _schema_body(schema: dict) -> dict:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _post(op_id: str, summary: str, schema: dict, responses: dict) -> dict:
+    """A POST operation whose JSON body follows `schema`."""
+    body = _schema_body(schema)
+    return {
+        "post": {
+            "summary": summary,
+            "operationId": op_id,
+            "requestBody": body,
+            "responses": responses,
+        }
+    }
 
 
 def _ok(name: str) -> dict:

@@ -60,12 +60,17 @@ _ST_POOLING_FLAGS = {
 }
 
 
+def copy_minilm_tokenizer(out_dir: Path) -> None:
+    """MiniLM's fast tokenizer files, for tiny models that share its vocabulary."""
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy2(MINILM_DIR / name, out_dir / name)
+
+
 def write_sentence_transformers_files(
     out_dir: Path, *, pooling: str, normalize: bool, dim: int, prompts: dict | None = None
 ) -> None:
     """MiniLM's tokenizer plus the files sentence-transformers keeps beside a model."""
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy2(MINILM_DIR / name, out_dir / name)
+    copy_minilm_tokenizer(out_dir)
     kinds = ["Transformer", "Pooling"] + (["Normalize"] if normalize else [])
     paths = ["", "1_Pooling", "2_Normalize"]
     modules = [
@@ -545,8 +550,7 @@ def save_tiny_cross_encoder(family: str, out_dir: Path, *, num_labels: int = 1, 
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     if family == "bert":
-        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
-            shutil.copy2(MINILM_DIR / name, out_dir / name)
+        copy_minilm_tokenizer(out_dir)
     else:
         _xlmr_style_tokenizer(out_dir)
     return model
@@ -565,8 +569,7 @@ def save_tiny_qwen3_reranker(out_dir: Path, *, seed: int = 0, tied: bool = False
     _perturb(model)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
-        shutil.copy2(MINILM_DIR / name, out_dir / name)
+    copy_minilm_tokenizer(out_dir)
     return model
 
 
@@ -659,8 +662,7 @@ def save_tiny_embedding_gemma(out_dir: Path, *, seed: int = 0):
     model = transformers.Gemma3TextModel(config).eval()
     _perturb(model, scale=0.3)
     model.save_pretrained(base, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
-        shutil.copy2(MINILM_DIR / name, base / name)
+    copy_minilm_tokenizer(base)
     transformer = models.Transformer(str(base), max_seq_length=128)
     modules = [
         transformer,

@@ -23,10 +23,10 @@ from jaxembed.errors import UnsupportedArchitectureError
 from jaxembed.models.attention import AttentionConfig, AttentionMask, attention
 from jaxembed.models.encoder import ACTIVATIONS
 from jaxembed.models.lora_delta import add_delta
-from jaxembed.models.packing import token_positions
+from jaxembed.models.packing import segment_ids, token_positions
 from jaxembed.models.partitioning import KERNEL_INIT as _kernel_init
 from jaxembed.models.partitioning import ZEROS as _zeros
-from jaxembed.models.partitioning import scan_layers
+from jaxembed.models.partitioning import embedding, scan_layers
 from jaxembed.models.partitioning import with_axes as _axes
 from jaxembed.parallel.sharding import constrain
 
@@ -150,6 +150,20 @@ def rope_cos_sin(positions_bl: jax.Array, head_dim: int, theta: float, linear_fa
     freqs = (positions_bl.astype(jnp.float32) / linear_factor)[..., None] * inv_freq  # [B, L, Dh/2]
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb), jnp.sin(emb)
+
+
+def global_and_local_rope(positions_bl: jax.Array, head_dim: int, thetas: tuple[float, float]):
+    """cos/sin tables for the two RoPE bases of models whose layers alternate between full
+    attention (`thetas[0]`) and a sliding window (`thetas[1]`): ModernBERT, Gemma3."""
+    return tuple(rope_cos_sin(positions_bl, head_dim, theta, 1.0) for theta in thetas)
+
+
+def layer_rope_and_window(is_global: jax.Array, tables, window: int):
+    """A layer's cos/sin and attention window from its (scanned) kind: the global base and no
+    window, or the local base and `window`."""
+    (g_cos, g_sin), (l_cos, l_sin) = tables
+    cos, sin = jnp.where(is_global, g_cos, l_cos), jnp.where(is_global, g_sin, l_sin)
+    return cos, sin, jnp.where(is_global, NO_WINDOW, window)
 
 
 def apply_rope(x_blhd: jax.Array, cos_bld: jax.Array, sin_bld: jax.Array) -> jax.Array:
@@ -278,16 +292,16 @@ class Decoder(nn.Module):
         # Positions count real tokens: left and right padding give the same numbers.
         positions = token_positions(attention_mask, attention_mask if packed else None)
         cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_linear_factor)
-        segments = attention_mask.astype(jnp.int32) if packed else (attention_mask > 0)
-
-        x = nn.Embed(
+        segments = segment_ids(attention_mask, packed)
+        table = embedding(
             cfg.vocab_size,
             cfg.hidden_size,
+            "vocab",
+            "embed",
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            embedding_init=_axes(nn.linear.default_embed_init, ("vocab", "embed")),
-            name="embed",
-        )(input_ids)
+        )
+        x = table(input_ids)
         x = constrain(x, ("batch", "length", "embed"))
         layers = scan_layers(
             _DecoderLayer,
@@ -296,6 +310,6 @@ class Decoder(nn.Module):
         )
         windows = jnp.asarray(cfg.sliding_windows, dtype=jnp.int32)
         x, _ = layers(cfg, self.dtype, self.param_dtype, self.attention, packed, name="layers")(
-            x, windows, lora or {}, segments.astype(jnp.int32), cos, sin, adapter_ids
+            x, windows, lora or {}, segments, cos, sin, adapter_ids
         )
         return RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="final_norm")(x)

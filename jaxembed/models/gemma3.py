@@ -16,6 +16,7 @@ float16 is refused (ModelLoadError at load): Gemma3's activations overflow it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -26,10 +27,15 @@ import jax.numpy as jnp
 
 from jaxembed.errors import UnsupportedArchitectureError
 from jaxembed.models.attention import AttentionConfig, AttentionMask, attention
-from jaxembed.models.decoder import NO_WINDOW, apply_rope, rope_cos_sin
+from jaxembed.models.decoder import (
+    NO_WINDOW,
+    apply_rope,
+    global_and_local_rope,
+    layer_rope_and_window,
+)
 from jaxembed.models.encoder import ACTIVATIONS
-from jaxembed.models.packing import token_positions
-from jaxembed.models.partitioning import ZEROS, projection, scan_layers, with_axes
+from jaxembed.models.packing import segment_ids, token_positions
+from jaxembed.models.partitioning import ZEROS, embedding, projection, scan_layers, with_axes
 from jaxembed.parallel.sharding import constrain
 
 GEMMA3_FAMILIES = frozenset({"gemma3_text"})
@@ -138,10 +144,6 @@ class GemmaRMSNorm(nn.Module):
         return (normed * (1.0 + w.astype(jnp.float32))).astype(self.dtype)
 
 
-def _proj(features, axes: tuple[str, ...], name: str, dtype, param_dtype, **kwargs):
-    return projection(features, axes, name, dtype=dtype, param_dtype=param_dtype, **kwargs)
-
-
 class _Layer(nn.Module):
     config: Gemma3Config
     dtype: jnp.dtype
@@ -151,46 +153,37 @@ class _Layer(nn.Module):
 
     def _attend(self, h, is_global, segments_bl, rope):
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
-        q_axes, kv_axes = (
-            ("batch", "length", "heads", "head_dim"),
-            ("batch", "length", "kv_heads", "head_dim"),
+        proj = functools.partial(projection, dtype=dt, param_dtype=pdt)
+        norm = functools.partial(GemmaRMSNorm, cfg.rms_norm_eps, dt, pdt, "head_dim")
+        q_axes = ("batch", "length", "heads", "head_dim")
+        kv_axes = ("batch", "length", "kv_heads", "head_dim")
+        q = proj((cfg.num_heads, cfg.head_dim), ("embed", *q_axes[2:]), "q")(h)
+        k = proj((cfg.num_kv_heads, cfg.head_dim), ("embed", *kv_axes[2:]), "k")(h)
+        v = constrain(
+            proj((cfg.num_kv_heads, cfg.head_dim), ("embed", *kv_axes[2:]), "v")(h), kv_axes
         )
-        q = _proj((cfg.num_heads, cfg.head_dim), ("embed", "heads", "head_dim"), "q", dt, pdt)(h)
-        k = _proj(
-            (cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), "k", dt, pdt
-        )(h)
-        v = _proj(
-            (cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), "v", dt, pdt
-        )(h)
-        q = GemmaRMSNorm(cfg.rms_norm_eps, dt, pdt, "head_dim", name="q_norm")(constrain(q, q_axes))
-        k = GemmaRMSNorm(cfg.rms_norm_eps, dt, pdt, "head_dim", name="k_norm")(
-            constrain(k, kv_axes)
-        )
-        (g_cos, g_sin), (l_cos, l_sin) = rope
-        cos, sin = jnp.where(is_global, g_cos, l_cos), jnp.where(is_global, g_sin, l_sin)
+        q = norm(name="q_norm")(constrain(q, q_axes))
+        k = norm(name="k_norm")(constrain(k, kv_axes))
+        cos, sin, window = layer_rope_and_window(is_global, rope, cfg.sliding_window)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cfg.query_scale != 1.0:
             q = q * jnp.asarray(cfg.query_scale, q.dtype)
-        window = jnp.where(is_global, NO_WINDOW, cfg.sliding_window)
         mask = AttentionMask(segments_bl, causal=cfg.causal, window=window, packed=self.packed)
-        ctx = constrain(
-            attention(q, constrain(k, kv_axes), constrain(v, kv_axes), mask, self.attention), q_axes
-        )
-        return _proj(cfg.hidden_size, ("heads", "head_dim", "embed"), "o", dt, pdt, axis=(-2, -1))(
-            ctx
-        )
+        ctx = constrain(attention(q, constrain(k, kv_axes), v, mask, self.attention), q_axes)
+        return proj(cfg.hidden_size, ("heads", "head_dim", "embed"), "o", axis=(-2, -1))(ctx)
 
     @nn.compact
     def __call__(self, x_bld, is_global, segments_bl, rope):
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
+        proj = functools.partial(projection, dtype=dt, param_dtype=pdt)
         norm = lambda name: GemmaRMSNorm(cfg.rms_norm_eps, dt, pdt, name=name)  # noqa: E731
         attn = self._attend(norm("input_norm")(x_bld), is_global, segments_bl, rope)
         x_bld = x_bld + norm("post_attention_norm")(attn)
         h = norm("pre_ffw_norm")(x_bld)
-        gate = _proj(cfg.intermediate_size, ("embed", "mlp"), "gate", dt, pdt)(h)
-        up = _proj(cfg.intermediate_size, ("embed", "mlp"), "up", dt, pdt)(h)
+        gate = proj(cfg.intermediate_size, ("embed", "mlp"), "gate")(h)
+        up = proj(cfg.intermediate_size, ("embed", "mlp"), "up")(h)
         h = constrain(ACTIVATIONS[cfg.activation](gate) * up, ("batch", "length", "mlp"))
-        down = _proj(cfg.hidden_size, ("mlp", "embed"), "down", dt, pdt)(h)
+        down = proj(cfg.hidden_size, ("mlp", "embed"), "down")(h)
         out = x_bld + norm("post_ffw_norm")(down)
         return constrain(out, ("batch", "length", "embed")), None
 
@@ -212,25 +205,15 @@ class Gemma3Text(nn.Module):
         if lora:
             raise UnsupportedArchitectureError("LoRA adapters are not supported for Gemma3")
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
-        table = nn.Embed(
-            cfg.vocab_size,
-            cfg.hidden_size,
-            dtype=dt,
-            param_dtype=pdt,
-            embedding_init=with_axes(nn.linear.default_embed_init, ("vocab", "embed")),
-            name="embed",
+        table = embedding(
+            cfg.vocab_size, cfg.hidden_size, "vocab", "embed", dtype=dt, param_dtype=pdt
         )
         # transformers multiplies by √hidden cast to the weights' dtype.
         x = table(input_ids) * jnp.asarray(math.sqrt(cfg.hidden_size), pdt).astype(dt)
         x = constrain(x, ("batch", "length", "embed"))
         positions = token_positions(attention_mask, attention_mask if packed else None)
-        rope = tuple(
-            rope_cos_sin(positions, cfg.head_dim, theta, 1.0)
-            for theta in (cfg.global_theta, cfg.local_theta)
-        )
-        segments = (attention_mask.astype(jnp.int32) if packed else (attention_mask > 0)).astype(
-            jnp.int32
-        )
+        rope = global_and_local_rope(positions, cfg.head_dim, (cfg.global_theta, cfg.local_theta))
+        segments = segment_ids(attention_mask, packed)
         layers = scan_layers(_Layer, cfg.num_layers, (0, nn.broadcast, nn.broadcast))
         x, _ = layers(cfg, dt, pdt, self.attention, packed, name="layers")(
             x, jnp.asarray(cfg.global_layers, dtype=bool), segments, rope

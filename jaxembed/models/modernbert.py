@@ -18,6 +18,7 @@ sequence in packed rows).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,10 +28,10 @@ import jax.numpy as jnp
 
 from jaxembed.errors import UnsupportedArchitectureError
 from jaxembed.models.attention import AttentionConfig, AttentionMask, attention
-from jaxembed.models.decoder import NO_WINDOW, apply_rope, rope_cos_sin
+from jaxembed.models.decoder import apply_rope, global_and_local_rope, layer_rope_and_window
 from jaxembed.models.encoder import ACTIVATIONS
-from jaxembed.models.packing import token_positions
-from jaxembed.models.partitioning import KERNEL_INIT, ZEROS, layer_norm, scan_layers, with_axes
+from jaxembed.models.packing import segment_ids, token_positions
+from jaxembed.models.partitioning import embedding, layer_norm, projection, scan_layers
 from jaxembed.parallel.sharding import constrain
 
 MODERNBERT_FAMILIES = frozenset({"modernbert"})
@@ -134,56 +135,23 @@ class _Layer(nn.Module):
         """`is_global`: this layer attends to all tokens; `rope`: global and local cos/sin."""
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
         h = x_bld if self.first else _norm(cfg, dt, pdt, "attention_norm")(x_bld)
-        qkv = nn.DenseGeneral(
-            (3, cfg.num_heads, cfg.head_dim),
-            use_bias=cfg.attention_bias,
-            dtype=dt,
-            param_dtype=pdt,
-            kernel_init=with_axes(KERNEL_INIT, ("embed", "qkv", "heads", "head_dim")),
-            bias_init=with_axes(ZEROS, ("qkv", "heads", "head_dim")),
-            name="qkv",
-        )(h)
+        proj = functools.partial(projection, dtype=dt, param_dtype=pdt)
+        axes = ("embed", "qkv", "heads", "head_dim")
+        qkv = proj((3, cfg.num_heads, cfg.head_dim), axes, "qkv", bias=cfg.attention_bias)(h)
         heads = ("batch", "length", "heads", "head_dim")
         q, k, v = (constrain(qkv[:, :, i], heads) for i in range(3))
-        (g_cos, g_sin), (l_cos, l_sin) = rope
-        cos, sin = jnp.where(is_global, g_cos, l_cos), jnp.where(is_global, g_sin, l_sin)
+        cos, sin, window = layer_rope_and_window(is_global, rope, cfg.window)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        window = jnp.where(is_global, NO_WINDOW, cfg.window)
         mask = AttentionMask(segments_bl, window=window, packed=self.packed)
         ctx = constrain(attention(q, k, v, mask, self.attention), heads)
-        out = nn.DenseGeneral(
-            cfg.hidden_size,
-            axis=(-2, -1),
-            use_bias=cfg.attention_bias,
-            dtype=dt,
-            param_dtype=pdt,
-            kernel_init=with_axes(KERNEL_INIT, ("heads", "head_dim", "embed")),
-            bias_init=with_axes(ZEROS, ("embed",)),
-            name="output",
-        )(ctx)
-        x_bld = x_bld + out
+        out_axes = ("heads", "head_dim", "embed")
+        out = proj(cfg.hidden_size, out_axes, "output", bias=cfg.attention_bias, axis=(-2, -1))
+        x_bld = x_bld + out(ctx)
         h = _norm(cfg, dt, pdt, "mlp_norm")(x_bld)
-        wi = nn.DenseGeneral(
-            (2, cfg.intermediate_size),
-            use_bias=cfg.mlp_bias,
-            dtype=dt,
-            param_dtype=pdt,
-            kernel_init=with_axes(KERNEL_INIT, ("embed", "glu", "mlp")),
-            bias_init=with_axes(ZEROS, ("glu", "mlp")),
-            name="wi",
-        )(h)
-        h = constrain(
-            ACTIVATIONS[cfg.activation](wi[..., 0, :]) * wi[..., 1, :], ("batch", "length", "mlp")
-        )
-        down = nn.Dense(
-            cfg.hidden_size,
-            use_bias=cfg.mlp_bias,
-            dtype=dt,
-            param_dtype=pdt,
-            kernel_init=with_axes(KERNEL_INIT, ("mlp", "embed")),
-            bias_init=with_axes(ZEROS, ("embed",)),
-            name="wo",
-        )(h)
+        wi = proj((2, cfg.intermediate_size), ("embed", "glu", "mlp"), "wi", bias=cfg.mlp_bias)(h)
+        gated = ACTIVATIONS[cfg.activation](wi[..., 0, :]) * wi[..., 1, :]
+        h = constrain(gated, ("batch", "length", "mlp"))
+        down = proj(cfg.hidden_size, ("mlp", "embed"), "wo", bias=cfg.mlp_bias)(h)
         return constrain(x_bld + down, ("batch", "length", "embed")), None
 
 
@@ -209,22 +177,14 @@ class ModernBert(nn.Module):
         if lora:
             raise UnsupportedArchitectureError("LoRA adapters are not supported for ModernBERT")
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
-        x = nn.Embed(
-            cfg.vocab_size,
-            cfg.hidden_size,
-            dtype=dt,
-            param_dtype=pdt,
-            embedding_init=with_axes(nn.linear.default_embed_init, ("vocab", "embed")),
-            name="embed",
-        )(input_ids)
+        table = embedding(
+            cfg.vocab_size, cfg.hidden_size, "vocab", "embed", dtype=dt, param_dtype=pdt
+        )
+        x = table(input_ids)
         x = constrain(_norm(cfg, dt, pdt, "embed_norm")(x), ("batch", "length", "embed"))
         positions = token_positions(attention_mask, attention_mask if packed else None)
-        rope = tuple(
-            rope_cos_sin(positions, cfg.head_dim, theta, 1.0)
-            for theta in (cfg.global_theta, cfg.local_theta)
-        )
-        segments = attention_mask.astype(jnp.int32) if packed else (attention_mask > 0)
-        segments = segments.astype(jnp.int32)
+        rope = global_and_local_rope(positions, cfg.head_dim, (cfg.global_theta, cfg.local_theta))
+        segments = segment_ids(attention_mask, packed)
         is_global = jnp.asarray(cfg.global_layers, dtype=bool)
         x, _ = _Layer(cfg, dt, pdt, self.attention, packed, first=True, name="first")(
             x, is_global[0], segments, rope

@@ -13,6 +13,7 @@ and nomic's original GPT-2-style one (`n_embd`, `n_head`, `rotary_emb_base`, ...
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,8 +25,8 @@ from jaxembed.errors import UnsupportedArchitectureError
 from jaxembed.models.attention import AttentionConfig, AttentionMask, attention
 from jaxembed.models.decoder import apply_rope, rope_cos_sin
 from jaxembed.models.encoder import ACTIVATIONS
-from jaxembed.models.packing import token_positions
-from jaxembed.models.partitioning import layer_norm, projection, scan_layers, with_axes
+from jaxembed.models.packing import segment_ids, token_positions
+from jaxembed.models.partitioning import embedding, layer_norm, projection, scan_layers
 from jaxembed.parallel.sharding import constrain
 
 NOMIC_FAMILIES = frozenset({"nomic_bert"})
@@ -108,10 +109,6 @@ def _norm(cfg: NomicBertConfig, dtype, param_dtype, name: str) -> nn.LayerNorm:
     return layer_norm(cfg.layer_norm_eps, name, dtype=dtype, param_dtype=param_dtype)
 
 
-def _kernel(features, axes: tuple[str, ...], name: str, dtype, param_dtype, **kwargs):
-    return projection(features, axes, name, dtype=dtype, param_dtype=param_dtype, **kwargs)
-
-
 class _Layer(nn.Module):
     config: NomicBertConfig
     dtype: jnp.dtype
@@ -122,22 +119,20 @@ class _Layer(nn.Module):
     @nn.compact
     def __call__(self, x_bld, segments_bl, cos, sin):
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
-        qkv = _kernel(
-            (3, cfg.num_heads, cfg.head_dim), ("embed", "qkv", "heads", "head_dim"), "qkv", dt, pdt
-        )(x_bld)
+        proj = functools.partial(projection, dtype=dt, param_dtype=pdt)
+        axes = ("embed", "qkv", "heads", "head_dim")
+        qkv = proj((3, cfg.num_heads, cfg.head_dim), axes, "qkv")(x_bld)
         heads = ("batch", "length", "heads", "head_dim")
         q, k, v = (constrain(qkv[:, :, i], heads) for i in range(3))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         mask = AttentionMask(segments_bl, packed=self.packed)
         ctx = constrain(attention(q, k, v, mask, self.attention), heads)
-        out = _kernel(
-            cfg.hidden_size, ("heads", "head_dim", "embed"), "output", dt, pdt, axis=(-2, -1)
-        )(ctx)
+        out = proj(cfg.hidden_size, ("heads", "head_dim", "embed"), "output", axis=(-2, -1))(ctx)
         x_bld = _norm(cfg, dt, pdt, "attention_norm")(x_bld + out)
-        up = _kernel(cfg.intermediate_size, ("embed", "mlp"), "up", dt, pdt)(x_bld)
-        gate = _kernel(cfg.intermediate_size, ("embed", "mlp"), "gate", dt, pdt)(x_bld)
+        up = proj(cfg.intermediate_size, ("embed", "mlp"), "up")(x_bld)
+        gate = proj(cfg.intermediate_size, ("embed", "mlp"), "gate")(x_bld)
         h = constrain(ACTIVATIONS[cfg.activation](gate) * up, ("batch", "length", "mlp"))
-        down = _kernel(cfg.hidden_size, ("mlp", "embed"), "down", dt, pdt)(h)
+        down = proj(cfg.hidden_size, ("mlp", "embed"), "down")(h)
         out_bld = _norm(cfg, dt, pdt, "mlp_norm")(x_bld + down)
         return constrain(out_bld, ("batch", "length", "embed")), None
 
@@ -165,20 +160,16 @@ class NomicBert(nn.Module):
             raise UnsupportedArchitectureError("LoRA adapters are not supported for NomicBERT")
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
 
-        def embed(rows: int, axis: str, name: str) -> nn.Embed:
-            init = with_axes(nn.linear.default_embed_init, (axis, "embed"))
-            return nn.Embed(
-                rows, cfg.hidden_size, dtype=dt, param_dtype=pdt, embedding_init=init, name=name
-            )
+        embed = functools.partial(embedding, features=cfg.hidden_size, dtype=dt, param_dtype=pdt)
 
-        x = embed(cfg.vocab_size, "vocab", "word")(input_ids)
-        x = x + embed(cfg.token_type_rows, "token_type", "token_type")(jnp.zeros_like(input_ids))
+        x = embed(cfg.vocab_size, axis="vocab", name="word")(input_ids)
+        types = embed(cfg.token_type_rows, axis="token_type", name="token_type")
+        x = x + types(jnp.zeros_like(input_ids))
         x = constrain(_norm(cfg, dt, pdt, "embed_norm")(x), ("batch", "length", "embed"))
         positions = token_positions(attention_mask, attention_mask if packed else None)
         cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, 1.0)
-        segments = attention_mask.astype(jnp.int32) if packed else (attention_mask > 0)
         layers = scan_layers(_Layer, cfg.num_layers, (nn.broadcast,) * 3)
         x, _ = layers(cfg, dt, pdt, self.attention, packed, name="layers")(
-            x, segments.astype(jnp.int32), cos, sin
+            x, segment_ids(attention_mask, packed), cos, sin
         )
         return x

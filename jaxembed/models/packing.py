@@ -33,3 +33,9 @@ def running_count(flags_bl: jax.Array, segments_bl: jax.Array | None) -> jax.Arr
 def token_positions(mask_bl: jax.Array, segments_bl: jax.Array | None) -> jax.Array:
     """0-based positions counting real tokens (mask > 0), restarting per segment if packed."""
     return jnp.maximum(running_count((mask_bl > 0).astype(jnp.int32), segments_bl) - 1, 0)
+
+
+def segment_ids(attention_mask: jax.Array, packed: bool) -> jax.Array:
+    """int32 [B, L] segment ids for AttentionMask: the packed rows' own ids, or 1 for every
+    real token of a padded row (0 = padding either way)."""
+    return (attention_mask if packed else attention_mask > 0).astype(jnp.int32)

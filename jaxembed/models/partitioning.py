@@ -80,3 +80,15 @@ def scan_layers(layer: type[nn.Module], length: int, in_axes: tuple) -> type[nn.
         length=length,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )
+
+
+def embedding(rows: int, features: int, axis: str, name: str, *, dtype, param_dtype) -> nn.Embed:
+    """A lookup table whose rows carry logical axis `axis` (vocab, position, token_type)."""
+    return nn.Embed(
+        rows,
+        features,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        embedding_init=with_axes(nn.linear.default_embed_init, (axis, "embed")),
+        name=name,
+    )
