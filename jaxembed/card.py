@@ -19,6 +19,7 @@ from typing import Any
 from jaxembed.errors import ModelLoadError
 from jaxembed.models.clip import CLIP_FAMILIES, ClipConfig
 from jaxembed.models.decoder import DECODER_FAMILIES
+from jaxembed.models.nomic_bert import canonical_model_type
 
 POOLING_MODES = ("cls", "mean", "max", "last_token", "mean_sqrt_len")
 MODALITIES = ("text", "image", "video")
@@ -106,6 +107,12 @@ class ModelCard:
       projections: sentence-transformers Dense modules applied after pooling, in order:
         {"path", "in_features", "out_features", "bias", "activation"} (EmbeddingGemma's
         768→3072→768); `dimensions` is the last one's `out_features`.
+      tasks: task LoRA adapters built into the checkpoint, in its order (jina-embeddings-v3:
+        retrieval.query, retrieval.passage, separation, classification, text-matching); a
+        request picks one with `model: "<name>:<task>"`, `task` or its input type, and the
+        task's prompt (in `prompts`, under the task's name) is prefixed as the model's own
+        `encode(task=...)` does. Without a task the base weights run.
+      task_for_input_type: which task an input type selects, e.g. {"query": "retrieval.query"}.
     """
 
     name: str
@@ -133,6 +140,8 @@ class ModelCard:
     pair_template: Mapping[str, str] = dataclasses.field(default_factory=dict)
     score_tokens: tuple[str, ...] = ()
     projections: tuple[Mapping[str, Any], ...] = ()
+    tasks: tuple[str, ...] = ()
+    task_for_input_type: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLING_MODES:
@@ -183,6 +192,13 @@ class ModelCard:
         object.__setattr__(self, "score_tokens", tuple(self.score_tokens))
         object.__setattr__(self, "projections", tuple(dict(p) for p in self.projections))
         self._check_projections()
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        object.__setattr__(self, "task_for_input_type", dict(self.task_for_input_type))
+        stray = sorted(set(self.task_for_input_type.values()) - set(self.tasks))
+        if stray:
+            raise ModelLoadError(
+                f"card {self.name!r}: task_for_input_type names unknown tasks {stray}"
+            )
 
     def _check_projections(self) -> None:
         width = None
@@ -256,6 +272,8 @@ class ModelCard:
         out["pair_template"] = dict(self.pair_template)
         out["score_tokens"] = list(self.score_tokens)
         out["projections"] = [dict(p) for p in self.projections]
+        out["tasks"] = list(self.tasks)
+        out["task_for_input_type"] = dict(self.task_for_input_type)
         return out
 
     @classmethod
@@ -301,7 +319,7 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
     does for a bare transformers checkpoint).
     """
     model_dir = Path(model_dir)
-    family = str(hf_config.get("model_type", ""))
+    family = canonical_model_type(hf_config)
     if family in CLIP_FAMILIES:
         return _clip_card(model_dir, hf_config)
     if is_sequence_classifier(hf_config) or (
@@ -330,6 +348,7 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
 
     st_meta = _read_json(model_dir / "config_sentence_transformers.json") or {}
     prompts = {k: v for k, v in (st_meta.get("prompts") or {}).items() if isinstance(v, str)}
+    tasks, task_prompts = _builtin_tasks(hf_config)
 
     hidden = int(hf_config.get("hidden_size", 0) or pooling_cfg.get("word_embedding_dimension", 0))
     projections = _dense_modules(model_dir, modules)
@@ -341,12 +360,31 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
         max_length=max_length,
         dimensions=projections[-1]["out_features"] if projections else hidden,
         projections=projections,
-        prompts=prompts,
+        prompts=task_prompts | prompts,
+        tasks=tasks,
+        task_for_input_type={k: t for k, t in TASK_INPUT_TYPES.items() if t in tasks},
         source=str(hf_config.get("_name_or_path", "")),
         append_eos=pooling == "last_token",
         dtype="bfloat16" if is_decoder else "float32",
         causal=not bool(hf_config.get("use_bidirectional_attention", False)),
     )
+
+
+# jina-embeddings-v3's tasks by the input types that clients send (OpenAI, Cohere, TEI).
+TASK_INPUT_TYPES = {
+    "query": "retrieval.query",
+    "document": "retrieval.passage",
+    "classification": "classification",
+    "clustering": "separation",
+}
+
+
+def _builtin_tasks(hf_config: Mapping[str, Any]) -> tuple[tuple[str, ...], dict[str, str]]:
+    """(task adapters, their prompts) of a checkpoint that carries its own (jina's
+    `lora_adaptations` and `task_instructions`)."""
+    tasks = tuple(str(t) for t in hf_config.get("lora_adaptations") or ())
+    instructions = hf_config.get("task_instructions") or {}
+    return tasks, {t: str(instructions.get(t) or "") for t in tasks}
 
 
 def _dense_modules(model_dir: Path, modules: list) -> tuple[dict[str, Any], ...]:

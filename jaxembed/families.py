@@ -24,7 +24,14 @@ from jaxembed.models.encoder import ENCODER_FAMILIES, Encoder, EncoderConfig
 from jaxembed.models.gemma3 import GEMMA3_FAMILIES, Gemma3Config, Gemma3Text
 from jaxembed.models.heads import HeadConfig, Scorer, ScorerConfig
 from jaxembed.models.modernbert import MODERNBERT_FAMILIES, ModernBert, ModernBertConfig
-from jaxembed.models.nomic_bert import NOMIC_FAMILIES, NomicBert, NomicBertConfig
+from jaxembed.models.nomic_bert import (
+    JINA_V3_FAMILIES,
+    NOMIC_FAMILIES,
+    NomicBert,
+    NomicBertConfig,
+    canonical_model_type,
+    jina_v3_config,
+)
 from jaxembed.parallel.sharding import logical_axes
 from jaxembed.weights import maps
 
@@ -97,6 +104,15 @@ _NOMIC = Family(
     packable=True,
 )
 
+_JINA_V3 = Family(
+    config_from_hf=jina_v3_config,
+    module=NomicBert,  # the same graph (models/nomic_bert.py)
+    rules=maps.jina_v3_rules,
+    ignored_prefixes=maps.JINA_V3_IGNORED_PREFIXES,
+    wrapper_prefixes=maps.JINA_V3_WRAPPER_PREFIXES,
+    packable=True,
+)
+
 _GEMMA3 = Family(
     config_from_hf=Gemma3Config.from_hf,
     module=Gemma3Text,
@@ -110,6 +126,7 @@ FAMILIES: dict[str, Family] = (
     dict.fromkeys(ENCODER_FAMILIES, _ENCODER)
     | dict.fromkeys(MODERNBERT_FAMILIES, _MODERNBERT)
     | dict.fromkeys(NOMIC_FAMILIES, _NOMIC)
+    | dict.fromkeys(JINA_V3_FAMILIES, _JINA_V3)
     | dict.fromkeys(GEMMA3_FAMILIES, _GEMMA3)
     | dict.fromkeys(DECODER_FAMILIES, _DECODER)
     | dict.fromkeys(CLIP_FAMILIES, _CLIP)
@@ -201,7 +218,7 @@ def model_family(
     reranker's (the card's `kind`, or without a card a `*ForSequenceClassification` config) or
     an embedder with sentence-transformers Dense modules, whose config is a `ScorerConfig`.
     The card also decides causal vs bidirectional attention (gte-Qwen2)."""
-    model_type = str(hf_config.get("model_type"))
+    model_type = canonical_model_type(hf_config)
     family = get_family(model_type)
     config = family.config_from_hf(hf_config)
     if card is not None and getattr(config, "causal", card.causal) != card.causal:

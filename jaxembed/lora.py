@@ -179,6 +179,38 @@ def load_adapter(path: str | Path, config: Any, *, name: str, max_rank: int) -> 
     return LoraAdapter(name=name, rank=rank, scaling=scaling, weights=weights)
 
 
+class TaskAdapters:
+    """The adapter "bank" of a model whose task adapters are its own parameters (jina-v3).
+
+    Slot i + 1 is task i, always resident: rows pick their task exactly as rows pick a
+    PEFT adapter's slot, through the same batching and compiled LoRA programs, but there
+    are no stacks to pass (`arrays()` is empty) and nothing to load or evict."""
+
+    def __init__(self, tasks: tuple[str, ...], model_name: str):
+        self.tasks, self.model_name = tasks, model_name
+        self.max_loras, self.max_rank = len(tasks), 0
+
+    def arrays(self) -> dict[str, tuple[jax.Array, jax.Array]]:
+        return {}
+
+    def loaded(self) -> list[str]:
+        return list(self.tasks)
+
+    def acquire(self, name: str, load: Callable[[], LoraAdapter] | None = None) -> int:
+        if name not in self.tasks:
+            raise AdapterError(
+                f"{self.model_name} serves only its built-in task adapters "
+                f"({', '.join(self.tasks)}), not {name[:100]!r}"
+            )
+        return self.tasks.index(name) + 1
+
+    def identity(self, name: str) -> str:
+        return f"task:{name}"
+
+    def release(self, name: str) -> None:
+        pass
+
+
 class LoraBank:
     """Up to `max_loras` adapters resident on the devices, addressed by slot (0 = base)."""
 

@@ -124,9 +124,9 @@ def inputs_of(req: CohereEmbedRequest) -> list:
 def options_of(req: CohereEmbedRequest, route: Route, request: Request) -> EmbedOptions:
     truncate, direction = TRUNCATE[req.truncate or "END"]
     prompt = PROMPTS.get(req.input_type or "")
-    if (
-        req.input_type in ("classification", "clustering")
-        and req.input_type in route.model.card.prompts
+    card = route.model.card
+    if req.input_type in ("classification", "clustering") and (
+        req.input_type in card.prompts or req.input_type in card.task_for_input_type
     ):
         prompt = req.input_type
     return EmbedOptions(
@@ -135,6 +135,7 @@ def options_of(req: CohereEmbedRequest, route: Route, request: Request) -> Embed
         truncation_direction=direction,
         max_tokens=req.max_tokens,
         prompt_name=prompt,
+        adapter=route.adapter,
         dimensions=req.output_dimension,
         deadline=request_deadline(request),
     )

@@ -109,6 +109,12 @@ class EmbeddingRequest(BaseModel):
     instruction: StrictStr | None = Field(
         None, description="a task instruction put into the card's instruction template (queries)"
     )
+    task: StrictStr | None = Field(
+        None,
+        description="one of the model's built-in task adapters, with its prompt "
+        "(jina-embeddings-v3: retrieval.query, retrieval.passage, separation, classification, "
+        "text-matching)",
+    )
     video_frames: StrictInt | None = Field(
         None,
         ge=1,

@@ -79,6 +79,7 @@ def embed_options(request: Request, req: EmbeddingRequest, route: Route) -> Embe
         normalize=req.normalize,
         prompt_name=req.input_type,
         instruction=req.instruction,
+        task=req.task,
         dimensions=req.dimensions,
         adapter=route.adapter,
         chunking=chunking,

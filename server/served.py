@@ -45,7 +45,7 @@ class ServedModel:
     def adapters(self) -> list[str]:
         """Adapters a client can name now: the preloaded ones and those resident."""
         if self.resolver is None:
-            return []
+            return list(self.card.tasks)  # built-in task adapters need no --lora
         bank = self.service.embedder.lora_bank
         return list(dict.fromkeys([*self.resolver.preloaded, *(bank.loaded() if bank else [])]))
 
@@ -122,6 +122,9 @@ class ServedModels:
         base, sep, adapter = requested.partition(":")
         if sep and base in self._by_name:
             model = self._by_name[base]
+            if adapter in model.card.tasks:  # a built-in task adapter (engine/tasks.py)
+                self._check_kind(model, requested, kind)
+                return model, requested, adapter
             if model.resolver is None:
                 raise invalid(
                     f"LoRA is not enabled for {base} on this server",
@@ -148,5 +151,7 @@ class ServedModels:
             spec, param = lora_path, "lora_path"
         if spec is None:
             return Route(model, answer, None)
+        if spec in model.card.tasks and param == "model":
+            return Route(model, answer, AdapterRef(spec))
         name, path = model.resolver.resolve(spec, param)
         return Route(model, answer, AdapterRef(name, path))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -674,3 +675,117 @@ def save_tiny_embedding_gemma(out_dir: Path, *, seed: int = 0):
     st = SentenceTransformer(modules=modules, device="cpu")
     st.save(str(out_dir))
     return SentenceTransformer(str(out_dir), device="cpu")
+
+
+JINA_TASKS = (
+    "retrieval.query",
+    "retrieval.passage",
+    "separation",
+    "classification",
+    "text-matching",
+)
+JINA_TASK_PROMPTS = {
+    "retrieval.query": "Represent the query for retrieving evidence documents: ",
+    "retrieval.passage": "Represent the document for retrieval: ",
+}
+# The Linear and Embedding modules jina's XLMRobertaLoRA gives task adapters (all of them).
+_JINA_ADAPTED = re.compile(
+    r"(embeddings\.(word|token_type)_embeddings|encoder\.layers\.\d+\.(mixer\.(Wqkv|out_proj)|"
+    r"mlp\.fc[12])|pooler\.dense)\.weight$"
+)
+
+
+def save_tiny_jina_v3(out_dir: Path, *, seed: int = 0, with_tasks: bool = True):
+    """A random tiny JinaEmbeddingsV3Model + MiniLM's tokenizer and sentence-transformers files.
+
+    `with_tasks`: written as jina's own checkpoint (config `model_type: xlm-roberta` with
+    rotary positions, `roberta.` prefix, every Linear/Embedding weight as
+    `parametrizations.weight.original` beside random rank-4 `lora_A`/`lora_B` stacks for the
+    five tasks, as its XLMRobertaLoRA saves them); otherwise as transformers saves it.
+    Returns (the torch model, {weight key: (lora_A, lora_B)}, the LoRA scaling).
+    """
+    import torch
+    import transformers
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(seed)
+    config = transformers.JinaEmbeddingsV3Config(
+        vocab_size=30522,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=258,
+        pad_token_id=0,
+    )
+    model = transformers.JinaEmbeddingsV3Model(config).eval()
+    _perturb(model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    write_sentence_transformers_files(
+        out_dir, pooling="mean", normalize=True, dim=64, prompts=JINA_TASK_PROMPTS
+    )
+    if not with_tasks:
+        return model, {}, 1.0
+    rank, alpha = 4, 2.0
+    tensors, adapters = {}, {}
+    for key, value in load_file(out_dir / "model.safetensors").items():
+        if not _JINA_ADAPTED.search(key):
+            tensors[f"roberta.{key}"] = value
+            continue
+        stem = f"roberta.{key.removesuffix('.weight')}.parametrizations.weight"
+        rows, cols = value.shape
+        tasks = len(JINA_TASKS)
+        if "embeddings" in key:  # table += A @ B: A [tasks, rows, r], B [tasks, r, features]
+            a, b = torch.randn(tasks, rows, rank) * 0.3, torch.randn(tasks, rank, cols) * 0.3
+        else:  # weight += B @ A: A [tasks, r, in], B [tasks, out, r]
+            a, b = torch.randn(tasks, rank, cols) * 0.3, torch.randn(tasks, rows, rank) * 0.3
+        tensors[f"{stem}.original"] = value
+        tensors[f"{stem}.0.lora_A"], tensors[f"{stem}.0.lora_B"] = a, b
+        adapters[key] = (a, b)
+    save_file(tensors, out_dir / "model.safetensors")
+    hf = json.loads((out_dir / "config.json").read_text())
+    hf.pop("rope_parameters")
+    hf |= {
+        "model_type": "xlm-roberta",
+        "architectures": ["XLMRobertaLoRA"],
+        "position_embedding_type": "rotary",
+        "rotary_emb_base": 20000.0,
+        "lora_adaptations": list(JINA_TASKS),
+        "lora_rank": rank,
+        "lora_alpha": alpha,
+        "task_instructions": {t: JINA_TASK_PROMPTS.get(t, "") for t in JINA_TASKS},
+    }
+    (out_dir / "config.json").write_text(json.dumps(hf, indent=2))
+    return model, adapters, alpha / rank
+
+
+def jina_task_model(model, adapters: dict, scaling: float, task: str):
+    """A copy of the transformers model with `task`'s adapters merged into its weights
+    (jina's LoRA parametrisation, computed once): the reference for that task."""
+    import copy
+
+    import torch
+
+    merged = copy.deepcopy(model)
+    index = JINA_TASKS.index(task)
+    params = dict(merged.named_parameters())
+    renames = {  # jina's tensor names → transformers' modules (its conversion mapping)
+        "mixer.out_proj": "self_attn.o_proj",
+        "encoder.layers": "layers",
+    }
+    with torch.no_grad():
+        for key, (a, b) in adapters.items():
+            a, b = a[index], b[index]
+            delta = (a @ b if "embeddings" in key else b @ a) * scaling
+            if "pooler" in key:
+                continue
+            if "mixer.Wqkv" in key:
+                stem = key.replace("encoder.layers", "layers").replace(".mixer.Wqkv.weight", "")
+                for part, name in zip(delta.chunk(3, dim=0), ("q", "k", "v"), strict=True):
+                    params[f"{stem}.self_attn.{name}_proj.weight"].add_(part)
+                continue
+            for ours, theirs in renames.items():
+                key = key.replace(ours, theirs)
+            params[key].add_(delta)
+    return merged

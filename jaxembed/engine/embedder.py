@@ -41,7 +41,7 @@ from jaxembed.engine.tokenize import TextTokenizer
 from jaxembed.engine.vision import ImageEngine
 from jaxembed.engine.workload import DeviceResult
 from jaxembed.errors import InvalidInputError, ModelLoadError
-from jaxembed.lora import AdapterError, LoraAdapter, LoraBank, load_adapter
+from jaxembed.lora import AdapterError, LoraAdapter, LoraBank, TaskAdapters, load_adapter
 from jaxembed.models.attention import AttentionConfig, unavailable_reason
 from jaxembed.parallel.mesh import MeshShape, make_mesh
 from jaxembed.parallel.sharding import DATA_AXIS, replicated
@@ -151,6 +151,8 @@ class Embedder:
         )
         self.packing = False
         self.set_packing(self.can_pack if packing is None else packing)
+        if model.card.tasks:
+            self.enable_lora()  # the model's own task adapters: resident from the start
         self._service = self._loop = None  # built by `service()` on first use
         self.chat_template = ChatTemplate.from_model_dir(Path(model.model_dir))
         self.images: ImageEngine | None = None
@@ -194,8 +196,13 @@ class Embedder:
 
     @property
     def can_pack(self) -> bool:
-        """Whether this model's module and pooling work on packed rows (text families)."""
-        return self.model.family.packable and self.card.pooling in PACKABLE_POOLING
+        """Whether this model's module and pooling work on packed rows (text families; not
+        a model with built-in task adapters, which apply per row)."""
+        return (
+            self.model.family.packable
+            and self.card.pooling in PACKABLE_POOLING
+            and not self.card.tasks
+        )
 
     def set_packing(self, on: bool) -> None:
         """Pack short inputs into shared rows (or not); call before warm-up."""
@@ -222,11 +229,17 @@ class Embedder:
     # -- LoRA adapters ----------------------------------------------------------------------
 
     @property
-    def lora_bank(self) -> LoraBank | None:
+    def lora_bank(self) -> LoraBank | TaskAdapters | None:
         return self.runner.lora_bank
 
-    def enable_lora(self, *, max_loras: int = 8, max_rank: int = 64) -> LoraBank:
-        """Reserve `max_loras` adapter slots of rank ≤ `max_rank` on the devices."""
+    def enable_lora(self, *, max_loras: int = 8, max_rank: int = 64) -> LoraBank | TaskAdapters:
+        """Reserve `max_loras` adapter slots of rank ≤ `max_rank` on the devices; a model with
+        built-in task adapters (card `tasks`) serves those, and only those."""
+        if self.card.tasks:
+            if self.runner.lora_bank is None:
+                self.set_packing(False)  # a task applies per row, and rows are not shared
+                self.runner.lora_bank = TaskAdapters(self.card.tasks, self.card.name)
+            return self.runner.lora_bank
         if self.images is not None or self.card.kind != "embedding":
             what = "rerankers" if self.card.kind == "reranker" else f"{self.card.family} models"
             raise AdapterError(f"LoRA adapters are not supported for {what}")
@@ -461,6 +474,7 @@ class Embedder:
         prompt_name: str | None = None,
         instruction: str | None = None,
         adapter: str | None = None,
+        task: str | None = None,
         chunking: bool = False,
         priority: int = 0,
         precision: str = "float32",
@@ -469,7 +483,8 @@ class Embedder:
 
         `prompt_name` picks a prompt of the card (e.g. "query"); `instruction`
         instead fills the card's instruction template (decoder embedders);
-        `adapter` names a LoRA adapter loaded with `adapter_slot`; `chunking` embeds
+        `adapter` names a LoRA adapter loaded with `adapter_slot`; `task` one of the
+        model's built-in task adapters with its prompt (jina-v3); `chunking` embeds
         an over-long input as windows pooled by token count (instead of `truncate`);
         `precision` int8/uint8/binary/ubinary quantizes (jaxembed/quantization.py).
         Thread-safe: concurrent calls share device batches, as requests do in the server.
@@ -482,6 +497,7 @@ class Embedder:
             prompt_name=prompt_name,
             instruction=instruction,
             adapter=None if adapter is None else AdapterRef(adapter),
+            task=task,
             chunking=chunking,
             priority=priority,
             precision=precision,

@@ -54,6 +54,7 @@ class EmbedOptions:
     instruction: str | None = None  # fills the card's instruction template
     dimensions: int | None = None  # matryoshka truncation
     adapter: AdapterRef | None = None
+    task: str | None = None  # a built-in task adapter of the model (engine/tasks.py)
     chunking: bool = False  # over-long texts → windows pooled by token count
     video_frames: int | None = None  # frames sampled per video (None: the card's)
     # L2-normalise the vectors (None: as the card says). False for a model that normalises

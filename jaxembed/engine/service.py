@@ -39,6 +39,7 @@ from jaxembed.engine.jobs import (
 )
 from jaxembed.engine.multimodal import CacheHook, MediaEmbedder, check_items
 from jaxembed.engine.scores import activate
+from jaxembed.engine.tasks import resolve_task
 from jaxembed.engine.vision import ImageWorkload
 from jaxembed.errors import DeadlineError, InvalidInputError, RequestTooLargeError
 from jaxembed.media import MediaLimits
@@ -183,7 +184,7 @@ class EmbeddingService:
         `progress` counts the rows the device finished (a caller that gives up reports it).
         """
         self.check_kind("embedding")
-        o = job.options
+        o = resolve_task(self.card, job.options)
         self.embedder.check_dimensions(o.dimensions)
         self._check_normalize(o.normalize)
         check_precision(o.precision, o.dimensions or self.card.dimensions)

@@ -44,11 +44,12 @@ LOGICAL_AXIS_RULES: Rules = (
     ("projection", None),  # CLIP's joint embedding space
     ("qkv", None),  # SigLIP's fused attention-pooling projection
     ("embed_out", None),  # a square [embed, embed] kernel's output side
-    ("labels", None),
-    (
-        "glu",
-        None,
-    ),  # a GLU's (input, gate) halves of one fused kernel  # a scoring head's outputs (models/heads.py)
+    ("labels", None),  # a scoring head's outputs (models/heads.py)
+    ("glu", None),  # a GLU's (input, gate) halves of one fused kernel
+    ("tasks", None),  # built-in task adapters (models/task_lora.py)
+    ("lora_rank", None),
+    ("lora_in", None),
+    ("lora_out", None),
 )
 
 _ACTIVE: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar(

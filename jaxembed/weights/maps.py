@@ -353,6 +353,52 @@ def nomic_bert_rules(config: NomicBertConfig) -> list[ParamRule]:
     ]
 
 
+def jina_v3_rules(config: NomicBertConfig) -> list[ParamRule]:
+    """jina-embeddings-v3 under jina's tensor names (transformers 5 saves them too). jina's
+    own checkpoints keep each adapted weight as `<name>.parametrizations.weight.original`
+    beside its task stacks `<name>.parametrizations.weight.0.lora_A` / `lora_B`."""
+    layer = "encoder.layers.{layer}"
+
+    def weight(flax_path: tuple[str, ...], hf: str, layout: Layout = Layout.COPY) -> ParamRule:
+        return ParamRule(
+            flax_path, f"{hf}.weight", layout, aliases=(f"{hf}.parametrizations.weight.original",)
+        )
+
+    def tasks(flax_prefix: tuple[str, ...], hf: str) -> list[ParamRule]:
+        if not config.tasks:
+            return []
+        lora = f"{hf}.parametrizations.weight.0.lora_"
+        return [
+            ParamRule((*flax_prefix, "a"), lora + "A"),
+            ParamRule((*flax_prefix, "b"), lora + "B"),
+        ]
+
+    rules = [*_norm(("embed_norm",), "emb_ln")]  # first: it anchors the wrapper prefix
+    for name in ("word", "token_type"):
+        hf = f"embeddings.{name}_embeddings"
+        rules += [weight((name, "embedding"), hf), *tasks((f"{name}_task",), hf)]
+    for ours, theirs, layout in (
+        ("qkv", "mixer.Wqkv", Layout.IN_KERNEL),
+        ("output", "mixer.out_proj", Layout.OUT_KERNEL),
+        ("up", "mlp.fc1", Layout.IN_KERNEL),
+        ("down", "mlp.fc2", Layout.IN_KERNEL),
+    ):
+        hf = f"{layer}.{theirs}"
+        rules += [
+            weight(("layers", ours, "kernel"), hf, layout),
+            ParamRule(("layers", ours, "bias"), f"{hf}.bias", Layout.FLAT),
+            *tasks(("layers", f"{ours}_task"), hf),
+        ]
+    return [
+        *rules,
+        *_norm(("layers", "attention_norm"), f"{layer}.norm1"),
+        *_norm(("layers", "mlp_norm"), f"{layer}.norm2"),
+    ]
+
+
+JINA_V3_IGNORED_PREFIXES = ("pooler.", "lm_head.", "classifier.", "qa_outputs.")
+JINA_V3_WRAPPER_PREFIXES = ("roberta.", "model.")
+
 NOMIC_IGNORED_PREFIXES = ("pooler.", "cls.", "lm_head.", "classifier.", "embeddings.position_ids")
 NOMIC_WRAPPER_PREFIXES = ("nomic_bert.", "bert.", "model.")
 

@@ -256,3 +256,16 @@ def test_rotary_encoders_on_a_mesh_match_one_device(tmp_path_factory, texts, mes
     one = _embedder(path, None).embed(texts, truncate=True)
     many = _embedder(path, mesh_shape).embed(texts, truncate=True)
     np.testing.assert_allclose(many, one, atol=2e-5)
+
+
+@pytest.mark.parametrize("mesh_shape", [(2, 4)])
+def test_jina_tasks_on_a_mesh_match_one_device(tmp_path_factory, texts, mesh_shape):
+    """jina-v3's task stacks are parameters too: sharded with the rest, same vectors per task."""
+    from tests.helpers import save_tiny_jina_v3
+
+    path = tmp_path_factory.mktemp("tiny-jina-v3")
+    save_tiny_jina_v3(path, seed=3)
+    one, many = _embedder(path, None), _embedder(path, mesh_shape)
+    for task in (None, "retrieval.query", "classification"):
+        want = one.embed(texts, truncate=True, task=task)
+        np.testing.assert_allclose(many.embed(texts, truncate=True, task=task), want, atol=2e-5)
