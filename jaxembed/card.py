@@ -21,7 +21,11 @@ from jaxembed.models.clip import CLIP_FAMILIES, ClipConfig
 from jaxembed.models.decoder import DECODER_FAMILIES
 from jaxembed.models.nomic_bert import canonical_model_type
 
-POOLING_MODES = ("cls", "mean", "max", "last_token", "mean_sqrt_len")
+# SPLADE's poolings (sentence-transformers' SpladePooling max / sum over log(1 + relu(MLM
+# logits))): the model's own head pools, and the "embedding" is one weight per vocabulary entry.
+SPLADE_POOLING = ("splade_max", "splade_sum")
+SPLADE_ACTIVATIONS = ("relu", "log1p_relu")
+POOLING_MODES = ("cls", "mean", "max", "last_token", "mean_sqrt_len", *SPLADE_POOLING)
 MODALITIES = ("text", "image", "video")
 MAX_VIDEO_FRAMES = 64
 DTYPES = ("float32", "bfloat16")
@@ -113,6 +117,9 @@ class ModelCard:
         task's prompt (in `prompts`, under the task's name) is prefixed as the model's own
         `encode(task=...)` does. Without a task the base weights run.
       task_for_input_type: which task an input type selects, e.g. {"query": "retrieval.query"}.
+      splade_activation: a SPLADE model's `relu` (log(1 + relu(x))) or `log1p_relu` (log1p
+        once more, OpenSearch's models); its `pooling` is splade_max or splade_sum and its
+        `dimensions` the vocabulary size.
     """
 
     name: str
@@ -142,6 +149,7 @@ class ModelCard:
     projections: tuple[Mapping[str, Any], ...] = ()
     tasks: tuple[str, ...] = ()
     task_for_input_type: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    splade_activation: str = "relu"
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLING_MODES:
@@ -181,6 +189,10 @@ class ModelCard:
                 "of the card's modalities"
             )
         self._check_reranker_fields()
+        if self.splade_activation not in SPLADE_ACTIVATIONS:
+            raise ModelLoadError(
+                f"card {self.name!r}: splade_activation must be one of {SPLADE_ACTIVATIONS}"
+            )
         # Freeze the containers so a card can be shared across threads without copies.
         object.__setattr__(self, "prompts", dict(self.prompts))
         object.__setattr__(self, "fusion_weights", dict(self.fusion_weights))
@@ -243,6 +255,11 @@ class ModelCard:
     def score_activation(self) -> str:
         """How this reranker's logits become scores (the card's, or by label count)."""
         return self.activation or ("sigmoid" if self.dimensions == 1 else "softmax")
+
+    @property
+    def sparse(self) -> bool:
+        """A SPLADE model: its vectors are vocabulary weights, served sparse."""
+        return self.pooling in SPLADE_POOLING
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -328,6 +345,10 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
         return _reranker_card(model_dir, hf_config)
     modules = _read_json(model_dir / "modules.json") or []
     module_types = [str(m.get("type", "")) for m in modules if isinstance(m, dict)]
+    if any(t.endswith("SpladePooling") for t in module_types) or (
+        is_masked_lm(hf_config) and "splade" in model_dir.resolve().name.lower()
+    ):
+        return _splade_card(model_dir, hf_config, modules)
 
     is_decoder = family in DECODER_FAMILIES
     # A bare decoder checkpoint has no pooling config; only its last token has seen every token.
@@ -422,6 +443,38 @@ def _max_length(model_dir: Path, hf_config: Mapping[str, Any]) -> int:
         # Their position table reserves padding_idx + 1 slots before the first real position.
         max_positions -= int(hf_config.get("pad_token_id", 1)) + 1
     return min(int(st_config.get("max_seq_length") or max_positions), max_positions)
+
+
+def is_masked_lm(hf_config: Mapping[str, Any]) -> bool:
+    """A `*ForMaskedLM` checkpoint (what SPLADE models are)."""
+    return any(str(a).endswith("ForMaskedLM") for a in hf_config.get("architectures") or [])
+
+
+def _splade_card(model_dir: Path, hf_config: Mapping[str, Any], modules: list) -> ModelCard:
+    """A SPLADE model: sentence-transformers' SparseEncoder files (MLMTransformer +
+    SpladePooling with its pooling_strategy and activation_function), or a bare
+    `*ForMaskedLM` checkpoint named splade (max over log(1 + relu), SPLADE v2 onwards)."""
+    path = next(
+        (m.get("path") for m in modules if str(m.get("type", "")).endswith("SpladePooling")),
+        "1_SpladePooling",
+    )
+    pooling_cfg = _read_json(model_dir / str(path) / "config.json") or {}
+    strategy = str(pooling_cfg.get("pooling_strategy", "max"))
+    if f"splade_{strategy}" not in SPLADE_POOLING:
+        raise ModelLoadError(f"SpladePooling strategy {strategy!r} is not max or sum")
+    st_meta = _read_json(model_dir / "config_sentence_transformers.json") or {}
+    prompts = {k: v for k, v in (st_meta.get("prompts") or {}).items() if isinstance(v, str)}
+    return ModelCard(
+        name=model_dir.resolve().name.lower(),
+        family=canonical_model_type(hf_config),
+        pooling=f"splade_{strategy}",
+        splade_activation=str(pooling_cfg.get("activation_function", "relu")),
+        normalize=False,
+        max_length=_max_length(model_dir, hf_config),
+        dimensions=int(hf_config["vocab_size"]),
+        prompts=prompts,
+        source=str(hf_config.get("_name_or_path", "")),
+    )
 
 
 def is_sequence_classifier(hf_config: Mapping[str, Any]) -> bool:

@@ -32,6 +32,7 @@ from jaxembed.models.nomic_bert import (
     canonical_model_type,
     jina_v3_config,
 )
+from jaxembed.models.sparse import SparseConfig, SparseEncoder
 from jaxembed.parallel.sharding import logical_axes
 from jaxembed.weights import maps
 
@@ -211,6 +212,38 @@ def _scorer_family(base: Family, model_type: str) -> Family:
     )
 
 
+def _sparse_family(base: Family) -> Family:
+    """`base`'s backbone with its masked-LM head (models/sparse.py) for SPLADE pooling."""
+    return Family(
+        config_from_hf=base.config_from_hf,
+        module=functools.partial(SparseEncoder, backbone_module=base.module),
+        rules=lambda config: maps.sparse_rules(list(base.rules(config.backbone)), config.backbone),
+        ignored_prefixes=base.ignored_prefixes,
+        wrapper_prefixes=base.wrapper_prefixes,
+        packable=False,  # the head pools a whole row; packed rows would mix their sequences
+    )
+
+
+def _sparse_config(model_type: str, hf_config: Mapping[str, Any], config: Any, card: Any):
+    if model_type not in ENCODER_FAMILIES:
+        raise UnsupportedArchitectureError(
+            f"SPLADE needs a BERT-family masked LM (bert, distilbert, roberta); not {model_type}"
+        )
+    if hf_config.get("tie_word_embeddings") is False:
+        raise UnsupportedArchitectureError(
+            "this masked LM's decoder is not tied to its word embeddings (not supported)"
+        )
+    distil = model_type == "distilbert"
+    activation = str(hf_config.get("activation" if distil else "hidden_act", "gelu"))
+    return SparseConfig(
+        config,
+        transform_activation=activation,
+        head_norm_eps=config.layer_norm_eps,
+        strategy=card.pooling.removeprefix("splade_"),
+        activation=card.splade_activation,
+    )
+
+
 def model_family(
     hf_config: Mapping[str, Any], card: Any = None, model_dir: Path | None = None
 ) -> tuple[Family, Any]:
@@ -223,6 +256,8 @@ def model_family(
     config = family.config_from_hf(hf_config)
     if card is not None and getattr(config, "causal", card.causal) != card.causal:
         config = dataclasses.replace(config, causal=card.causal)
+    if card is not None and card.sparse:
+        return _sparse_family(family), _sparse_config(model_type, hf_config, config, card)
     reranker = card.kind == "reranker" if card is not None else is_sequence_classifier(hf_config)
     if reranker:
         head = _head_config(model_type, hf_config, card, model_dir)

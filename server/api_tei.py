@@ -1,4 +1,5 @@
-"""Hugging Face text-embeddings-inference's native API: `POST /embed`, `POST /`, `GET /info`.
+"""Hugging Face text-embeddings-inference's native API: `POST /embed`, `POST /`,
+`POST /embed_sparse` (SPLADE models), `GET /info`.
 
 A drop-in for TEI clients (`huggingface_hub.InferenceClient(base_url).feature_extraction`
 posts to the root URL). Requests go to the server's first model, as TEI serves one.
@@ -10,12 +11,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from sanic import Request
 from sanic.response import HTTPResponse
 
 import jaxembed
 from jaxembed.engine.jobs import EmbedOptions
+from jaxembed.engine.sparse import SparseOptions, to_sparse
 from jaxembed_server.errors import APIError, invalid
 from jaxembed_server.http import json_response, notice_disconnects, parse_body, with_error_shape
 from jaxembed_server.route_embeddings import check_serving, request_deadline, run_job
@@ -39,6 +41,19 @@ class TEIEmbedRequest(BaseModel):
     dimensions: StrictInt | None = None
 
 
+class TEIEmbedSparseRequest(BaseModel):
+    """TEI's `EmbedSparseRequest`, plus our pruning options."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    truncate: StrictBool | None = None
+    truncation_direction: Literal["left", "right", "Left", "Right"] = "right"
+    prompt_name: StrictStr | None = None
+    sparse_top_k: StrictInt | None = Field(None, ge=1)
+    sparse_threshold: StrictFloat | StrictInt = Field(0.0, ge=0, allow_inf_nan=False)
+
+
 def tei_error(error: APIError) -> HTTPResponse:
     """An APIError in TEI's shape and statuses: input problems `validation` (413, as TEI
     answers them), an empty input `empty` (400), a full queue `overloaded` (429), an engine
@@ -49,6 +64,8 @@ def tei_error(error: APIError) -> HTTPResponse:
         kind, status = "backend", 424
     elif error.code == "empty":
         kind, status = "empty", 400
+    elif error.code == "not_sparse":  # TEI: a dense model has no /embed_sparse
+        kind, status = "backend", 424
     elif error.reason == "invalid_json":  # as TEI's JSON extractor: 400 for a body that is not JSON
         kind, status = "validation", 400
     elif error.reason == "invalid_fields":  # ... and 422 for fields of the wrong type
@@ -82,6 +99,38 @@ async def embed(request: Request) -> HTTPResponse:
 
 
 @with_error_shape(tei_error)
+async def embed_sparse(request: Request) -> HTTPResponse:
+    """`POST /embed_sparse`: per input, its non-zero vocabulary weights `[{"index", "value"}]`."""
+    check_serving(request)
+    notice_disconnects(request)
+    req = parse_body(request, TEIEmbedSparseRequest)
+    if isinstance(req.inputs, list) and not req.inputs:
+        raise APIError(400, "`inputs` cannot be empty", param="inputs", code="empty")
+    route = request.app.ctx.models.route(None, None)
+    if not route.model.card.sparse:
+        raise APIError(
+            400,
+            f"{route.model.name} is not a sparse (SPLADE) model: use /embed",
+            param="inputs",
+            code="not_sparse",
+        )
+    pruning = SparseOptions(req.sparse_top_k, req.sparse_threshold)
+    options = EmbedOptions(
+        truncate=bool(req.truncate),
+        truncation_direction=req.truncation_direction.lower(),
+        prompt_name=req.prompt_name,
+        deadline=request_deadline(request),
+    )
+    result = await run_job(request, route, req.inputs, options)
+    return json_response(
+        [
+            [{"index": int(i), "value": float(v)} for i, v in zip(s.indices, s.values, strict=True)]
+            for s in to_sparse(result.vectors, pruning)
+        ]
+    )
+
+
+@with_error_shape(tei_error)
 async def embed_all(request: Request) -> HTTPResponse:
     raise invalid(
         "/embed_all (per-token hidden states) is not supported by jaxembed: its compiled "
@@ -92,6 +141,8 @@ async def embed_all(request: Request) -> HTTPResponse:
 
 def _model_type(model) -> dict:
     """TEI's `model_type`: an embedder's pooling, or a reranker's labels."""
+    if model.card.sparse:  # TEI reports SPLADE models' pooling as "splade"
+        return {"embedding": {"pooling": "splade"}}
     if model.card.kind != "reranker":
         return {"embedding": {"pooling": model.card.pooling}}
     hf = model.service.embedder.model.hf_config
@@ -129,4 +180,5 @@ def install(app) -> None:
     app.add_route(embed, "/embed", methods=["POST"], name="tei_embed")
     app.add_route(embed, "/", methods=["POST"], name="tei_root")
     app.add_route(embed_all, "/embed_all", methods=["POST"], name="tei_embed_all")
+    app.add_route(embed_sparse, "/embed_sparse", methods=["POST"], name="tei_embed_sparse")
     app.add_route(info, "/info", methods=["GET"], name="tei_info")

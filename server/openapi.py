@@ -9,7 +9,7 @@ from pydantic.json_schema import models_json_schema
 from jaxembed_server.api_cohere import CohereEmbedRequest, CohereError
 from jaxembed_server.api_rerank import RerankRequest, TEIRerankRequest
 from jaxembed_server.api_score import ScoreRequest
-from jaxembed_server.api_tei import TEIEmbedRequest, TEIError
+from jaxembed_server.api_tei import TEIEmbedRequest, TEIEmbedSparseRequest, TEIError
 from jaxembed_server.openapi_examples import (
     EXAMPLES_BY_SCHEMA,
     STATUS_MEANINGS,
@@ -32,6 +32,7 @@ _MODELS = [
     TokenizeResponse,
     DetokenizeRequest,
     TEIEmbedRequest,
+    TEIEmbedSparseRequest,
     TEIError,
     CohereEmbedRequest,
     CohereError,
@@ -129,6 +130,12 @@ def _peer_paths() -> dict:
             "teiRoot",
             "TEI: the root route (huggingface_hub feature extraction)",
             "TEIEmbedRequest",
+            {"200": vectors, **tei},
+        ),
+        "/embed_sparse": post(
+            "teiEmbedSparse",
+            "TEI: sparse (SPLADE) vectors, [{index, value}] per input",
+            "TEIEmbedSparseRequest",
             {"200": vectors, **tei},
         ),
         "/info": {
@@ -329,7 +336,7 @@ def _examples_for(schema: dict, model: str, reranker: str) -> dict:
 _TAGS = (
     ("OpenAI", ("/v1/embeddings", "/embeddings", "/invocations")),
     ("Rerank and score", ("/v1/rerank", "/v2/rerank", "/rerank", "/v1/score", "/score")),
-    ("TEI", ("/embed", "/info")),
+    ("TEI", ("/embed", "/embed_sparse", "/info")),
     ("Cohere", ("/v2/embed", "/v1/embed")),
     ("vLLM tokens", ("/tokenize", "/detokenize")),
 )

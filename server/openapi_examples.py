@@ -93,6 +93,9 @@ EXAMPLES_BY_SCHEMA = {
     "TEIEmbedRequest": lambda m, r: {
         "inputs": _example("TEI", {"inputs": ["first text", "second text"], "truncate": True})
     },
+    "TEIEmbedSparseRequest": lambda m, r: {
+        "inputs": _example("TEI (a SPLADE model)", {"inputs": ["first text"], "sparse_top_k": 64})
+    },
     "CohereEmbedRequest": lambda m, r: {
         "texts": _example(
             "Cohere",

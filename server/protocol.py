@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 
 from jaxembed.card import MAX_VIDEO_FRAMES
 
@@ -121,17 +130,29 @@ class EmbeddingRequest(BaseModel):
         le=MAX_VIDEO_FRAMES,
         description="frames sampled uniformly from each video (default: the model card's)",
     )
-    embedding_type: Literal["float", "int8", "uint8", "binary", "ubinary"] = Field(
+    embedding_type: Literal["float", "int8", "uint8", "binary", "ubinary", "sparse"] = Field(
         "float",
         description="quantized vectors (sentence-transformers semantics): int8/uint8 over the "
         "model's calibration ranges, (u)binary one bit per dimension packed 8 per byte; as "
-        "JSON integers, or their bytes with encoding_format=base64",
+        "JSON integers, or their bytes with encoding_format=base64. `sparse` (SPLADE models): "
+        "each embedding is {indices, values}, the non-zero vocabulary weights",
     )
+    sparse_top_k: StrictInt | None = Field(
+        None, ge=1, description="sparse: keep only the k largest weights of each vector"
+    )
+    sparse_threshold: StrictFloat | StrictInt = Field(
+        0.0, ge=0, allow_inf_nan=False, description="sparse: keep only weights above this"
+    )
+
+
+class SparseEmbedding(BaseModel):
+    indices: list[int] = Field(description="vocabulary ids, ascending")
+    values: list[float]
 
 
 class EmbeddingObject(BaseModel):
     object: Literal["embedding"] = "embedding"
-    embedding: list[float] | list[int] | str
+    embedding: list[float] | list[int] | str | SparseEmbedding
     index: int
 
 

@@ -18,6 +18,7 @@ from sanic import Request
 
 from jaxembed.engine.batcher import RequestProgress
 from jaxembed.engine.jobs import EmbedJob, EmbedOptions, EmbedResult
+from jaxembed.engine.sparse import SparseOptions, to_sparse
 from jaxembed.errors import DeadlineError
 from jaxembed_server import vllm_fields
 from jaxembed_server.errors import APIError, invalid, unavailable
@@ -34,6 +35,32 @@ from jaxembed_server.served import Route
 
 log = logging.getLogger("jaxembed.server")
 R = TypeVar("R")
+
+
+def check_sparse_request(req: EmbeddingRequest, route: Route) -> SparseOptions | None:
+    """The pruning of a `embedding_type: "sparse"` request (None: a dense request)."""
+    if req.embedding_type != "sparse":
+        return None
+    if not route.model.card.sparse:
+        raise invalid(
+            f"{route.answer} is a dense embedding model; embedding_type 'sparse' needs a "
+            "SPLADE model",
+            param="embedding_type",
+        )
+    # Always {indices, values} JSON objects: encoding_format does not apply (the openai client
+    # asks for base64 by default and decodes only string embeddings).
+    return SparseOptions(req.sparse_top_k, req.sparse_threshold)
+
+
+def sparse_embeddings(vectors: np.ndarray, options: SparseOptions) -> list[dict]:
+    return [
+        {
+            "object": "embedding",
+            "embedding": {"indices": v.indices.tolist(), "values": v.values.tolist()},
+            "index": i,
+        }
+        for i, v in enumerate(to_sparse(vectors, options))
+    ]
 
 
 def encode_embeddings(vectors: np.ndarray, encoding_format: str) -> list[dict]:
@@ -85,7 +112,7 @@ def embed_options(request: Request, req: EmbeddingRequest, route: Route) -> Embe
         chunking=chunking,
         video_frames=req.video_frames,
         deadline=deadline,
-        precision="float32" if req.embedding_type == "float" else req.embedding_type,
+        precision="float32" if req.embedding_type in ("float", "sparse") else req.embedding_type,
     )
 
 
@@ -142,13 +169,20 @@ async def embeddings(request: Request):
     req = validated(EmbeddingRequest, body)
     vllm_fields.check_input_or_messages(req)
     route = request.app.ctx.models.route(req.model, req.lora_path)
+    sparse = check_sparse_request(req, route)
     inputs = req.input if req.messages is None else vllm_fields.chat_input(req, route)
     result = await run_job(request, route, inputs, embed_options(request, req, route))
     with request.ctx.progress.timed("encode"):
-        return embeddings_response(req, route, result.vectors, result.tokens)
+        return embeddings_response(req, route, result.vectors, result.tokens, sparse)
 
 
-def embeddings_response(req: EmbeddingRequest, route: Route, vectors: np.ndarray, total: int):
+def embeddings_response(
+    req: EmbeddingRequest,
+    route: Route,
+    vectors: np.ndarray,
+    total: int,
+    sparse: SparseOptions | None = None,
+):
     if req.user:
         log.info(
             "embedded %d inputs (%d tokens) for user %s",
@@ -160,7 +194,11 @@ def embeddings_response(req: EmbeddingRequest, route: Route, vectors: np.ndarray
     return json_response(
         {
             "object": "list",
-            "data": encode_embeddings(vectors, req.encoding_format),
+            "data": (
+                encode_embeddings(vectors, req.encoding_format)
+                if sparse is None
+                else sparse_embeddings(vectors, sparse)
+            ),
             "model": route.answer,
             "usage": {"prompt_tokens": total, "total_tokens": total},
         }

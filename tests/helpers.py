@@ -789,3 +789,45 @@ def jina_task_model(model, adapters: dict, scaling: float, task: str):
                 key = key.replace(ours, theirs)
             params[key].add_(delta)
     return merged
+
+
+def save_tiny_splade(out_dir: Path, *, seed: int = 0, kind: str = "bert", strategy: str = "max"):
+    """A random tiny BertForMaskedLM / DistilBertForMaskedLM (norms and biases perturbed, the MLM
+    head's bias too) saved as sentence-transformers' SparseEncoder (MLM transformer +
+    SpladePooling) with MiniLM's tokenizer. Returns (the transformers model, the SparseEncoder)."""
+    import torch
+    import transformers
+    from sentence_transformers.sparse_encoder import SparseEncoder
+    from sentence_transformers.sparse_encoder.modules import MLMTransformer, SpladePooling
+
+    torch.manual_seed(seed)
+    if kind == "bert":
+        config = transformers.BertConfig(
+            vocab_size=30522,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=96,
+            max_position_embeddings=256,
+        )
+        model = transformers.BertForMaskedLM(config)
+    else:
+        config = transformers.DistilBertConfig(
+            vocab_size=30522,
+            dim=64,
+            n_layers=2,
+            n_heads=4,
+            hidden_dim=96,
+            max_position_embeddings=256,
+        )
+        model = transformers.DistilBertForMaskedLM(config)
+    model.eval()
+    _perturb(model, scale=0.3)
+    base = out_dir.parent / f"{out_dir.name}-mlm"
+    model.save_pretrained(base, safe_serialization=True)
+    copy_minilm_tokenizer(base)
+    mlm = MLMTransformer(str(base), max_seq_length=128)
+    pooling = SpladePooling(strategy, embedding_dimension=mlm.get_embedding_dimension())
+    encoder = SparseEncoder(modules=[mlm, pooling], device="cpu")
+    encoder.save(str(out_dir))
+    return model, encoder

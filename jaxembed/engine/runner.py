@@ -32,6 +32,7 @@ from jaxembed.engine.memory import BucketMemory, from_compiled
 from jaxembed.lora import LoraBank
 from jaxembed.models.attention import record_choices
 from jaxembed.models.heads import Scorer
+from jaxembed.models.sparse import SparseEncoder
 from jaxembed.parallel.sharding import (
     DATA_AXIS,
     activation_sharding,
@@ -56,7 +57,12 @@ def embed_forward(
 ) -> jax.Array:
     """The numeric path: params, padded batch (+ adapter stacks, row slots) → [B, D] float32."""
     hidden_bld = module.apply({"params": params}, input_ids, attention_mask, lora, adapter_ids)
-    pooled_bd = pool(hidden_bld, attention_mask, pooling)
+    if isinstance(module, SparseEncoder):  # SPLADE: the model's own head pools
+        pooled_bd = module.apply(
+            {"params": params}, hidden_bld, attention_mask, method=SparseEncoder.sparse_pool
+        )
+    else:
+        pooled_bd = pool(hidden_bld, attention_mask, pooling)
     return _finish(params, pooled_bd, module, normalize)
 
 

@@ -185,6 +185,7 @@ class EmbeddingService:
         """
         self.check_kind("embedding")
         o = resolve_task(self.card, job.options)
+        self._check_sparse(o)
         self.embedder.check_dimensions(o.dimensions)
         self._check_normalize(o.normalize)
         check_precision(o.precision, o.dimensions or self.card.dimensions)
@@ -227,6 +228,24 @@ class EmbeddingService:
         logits = await self._embed_cached(rows, o, "", 0, progress)
         scores = logits if o.raw else activate(logits, self.card.score_activation)
         return ScoreResult(scores[:, 0] if scores.shape[1] == 1 else scores, sum(map(len, rows)))
+
+    def _check_sparse(self, o: EmbedOptions) -> None:
+        """A SPLADE vector is one weight per vocabulary entry: no matryoshka width, no
+        quantization (its sparse form is what shrinks it: jaxembed/engine/sparse.py)."""
+        if not self.card.sparse:
+            return
+        if o.dimensions is not None:
+            raise InvalidInputError(
+                f"{self.name} is a sparse (SPLADE) model: its vectors have one weight per "
+                "vocabulary entry and cannot be truncated; send no `dimensions`",
+                param="dimensions",
+            )
+        if o.precision != "float32":
+            raise InvalidInputError(
+                f"{self.name} is a sparse (SPLADE) model: ask for its sparse form, not a "
+                f"{o.precision} quantization",
+                param="embedding_type",
+            )
 
     def check_kind(self, kind: str) -> None:
         """Refuse work of the other kind: a reranker does not embed, an embedder does not score."""

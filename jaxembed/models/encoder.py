@@ -44,7 +44,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 # Families whose positions start after the padding index (fairseq heritage).
 _OFFSET_POSITION_FAMILIES = frozenset({"roberta", "xlm-roberta", "camembert"})
-ENCODER_FAMILIES = frozenset({"bert", *_OFFSET_POSITION_FAMILIES})
+ENCODER_FAMILIES = frozenset({"bert", "distilbert", *_OFFSET_POSITION_FAMILIES})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +62,7 @@ class EncoderConfig:
     activation: str
     pad_token_id: int
     positions_from_padding: bool  # RoBERTa-style position ids
+    naming: str = "bert"  # whose tensor names the checkpoint uses: "bert" or "distilbert"
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
@@ -78,8 +79,32 @@ class EncoderConfig:
         return self.hidden_size // self.num_heads
 
     @classmethod
+    def from_distilbert(cls, hf: Mapping[str, Any]) -> EncoderConfig:
+        """DistilBERT: BERT's graph without token types, under its own config names."""
+        if hf.get("sinusoidal_pos_embds"):
+            raise UnsupportedArchitectureError(
+                "DistilBERT with sinusoidal_pos_embds is not supported"
+            )
+        return cls(
+            vocab_size=int(hf["vocab_size"]),
+            hidden_size=int(hf["dim"]),
+            num_layers=int(hf["n_layers"]),
+            num_heads=int(hf["n_heads"]),
+            intermediate_size=int(hf["hidden_dim"]),
+            max_position_embeddings=int(hf["max_position_embeddings"]),
+            type_vocab_size=0,
+            layer_norm_eps=1e-12,  # fixed in DistilBERT's code
+            activation=str(hf.get("activation", "gelu")),
+            pad_token_id=int(hf.get("pad_token_id", 0) or 0),
+            positions_from_padding=False,
+            naming="distilbert",
+        )
+
+    @classmethod
     def from_hf(cls, hf: Mapping[str, Any]) -> EncoderConfig:
         family = hf.get("model_type")
+        if family == "distilbert":
+            return cls.from_distilbert(hf)
         if family not in ENCODER_FAMILIES:
             raise UnsupportedArchitectureError(
                 f"model_type {family!r} is not an encoder family ({sorted(ENCODER_FAMILIES)})"

@@ -67,8 +67,33 @@ def _linear(flax_prefix: tuple[str, ...], hf_prefix: str, layout: Layout) -> lis
     ]
 
 
+def distilbert_rules(config: EncoderConfig) -> list[ParamRule]:
+    """DistilBERT's names for BERT's graph (keys without the `distilbert.` prefix)."""
+    layer = "transformer.layer.{layer}"
+    rules = [
+        ParamRule(("embeddings", "word", "embedding"), "embeddings.word_embeddings.weight"),
+        ParamRule(("embeddings", "position", "embedding"), "embeddings.position_embeddings.weight"),
+        *_norm(("embeddings", "norm"), "embeddings.LayerNorm"),
+    ]
+    for name, theirs in (("query", "q_lin"), ("key", "k_lin"), ("value", "v_lin")):
+        rules += _linear(
+            ("layers", "attention", name), f"{layer}.attention.{theirs}", Layout.IN_KERNEL
+        )
+    rules += _linear(
+        ("layers", "attention", "output"), f"{layer}.attention.out_lin", Layout.OUT_KERNEL
+    )
+    rules += _norm(("layers", "attention_norm"), f"{layer}.sa_layer_norm")
+    rules += _linear(("layers", "intermediate"), f"{layer}.ffn.lin1", Layout.IN_KERNEL)
+    rules += _linear(("layers", "output"), f"{layer}.ffn.lin2", Layout.IN_KERNEL)
+    rules += _norm(("layers", "output_norm"), f"{layer}.output_layer_norm")
+    return rules
+
+
 def encoder_rules(config: EncoderConfig) -> list[ParamRule]:
-    """The BERT / RoBERTa / XLM-R table (keys without the `bert.`/`roberta.` prefix)."""
+    """The BERT / RoBERTa / XLM-R table (keys without the `bert.`/`roberta.` prefix);
+    DistilBERT's own names through `distilbert_rules`."""
+    if config.naming == "distilbert":
+        return distilbert_rules(config)
     rules = [
         ParamRule(("embeddings", "word", "embedding"), "embeddings.word_embeddings.weight"),
         ParamRule(("embeddings", "position", "embedding"), "embeddings.position_embeddings.weight"),
@@ -103,9 +128,42 @@ ENCODER_IGNORED_PREFIXES = (
     "classifier.",
     "qa_outputs.",
     "embeddings.position_ids",
+    "vocab_transform.",  # DistilBertForMaskedLM's head
+    "vocab_layer_norm.",
+    "vocab_projector.",
+    "pre_classifier.",
 )
 # Wrappers such as BertForMaskedLM store the encoder under one of these.
-ENCODER_WRAPPER_PREFIXES = ("bert.", "roberta.", "xlm-roberta.", "model.")
+ENCODER_WRAPPER_PREFIXES = ("bert.", "roberta.", "xlm-roberta.", "distilbert.", "model.")
+
+
+def mlm_head_rules(config: EncoderConfig) -> list[ParamRule]:
+    """A masked-LM head beside its encoder (SPLADE, models/sparse.py): the transform and the
+    decoder's bias; the decoder's weight is the tied word-embedding table."""
+    if config.naming == "distilbert":
+        transform, norm, bias = "vocab_transform", "vocab_layer_norm", "vocab_projector.bias"
+        aliases: tuple[str, ...] = ()
+    else:
+        head = "cls.predictions"
+        transform, norm, bias = (
+            f"{head}.transform.dense",
+            f"{head}.transform.LayerNorm",
+            f"{head}.bias",
+        )
+        aliases = (f"{head}.decoder.bias",)
+    return _top_level(
+        [
+            *_linear(("transform",), transform, Layout.IN_KERNEL),
+            *_norm(("norm",), norm),
+            ParamRule(("decoder_bias",), bias, aliases=aliases),
+        ]
+    )
+
+
+def sparse_rules(backbone_rules: list[ParamRule], config: EncoderConfig) -> list[ParamRule]:
+    """A SPLADE model's table: its encoder's rules under `backbone/`, then its MLM head's."""
+    nested = [dataclasses.replace(r, flax_path=("backbone", *r.flax_path)) for r in backbone_rules]
+    return [*nested, *mlm_head_rules(config)]
 
 
 def decoder_rules(config: DecoderConfig) -> list[ParamRule]:

@@ -269,3 +269,15 @@ def test_jina_tasks_on_a_mesh_match_one_device(tmp_path_factory, texts, mesh_sha
     for task in (None, "retrieval.query", "classification"):
         want = one.embed(texts, truncate=True, task=task)
         np.testing.assert_allclose(many.embed(texts, truncate=True, task=task), want, atol=2e-5)
+
+
+@pytest.mark.parametrize("mesh_shape", [(2, 4)])
+def test_splade_on_a_mesh_matches_one_device(tmp_path_factory, texts, mesh_shape):
+    """The MLM head's tied decoder is the vocab-sharded word table: same sparse vectors."""
+    from tests.helpers import save_tiny_splade
+
+    path = tmp_path_factory.mktemp("tiny-splade")
+    save_tiny_splade(path, seed=3)
+    one = _embedder(path, None).embed(texts, truncate=True)
+    many = _embedder(path, mesh_shape).embed(texts, truncate=True)
+    np.testing.assert_allclose(many, one, atol=2e-5)
