@@ -3,7 +3,8 @@
 An adapter directory holds `adapter_config.json` and `adapter_model.safetensors`
 as `peft` writes them. Each `lora_A`/`lora_B` pair is mapped to one of the
 model's projection *sites* (BERT: query/key/value/attention_output/
-intermediate/output; Mistral/Qwen: q/k/v/o/gate/up/down), its scaling
+intermediate/output; Mistral/Qwen/Gemma3: q/k/v/o/gate/up/down; ModernBERT:
+attn.Wqkv/attn.Wo/mlp.Wi/mlp.Wo; NomicBERT: Wqkv/out_proj/fc11/fc12/fc2), its scaling
 (`alpha / r`, or `alpha / sqrt(r)` with rsLoRA) folded into B.
 
 `LoraBank` keeps `max_loras` adapters on the devices in fixed-shape stacks
@@ -33,6 +34,9 @@ import numpy as np
 from jaxembed.errors import InvalidInputError, JaxEmbedError, OverloadedError
 from jaxembed.models.decoder import DecoderConfig
 from jaxembed.models.encoder import EncoderConfig
+from jaxembed.models.gemma3 import Gemma3Config
+from jaxembed.models.modernbert import ModernBertConfig
+from jaxembed.models.nomic_bert import NomicBertConfig
 from jaxembed.weights.safetensors_io import SafetensorsFile
 
 CONFIG_FILE = "adapter_config.json"
@@ -49,6 +53,22 @@ _DECODER_SITES = (
     (re.compile(r"(?:^|\.)layers\.(\d+)\.self_attn\.(q|k|v|o)_proj$"), None),
     (re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.(gate|up|down)_proj$"), None),
 )
+_MODERNBERT_SITES = (
+    (re.compile(r"(?:^|\.)layers\.(\d+)\.attn\.Wqkv$"), "qkv"),
+    (re.compile(r"(?:^|\.)layers\.(\d+)\.attn\.Wo$"), "output"),
+    (re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.Wi$"), "wi"),
+    (re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.Wo$"), "wo"),
+)
+# NomicBERT: transformers 5's module names (the decoder's) or nomic's own, whose fused Wqkv
+# adapter is the q, k and v adapters sharing A (B split in thirds: exact).
+_NOMIC_SITES = (
+    *_DECODER_SITES,
+    (re.compile(r"(?:^|\.)layers\.(\d+)\.attn\.Wqkv$"), ("q", "k", "v")),
+    (re.compile(r"(?:^|\.)layers\.(\d+)\.attn\.out_proj$"), "o"),
+    (re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.fc11$"), "up"),
+    (re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.fc12$"), "gate"),
+    (re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.fc2$"), "down"),
+)
 # Modules an adapter may target that do not affect embeddings (BERT's pooler head).
 _UNUSED_MODULES = re.compile(r"(?:^|\.)pooler\.")
 
@@ -60,38 +80,43 @@ class AdapterError(InvalidInputError):
         super().__init__(message, param=param)
 
 
-def site_dims(config: Any) -> dict[str, tuple[int, int]]:
-    """(in, out) features of every site an adapter may target."""
+def _decoder_dims(config: Any) -> dict[str, tuple[int, int]]:
+    d, f = config.hidden_size, config.intermediate_size
+    q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    return {"q": (d, q), "k": (d, kv), "v": (d, kv), "o": (q, d), "gate": (d, f), "up": (d, f), "down": (f, d)}  # fmt: skip
+
+
+def _sites(config: Any) -> tuple[dict[str, tuple[int, int]], tuple]:
+    """(site → (in, out) features, PEFT module-name patterns) of an architecture (of the
+    backbone, for an embedder with Dense modules or a SPLADE head)."""
+    config = getattr(config, "backbone", config)
+    d, f = config.hidden_size, config.intermediate_size
     if isinstance(config, EncoderConfig):
-        d, f = config.hidden_size, config.intermediate_size
-        return {
-            "query": (d, d),
-            "key": (d, d),
-            "value": (d, d),
-            "attention_output": (d, d),
-            "intermediate": (d, f),
-            "output": (f, d),
-        }
-    if isinstance(config, DecoderConfig):
-        d, f = config.hidden_size, config.intermediate_size
-        q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
-        return {
-            "q": (d, q),
-            "k": (d, kv),
-            "v": (d, kv),
-            "o": (q, d),
-            "gate": (d, f),
-            "up": (d, f),
-            "down": (f, d),
-        }
+        dims = {"query": (d, d), "key": (d, d), "value": (d, d), "attention_output": (d, d)}
+        return dims | {"intermediate": (d, f), "output": (f, d)}, _ENCODER_SITES
+    if isinstance(config, DecoderConfig | Gemma3Config):  # the same module names
+        return _decoder_dims(config), _DECODER_SITES
+    if isinstance(config, ModernBertConfig):
+        dims = {"qkv": (d, 3 * d), "output": (d, d), "wi": (d, 2 * f), "wo": (f, d)}
+        return dims, _MODERNBERT_SITES
+    if isinstance(config, NomicBertConfig) and not config.tasks:
+        dims = {"q": (d, d), "k": (d, d), "v": (d, d), "o": (d, d)}
+        return dims | {"up": (d, f), "gate": (d, f), "down": (f, d)}, _NOMIC_SITES
     raise JaxEmbedError(f"LoRA is not supported for {type(config).__name__}")
 
 
-def _site_of(module: str, config: Any) -> tuple[int, str] | None:
-    table = _ENCODER_SITES if isinstance(config, EncoderConfig) else _DECODER_SITES
-    for pattern, site in table:
+def site_dims(config: Any) -> dict[str, tuple[int, int]]:
+    """(in, out) features of every site an adapter may target."""
+    return _sites(config)[0]
+
+
+def _site_of(module: str, config: Any) -> tuple[int, tuple[str, ...]] | None:
+    """(layer, sites) a PEFT module adapts; several sites = a fused projection whose B is
+    split evenly between them (each with the whole A)."""
+    for pattern, site in _sites(config)[1]:
         if m := pattern.search(module):
-            return int(m.group(1)), site or m.group(2)
+            sites = site or m.group(2)
+            return int(m.group(1)), (sites,) if isinstance(sites, str) else sites
     return None
 
 
@@ -152,21 +177,26 @@ def load_adapter(path: str | Path, config: Any, *, name: str, max_rank: int) -> 
             if where is None or where[0] >= layers or set(keys) != {"A", "B"}:
                 unknown.append(module)
                 continue
-            layer, site = where
+            layer, sites = where
             a, b = tensors.get(keys["A"]), tensors.get(keys["B"])  # [r, in], [out, r]
-            d_in, d_out = dims[site]
+            d_in = dims[sites[0]][0]
+            d_out = sum(dims[site][1] for site in sites)
             if a.shape != (rank, d_in) or b.shape != (d_out, rank):
                 raise AdapterError(
                     f"adapter {name!r}: {module} has shapes {a.shape} / {b.shape}, "
                     f"expected ({rank}, {d_in}) / ({d_out}, {rank})"
                 )
-            if site not in weights:
-                weights[site] = (
-                    np.zeros((layers, d_in, rank), np.float32),
-                    np.zeros((layers, rank, d_out), np.float32),
-                )
-            weights[site][0][layer] = a.astype(np.float32).T
-            weights[site][1][layer] = b.astype(np.float32).T * scaling
+            start = 0
+            for site in sites:
+                width = dims[site][1]
+                if site not in weights:
+                    weights[site] = (
+                        np.zeros((layers, d_in, rank), np.float32),
+                        np.zeros((layers, rank, width), np.float32),
+                    )
+                weights[site][0][layer] = a.astype(np.float32).T
+                weights[site][1][layer] = b[start : start + width].astype(np.float32).T * scaling
+                start += width
     finally:
         tensors.close()
     if unknown:

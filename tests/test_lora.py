@@ -182,3 +182,85 @@ def test_eviction_and_reload_give_a_new_identity(bert):
     texts = varied_texts()[:4]
     want = bert[2].embed(texts, adapter="a0", truncate=True)
     assert np.abs(embedder.embed(texts, adapter="a0", truncate=True) - want).max() <= 1e-6
+
+
+_NEW_FAMILIES = {
+    # family: (targets, where the transformers backbone is saved relative to the ST directory)
+    "modernbert": (["Wqkv", "Wo", "Wi"], ""),
+    "nomic_bert": (["q_proj", "v_proj", "o_proj", "gate_proj", "down_proj"], ""),
+    "embeddinggemma": (["q_proj", "k_proj", "o_proj", "up_proj", "down_proj"], "-base"),
+}
+
+
+@pytest.mark.parametrize("family", sorted(_NEW_FAMILIES))
+def test_adapters_on_the_newer_encoders_match_peft(family, tmp_path):
+    """PEFT adapters on ModernBERT (fused Wqkv, Wi), NomicBERT (transformers' module names) and
+    EmbeddingGemma (its Dense modules after pooling), against sentence-transformers running the
+    peft-merged backbone."""
+    from sentence_transformers import SentenceTransformer
+
+    from tests.helpers import save_tiny_embedding_gemma, save_tiny_modernbert, save_tiny_nomic_bert
+
+    saver = {
+        "modernbert": save_tiny_modernbert,
+        "nomic_bert": save_tiny_nomic_bert,
+        "embeddinggemma": save_tiny_embedding_gemma,
+    }[family]
+    targets, suffix = _NEW_FAMILIES[family]
+    path = tmp_path / "model"
+    saver(path, seed=21)
+    backbone = tmp_path / f"model{suffix}"
+    peft_model = _peft_adapter(backbone, tmp_path / "adapter", targets, seed=22)
+    texts = varied_texts()[:8]
+    reference = SentenceTransformer(str(path), device="cpu")
+    merged = peft_model.merge_and_unload()
+    for attribute in ("auto_model", "model"):  # sentence-transformers 6 reads `model`
+        if hasattr(reference[0], attribute):
+            setattr(reference[0], attribute, merged)
+    want = reference.encode(texts)
+    embedder = Embedder.from_pretrained(path, compile_cache_dir=False)
+    try:
+        embedder.adapter_slot("a", tmp_path / "adapter")
+        ours = embedder.embed(texts, adapter="a", truncate=True)
+        assert _cosines(ours, want).min() >= 0.99999
+        assert _cosines(embedder.embed(texts, truncate=True), want).min() < 0.999
+    finally:
+        embedder.close()
+
+
+def test_nomic_fused_wqkv_adapter_equals_its_split_form(tmp_path):
+    """nomic's own module names (one Wqkv LoRA) load as q/k/v adapters sharing A."""
+    from safetensors.numpy import load_file, save_file
+
+    from jaxembed.lora import load_adapter
+    from jaxembed.weights.loader import load_model
+    from tests.helpers import save_tiny_nomic_bert
+
+    save_tiny_nomic_bert(tmp_path / "model", seed=3)
+    split = tmp_path / "split"
+    _peft_adapter(tmp_path / "model", split, ["q_proj", "k_proj", "v_proj"], seed=4)
+    tensors = load_file(split / "adapter_model.safetensors")
+    fused = {}
+    for key in [k for k in tensors if ".q_proj.lora_A" in k]:
+        stem = key.split(".self_attn.")[0].replace("layers.", "encoder.layers.")
+        parts = [key.replace("q_proj", n) for n in ("q_proj", "k_proj", "v_proj")]
+        a = tensors[parts[0]]
+        for other in parts[1:]:
+            tensors[other] = a  # one shared A, as a fused adapter has
+        fused[f"{stem}.attn.Wqkv.lora_A.weight"] = a
+        fused[f"{stem}.attn.Wqkv.lora_B.weight"] = np.concatenate(
+            [tensors[p.replace("lora_A", "lora_B")] for p in parts]
+        )
+    (tmp_path / "fused").mkdir()
+    save_file(fused, tmp_path / "fused" / "adapter_model.safetensors")
+    save_file(tensors, split / "adapter_model.safetensors")
+    (tmp_path / "fused" / "adapter_config.json").write_text(
+        (split / "adapter_config.json").read_text()
+    )
+    config = load_model(tmp_path / "model").config
+    one = load_adapter(tmp_path / "fused", config, name="f", max_rank=8).weights
+    other = load_adapter(split, config, name="s", max_rank=8).weights
+    assert set(one) == set(other) == {"q", "k", "v"}
+    for site in one:
+        for mine, theirs in zip(one[site], other[site], strict=True):
+            np.testing.assert_array_equal(mine, theirs)

@@ -34,6 +34,7 @@ from jaxembed.models.decoder import (
     layer_rope_and_window,
 )
 from jaxembed.models.encoder import ACTIVATIONS
+from jaxembed.models.lora_delta import add_delta
 from jaxembed.models.packing import segment_ids, token_positions
 from jaxembed.models.partitioning import ZEROS, embedding, projection, scan_layers, with_axes
 from jaxembed.parallel.sharding import constrain
@@ -151,9 +152,13 @@ class _Layer(nn.Module):
     attention: AttentionConfig
     packed: bool
 
-    def _attend(self, h, is_global, segments_bl, rope):
+    def _attend(self, h, is_global, segments_bl, rope, lora, ids):
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
-        proj = functools.partial(projection, dtype=dt, param_dtype=pdt)
+
+        def proj(features, axes, name, **kwargs):  # plus the row's PEFT LoRA delta, if any
+            y = projection(features, axes, name, dtype=dt, param_dtype=pdt, **kwargs)
+            return lambda x: add_delta(y(x), x.reshape(*x.shape[:2], -1), lora, name, ids)
+
         norm = functools.partial(GemmaRMSNorm, cfg.rms_norm_eps, dt, pdt, "head_dim")
         q_axes = ("batch", "length", "heads", "head_dim")
         kv_axes = ("batch", "length", "kv_heads", "head_dim")
@@ -173,11 +178,15 @@ class _Layer(nn.Module):
         return proj(cfg.hidden_size, ("heads", "head_dim", "embed"), "o", axis=(-2, -1))(ctx)
 
     @nn.compact
-    def __call__(self, x_bld, is_global, segments_bl, rope):
+    def __call__(self, x_bld, is_global, lora, segments_bl, rope, ids):
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
-        proj = functools.partial(projection, dtype=dt, param_dtype=pdt)
+
+        def proj(features, axes, name):
+            y = projection(features, axes, name, dtype=dt, param_dtype=pdt)
+            return lambda x: add_delta(y(x), x, lora, name, ids)
+
         norm = lambda name: GemmaRMSNorm(cfg.rms_norm_eps, dt, pdt, name=name)  # noqa: E731
-        attn = self._attend(norm("input_norm")(x_bld), is_global, segments_bl, rope)
+        attn = self._attend(norm("input_norm")(x_bld), is_global, segments_bl, rope, lora, ids)
         x_bld = x_bld + norm("post_attention_norm")(attn)
         h = norm("pre_ffw_norm")(x_bld)
         gate = proj(cfg.intermediate_size, ("embed", "mlp"), "gate")(h)
@@ -201,9 +210,7 @@ class Gemma3Text(nn.Module):
         self, input_ids, attention_mask, lora=None, adapter_ids=None, packed: bool = False
     ):
         """`packed`: `attention_mask` holds segment ids; windows and positions are per sequence.
-        LoRA adapters are not supported for this family."""
-        if lora:
-            raise UnsupportedArchitectureError("LoRA adapters are not supported for Gemma3")
+        `lora`/`adapter_ids`: PEFT adapters on q/k/v/o/gate/up/down (jaxembed/lora.py)."""
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
         table = embedding(
             cfg.vocab_size, cfg.hidden_size, "vocab", "embed", dtype=dt, param_dtype=pdt
@@ -214,8 +221,9 @@ class Gemma3Text(nn.Module):
         positions = token_positions(attention_mask, attention_mask if packed else None)
         rope = global_and_local_rope(positions, cfg.head_dim, (cfg.global_theta, cfg.local_theta))
         segments = segment_ids(attention_mask, packed)
-        layers = scan_layers(_Layer, cfg.num_layers, (0, nn.broadcast, nn.broadcast))
+        in_axes = (0, 0, nn.broadcast, nn.broadcast, nn.broadcast)
+        layers = scan_layers(_Layer, cfg.num_layers, in_axes)
         x, _ = layers(cfg, dt, pdt, self.attention, packed, name="layers")(
-            x, jnp.asarray(cfg.global_layers, dtype=bool), segments, rope
+            x, jnp.asarray(cfg.global_layers, dtype=bool), lora or {}, segments, rope, adapter_ids
         )
         return GemmaRMSNorm(cfg.rms_norm_eps, dt, pdt, name="final_norm")(x)

@@ -18,7 +18,6 @@ sequence in packed rows).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +29,7 @@ from jaxembed.errors import UnsupportedArchitectureError
 from jaxembed.models.attention import AttentionConfig, AttentionMask, attention
 from jaxembed.models.decoder import apply_rope, global_and_local_rope, layer_rope_and_window
 from jaxembed.models.encoder import ACTIVATIONS
+from jaxembed.models.lora_delta import add_delta
 from jaxembed.models.packing import segment_ids, token_positions
 from jaxembed.models.partitioning import embedding, layer_norm, projection, scan_layers
 from jaxembed.parallel.sharding import constrain
@@ -131,11 +131,16 @@ class _Layer(nn.Module):
     first: bool = False  # layer 0 attends to the embeddings as they are (no attention norm)
 
     @nn.compact
-    def __call__(self, x_bld, is_global, segments_bl, rope):
-        """`is_global`: this layer attends to all tokens; `rope`: global and local cos/sin."""
+    def __call__(self, x_bld, is_global, lora, segments_bl, rope, ids):
+        """`is_global`: this layer attends to all tokens; `rope`: global and local cos/sin;
+        `lora`/`ids`: this layer's PEFT adapter stacks and each row's slot."""
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
         h = x_bld if self.first else _norm(cfg, dt, pdt, "attention_norm")(x_bld)
-        proj = functools.partial(projection, dtype=dt, param_dtype=pdt)
+
+        def proj(features, axes, name, **kwargs):  # plus the row's PEFT LoRA delta, if any
+            y = projection(features, axes, name, dtype=dt, param_dtype=pdt, **kwargs)
+            return lambda x: add_delta(y(x), x.reshape(*x.shape[:2], -1), lora, name, ids)
+
         axes = ("embed", "qkv", "heads", "head_dim")
         qkv = proj((3, cfg.num_heads, cfg.head_dim), axes, "qkv", bias=cfg.attention_bias)(h)
         heads = ("batch", "length", "heads", "head_dim")
@@ -173,9 +178,9 @@ class ModernBert(nn.Module):
         packed: bool = False,
     ) -> jax.Array:
         """`packed`: `attention_mask` holds segment ids; windows and positions are per sequence.
-        LoRA adapters are not supported for this family (`lora` must be empty)."""
-        if lora:
-            raise UnsupportedArchitectureError("LoRA adapters are not supported for ModernBERT")
+        `lora`/`adapter_ids`: PEFT adapters on Wqkv/Wo/Wi/Wo (jaxembed/lora.py); layer 0 takes
+        the stacks' first slice, the scanned layers the rest."""
+        lora = lora or {}
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
         table = embedding(
             cfg.vocab_size, cfg.hidden_size, "vocab", "embed", dtype=dt, param_dtype=pdt
@@ -186,11 +191,13 @@ class ModernBert(nn.Module):
         rope = global_and_local_rope(positions, cfg.head_dim, (cfg.global_theta, cfg.local_theta))
         segments = segment_ids(attention_mask, packed)
         is_global = jnp.asarray(cfg.global_layers, dtype=bool)
+        first, rest = jax.tree.map(lambda a: a[0], lora), jax.tree.map(lambda a: a[1:], lora)
         x, _ = _Layer(cfg, dt, pdt, self.attention, packed, first=True, name="first")(
-            x, is_global[0], segments, rope
+            x, is_global[0], first, segments, rope, adapter_ids
         )
-        layers = scan_layers(_Layer, cfg.num_layers - 1, (0, nn.broadcast, nn.broadcast))
+        in_axes = (0, 0, nn.broadcast, nn.broadcast, nn.broadcast)
+        layers = scan_layers(_Layer, cfg.num_layers - 1, in_axes)
         x, _ = layers(cfg, dt, pdt, self.attention, packed, name="layers")(
-            x, is_global[1:], segments, rope
+            x, is_global[1:], rest, segments, rope, adapter_ids
         )
         return _norm(cfg, dt, pdt, "final_norm")(x)

@@ -33,6 +33,7 @@ from jaxembed.errors import UnsupportedArchitectureError
 from jaxembed.models.attention import AttentionConfig, AttentionMask, attention
 from jaxembed.models.decoder import apply_rope, rope_cos_sin
 from jaxembed.models.encoder import ACTIVATIONS
+from jaxembed.models.lora_delta import lora_delta
 from jaxembed.models.packing import segment_ids, token_positions
 from jaxembed.models.partitioning import embedding, layer_norm, projection, scan_layers
 from jaxembed.models.task_lora import TaskEmbedLora, TaskLinearLora
@@ -120,6 +121,16 @@ class NomicBertConfig:
         )
 
 
+# Our projections → the PEFT sites (jaxembed/lora.py) whose deltas make up their outputs.
+_PEFT_SITES = {
+    "qkv": ("q", "k", "v"),
+    "output": ("o",),
+    "up": ("up",),
+    "gate": ("gate",),
+    "down": ("down",),
+}
+
+
 def canonical_model_type(hf: Mapping[str, Any]) -> str:
     """The family a config belongs to: its `model_type`, except jina's original
     jina-embeddings-v3 config, which says `xlm-roberta` but has rotary positions."""
@@ -190,39 +201,46 @@ class _Layer(nn.Module):
         )  # fmt: skip
         return lora(x, task_ids)
 
-    def _linear(self, name, features, axes, x, task_ids, d_in: int, **kwargs):
-        """A projection of the layer plus its task delta (reshaped to the projection's output)."""
+    def _linear(self, name, features, axes, x, rows, d_in: int, **kwargs):
+        """A projection of the layer plus its task delta or PEFT LoRA delta (reshaped to the
+        projection's output)."""
         dt, pdt = self.dtype, self.param_dtype
         y = projection(
             features, axes, name, dtype=dt, param_dtype=pdt, bias=self.config.bias, **kwargs
         )(x)
         x_bli = x.reshape(*x.shape[:2], -1)
+        lora, task_ids = rows
+        if lora:  # PEFT adapters (jaxembed/lora.py): models without built-in tasks
+            deltas = [lora_delta(x_bli, lora, site, task_ids) for site in _PEFT_SITES[name]]
+            if any(delta is None for delta in deltas):
+                return y
+            return y + jnp.concatenate(deltas, axis=-1).reshape(y.shape).astype(y.dtype)
         delta = self._task_delta(name, x_bli, task_ids, d_in, y[0, 0].size)
         return y if delta is None else y + delta.reshape(y.shape).astype(y.dtype)
 
     @nn.compact
-    def __call__(self, x_bld, segments_bl, cos, sin, task_ids=None):
+    def __call__(self, x_bld, lora, segments_bl, cos, sin, task_ids=None):
+        """`task_ids`: each row's built-in task, or (with `lora`) its PEFT adapter slot."""
+        rows = (lora, task_ids)
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
         d, f = cfg.hidden_size, cfg.intermediate_size
         axes = ("embed", "qkv", "heads", "head_dim")
-        qkv = self._linear("qkv", (3, cfg.num_heads, cfg.head_dim), axes, x_bld, task_ids, d)
+        qkv = self._linear("qkv", (3, cfg.num_heads, cfg.head_dim), axes, x_bld, rows, d)
         heads = ("batch", "length", "heads", "head_dim")
         q, k, v = (constrain(qkv[:, :, i], heads) for i in range(3))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         mask = AttentionMask(segments_bl, packed=self.packed)
         ctx = constrain(attention(q, k, v, mask, self.attention), heads)
-        out = self._linear(
-            "output", d, ("heads", "head_dim", "embed"), ctx, task_ids, d, axis=(-2, -1)
-        )
+        out = self._linear("output", d, ("heads", "head_dim", "embed"), ctx, rows, d, axis=(-2, -1))
         x_bld = _norm(cfg, dt, pdt, "attention_norm")(x_bld + out)
-        up = self._linear("up", f, ("embed", "mlp"), x_bld, task_ids, d)
+        up = self._linear("up", f, ("embed", "mlp"), x_bld, rows, d)
         if cfg.gated:
-            gate = self._linear("gate", f, ("embed", "mlp"), x_bld, task_ids, d)
+            gate = self._linear("gate", f, ("embed", "mlp"), x_bld, rows, d)
             h = ACTIVATIONS[cfg.activation](gate) * up
         else:
             h = ACTIVATIONS[cfg.activation](up)
         h = constrain(h, ("batch", "length", "mlp"))
-        down = self._linear("down", d, ("mlp", "embed"), h, task_ids, f)
+        down = self._linear("down", d, ("mlp", "embed"), h, rows, f)
         out_bld = _norm(cfg, dt, pdt, "mlp_norm")(x_bld + down)
         return constrain(out_bld, ("batch", "length", "embed")), None
 
@@ -258,11 +276,11 @@ class NomicBert(nn.Module):
         packed: bool = False,
     ) -> jax.Array:
         """`packed`: `attention_mask` holds segment ids; positions restart per sequence.
-        `adapter_ids`: each row's built-in task (0 = none, i + 1 = `config.tasks[i]`).
-        PEFT LoRA stacks are not supported for this family (`lora` must be empty)."""
-        if lora:
+        `adapter_ids`: each row's built-in task (0 = none, i + 1 = `config.tasks[i]`), or with
+        `lora` (PEFT stacks, jaxembed/lora.py; models without built-in tasks) its slot."""
+        if lora and self.config.tasks:
             raise UnsupportedArchitectureError(
-                "PEFT LoRA adapters are not supported for NomicBERT / jina-v3"
+                "a model with built-in task adapters takes no PEFT adapters"
             )
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
         init = self.is_initializing()
@@ -274,8 +292,8 @@ class NomicBert(nn.Module):
         x = constrain(_norm(cfg, dt, pdt, "embed_norm")(x), ("batch", "length", "embed"))
         positions = token_positions(attention_mask, attention_mask if packed else None)
         cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, 1.0)
-        layers = scan_layers(_Layer, cfg.num_layers, (nn.broadcast,) * 4)
+        layers = scan_layers(_Layer, cfg.num_layers, (0, *(nn.broadcast,) * 4))
         x, _ = layers(cfg, dt, pdt, self.attention, packed, name="layers")(
-            x, segment_ids(attention_mask, packed), cos, sin, adapter_ids
+            x, lora or {}, segment_ids(attention_mask, packed), cos, sin, adapter_ids
         )
         return x
