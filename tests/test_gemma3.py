@@ -52,49 +52,21 @@ def test_bfloat16_conversion_and_float16_refused(gemma, tmp_path):
 
 
 def test_plan_counts_embeddinggemma_shapes():
-    """EmbeddingGemma-300m's text model shapes (+ its 768→3072→768 Dense modules): plan's
-    count from abstract shapes equals transformers' Gemma3TextModel plus the Dense weights."""
+    """The shipped embeddinggemma-300m card (the shapes of transformers' conversion script for
+    EmbeddingGemma, + its 768→3072→768 Dense modules): plan's count from abstract shapes equals
+    transformers' Gemma3TextModel plus the Dense weights."""
     import transformers
 
-    from jaxembed.card import ModelCard
     from jaxembed.families import model_family
     from jaxembed.parallel.plan import plan_parameters
+    from jaxembed.registry import find_card
 
-    config = transformers.Gemma3TextConfig(
-        vocab_size=262144,
-        hidden_size=768,
-        intermediate_size=1152,
-        num_hidden_layers=24,
-        num_attention_heads=3,
-        num_key_value_heads=1,
-        head_dim=256,
-        query_pre_attn_scalar=256,
-        sliding_window=512,
-        max_position_embeddings=2048,
-        use_bidirectional_attention=True,
-    )
-    dense = [
-        {
-            "path": "2_Dense",
-            "in_features": 768,
-            "out_features": 3072,
-            "bias": False,
-            "activation": "identity",
-        },
-        {
-            "path": "3_Dense",
-            "in_features": 3072,
-            "out_features": 768,
-            "bias": False,
-            "activation": "identity",
-        },
-    ]
-    card = ModelCard(
-        name="g", family="gemma3_text", pooling="mean", normalize=True, max_length=2048,
-        dimensions=768, causal=False, projections=dense,
-    )  # fmt: skip
-    family, ours = model_family(config.to_dict(), card)
+    card = find_card("embeddinggemma-300m")
+    family, ours = model_family(card.architecture, card)
+    assert ours.backbone.causal is False and ours.head.kind == "projection"
     counted = plan_parameters(family, ours, 1, 1, "float32").parameters
+    config = transformers.Gemma3TextConfig(**card.architecture)
     with torch.device("meta"):
         reference = transformers.Gemma3TextModel(config)
     assert counted == sum(p.numel() for p in reference.parameters()) + 2 * 768 * 3072
+    assert counted == 307_581_696

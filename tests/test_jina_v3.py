@@ -135,11 +135,11 @@ def test_plan_counts_jina_embeddings_v3_parameters():
     jina's checkpoint holds (every Linear and Embedding: A [5, r, in] + B [5, out, r])."""
     import transformers
 
-    from jaxembed.card import ModelCard
     from jaxembed.families import model_family
     from jaxembed.parallel.plan import plan_parameters
+    from jaxembed.registry import find_card
 
-    card = ModelCard.load("jaxembed/cards/jina-embeddings-v3.json")
+    card = find_card("jina-embeddings-v3")
     family, ours = model_family(card.architecture, card)
     counted = plan_parameters(family, ours, 1, 1, "float32").parameters
     config = transformers.JinaEmbeddingsV3Config()

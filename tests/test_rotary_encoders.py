@@ -109,9 +109,14 @@ def test_plan_counts_modernbert_base_parameters():
 
     from jaxembed.families import model_family
     from jaxembed.parallel.plan import plan_parameters
+    from jaxembed.registry import find_card
 
-    config = transformers.ModernBertConfig()  # 22 layers, 768 wide, GeGLU 1152, vocab 50368
-    family, ours = model_family(config.to_dict())
+    card = find_card("gte-modernbert-base")  # ModernBERT-base: transformers' default config
+    assert card.architecture == {
+        k: v for k, v in transformers.ModernBertConfig().to_dict().items() if k in card.architecture
+    }
+    config = transformers.ModernBertConfig(**card.architecture)
+    family, ours = model_family(card.architecture, card)
     counted = plan_parameters(family, ours, 1, 1, "float32").parameters
     with torch.device("meta"):
         reference = transformers.ModernBertModel(config)
@@ -155,9 +160,12 @@ def test_plan_counts_nomic_embed_text_v15_parameters():
 
     from jaxembed.families import model_family
     from jaxembed.parallel.plan import plan_parameters
+    from jaxembed.registry import find_card
 
-    config = transformers.NomicBertConfig()  # nomic-embed-text-v1.5's shapes
-    family, ours = model_family(config.to_dict())
+    card = find_card("nomic-embed-text-v1.5")  # transformers' default config is v1.5's
+    config = transformers.NomicBertConfig(**card.architecture)
+    assert config.to_dict() == transformers.NomicBertConfig().to_dict() | {"_name_or_path": ""}
+    family, ours = model_family(card.architecture, card)
     counted = plan_parameters(family, ours, 1, 1, "float32").parameters
     with torch.device("meta"):
         reference = transformers.NomicBertModel(config)

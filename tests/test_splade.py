@@ -97,11 +97,11 @@ def test_plan_counts_a_splade_bert_base():
     decoder tied (its weight is the word embeddings)."""
     import transformers
 
-    from jaxembed.card import ModelCard
     from jaxembed.families import model_family
     from jaxembed.parallel.plan import plan_parameters
+    from jaxembed.registry import find_card
 
-    card = ModelCard.load("jaxembed/cards/splade-v3.json")
+    card = find_card("splade-v3")
     family, ours = model_family(card.architecture, card)
     counted = plan_parameters(family, ours, 1, 1, "float32").parameters
     with torch.device("meta"):
