@@ -77,15 +77,20 @@ def tei_error(error: APIError) -> HTTPResponse:
     )
 
 
+def _parse(request: Request, body: type[BaseModel]):
+    """(the request body, the route to the model): TEI serves one model, the first."""
+    check_serving(request)
+    notice_disconnects(request)
+    req = parse_body(request, body)
+    if isinstance(req.inputs, list) and not req.inputs:
+        raise APIError(400, "`inputs` cannot be empty", param="inputs", code="empty")
+    return req, request.app.ctx.models.route(None, None)
+
+
 @with_error_shape(tei_error)
 async def embed(request: Request) -> HTTPResponse:
     """`POST /embed` (and `POST /`): a bare list of vectors, one per input."""
-    check_serving(request)
-    notice_disconnects(request)
-    req = parse_body(request, TEIEmbedRequest)
-    if isinstance(req.inputs, list) and not req.inputs:
-        raise APIError(400, "`inputs` cannot be empty", param="inputs", code="empty")
-    route = request.app.ctx.models.route(None, None)  # TEI serves one model: the first
+    req, route = _parse(request, TEIEmbedRequest)
     options = EmbedOptions(
         truncate=bool(req.truncate),
         truncation_direction=req.truncation_direction.lower(),
@@ -101,12 +106,7 @@ async def embed(request: Request) -> HTTPResponse:
 @with_error_shape(tei_error)
 async def embed_sparse(request: Request) -> HTTPResponse:
     """`POST /embed_sparse`: per input, its non-zero vocabulary weights `[{"index", "value"}]`."""
-    check_serving(request)
-    notice_disconnects(request)
-    req = parse_body(request, TEIEmbedSparseRequest)
-    if isinstance(req.inputs, list) and not req.inputs:
-        raise APIError(400, "`inputs` cannot be empty", param="inputs", code="empty")
-    route = request.app.ctx.models.route(None, None)
+    req, route = _parse(request, TEIEmbedSparseRequest)
     if not route.model.card.sparse:
         raise APIError(
             400,

@@ -67,33 +67,38 @@ def _linear(flax_prefix: tuple[str, ...], hf_prefix: str, layout: Layout) -> lis
     ]
 
 
-def distilbert_rules(config: EncoderConfig) -> list[ParamRule]:
-    """DistilBERT's names for BERT's graph (keys without the `distilbert.` prefix)."""
-    layer = "transformer.layer.{layer}"
-    rules = [
-        ParamRule(("embeddings", "word", "embedding"), "embeddings.word_embeddings.weight"),
-        ParamRule(("embeddings", "position", "embedding"), "embeddings.position_embeddings.weight"),
-        *_norm(("embeddings", "norm"), "embeddings.LayerNorm"),
-    ]
-    for name, theirs in (("query", "q_lin"), ("key", "k_lin"), ("value", "v_lin")):
-        rules += _linear(
-            ("layers", "attention", name), f"{layer}.attention.{theirs}", Layout.IN_KERNEL
-        )
-    rules += _linear(
-        ("layers", "attention", "output"), f"{layer}.attention.out_lin", Layout.OUT_KERNEL
-    )
-    rules += _norm(("layers", "attention_norm"), f"{layer}.sa_layer_norm")
-    rules += _linear(("layers", "intermediate"), f"{layer}.ffn.lin1", Layout.IN_KERNEL)
-    rules += _linear(("layers", "output"), f"{layer}.ffn.lin2", Layout.IN_KERNEL)
-    rules += _norm(("layers", "output_norm"), f"{layer}.output_layer_norm")
-    return rules
+# BERT's graph under each naming (EncoderConfig.naming): the layer prefix, then every
+# projection and norm of a layer.
+_ENCODER_NAMES = {
+    "bert": {
+        "layer": "encoder.layer.{layer}",
+        "query": "attention.self.query",
+        "key": "attention.self.key",
+        "value": "attention.self.value",
+        "attention_output": "attention.output.dense",
+        "attention_norm": "attention.output.LayerNorm",
+        "intermediate": "intermediate.dense",
+        "output": "output.dense",
+        "output_norm": "output.LayerNorm",
+    },
+    "distilbert": {
+        "layer": "transformer.layer.{layer}",
+        "query": "attention.q_lin",
+        "key": "attention.k_lin",
+        "value": "attention.v_lin",
+        "attention_output": "attention.out_lin",
+        "attention_norm": "sa_layer_norm",
+        "intermediate": "ffn.lin1",
+        "output": "ffn.lin2",
+        "output_norm": "output_layer_norm",
+    },
+}
 
 
 def encoder_rules(config: EncoderConfig) -> list[ParamRule]:
-    """The BERT / RoBERTa / XLM-R table (keys without the `bert.`/`roberta.` prefix);
-    DistilBERT's own names through `distilbert_rules`."""
-    if config.naming == "distilbert":
-        return distilbert_rules(config)
+    """The BERT / RoBERTa / XLM-R / DistilBERT table (keys without the `bert.`/`roberta.`/
+    `distilbert.` prefix)."""
+    names = _ENCODER_NAMES[config.naming]
     rules = [
         ParamRule(("embeddings", "word", "embedding"), "embeddings.word_embeddings.weight"),
         ParamRule(("embeddings", "position", "embedding"), "embeddings.position_embeddings.weight"),
@@ -105,18 +110,18 @@ def encoder_rules(config: EncoderConfig) -> list[ParamRule]:
                 ("embeddings", "token_type", "embedding"), "embeddings.token_type_embeddings.weight"
             )
         )
-    layer = "encoder.layer.{layer}"
+    layer = names["layer"]
+
+    def linear(path: tuple[str, ...], name: str, layout: Layout = Layout.IN_KERNEL):
+        return _linear(("layers", *path), f"{layer}.{names[name]}", layout)
+
     for name in ("query", "key", "value"):
-        rules += _linear(
-            ("layers", "attention", name), f"{layer}.attention.self.{name}", Layout.IN_KERNEL
-        )
-    rules += _linear(
-        ("layers", "attention", "output"), f"{layer}.attention.output.dense", Layout.OUT_KERNEL
-    )
-    rules += _norm(("layers", "attention_norm"), f"{layer}.attention.output.LayerNorm")
-    rules += _linear(("layers", "intermediate"), f"{layer}.intermediate.dense", Layout.IN_KERNEL)
-    rules += _linear(("layers", "output"), f"{layer}.output.dense", Layout.IN_KERNEL)
-    rules += _norm(("layers", "output_norm"), f"{layer}.output.LayerNorm")
+        rules += linear(("attention", name), name)
+    rules += linear(("attention", "output"), "attention_output", Layout.OUT_KERNEL)
+    rules += _norm(("layers", "attention_norm"), f"{layer}.{names['attention_norm']}")
+    rules += linear(("intermediate",), "intermediate")
+    rules += linear(("output",), "output")
+    rules += _norm(("layers", "output_norm"), f"{layer}.{names['output_norm']}")
     return rules
 
 
