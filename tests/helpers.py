@@ -831,3 +831,27 @@ def save_tiny_splade(out_dir: Path, *, seed: int = 0, kind: str = "bert", strate
     encoder = SparseEncoder(modules=[mlm, pooling], device="cpu")
     encoder.save(str(out_dir))
     return model, encoder
+
+
+def save_tiny_qwen2_vl(out_dir: Path, *, seed: int = 0):
+    """A random tiny Qwen2VLForConditionalGeneration (norms and biases perturbed), saved as
+    transformers saves it (`visual.*`, `model.*`, `lm_head`). Returns the torch model."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    vision = dict(
+        depth=2, embed_dim=32, hidden_size=48, num_heads=4, mlp_ratio=2, patch_size=14,
+        spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+    )  # fmt: skip
+    text = dict(
+        vocab_size=30522, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 3]},
+    )  # fmt: skip
+    config = transformers.Qwen2VLConfig(vision_config=vision, text_config=text)
+    model = transformers.Qwen2VLForConditionalGeneration(config).eval()
+    _perturb(model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    return model

@@ -494,5 +494,22 @@ def gemma3_rules(config: Gemma3Config) -> list[ParamRule]:
     ]
 
 
+def qwen_vision_rules(prefix: str = "visual") -> list[ParamRule]:
+    """Qwen2-VL's vision tower (models/qwen2_vl_vision.py) under `prefix` (`visual`, or
+    `model.visual` as transformers 5's Qwen2VLModel names it)."""
+    block = f"{prefix}.blocks.{{layer}}"
+    rules = [ParamRule(("patch_kernel",), f"{prefix}.patch_embed.proj.weight")]
+    rules += _norm(("blocks", "norm1"), f"{block}.norm1")
+    rules += _norm(("blocks", "norm2"), f"{block}.norm2")
+    rules += _linear(("blocks", "qkv"), f"{block}.attn.qkv", Layout.IN_KERNEL)
+    rules += _linear(("blocks", "proj"), f"{block}.attn.proj", Layout.OUT_KERNEL)
+    rules += _linear(("blocks", "fc1"), f"{block}.mlp.fc1", Layout.IN_KERNEL)
+    rules += _linear(("blocks", "fc2"), f"{block}.mlp.fc2", Layout.IN_KERNEL)
+    rules += _norm(("merger_norm",), f"{prefix}.merger.ln_q")
+    rules += _linear(("merger_fc1",), f"{prefix}.merger.mlp.0", Layout.IN_KERNEL)
+    rules += _linear(("merger_fc2",), f"{prefix}.merger.mlp.2", Layout.IN_KERNEL)
+    return rules
+
+
 GEMMA3_IGNORED_PREFIXES = ("lm_head.", "rotary_emb.")
 GEMMA3_WRAPPER_PREFIXES = ("model.",)
