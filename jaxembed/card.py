@@ -20,6 +20,7 @@ from jaxembed.errors import ModelLoadError
 from jaxembed.models.clip import CLIP_FAMILIES, ClipConfig
 from jaxembed.models.decoder import DECODER_FAMILIES
 from jaxembed.models.nomic_bert import canonical_model_type
+from jaxembed.models.qwen_vl import QWEN_VL_FAMILIES
 
 # SPLADE's poolings (sentence-transformers' SpladePooling max / sum over log(1 + relu(MLM
 # logits))): the model's own head pools, and the "embedding" is one weight per vocabulary entry.
@@ -117,6 +118,10 @@ class ModelCard:
         task's prompt (in `prompts`, under the task's name) is prefixed as the model's own
         `encode(task=...)` does. Without a task the base weights run.
       task_for_input_type: which task an input type selects, e.g. {"query": "retrieval.query"}.
+      vl_template: how a vision-language embedder (GME-Qwen2-VL) reads an item: `prefix`
+        (with {instruction}), the `image` block put before the item's text, `suffix`, the
+        default `instruction` (documents always get it; a query may bring its own) —
+        GME's published format (engine/qwen_vl.py).
       splade_activation: a SPLADE model's `relu` (log(1 + relu(x))) or `log1p_relu` (log1p
         once more, OpenSearch's models); its `pooling` is splade_max or splade_sum and its
         `dimensions` the vocabulary size.
@@ -150,6 +155,7 @@ class ModelCard:
     tasks: tuple[str, ...] = ()
     task_for_input_type: Mapping[str, str] = dataclasses.field(default_factory=dict)
     splade_activation: str = "relu"
+    vl_template: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLING_MODES:
@@ -205,6 +211,7 @@ class ModelCard:
         object.__setattr__(self, "projections", tuple(dict(p) for p in self.projections))
         self._check_projections()
         object.__setattr__(self, "tasks", tuple(self.tasks))
+        object.__setattr__(self, "vl_template", dict(self.vl_template))
         object.__setattr__(self, "task_for_input_type", dict(self.task_for_input_type))
         stray = sorted(set(self.task_for_input_type.values()) - set(self.tasks))
         if stray:
@@ -290,6 +297,7 @@ class ModelCard:
         out["score_tokens"] = list(self.score_tokens)
         out["projections"] = [dict(p) for p in self.projections]
         out["tasks"] = list(self.tasks)
+        out["vl_template"] = dict(self.vl_template)
         out["task_for_input_type"] = dict(self.task_for_input_type)
         return out
 
@@ -339,6 +347,8 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
     family = canonical_model_type(hf_config)
     if family in CLIP_FAMILIES:
         return _clip_card(model_dir, hf_config)
+    if family in QWEN_VL_FAMILIES:
+        return _qwen_vl_card(model_dir, hf_config)
     if is_sequence_classifier(hf_config) or (
         family in DECODER_FAMILIES and "reranker" in model_dir.resolve().name.lower()
     ):
@@ -443,6 +453,33 @@ def _max_length(model_dir: Path, hf_config: Mapping[str, Any]) -> int:
         # Their position table reserves padding_idx + 1 slots before the first real position.
         max_positions -= int(hf_config.get("pad_token_id", 1)) + 1
     return min(int(st_config.get("max_seq_length") or max_positions), max_positions)
+
+
+# GME-Qwen2-VL's item format (its gme_inference.py): system instruction, the image block
+# before the text, and the assistant turn opened with <|endoftext|>, whose state is pooled.
+GME_TEMPLATE = {
+    "prefix": "<|im_start|>system\n{instruction}<|im_end|>\n<|im_start|>user\n",
+    "image": "<|vision_start|><|image_pad|><|vision_end|>",
+    "suffix": "<|im_end|>\n<|im_start|>assistant\n<|endoftext|>",
+    "instruction": "You are a helpful assistant.",
+}
+
+
+def _qwen_vl_card(model_dir: Path, hf_config: Mapping[str, Any]) -> ModelCard:
+    """A Qwen2-VL embedder directory: GME's recipe (last token, normalised, its template,
+    its 1,800-token limit)."""
+    text = hf_config.get("text_config") or hf_config
+    return ModelCard(
+        name=model_dir.resolve().name.lower(),
+        family=str(hf_config["model_type"]),
+        pooling="last_token",
+        normalize=True,
+        max_length=1800,
+        dimensions=int(text["hidden_size"]),
+        modalities=("text", "image"),
+        vl_template=GME_TEMPLATE,
+        source=str(hf_config.get("_name_or_path", "")),
+    )
 
 
 def is_masked_lm(hf_config: Mapping[str, Any]) -> bool:

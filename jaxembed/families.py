@@ -32,6 +32,7 @@ from jaxembed.models.nomic_bert import (
     canonical_model_type,
     jina_v3_config,
 )
+from jaxembed.models.qwen_vl import QWEN_VL_FAMILIES, QwenVLConfig, QwenVLModel
 from jaxembed.models.sparse import SparseConfig, SparseEncoder
 from jaxembed.parallel.sharding import logical_axes
 from jaxembed.weights import maps
@@ -114,6 +115,14 @@ _JINA_V3 = Family(
     packable=True,
 )
 
+_QWEN_VL = Family(
+    config_from_hf=QwenVLConfig.from_hf,
+    module=QwenVLModel,
+    rules=maps.qwen_vl_rules,
+    ignored_prefixes=maps.QWEN_VL_IGNORED_PREFIXES,
+    wrapper_prefixes=maps.QWEN_VL_WRAPPER_PREFIXES,
+)
+
 _GEMMA3 = Family(
     config_from_hf=Gemma3Config.from_hf,
     module=Gemma3Text,
@@ -131,6 +140,7 @@ FAMILIES: dict[str, Family] = (
     | dict.fromkeys(GEMMA3_FAMILIES, _GEMMA3)
     | dict.fromkeys(DECODER_FAMILIES, _DECODER)
     | dict.fromkeys(CLIP_FAMILIES, _CLIP)
+    | dict.fromkeys(QWEN_VL_FAMILIES, _QWEN_VL)
 )
 
 

@@ -833,11 +833,33 @@ def save_tiny_splade(out_dir: Path, *, seed: int = 0, kind: str = "bert", strate
     return model, encoder
 
 
+QWEN_VL_SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+    "<|image_pad|>", "<|video_pad|>",
+)  # fmt: skip
+
+
+def qwen_vl_tokenizer(out_dir: Path) -> dict[str, int]:
+    """MiniLM's vocabulary plus Qwen2-VL's special tokens (no [CLS]/[SEP] added: Qwen adds
+    nothing around a text), written as `tokenizer.json`; returns the special tokens' ids."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(MINILM_DIR / "tokenizer.json"))
+    tokenizer.add_special_tokens(list(QWEN_VL_SPECIAL_TOKENS))
+    tokenizer.post_processor = None
+    tokenizer.save(str(out_dir / "tokenizer.json"))
+    return {t: tokenizer.token_to_id(t) for t in QWEN_VL_SPECIAL_TOKENS}
+
+
 def save_tiny_qwen2_vl(out_dir: Path, *, seed: int = 0):
-    """A random tiny Qwen2VLForConditionalGeneration (norms and biases perturbed), saved as
-    transformers saves it (`visual.*`, `model.*`, `lm_head`). Returns the torch model."""
+    """A random tiny Qwen2VLForConditionalGeneration (norms and biases perturbed) with a
+    tokenizer carrying Qwen's special tokens, saved as transformers saves it (`visual.*`,
+    `model.*`, `lm_head`). Returns the torch model."""
     import torch
     import transformers
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ids = qwen_vl_tokenizer(out_dir)
 
     torch.manual_seed(seed)
     vision = dict(
@@ -845,13 +867,18 @@ def save_tiny_qwen2_vl(out_dir: Path, *, seed: int = 0):
         spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
     )  # fmt: skip
     text = dict(
-        vocab_size=30522, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+        vocab_size=30600, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 3]},
     )  # fmt: skip
-    config = transformers.Qwen2VLConfig(vision_config=vision, text_config=text)
+    config = transformers.Qwen2VLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+    )
     model = transformers.Qwen2VLForConditionalGeneration(config).eval()
     _perturb(model)
-    out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     return model

@@ -36,6 +36,7 @@ from jaxembed.engine.compile_cache import enable_compile_cache
 from jaxembed.engine.jobs import AdapterRef, EmbedItem, EmbedJob, EmbedOptions
 from jaxembed.engine.memory import fit_grid
 from jaxembed.engine.pairs import PairTokenizer
+from jaxembed.engine.qwen_vl import QwenVLEngine
 from jaxembed.engine.runner import BucketRunner
 from jaxembed.engine.tokenize import TextTokenizer
 from jaxembed.engine.vision import ImageEngine
@@ -45,7 +46,7 @@ from jaxembed.lora import AdapterError, LoraAdapter, LoraBank, TaskAdapters, loa
 from jaxembed.models.attention import AttentionConfig, unavailable_reason
 from jaxembed.parallel.mesh import MeshShape, make_mesh
 from jaxembed.parallel.sharding import DATA_AXIS, replicated
-from jaxembed.pooling import PACKABLE_POOLING
+from jaxembed.pooling import PACKABLE_POOLING, truncate_dimensions
 from jaxembed.weights.loader import LoadedModel, load_model
 
 T = TypeVar("T")
@@ -156,7 +157,11 @@ class Embedder:
         self._service = self._loop = None  # built by `service()` on first use
         self.chat_template = ChatTemplate.from_model_dir(Path(model.model_dir))
         self.images: ImageEngine | None = None
-        if "image" in model.card.modalities or "video" in model.card.modalities:
+        # A vision-language decoder (GME-Qwen2-VL) embeds every item through its own engine.
+        self.fused = QwenVLEngine(model, self.tokenizer.backend) if model.card.vl_template else None
+        if self.fused is None and (
+            "image" in model.card.modalities or "video" in model.card.modalities
+        ):
             if not hasattr(model.module(), "encode_image"):
                 raise ModelLoadError(
                     f"card {model.card.name!r} lists image/video inputs but its architecture "
@@ -461,8 +466,27 @@ class Embedder:
         return self._loop.run(call(service))
 
     def _run_job(self, inputs, **options) -> np.ndarray:
+        if self.fused is not None:
+            return self._run_fused(inputs, **options)
         job = EmbedJob(inputs, EmbedOptions(**options))
         return self.call_service(lambda service: service.embed(job)).vectors
+
+    def _run_fused(
+        self, inputs, *, instruction: str | None = None, dimensions: int | None = None, **options
+    ) -> np.ndarray:
+        """A vision-language model's items (or texts) through `QwenVLEngine`, synchronously."""
+        unsupported = sorted(
+            k for k, v in options.items() if v not in (None, False, 0, "float32", "right")
+        )
+        if unsupported:
+            raise InvalidInputError(f"{self.card.name} does not take {unsupported} yet")
+        self.check_dimensions(dimensions)
+        values = [inputs] if isinstance(inputs, str) else list(inputs)
+        items = [v if isinstance(v, EmbedItem) else EmbedItem(text=v) for v in values]
+        if any(not isinstance(v, EmbedItem | str) for v in values):
+            raise InvalidInputError(f"{self.card.name} embeds texts and items, not token ids")
+        vectors = self.fused.embed(items, instruction=instruction)
+        return truncate_dimensions(vectors, dimensions, self.card.normalize)
 
     def embed(
         self,

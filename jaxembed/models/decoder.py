@@ -282,11 +282,15 @@ class Decoder(nn.Module):
         lora=None,
         adapter_ids=None,
         packed: bool = False,
+        embeds_override: tuple[jax.Array, jax.Array] | None = None,
     ) -> jax.Array:
         """`lora`/`adapter_ids`: stacked adapters (jaxembed/lora.py) and each row's slot.
 
         `packed`: `attention_mask` holds segment ids (jaxembed/models/packing.py); each
         sequence attends within itself and its RoPE positions start at 0.
+        `embeds_override`: (embeddings [B, L, D], where [B, L]) that replace the token
+        embeddings at `where` (a vision-language model's image features at its image
+        placeholder tokens, models/qwen_vl.py).
         """
         cfg = self.config
         # Positions count real tokens: left and right padding give the same numbers.
@@ -302,6 +306,9 @@ class Decoder(nn.Module):
             param_dtype=self.param_dtype,
         )
         x = table(input_ids)
+        if embeds_override is not None:
+            embeds, where = embeds_override
+            x = jnp.where(where[..., None], embeds.astype(x.dtype), x)
         x = constrain(x, ("batch", "length", "embed"))
         layers = scan_layers(
             _DecoderLayer,

@@ -18,6 +18,7 @@ from jaxembed.models.gemma3 import Gemma3Config
 from jaxembed.models.heads import HeadConfig
 from jaxembed.models.modernbert import ModernBertConfig
 from jaxembed.models.nomic_bert import NomicBertConfig
+from jaxembed.models.qwen_vl import QwenVLConfig
 
 
 class Layout(enum.Enum):
@@ -510,6 +511,21 @@ def qwen_vision_rules(prefix: str = "visual") -> list[ParamRule]:
     rules += _linear(("merger_fc2",), f"{prefix}.merger.mlp.2", Layout.IN_KERNEL)
     return rules
 
+
+def qwen_vl_rules(config: QwenVLConfig) -> list[ParamRule]:
+    """Qwen2-VL (models/qwen_vl.py): the text decoder's table under `text/` (keys without the
+    `model.` prefix), the vision tower's under `visual/` (top-level `visual.*` keys)."""
+    text = [
+        dataclasses.replace(r, flax_path=("text", *r.flax_path)) for r in decoder_rules(config.text)
+    ]
+    vision = [
+        dataclasses.replace(r, flax_path=("visual", *r.flax_path)) for r in qwen_vision_rules()
+    ]
+    return [*text, *_top_level(vision)]
+
+
+QWEN_VL_IGNORED_PREFIXES = ("lm_head.",)
+QWEN_VL_WRAPPER_PREFIXES = ("model.",)
 
 GEMMA3_IGNORED_PREFIXES = ("lm_head.", "rotary_emb.")
 GEMMA3_WRAPPER_PREFIXES = ("model.",)
