@@ -46,7 +46,7 @@ from jaxembed.lora import AdapterError, LoraAdapter, LoraBank, TaskAdapters, loa
 from jaxembed.models.attention import AttentionConfig, unavailable_reason
 from jaxembed.parallel.mesh import MeshShape, make_mesh
 from jaxembed.parallel.sharding import DATA_AXIS, replicated
-from jaxembed.pooling import PACKABLE_POOLING, truncate_dimensions
+from jaxembed.pooling import PACKABLE_POOLING
 from jaxembed.weights.loader import LoadedModel, load_model
 
 T = TypeVar("T")
@@ -304,7 +304,9 @@ class Embedder:
 
     def check_instruction(self, instruction: str | None) -> None:
         """An instruction is an error for a model without a template, whatever the input."""
-        if instruction is not None and not self.card.instruction_template:
+        if instruction is not None and not (
+            self.card.instruction_template or self.card.vl_template
+        ):
             raise InvalidInputError(
                 f"{self.card.name} takes no instructions (its card has no instruction template)",
                 param="instruction",
@@ -466,27 +468,8 @@ class Embedder:
         return self._loop.run(call(service))
 
     def _run_job(self, inputs, **options) -> np.ndarray:
-        if self.fused is not None:
-            return self._run_fused(inputs, **options)
         job = EmbedJob(inputs, EmbedOptions(**options))
         return self.call_service(lambda service: service.embed(job)).vectors
-
-    def _run_fused(
-        self, inputs, *, instruction: str | None = None, dimensions: int | None = None, **options
-    ) -> np.ndarray:
-        """A vision-language model's items (or texts) through `QwenVLEngine`, synchronously."""
-        unsupported = sorted(
-            k for k, v in options.items() if v not in (None, False, 0, "float32", "right")
-        )
-        if unsupported:
-            raise InvalidInputError(f"{self.card.name} does not take {unsupported} yet")
-        self.check_dimensions(dimensions)
-        values = [inputs] if isinstance(inputs, str) else list(inputs)
-        items = [v if isinstance(v, EmbedItem) else EmbedItem(text=v) for v in values]
-        if any(not isinstance(v, EmbedItem | str) for v in values):
-            raise InvalidInputError(f"{self.card.name} embeds texts and items, not token ids")
-        vectors = self.fused.embed(items, instruction=instruction)
-        return truncate_dimensions(vectors, dimensions, self.card.normalize)
 
     def embed(
         self,

@@ -123,6 +123,12 @@ class QwenVLEngine:
 
     def embed(self, items: Sequence[EmbedItem], instruction: str | None = None) -> np.ndarray:
         """One normalised vector per item (text, image or both; videos are not supported)."""
+        return self.embed_counted(items, instruction)[0]
+
+    def embed_counted(
+        self, items: Sequence[EmbedItem], instruction: str | None = None
+    ) -> tuple[np.ndarray, int]:
+        """(one vector per item, the tokens embedded — image placeholders included)."""
         if any(item.video is not None for item in items):
             raise InvalidInputError("video items are not supported by this model yet")
         prepared = [self.images(gme_fetch(i.image)) if i.image is not None else None for i in items]
@@ -133,7 +139,7 @@ class QwenVLEngine:
         for item, image in zip(items, prepared, strict=True):
             count = 0 if image is None else int(np.prod(image[1])) // merge
             rows.append((self._tokens(item, instruction, count), next(features) if count else None))
-        return self._run(rows)
+        return self._run(rows), sum(len(ids) for ids, _ in rows)
 
     def _run(self, rows) -> np.ndarray:
         batch, length = _bucket(len(rows), 1), _bucket(max(len(ids) for ids, _ in rows), 16)

@@ -29,6 +29,7 @@ from jaxembed.engine.device_share import DeviceShare
 from jaxembed.engine.embedder import Embedder
 from jaxembed.engine.jobs import (
     AdapterRef,
+    EmbedItem,
     EmbedJob,
     EmbedOptions,
     EmbedResult,
@@ -41,8 +42,8 @@ from jaxembed.engine.multimodal import CacheHook, MediaEmbedder, check_items
 from jaxembed.engine.scores import activate
 from jaxembed.engine.tasks import resolve_task
 from jaxembed.engine.vision import ImageWorkload
-from jaxembed.errors import DeadlineError, InvalidInputError, RequestTooLargeError
-from jaxembed.media import MediaLimits
+from jaxembed.errors import DeadlineError, InvalidInputError, MediaError, RequestTooLargeError
+from jaxembed.media import MediaLimits, decode_image
 from jaxembed.pooling import l2_normalize_rows, truncate_dimensions
 from jaxembed.quantization import check_precision, quantize
 
@@ -129,6 +130,7 @@ class EmbeddingService:
             self.card.normalize,
             config.quantization_ranges,
         )
+        self._fused_turn = asyncio.Lock()  # a vision-language model's jobs run one at a time
         self.media = MediaEmbedder(
             self.card,
             embedder.images,
@@ -193,6 +195,9 @@ class EmbeddingService:
         if job.multimodal:
             self.check_items(job.inputs)
         progress = progress or RequestProgress()
+        if self.embedder.fused is not None:
+            vectors, tokens = await self._embed_fused(job, o)
+            return EmbedResult(await self.encode(vectors, o.precision), tokens)
         async with self._adapter(o.adapter) as (namespace, slot):
 
             async def texts(inputs: TextInputs) -> tuple[np.ndarray, list[int]]:
@@ -228,6 +233,48 @@ class EmbeddingService:
         logits = await self._embed_cached(rows, o, "", 0, progress)
         scores = logits if o.raw else activate(logits, self.card.score_activation)
         return ScoreResult(scores[:, 0] if scores.shape[1] == 1 else scores, sum(map(len, rows)))
+
+    async def _embed_fused(self, job: EmbedJob, o: EmbedOptions) -> tuple[np.ndarray, int]:
+        """A vision-language model's job (engine/qwen_vl.py): images decoded under the media
+        limits, then the items run one job at a time on the model's own programs."""
+        unsupported = [
+            name
+            for name, used in (
+                ("lora_path", o.adapter is not None),
+                ("input_type", o.prompt_name is not None),
+                ("chunking", o.chunking),
+                ("truncate", o.truncate),
+            )
+            if used
+        ]
+        if unsupported:
+            raise InvalidInputError(
+                f"{self.name} does not take {', '.join(unsupported)}", param=unsupported[0]
+            )
+        inputs = [job.inputs] if isinstance(job.inputs, str) else list(job.inputs)
+        if not all(isinstance(x, str | EmbedItem) for x in inputs):
+            raise InvalidInputError(f"{self.name} embeds texts and items, not token ids")
+        loop = asyncio.get_running_loop()
+        items = [
+            await loop.run_in_executor(None, self._decoded, i, x)
+            if isinstance(x, EmbedItem)
+            else EmbedItem(text=x)
+            for i, x in enumerate(inputs)
+        ]
+        async with self._fused_turn:
+            vectors, tokens = await loop.run_in_executor(
+                None, self.embedder.fused.embed_counted, items, o.instruction
+            )
+        return truncate_dimensions(vectors, o.dimensions, self.card.normalize), tokens
+
+    def _decoded(self, index: int, item: EmbedItem) -> EmbedItem:
+        """`item` with its image decoded under the media limits (errors name the item)."""
+        if not isinstance(item.image, bytes | bytearray):
+            return item
+        try:
+            return dataclasses.replace(item, image=decode_image(item.image, self.media.limits))
+        except MediaError as e:
+            raise MediaError(f"input[{index}].image: {e}", code=e.code, index=index) from None
 
     def _check_sparse(self, o: EmbedOptions) -> None:
         """A SPLADE vector is one weight per vocabulary entry: no matryoshka width, no
