@@ -221,3 +221,35 @@ def test_gme_bfloat16_and_instruction(qwen2_vl):
     asked, _ = _gme_reference(model, path, ["a red bicycle"], [None], instruction)
     got = full.embed_items(items[:1], instruction=instruction)
     assert float(np.sum(got * asked)) >= 0.99999
+
+
+def test_gme_conversion_gives_identical_vectors(qwen2_vl, tmp_path):
+    from jaxembed.engine.embedder import Embedder
+    from jaxembed.engine.jobs import EmbedItem
+    from jaxembed.weights.convert import convert
+
+    _, path = qwen2_vl
+    convert(path, tmp_path / "out", show_progress=False)
+    items = [EmbedItem(text="a kite"), EmbedItem(image=_image(70, 50, 4), text="kite")]
+    converted = Embedder.from_pretrained(tmp_path / "out", compile_cache_dir=False)
+    assert converted.model.source_format == "orbax" and converted.card.vl_template
+    want = Embedder.from_pretrained(path, compile_cache_dir=False).embed_items(items)
+    np.testing.assert_array_equal(converted.embed_items(items), want)
+
+
+def test_plan_counts_gme_qwen2_vl_2b():
+    """The shipped card's shapes (Qwen2-VL-2B): the plan's count equals transformers'
+    Qwen2VLForConditionalGeneration (tied LM head), the model card's 2.21B."""
+    import transformers
+
+    from jaxembed.families import model_family
+    from jaxembed.parallel.plan import plan_parameters
+    from jaxembed.registry import find_card
+
+    card = find_card("gme-qwen2-vl-2b-instruct")
+    family, ours = model_family(card.architecture, card)
+    counted = plan_parameters(family, ours, 1, 1, "bfloat16").parameters
+    config = transformers.Qwen2VLConfig(**card.architecture, tie_word_embeddings=True)
+    with torch.device("meta"):
+        reference = transformers.Qwen2VLForConditionalGeneration(config)
+    assert counted == sum(p.numel() for p in reference.parameters()) == 2_208_985_600
