@@ -882,3 +882,78 @@ def save_tiny_qwen2_vl(out_dir: Path, *, seed: int = 0):
     _perturb(model)
     model.save_pretrained(out_dir, safe_serialization=True)
     return model
+
+
+def gme_fetch_reference(image):
+    """GME's `_fetch_image` + `_smart_resize` (gme_inference.py), as published."""
+    import math
+
+    factor, min_pixels, max_pixels, max_ratio = 28, 4 * 28 * 28, 16384 * 28 * 28, 200
+    image = image.convert("RGB")
+    width, height = image.size
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar, w_bar = (
+            math.floor(height / beta / factor) * factor,
+            math.floor(width / beta / factor) * factor,
+        )
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar, w_bar = (
+            math.ceil(height * beta / factor) * factor,
+            math.ceil(width * beta / factor) * factor,
+        )
+    if max(h_bar, w_bar) / min(h_bar, w_bar) > max_ratio:
+        h_bar, w_bar = (w_bar * max_ratio, w_bar) if h_bar > w_bar else (h_bar, h_bar * max_ratio)
+    return image.resize((w_bar, h_bar))
+
+
+def gme_reference(model, path, texts, images, instruction="You are a helpful assistant."):
+    """GME's forward with transformers' modules: the processor's ids and pixels, the visual
+    tower's features scattered into the text decoder's input embeddings, no position ids,
+    last token, normalised."""
+    import torch
+    import transformers
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"))
+    tokenizer.pad_token, tokenizer.padding_side = "<|endoftext|>", "right"
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=256 * 28 * 28, max_pixels=1280 * 28 * 28)
+    prompts, fetched = [], []
+    for text, image in zip(texts, images, strict=True):
+        body = ("<|vision_start|><|image_pad|><|vision_end|>" if image is not None else "") + (
+            text or ""
+        )
+        prompts.append(
+            f"<|im_start|>system\n{instruction}<|im_end|>\n<|im_start|>user\n{body}<|im_end|>\n"
+            "<|im_start|>assistant\n<|endoftext|>"
+        )
+        if image is not None:
+            fetched.append(gme_fetch_reference(image))
+    # Qwen2VLProcessor's text step: each <|image_pad|> becomes one per merged feature (its
+    # constructor needs torchvision's video processor, absent here, so the step is spelled out).
+    pixels = image_processor(fetched, return_tensors="pt") if fetched else {}
+    counts = iter((pixels["image_grid_thw"].prod(dim=1) // 4).tolist() if fetched else [])
+    expanded = [
+        p.replace("<|image_pad|>", "<|image_pad|>" * next(counts)) if "<|image_pad|>" in p else p
+        for p in prompts
+    ]
+    inputs = {**tokenizer(expanded, padding=True, return_tensors="pt"), **pixels}
+    language = model.model.language_model
+    with torch.no_grad():
+        embeds = language.embed_tokens(inputs["input_ids"])
+        if fetched:
+            features = model.model.visual(
+                inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]
+            ).pooler_output
+            embeds[inputs["input_ids"] == model.config.image_token_id] = features
+        hidden = language(
+            inputs_embeds=embeds, attention_mask=inputs["attention_mask"]
+        ).last_hidden_state
+    last = inputs["attention_mask"].sum(dim=1) - 1
+    pooled = hidden[torch.arange(len(prompts)), last]
+    return torch.nn.functional.normalize(pooled, dim=-1).numpy(), inputs["input_ids"]

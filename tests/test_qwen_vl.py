@@ -4,8 +4,6 @@ five sizes incl. ones that hit min_pixels / max_pixels) and the vision tower's m
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -16,7 +14,7 @@ from jaxembed.qwen_vl_images import QwenVLImagePreprocessor
 from jaxembed.weights import maps
 from jaxembed.weights.convert_params import assemble_params
 from jaxembed.weights.safetensors_io import SafetensorsCheckpoint
-from tests.helpers import save_tiny_qwen2_vl
+from tests.helpers import gme_fetch_reference, gme_reference, save_tiny_qwen2_vl
 
 SIZES = [(64, 64), (300, 200), (20, 30), (1000, 90), (33, 517)]  # (width, height)
 MIN_PIXELS, MAX_PIXELS = 56 * 56, 28 * 28 * 64
@@ -110,78 +108,6 @@ def test_vision_features_equal_the_transformers_tower(qwen2_vl):
     np.testing.assert_allclose(ours[:merged], want, atol=1e-5, rtol=0)
 
 
-def _gme_fetch_reference(image: Image.Image) -> Image.Image:
-    """GME's `_fetch_image` + `_smart_resize` (gme_inference.py), as published."""
-    factor, min_pixels, max_pixels, max_ratio = 28, 4 * 28 * 28, 16384 * 28 * 28, 200
-    image = image.convert("RGB")
-    width, height = image.size
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar, w_bar = (
-            math.floor(height / beta / factor) * factor,
-            math.floor(width / beta / factor) * factor,
-        )
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar, w_bar = (
-            math.ceil(height * beta / factor) * factor,
-            math.ceil(width * beta / factor) * factor,
-        )
-    if max(h_bar, w_bar) / min(h_bar, w_bar) > max_ratio:
-        h_bar, w_bar = (w_bar * max_ratio, w_bar) if h_bar > w_bar else (h_bar, h_bar * max_ratio)
-    return image.resize((w_bar, h_bar))
-
-
-def _gme_reference(model, path, texts, images, instruction="You are a helpful assistant."):
-    """GME's forward with transformers' modules: the processor's ids and pixels, the visual
-    tower's features scattered into the text decoder's input embeddings, no position ids,
-    last token, normalised."""
-    import transformers
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-        Qwen2VLImageProcessorPil,
-    )
-
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"))
-    tokenizer.pad_token, tokenizer.padding_side = "<|endoftext|>", "right"
-    image_processor = Qwen2VLImageProcessorPil(min_pixels=256 * 28 * 28, max_pixels=1280 * 28 * 28)
-    prompts, fetched = [], []
-    for text, image in zip(texts, images, strict=True):
-        body = ("<|vision_start|><|image_pad|><|vision_end|>" if image is not None else "") + (
-            text or ""
-        )
-        prompts.append(
-            f"<|im_start|>system\n{instruction}<|im_end|>\n<|im_start|>user\n{body}<|im_end|>\n"
-            "<|im_start|>assistant\n<|endoftext|>"
-        )
-        if image is not None:
-            fetched.append(_gme_fetch_reference(image))
-    # Qwen2VLProcessor's text step: each <|image_pad|> becomes one per merged feature (its
-    # constructor needs torchvision's video processor, absent here, so the step is spelled out).
-    pixels = image_processor(fetched, return_tensors="pt") if fetched else {}
-    counts = iter((pixels["image_grid_thw"].prod(dim=1) // 4).tolist() if fetched else [])
-    expanded = [
-        p.replace("<|image_pad|>", "<|image_pad|>" * next(counts)) if "<|image_pad|>" in p else p
-        for p in prompts
-    ]
-    inputs = {**tokenizer(expanded, padding=True, return_tensors="pt"), **pixels}
-    language = model.model.language_model
-    with torch.no_grad():
-        embeds = language.embed_tokens(inputs["input_ids"])
-        if fetched:
-            features = model.model.visual(
-                inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]
-            ).pooler_output
-            embeds[inputs["input_ids"] == model.config.image_token_id] = features
-        hidden = language(
-            inputs_embeds=embeds, attention_mask=inputs["attention_mask"]
-        ).last_hidden_state
-    last = inputs["attention_mask"].sum(dim=1) - 1
-    pooled = hidden[torch.arange(len(prompts)), last]
-    return torch.nn.functional.normalize(pooled, dim=-1).numpy(), inputs["input_ids"]
-
-
 def test_gme_items_equal_the_published_recipe(qwen2_vl):
     from jaxembed.engine.embedder import Embedder
     from jaxembed.engine.jobs import EmbedItem
@@ -189,7 +115,7 @@ def test_gme_items_equal_the_published_recipe(qwen2_vl):
     model, path = qwen2_vl
     texts = ["a dog catching a frisbee", None, "two cats on a red sofa", "a city at night"]
     images = [None, _image(90, 60, 1), _image(300, 200, 2), None]
-    want, want_ids = _gme_reference(model, path, texts, images)
+    want, want_ids = gme_reference(model, path, texts, images)
     embedder = Embedder.from_pretrained(path, compile_cache_dir=False)
     items = [EmbedItem(text=t, image=i) for t, i in zip(texts, images, strict=True)]
     ours = embedder.embed_items(items)
@@ -201,7 +127,7 @@ def test_gme_items_equal_the_published_recipe(qwen2_vl):
     engine = embedder.fused
     for row, (item, image) in enumerate(zip(items, images, strict=True)):
         count = (
-            0 if image is None else int(np.prod(engine.images(_gme_fetch_reference(image))[1])) // 4
+            0 if image is None else int(np.prod(engine.images(gme_fetch_reference(image))[1])) // 4
         )
         tokens = engine._tokens(item, None, count)
         np.testing.assert_array_equal(tokens, want_ids[row, : len(tokens)].numpy())
@@ -218,7 +144,7 @@ def test_gme_bfloat16_and_instruction(qwen2_vl):
     want = full.embed_items(items)
     assert np.sum(half.embed_items(items) * want, axis=1).min() >= 0.999
     instruction = "Find an image that matches the given text."
-    asked, _ = _gme_reference(model, path, ["a red bicycle"], [None], instruction)
+    asked, _ = gme_reference(model, path, ["a red bicycle"], [None], instruction)
     got = full.embed_items(items[:1], instruction=instruction)
     assert float(np.sum(got * asked)) >= 0.99999
 
