@@ -4,12 +4,12 @@ Each item is written in GME's published format (card `vl_template`, `gme_inferen
 `prefix(instruction) [image block] text suffix`; its image is resized as GME's own
 `_fetch_image` does, then patchified as Qwen2-VL's processor does (jaxembed/qwen_vl_images.py),
 and the placeholder `<|image_pad|>` becomes one token per merged vision feature. Two compiled
-programs per shape: the vision tower over every image of the batch packed in one padded row
-(attention stays within each image), and the decoder over the token rows with the features
+programs per shape: the vision tower over the batch's images, one per padded row (attention
+stays within each image and its temporal slices), and the decoder over the token rows with the features
 scattered in at the placeholders, pooled at the last token and normalised.
 
-Shapes are bucketed (powers of two for patches, rows and lengths) so that XLA compiles each
-once. This engine serves `Embedder.embed_items` / `embed` for this family; the HTTP server
+Shapes are bucketed (rows to powers of two, lengths to multiples of 64 tokens / 256 patches)
+so that XLA compiles each once. This engine serves `Embedder.embed_items` / `embed` for this family; the HTTP server
 does not route to it yet.
 """
 
@@ -69,7 +69,14 @@ def gme_fetch(image: Image.Image | bytes) -> Image.Image:
 
 
 def _bucket(n: int, smallest: int) -> int:
+    """A power of two ≥ n (row counts)."""
     return max(smallest, 1 << max(0, (n - 1).bit_length()))
+
+
+def _round_up(n: int, step: int) -> int:
+    """n rounded up to a multiple of `step` (lengths: finer than powers of two, since
+    attention's cost grows with the square of the padded length)."""
+    return max(step, -(-n // step) * step)
 
 
 class QwenVLEngine:
@@ -103,23 +110,27 @@ class QwenVLEngine:
         return ids
 
     def _vision_features(self, grids, patches) -> list[np.ndarray]:
-        """Every image's merged features, from one padded row through the vision tower."""
-        merge = self.config.vision.merge_size**2
+        """Every image's merged features: one image per row (attention is quadratic in a
+        row's length, so images are not packed together), rows and lengths bucketed."""
         if not patches:
             return []
-        flat = np.concatenate(patches)
-        positions, segments = vision_positions(grids, self.config.vision.merge_size)
-        size = _bucket(len(flat), 16 * merge)
-        pad = size - len(flat)
-        features = self._vision(
-            {"params": self.model.params},
-            np.pad(flat, ((0, pad), (0, 0)))[None],
-            np.pad(positions, ((0, pad), (0, 0)))[None],
-            np.pad(segments, (0, pad))[None],
+        merge = self.config.vision.merge_size**2
+        rows, length = _bucket(len(patches), 1), _round_up(max(len(p) for p in patches), 64 * merge)
+        features = self.config.vision.patch_features
+        batch = np.zeros((rows, length, features), np.float32)
+        positions = np.zeros((rows, length, 2), np.int32)
+        segments = np.zeros((rows, length), np.int32)
+        for r, (grid, image) in enumerate(zip(grids, patches, strict=True)):
+            pos, seg = vision_positions([grid], self.config.vision.merge_size)
+            batch[r, : len(image)], positions[r, : len(image)], segments[r, : len(image)] = (
+                image,
+                pos,
+                seg,
+            )
+        merged = np.asarray(
+            self._vision({"params": self.model.params}, batch, positions, segments), np.float32
         )
-        features = np.asarray(features[0], dtype=np.float32)
-        counts = np.cumsum([len(p) // merge for p in patches])
-        return np.split(features[: counts[-1]], counts[:-1])
+        return [merged[r, : len(image) // merge] for r, image in enumerate(patches)]
 
     def embed(self, items: Sequence[EmbedItem], instruction: str | None = None) -> np.ndarray:
         """One normalised vector per item (text, image or both; videos are not supported)."""
@@ -142,7 +153,7 @@ class QwenVLEngine:
         return self._run(rows), sum(len(ids) for ids, _ in rows)
 
     def _run(self, rows) -> np.ndarray:
-        batch, length = _bucket(len(rows), 1), _bucket(max(len(ids) for ids, _ in rows), 16)
+        batch, length = _bucket(len(rows), 1), _round_up(max(len(ids) for ids, _ in rows), 64)
         width = self.config.text.hidden_size
         ids = np.full((batch, length), self.config.text.pad_token_id, np.int32)
         mask = np.zeros((batch, length), np.int32)
