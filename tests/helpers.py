@@ -957,3 +957,37 @@ def gme_reference(model, path, texts, images, instruction="You are a helpful ass
     last = inputs["attention_mask"].sum(dim=1) - 1
     pooled = hidden[torch.arange(len(prompts)), last]
     return torch.nn.functional.normalize(pooled, dim=-1).numpy(), inputs["input_ids"]
+
+
+def save_tiny_qwen3_vl(out_dir: Path, *, seed: int = 0):
+    """A random tiny Qwen3VLForConditionalGeneration (norms and biases perturbed; a learned 8x8
+    position table; deep-stack mergers after blocks 0 and 2), saved as transformers saves it
+    (`model.visual.*`, `model.language_model.*`). Returns the torch model."""
+    import torch
+    import transformers
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ids = qwen_vl_tokenizer(out_dir)
+    torch.manual_seed(seed)
+    vision = dict(
+        depth=3, hidden_size=32, out_hidden_size=48, num_heads=4, intermediate_size=64,
+        patch_size=16, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+        num_position_embeddings=64, deepstack_visual_indexes=[0, 2], hidden_act="gelu_pytorch_tanh",
+    )  # fmt: skip
+    text = dict(
+        vocab_size=30600, hidden_size=48, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=12,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 2, 2],
+                         "mrope_interleaved": True},
+    )  # fmt: skip
+    config = transformers.Qwen3VLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+    )
+    model = transformers.Qwen3VLForConditionalGeneration(config).eval()
+    _perturb(model)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    return model

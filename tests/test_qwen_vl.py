@@ -62,7 +62,7 @@ def _tower(path):
     checkpoint = SafetensorsCheckpoint(path)
     try:
         params = assemble_params(
-            checkpoint, maps.qwen_vision_rules(), abstract, num_layers=config.depth,
+            checkpoint, maps.qwen_vision_rules(config), abstract, num_layers=config.depth,
             dtype=np.dtype("float32"), ignored_prefixes=("model.", "lm_head."),
         )  # fmt: skip
     finally:
@@ -179,3 +179,55 @@ def test_plan_counts_gme_qwen2_vl_2b():
     with torch.device("meta"):
         reference = transformers.Qwen2VLForConditionalGeneration(config)
     assert counted == sum(p.numel() for p in reference.parameters()) == 2_208_985_600
+
+
+def test_qwen3_vision_tower_with_deepstack_equals_transformers(tmp_path):
+    """Qwen3-VL's tower: biased patch embedding, the learned position table resampled per image
+    (bilinear, align_corners), gelu-tanh MLPs, and the deep-stack mergers' features."""
+    import json
+
+    import flax.linen as nn
+    import jax
+
+    from jaxembed.models.qwen2_vl_vision import position_interpolation
+    from tests.helpers import save_tiny_qwen3_vl
+
+    model = save_tiny_qwen3_vl(tmp_path, seed=11)
+    hf = json.loads((tmp_path / "config.json").read_text())["vision_config"]
+    config = QwenVisionConfig.from_qwen3(hf)
+    assert config.deepstack == (0, 2) and config.position_side == 8
+    processor = QwenVLImagePreprocessor(
+        patch_size=16, min_pixels=32 * 32, max_pixels=32 * 32 * 64, mean=(0.5,) * 3, std=(0.5,) * 3
+    )
+    items = [
+        processor(_image(w, h, i)) for i, (w, h) in enumerate([(64, 64), (160, 96), (40, 200)])
+    ]
+    patches = np.concatenate([p for p, _ in items])
+    grids = [g for _, g in items]
+    with torch.no_grad():
+        out = model.model.visual(torch.tensor(patches), grid_thw=torch.tensor(grids))
+    positions, segments = vision_positions(grids, config.merge_size)
+    indices, weights = position_interpolation(grids, config.merge_size, config.position_side)
+    module = QwenVisionTower(config)
+    n = len(patches)
+    shapes = [(1, n, config.patch_features), (1, n, 2), (1, n), (1, n, 4), (1, n, 4)]
+    dtypes = [np.float32, np.int32, np.int32, np.int32, np.float32]
+    specs = [jax.ShapeDtypeStruct(s, d) for s, d in zip(shapes, dtypes, strict=True)]
+    init = lambda *a: module.init(jax.random.key(0), *a[:3], interpolation=a[3:])  # noqa: E731
+    abstract = nn.meta.unbox(jax.eval_shape(init, *specs)["params"])
+    checkpoint = SafetensorsCheckpoint(tmp_path)
+    try:
+        params = assemble_params(
+            checkpoint, maps.qwen_vision_rules(config, "model.visual"), abstract,
+            num_layers=config.depth, dtype=np.dtype("float32"),
+            ignored_prefixes=("model.language_model.", "lm_head."),
+        )  # fmt: skip
+    finally:
+        checkpoint.close()
+    merged, stacked = module.apply(
+        {"params": params}, patches[None], positions[None], segments[None],
+        interpolation=(indices[None], weights[None]),
+    )  # fmt: skip
+    np.testing.assert_allclose(np.asarray(merged)[0], out.pooler_output.numpy(), atol=1e-5)
+    for ours, theirs in zip(np.asarray(stacked)[:, 0], out.deepstack_features, strict=True):
+        np.testing.assert_allclose(ours, theirs.numpy(), atol=1e-5)

@@ -15,6 +15,7 @@ padded to a bucket; `segments` numbers each image (each temporal slice of a vide
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ from jaxembed.models.decoder import apply_rope
 from jaxembed.models.encoder import ACTIVATIONS
 from jaxembed.models.partitioning import (
     KERNEL_INIT,
+    ZEROS,
     dense,
     layer_norm,
     projection,
@@ -54,6 +56,12 @@ class QwenVisionConfig:
     merge_size: int
     activation: str
     rope_theta: float
+    # Qwen3-VL: a biased patch embedding, a learned square position table resampled to each
+    # image's grid (side x side entries), and deep-stack mergers after these blocks.
+    patch_bias: bool = False
+    position_side: int = 0
+    deepstack: tuple[int, ...] = ()
+    naming: str = "qwen2"  # whose tensor names (weights/maps.py qwen_vision_rules)
 
     @property
     def head_dim(self) -> int:
@@ -62,6 +70,31 @@ class QwenVisionConfig:
     @property
     def patch_features(self) -> int:
         return self.in_channels * self.temporal_patch_size * self.patch_size**2
+
+    @classmethod
+    def from_qwen3(cls, hf: Mapping[str, Any]) -> QwenVisionConfig:
+        """From a Qwen3-VL `vision_config` (its own names: hidden_size is the tower's width)."""
+        activation = str(hf.get("hidden_act", "gelu_pytorch_tanh"))
+        if activation not in _ACTIVATIONS:
+            raise UnsupportedArchitectureError(f"vision activation {activation!r} is not supported")
+        side = math.isqrt(int(hf.get("num_position_embeddings", 2304)))
+        return cls(
+            depth=int(hf.get("depth", 27)),
+            embed_dim=int(hf.get("hidden_size", 1152)),
+            out_dim=int(hf.get("out_hidden_size", 3584)),
+            num_heads=int(hf.get("num_heads", 16)),
+            mlp_dim=int(hf.get("intermediate_size", 4304)),
+            patch_size=int(hf.get("patch_size", 16)),
+            temporal_patch_size=int(hf.get("temporal_patch_size", 2)),
+            in_channels=int(hf.get("in_channels", 3)),
+            merge_size=int(hf.get("spatial_merge_size", 2)),
+            activation=activation,
+            rope_theta=float((hf.get("rope_parameters") or {}).get("rope_theta", 10000.0)),
+            patch_bias=True,
+            position_side=side,
+            deepstack=tuple(int(i) for i in hf.get("deepstack_visual_indexes") or ()),
+            naming="qwen3",
+        )
 
     @classmethod
     def from_hf(cls, hf: Mapping[str, Any]) -> QwenVisionConfig:
@@ -104,6 +137,7 @@ class _Block(nn.Module):
     dtype: jnp.dtype
     param_dtype: jnp.dtype
     attention: AttentionConfig
+    collect: bool = False  # also return each block's output (deep-stack taps)
 
     @nn.compact
     def __call__(self, x_bnd, segments_bn, cos, sin):
@@ -130,7 +164,8 @@ class _Block(nn.Module):
         )
         h = constrain(_ACTIVATIONS[cfg.activation](h), ("batch", "length", "mlp"))
         x_bnd = x_bnd + dense(cfg.embed_dim, ("mlp", "embed"), "fc2", dtype=dt, param_dtype=pdt)(h)
-        return constrain(x_bnd, ("batch", "length", "embed")), None
+        x_bnd = constrain(x_bnd, ("batch", "length", "embed"))
+        return x_bnd, (x_bnd if self.collect else None)
 
 
 class QwenVisionTower(nn.Module):
@@ -144,37 +179,67 @@ class QwenVisionTower(nn.Module):
     attention: AttentionConfig = AttentionConfig("auto")
 
     @nn.compact
-    def __call__(self, patches_bnf, positions_bn2, segments_bn):
+    def __call__(self, patches_bnf, positions_bn2, segments_bn, interpolation=None):
+        """`interpolation`: (indices [B, N, 4], weights [B, N, 4]) into the learned position
+        table (Qwen3-VL, `position_interpolation`). Returns the merged tokens, and with
+        deep-stack layers also their merged features [layers, B, N / merge², out_dim]."""
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
         # The Conv3d's weight as transformers stores it: [embed, C, T, P, P].
+        shape = (
+            cfg.embed_dim,
+            cfg.in_channels,
+            cfg.temporal_patch_size,
+            cfg.patch_size,
+            cfg.patch_size,
+        )
         kernel = self.param(
-            "patch_kernel",
-            with_axes(KERNEL_INIT, ("embed", "patch", "patch", "patch", "patch")),
-            (
-                cfg.embed_dim,
-                cfg.in_channels,
-                cfg.temporal_patch_size,
-                cfg.patch_size,
-                cfg.patch_size,
-            ),
-            pdt,
+            "patch_kernel", with_axes(KERNEL_INIT, ("embed", *["patch"] * 4)), shape, pdt
         )
         x = patches_bnf.astype(dt) @ kernel.reshape(cfg.embed_dim, -1).T.astype(dt)
+        if cfg.patch_bias:
+            x = x + self.param("patch_bias", with_axes(ZEROS, ("embed",)), (cfg.embed_dim,), pdt)
+        if cfg.position_side:
+            x = x + self._positions(*interpolation).astype(dt)
         x = constrain(x, ("batch", "length", "embed"))
         cos, sin = vision_rope(positions_bn2, cfg.head_dim, cfg.rope_theta)
         blocks = scan_layers(_Block, cfg.depth, (nn.broadcast,) * 3)
-        x, _ = blocks(cfg, dt, pdt, self.attention, name="blocks")(x, segments_bn, cos, sin)
-        return self._merge(x)
+        collect = bool(cfg.deepstack)
+        x, taps = blocks(cfg, dt, pdt, self.attention, collect, name="blocks")(
+            x, segments_bn, cos, sin
+        )
+        merged = self._merge(x, "merger", post_shuffle=False)
+        if not collect:
+            return merged
+        stacked = [
+            self._merge(taps[i], f"deepstack_{k}", True) for k, i in enumerate(cfg.deepstack)
+        ]
+        return merged, jnp.stack(stacked)
 
-    def _merge(self, x_bnd):
+    def _positions(self, indices_bn4, weights_bn4):
+        """The learned square table resampled to each patch (bilinear taps computed on the host)."""
+        cfg = self.config
+        table = self.param(
+            "position_table",
+            with_axes(nn.linear.default_embed_init, ("position", "embed")),
+            (cfg.position_side**2, cfg.embed_dim),
+            self.param_dtype,
+        )
+        taps = jnp.take(table.astype(jnp.float32), indices_bn4, axis=0)  # [B, N, 4, D]
+        return jnp.sum(taps * weights_bn4[..., None].astype(jnp.float32), axis=2)
+
+    def _merge(self, x_bnd, name: str, post_shuffle: bool):
+        """LayerNorm (before — or, for deep-stack mergers, after — concatenating each merge²
+        group), Linear, GELU, Linear into the decoder's width."""
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
-        x = layer_norm(VISION_NORM_EPS, "merger_norm", dtype=dt, param_dtype=pdt)(x_bnd)
         group = cfg.merge_size**2
-        x = x.reshape(x.shape[0], x.shape[1] // group, group * cfg.embed_dim)
         width = group * cfg.embed_dim
-        x = dense(width, ("embed", "embed_out"), "merger_fc1", dtype=dt, param_dtype=pdt)(x)
+        norm = layer_norm(VISION_NORM_EPS, f"{name}_norm", dtype=dt, param_dtype=pdt)
+        x = x_bnd if post_shuffle else norm(x_bnd)
+        x = x.reshape(x.shape[0], x.shape[1] // group, width)
+        x = norm(x) if post_shuffle else x
+        x = dense(width, ("embed", "embed_out"), f"{name}_fc1", dtype=dt, param_dtype=pdt)(x)
         x = jax.nn.gelu(x, approximate=False)
-        return dense(cfg.out_dim, ("embed", "embed_out"), "merger_fc2", dtype=dt, param_dtype=pdt)(
+        return dense(cfg.out_dim, ("embed", "embed_out"), f"{name}_fc2", dtype=dt, param_dtype=pdt)(
             x
         )
 
@@ -194,3 +259,30 @@ def vision_positions(
             positions.append(np.stack(block, axis=-1))
             segments.append(np.full(h * w, segment))
     return np.concatenate(positions).astype(np.int32), np.concatenate(segments).astype(np.int32)
+
+
+def position_interpolation(
+    grids_thw: Sequence[tuple[int, int, int]], merge_size: int, side: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear taps (indices [N, 4] into the side x side table, weights [N, 4]) resampling
+    Qwen3-VL's learned positions to each patch, as `F.interpolate(align_corners=True)` on the
+    table does (transformers' `get_vision_interpolation_indices_and_weights`), block order."""
+    indices, weights = [], []
+    for t, h, w in grids_thw:
+        rows, cols = vision_positions([(1, h, w)], merge_size)[0].T
+        row_taps, row_weights = _axis_taps(rows, h, side)
+        col_taps, col_weights = _axis_taps(cols, w, side)
+        idx = (row_taps[:, :, None] * side + col_taps[:, None, :]).reshape(-1, 4)
+        wts = (row_weights[:, :, None] * col_weights[:, None, :]).reshape(-1, 4)
+        indices += [idx] * t
+        weights += [wts] * t
+    return np.concatenate(indices).astype(np.int32), np.concatenate(weights).astype(np.float32)
+
+
+def _axis_taps(index: np.ndarray, size: int, side: int) -> tuple[np.ndarray, np.ndarray]:
+    source = index.astype(np.float32) * np.float32(side - 1) / np.float32(max(size - 1, 1))
+    floor = np.floor(source)
+    offsets = np.arange(2)
+    taps = np.clip(floor.astype(np.int64)[:, None] + offsets, 0, side - 1)
+    weights = np.clip(1 - np.abs(source[:, None] - floor[:, None] - offsets), 0, None)
+    return taps, weights.astype(np.float32)

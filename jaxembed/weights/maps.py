@@ -18,6 +18,7 @@ from jaxembed.models.gemma3 import Gemma3Config
 from jaxembed.models.heads import HeadConfig
 from jaxembed.models.modernbert import ModernBertConfig
 from jaxembed.models.nomic_bert import NomicBertConfig
+from jaxembed.models.qwen2_vl_vision import QwenVisionConfig
 from jaxembed.models.qwen_vl import QwenVLConfig
 
 
@@ -495,20 +496,32 @@ def gemma3_rules(config: Gemma3Config) -> list[ParamRule]:
     ]
 
 
-def qwen_vision_rules(prefix: str = "visual") -> list[ParamRule]:
-    """Qwen2-VL's vision tower (models/qwen2_vl_vision.py) under `prefix` (`visual`, or
-    `model.visual` as transformers 5's Qwen2VLModel names it)."""
+def qwen_vision_rules(config: QwenVisionConfig, prefix: str = "visual") -> list[ParamRule]:
+    """The Qwen2-VL / Qwen3-VL vision tower (models/qwen2_vl_vision.py) under `prefix`
+    (`visual`, or `model.visual` as transformers 5 names Qwen3-VL's)."""
+    qwen3 = config.naming == "qwen3"
     block = f"{prefix}.blocks.{{layer}}"
+    fc1, fc2 = ("linear_fc1", "linear_fc2") if qwen3 else ("fc1", "fc2")
     rules = [ParamRule(("patch_kernel",), f"{prefix}.patch_embed.proj.weight")]
+    if config.patch_bias:
+        rules.append(ParamRule(("patch_bias",), f"{prefix}.patch_embed.proj.bias"))
+    if config.position_side:
+        rules.append(ParamRule(("position_table",), f"{prefix}.pos_embed.weight"))
     rules += _norm(("blocks", "norm1"), f"{block}.norm1")
     rules += _norm(("blocks", "norm2"), f"{block}.norm2")
     rules += _linear(("blocks", "qkv"), f"{block}.attn.qkv", Layout.IN_KERNEL)
     rules += _linear(("blocks", "proj"), f"{block}.attn.proj", Layout.OUT_KERNEL)
-    rules += _linear(("blocks", "fc1"), f"{block}.mlp.fc1", Layout.IN_KERNEL)
-    rules += _linear(("blocks", "fc2"), f"{block}.mlp.fc2", Layout.IN_KERNEL)
-    rules += _norm(("merger_norm",), f"{prefix}.merger.ln_q")
-    rules += _linear(("merger_fc1",), f"{prefix}.merger.mlp.0", Layout.IN_KERNEL)
-    rules += _linear(("merger_fc2",), f"{prefix}.merger.mlp.2", Layout.IN_KERNEL)
+    rules += _linear(("blocks", "fc1"), f"{block}.mlp.{fc1}", Layout.IN_KERNEL)
+    rules += _linear(("blocks", "fc2"), f"{block}.mlp.{fc2}", Layout.IN_KERNEL)
+    mergers = [("merger", f"{prefix}.merger")] + [
+        (f"deepstack_{k}", f"{prefix}.deepstack_merger_list.{k}")
+        for k in range(len(config.deepstack))
+    ]
+    for ours, theirs in mergers:
+        norm, first, second = ("norm", fc1, fc2) if qwen3 else ("ln_q", "mlp.0", "mlp.2")
+        rules += _norm((f"{ours}_norm",), f"{theirs}.{norm}")
+        rules += _linear((f"{ours}_fc1",), f"{theirs}.{first}", Layout.IN_KERNEL)
+        rules += _linear((f"{ours}_fc2",), f"{theirs}.{second}", Layout.IN_KERNEL)
     return rules
 
 
@@ -519,7 +532,8 @@ def qwen_vl_rules(config: QwenVLConfig) -> list[ParamRule]:
         dataclasses.replace(r, flax_path=("text", *r.flax_path)) for r in decoder_rules(config.text)
     ]
     vision = [
-        dataclasses.replace(r, flax_path=("visual", *r.flax_path)) for r in qwen_vision_rules()
+        dataclasses.replace(r, flax_path=("visual", *r.flax_path))
+        for r in qwen_vision_rules(config.vision)
     ]
     return [*text, *_top_level(vision)]
 
