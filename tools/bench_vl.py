@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from tools.bench_embed import cpu_model, write_results
+from tools.bench_rerank import timed
 
 SIZES = [(60, 60), (120, 80), (200, 150), (300, 200), (90, 240), (150, 150), (250, 100), (64, 300)]
 
@@ -35,12 +35,6 @@ def workload(count: int):
         pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
         out.append((f"a photo number {i} of something", Image.fromarray(pixels)))
     return out
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> None:
