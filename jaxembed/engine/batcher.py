@@ -69,6 +69,8 @@ class TextWorkload(Workload):
         return self.embedder.dispatch(rows, planned, slots)
 
     def warmup(self, progress=None) -> float:
+        if self.embedder.fused is not None:
+            return 0.0  # a vision-language model's jobs run on its own programs, never these
         return self.embedder.runner.warmup(progress, self.embedder.warmup_max_len)
 
 

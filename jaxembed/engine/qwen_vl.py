@@ -15,6 +15,7 @@ does not route to it yet.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import math
@@ -87,8 +88,8 @@ class QwenVLEngine:
         self.config = model.config
         self.template = dict(model.card.vl_template)
         base = QwenVLImagePreprocessor.for_model(model.model_dir)
-        self.images = QwenVLImagePreprocessor(
-            **{**base.__dict__, "min_pixels": GME_MIN_PIXELS, "max_pixels": GME_MAX_PIXELS}
+        self.images = dataclasses.replace(
+            base, min_pixels=GME_MIN_PIXELS, max_pixels=GME_MAX_PIXELS
         )
         module = model.module()
         self._vision = jax.jit(functools.partial(module.apply, method=QwenVLModel.encode_vision))

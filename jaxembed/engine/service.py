@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxembed.engine.aio import gather_or_cancel
 from jaxembed.engine.batcher import Batcher, BatchStats, FaultHook, RequestProgress
 from jaxembed.engine.cache import EmbeddingCache, assemble
 from jaxembed.engine.calibration import Calibration
@@ -255,20 +256,19 @@ class EmbeddingService:
         if not all(isinstance(x, str | EmbedItem) for x in inputs):
             raise InvalidInputError(f"{self.name} embeds texts and items, not token ids")
         loop = asyncio.get_running_loop()
-        items = [
-            await loop.run_in_executor(None, self._decoded, i, x)
-            if isinstance(x, EmbedItem)
-            else EmbedItem(text=x)
-            for i, x in enumerate(inputs)
-        ]
+        items = await gather_or_cancel(  # images decode side by side, off the event loop
+            [loop.run_in_executor(None, self._decoded, i, x) for i, x in enumerate(inputs)]
+        )
         async with self._fused_turn:
             vectors, tokens = await loop.run_in_executor(
                 None, self.embedder.fused.embed_counted, items, o.instruction
             )
         return truncate_dimensions(vectors, o.dimensions, self.card.normalize), tokens
 
-    def _decoded(self, index: int, item: EmbedItem) -> EmbedItem:
+    def _decoded(self, index: int, item: EmbedItem | str) -> EmbedItem:
         """`item` with its image decoded under the media limits (errors name the item)."""
+        if isinstance(item, str):
+            return EmbedItem(text=item)
         if not isinstance(item.image, bytes | bytearray):
             return item
         try:

@@ -34,7 +34,7 @@ from jaxembed.models.decoder import (
     layer_rope_and_window,
 )
 from jaxembed.models.encoder import ACTIVATIONS
-from jaxembed.models.lora_delta import add_delta
+from jaxembed.models.lora_delta import adapted
 from jaxembed.models.packing import segment_ids, token_positions
 from jaxembed.models.partitioning import ZEROS, embedding, projection, scan_layers, with_axes
 from jaxembed.parallel.sharding import constrain
@@ -152,13 +152,8 @@ class _Layer(nn.Module):
     attention: AttentionConfig
     packed: bool
 
-    def _attend(self, h, is_global, segments_bl, rope, lora, ids):
+    def _attend(self, h, is_global, segments_bl, rope, proj):
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
-
-        def proj(features, axes, name, **kwargs):  # plus the row's PEFT LoRA delta, if any
-            y = projection(features, axes, name, dtype=dt, param_dtype=pdt, **kwargs)
-            return lambda x: add_delta(y(x), x.reshape(*x.shape[:2], -1), lora, name, ids)
-
         norm = functools.partial(GemmaRMSNorm, cfg.rms_norm_eps, dt, pdt, "head_dim")
         q_axes = ("batch", "length", "heads", "head_dim")
         kv_axes = ("batch", "length", "kv_heads", "head_dim")
@@ -181,12 +176,12 @@ class _Layer(nn.Module):
     def __call__(self, x_bld, is_global, lora, segments_bl, rope, ids):
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
 
-        def proj(features, axes, name):
-            y = projection(features, axes, name, dtype=dt, param_dtype=pdt)
-            return lambda x: add_delta(y(x), x, lora, name, ids)
+        def proj(features, axes, name, **kwargs):  # plus the row's PEFT LoRA delta, if any
+            layer = projection(features, axes, name, dtype=dt, param_dtype=pdt, **kwargs)
+            return adapted(layer, lora, name, ids)
 
         norm = lambda name: GemmaRMSNorm(cfg.rms_norm_eps, dt, pdt, name=name)  # noqa: E731
-        attn = self._attend(norm("input_norm")(x_bld), is_global, segments_bl, rope, lora, ids)
+        attn = self._attend(norm("input_norm")(x_bld), is_global, segments_bl, rope, proj)
         x_bld = x_bld + norm("post_attention_norm")(attn)
         h = norm("pre_ffw_norm")(x_bld)
         gate = proj(cfg.intermediate_size, ("embed", "mlp"), "gate")(h)

@@ -147,12 +147,13 @@ HEADS: dict[str, type[nn.Module]] = {
 }
 
 
-class Scorer(nn.Module):
-    """A backbone with a head after pooling. `__call__`: the backbone's hidden states
-    (pooled by the engine as for embeddings); `score`: pooled vectors [..., D] → the
-    head's output (a reranker's logits, or an embedder's projected vectors), float32."""
+class BackboneWithHead(nn.Module):
+    """A family's backbone plus parameters the engine uses after it (a scoring head, Dense
+    modules, an MLM head). `__call__` runs the backbone; initialising also creates the head's
+    parameters (`_init_head`), so one `init` gives the whole tree. Subclasses build the head
+    in `setup` after `super().setup()`."""
 
-    config: ScorerConfig
+    config: Any  # with `.backbone`: the backbone's own config
     backbone_module: Callable[..., nn.Module]
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
@@ -165,7 +166,9 @@ class Scorer(nn.Module):
             param_dtype=self.param_dtype,
             attention=self.attention,
         )
-        self.head = HEADS[self.config.head.kind](self.config.head, self.param_dtype)
+
+    def _init_head(self) -> None:
+        raise NotImplementedError
 
     def __call__(
         self,
@@ -176,9 +179,24 @@ class Scorer(nn.Module):
         packed: bool = False,
     ) -> jax.Array:
         hidden_bld = self.backbone(input_ids, attention_mask, lora, adapter_ids, packed)
-        if self.is_initializing():  # create the head's parameters with the backbone's
-            self.head(jnp.zeros((1, self.config.head.hidden_size), jnp.float32))
+        if self.is_initializing():
+            self._init_head()
         return hidden_bld
+
+
+class Scorer(BackboneWithHead):
+    """A backbone with a head after pooling. `__call__`: the backbone's hidden states
+    (pooled by the engine as for embeddings); `score`: pooled vectors [..., D] → the
+    head's output (a reranker's logits, or an embedder's projected vectors), float32."""
+
+    config: ScorerConfig
+
+    def setup(self) -> None:
+        super().setup()
+        self.head = HEADS[self.config.head.kind](self.config.head, self.param_dtype)
+
+    def _init_head(self) -> None:
+        self.head(jnp.zeros((1, self.config.head.hidden_size), jnp.float32))
 
     def score(self, pooled: jax.Array) -> jax.Array:
         return self.head(pooled)

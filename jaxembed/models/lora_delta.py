@@ -34,3 +34,8 @@ def add_delta(y: jax.Array, x_bli: jax.Array, lora, site: str, adapter_ids) -> j
     """y (any trailing shape whose size is `out`) plus the delta of `x_bli`, reshaped to y."""
     delta = lora_delta(x_bli, lora, site, adapter_ids)
     return y if delta is None else y + delta.reshape(y.shape).astype(y.dtype)
+
+
+def adapted(layer, lora, site: str, adapter_ids):
+    """`layer` (a projection) plus each row's adapter delta on `site`: x [B, L, ...] → y."""
+    return lambda x: add_delta(layer(x), x.reshape(*x.shape[:2], -1), lora, site, adapter_ids)

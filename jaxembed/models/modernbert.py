@@ -29,7 +29,7 @@ from jaxembed.errors import UnsupportedArchitectureError
 from jaxembed.models.attention import AttentionConfig, AttentionMask, attention
 from jaxembed.models.decoder import apply_rope, global_and_local_rope, layer_rope_and_window
 from jaxembed.models.encoder import ACTIVATIONS
-from jaxembed.models.lora_delta import add_delta
+from jaxembed.models.lora_delta import adapted
 from jaxembed.models.packing import segment_ids, token_positions
 from jaxembed.models.partitioning import embedding, layer_norm, projection, scan_layers
 from jaxembed.parallel.sharding import constrain
@@ -138,8 +138,8 @@ class _Layer(nn.Module):
         h = x_bld if self.first else _norm(cfg, dt, pdt, "attention_norm")(x_bld)
 
         def proj(features, axes, name, **kwargs):  # plus the row's PEFT LoRA delta, if any
-            y = projection(features, axes, name, dtype=dt, param_dtype=pdt, **kwargs)
-            return lambda x: add_delta(y(x), x.reshape(*x.shape[:2], -1), lora, name, ids)
+            layer = projection(features, axes, name, dtype=dt, param_dtype=pdt, **kwargs)
+            return adapted(layer, lora, name, ids)
 
         axes = ("embed", "qkv", "heads", "head_dim")
         qkv = proj((3, cfg.num_heads, cfg.head_dim), axes, "qkv", bias=cfg.attention_bias)(h)

@@ -197,7 +197,7 @@ class _Layer(nn.Module):
             task_ids = jnp.zeros(x.shape[:1], jnp.int32)
         lora = TaskLinearLora(
             len(cfg.tasks), cfg.task_rank, d_in, d_out, cfg.task_scaling,
-            dtype=self.dtype, param_dtype=self.param_dtype, name=f"{name}_task",
+            param_dtype=self.param_dtype, name=f"{name}_task",
         )  # fmt: skip
         return lora(x, task_ids)
 

@@ -16,16 +16,14 @@ includes it. The head runs in float32 whatever the backbone's dtype.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxembed.errors import UnsupportedArchitectureError
-from jaxembed.models.attention import AttentionConfig
 from jaxembed.models.encoder import ACTIVATIONS
+from jaxembed.models.heads import BackboneWithHead
 from jaxembed.models.partitioning import ZEROS, dense, layer_norm, with_axes
 
 # Most [tokens, vocab] logits one step of the head holds (float32: 128 MiB).
@@ -69,20 +67,14 @@ def chunk_tokens(batch: int, length: int, vocab: int) -> int:
     return max(c for c in range(1, min(length, most) + 1) if length % c == 0)
 
 
-class SparseEncoder(nn.Module):
+class SparseEncoder(BackboneWithHead):
     """`__call__`: the backbone's hidden states; `sparse_pool`: hidden states → [B, vocab]."""
 
     config: SparseConfig
-    backbone_module: Callable[..., nn.Module]
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
-    attention: AttentionConfig = AttentionConfig("auto")
 
     def setup(self) -> None:
+        super().setup()
         cfg = self.config
-        self.backbone = self.backbone_module(
-            cfg.backbone, dtype=self.dtype, param_dtype=self.param_dtype, attention=self.attention
-        )
         f32 = {"dtype": jnp.float32, "param_dtype": self.param_dtype}
         self.transform = dense(cfg.hidden_size, ("embed", "embed_out"), "transform", **f32)
         self.norm = layer_norm(cfg.head_norm_eps, "norm", **f32)
@@ -90,18 +82,8 @@ class SparseEncoder(nn.Module):
             "decoder_bias", with_axes(ZEROS, ("vocab",)), (cfg.vocab_size,), self.param_dtype
         )
 
-    def __call__(
-        self,
-        input_ids: jax.Array,
-        attention_mask: jax.Array,
-        lora=None,
-        adapter_ids=None,
-        packed: bool = False,
-    ) -> jax.Array:
-        hidden_bld = self.backbone(input_ids, attention_mask, lora, adapter_ids, packed)
-        if self.is_initializing():  # create the head's parameters with the backbone's
-            self.norm(self.transform(jnp.zeros((1, self.config.hidden_size), jnp.float32)))
-        return hidden_bld
+    def _init_head(self) -> None:
+        self.norm(self.transform(jnp.zeros((1, self.config.hidden_size), jnp.float32)))
 
     def sparse_pool(self, hidden_bld: jax.Array, mask_bl: jax.Array) -> jax.Array:
         """Pool every real token's weights → [B, vocab] float32, chunk by chunk (see module doc)."""

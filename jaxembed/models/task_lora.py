@@ -9,7 +9,8 @@ checkpoint's own layout, so conversion, sharding and `jaxembed plan` cover them.
 
 Each row of a batch picks its task with `task_ids` (0 = no adapter, i + 1 = task i):
 the delta of the row's own task is added, so rows of several tasks — and rows of
-none — share one compiled batch, as PEFT adapters do (models/lora_delta.py).
+none — share one compiled batch: a Linear's stacks, with a zero slot in front, go through
+the PEFT adapters' own gathered matmul (models/lora_delta.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxembed.models.lora_delta import lora_delta
 from jaxembed.models.partitioning import ZEROS, with_axes
+
+
+def _with_base_slot(stack: jax.Array) -> jax.Array:
+    """A task stack with a zero slot 0 in front (the rows without a task)."""
+    return jnp.concatenate([jnp.zeros_like(stack[:1]), stack])
 
 
 def _task_rows(task_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -36,11 +43,11 @@ class TaskLinearLora(nn.Module):
     features_in: int
     features_out: int
     scaling: float
-    dtype: jnp.dtype
     param_dtype: jnp.dtype
 
     @nn.compact
     def __call__(self, x_bli: jax.Array, task_ids: jax.Array) -> jax.Array:
+        """In x's dtype, through the PEFT path's gathered matmul (models/lora_delta.py)."""
         a = self.param(
             "a",
             with_axes(ZEROS, ("tasks", "lora_rank", "lora_in")),
@@ -53,14 +60,10 @@ class TaskLinearLora(nn.Module):
             (self.tasks, self.features_out, self.rank),
             self.param_dtype,
         )
-        index, active = _task_rows(task_ids)
-        a_bri = jnp.take(a, index, axis=0).astype(self.dtype)
-        b_bor = jnp.take(b, index, axis=0).astype(self.dtype) * jnp.asarray(
-            self.scaling, self.dtype
-        )
-        low_blr = jnp.einsum("bli,bri->blr", x_bli.astype(self.dtype), a_bri)
-        delta = jnp.einsum("blr,bor->blo", low_blr, b_bor)
-        return delta * active[:, None, None].astype(self.dtype)
+        # As PEFT stacks (models/lora_delta.py): [slots, in, r] / [slots, r, out], slot 0 = none.
+        a_slots = _with_base_slot(a.transpose(0, 2, 1))
+        b_slots = _with_base_slot(b.transpose(0, 2, 1) * jnp.asarray(self.scaling, b.dtype))
+        return lora_delta(x_bli, {"task": (a_slots, b_slots)}, "task", task_ids)
 
 
 class TaskEmbedLora(nn.Module):
