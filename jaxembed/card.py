@@ -118,10 +118,12 @@ class ModelCard:
         task's prompt (in `prompts`, under the task's name) is prefixed as the model's own
         `encode(task=...)` does. Without a task the base weights run.
       task_for_input_type: which task an input type selects, e.g. {"query": "retrieval.query"}.
-      vl_template: how a vision-language embedder (GME-Qwen2-VL) reads an item: `prefix`
-        (with {instruction}), the `image` block put before the item's text, `suffix`, the
-        default `instruction` (documents always get it; a query may bring its own) —
-        GME's published format (engine/qwen_vl.py).
+      vl_template: how a vision-language embedder (GME-Qwen2-VL, Qwen3-VL-Embedding) reads
+        an item, as its published code does: `prefix` (with {instruction}), the `video` and
+        `image` blocks put before the item's text, `suffix`, the default `instruction`
+        (documents always get it; a query may bring its own), the position scheme
+        (`sequential` or `mrope`), the image pre-resize bounds and the video sampling
+        (engine/vl_recipe.py `VLRecipe` lists every key).
       splade_activation: a SPLADE model's `relu` (log(1 + relu(x))) or `log1p_relu` (log1p
         once more, OpenSearch's models); its `pooling` is splade_max or splade_sum and its
         `dimensions` the vocabulary size.
@@ -155,7 +157,7 @@ class ModelCard:
     tasks: tuple[str, ...] = ()
     task_for_input_type: Mapping[str, str] = dataclasses.field(default_factory=dict)
     splade_activation: str = "relu"
-    vl_template: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    vl_template: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLING_MODES:
@@ -462,22 +464,58 @@ GME_TEMPLATE = {
     "image": "<|vision_start|><|image_pad|><|vision_end|>",
     "suffix": "<|im_end|>\n<|im_start|>assistant\n<|endoftext|>",
     "instruction": "You are a helpful assistant.",
+    "positions": "sequential",
+    "fetch_min_pixels": 4 * 28 * 28,
+    "fetch_max_pixels": 16384 * 28 * 28,
+    "aspect": "clamp",
+    "processor_resize": True,
+    "processor_min_pixels": 256 * 28 * 28,
+    "processor_max_pixels": 1280 * 28 * 28,
+}
+
+# Qwen3-VL-Embedding's (its qwen3_vl_embedding.py with qwen_vl_utils): the chat template's
+# system turn (a full stop added to an instruction without end punctuation), video, image
+# and text in the user turn, the generation prompt `<|im_start|>assistant\n` whose last
+# token is pooled; images pre-resized to 32-px blocks within 4..1800 blocks and given to the
+# processor with do_resize=False; video at 1 fps, 4..64 frames, 128..768 blocks a frame;
+# transformers' 3-D M-RoPE positions.
+QWEN3_VL_EMBEDDING_TEMPLATE = {
+    "prefix": "<|im_start|>system\n{instruction}<|im_end|>\n<|im_start|>user\n",
+    "image": "<|vision_start|><|image_pad|><|vision_end|>",
+    "video": "<|vision_start|><|video_pad|><|vision_end|>",
+    "suffix": "<|im_end|>\n<|im_start|>assistant\n",
+    "instruction": "Represent the user's input.",
+    "punctuate_instruction": True,
+    "positions": "mrope",
+    "fetch_min_pixels": 4 * 32 * 32,
+    "fetch_max_pixels": 1800 * 32 * 32,
+    "aspect": "refuse",
+    "alpha_on_white": True,
+    "processor_resize": False,
+    "video_fps": 1.0,
+    "video_min_frames": 4,
+    "video_max_frames": 64,
+    "video_min_pixels": 128 * 32 * 32,
+    "video_max_pixels": 768 * 32 * 32,
+    "video_total_pixels": 10 * 768 * 32 * 32,
 }
 
 
 def _qwen_vl_card(model_dir: Path, hf_config: Mapping[str, Any]) -> ModelCard:
     """A Qwen2-VL embedder directory: GME's recipe (last token, normalised, its template,
-    its 1,800-token limit)."""
+    its 1,800-token limit); a Qwen3-VL one: Qwen3-VL-Embedding's (its 8,192-token limit,
+    video too)."""
     text = hf_config.get("text_config") or hf_config
+    qwen3 = hf_config["model_type"] == "qwen3_vl"
     return ModelCard(
         name=model_dir.resolve().name.lower(),
         family=str(hf_config["model_type"]),
         pooling="last_token",
         normalize=True,
-        max_length=1800,
+        max_length=8192 if qwen3 else 1800,
         dimensions=int(text["hidden_size"]),
-        modalities=("text", "image"),
-        vl_template=GME_TEMPLATE,
+        modalities=("text", "image", "video") if qwen3 else ("text", "image"),
+        vl_template=QWEN3_VL_EMBEDDING_TEMPLATE if qwen3 else GME_TEMPLATE,
         source=str(hf_config.get("_name_or_path", "")),
     )
 

@@ -97,13 +97,20 @@ def _open_container(data: bytes):
 
 
 def decode_video(data: bytes, frames: int, limits: MediaLimits) -> list[Image.Image]:
-    """`frames` frames sampled uniformly from the first video stream, as RGB images.
+    """`frames` frames sampled uniformly from the first video stream, as RGB images."""
+    clip = probe_video(data, limits)
+    return decode_frames(data, sample_frame_indices(clip.frames, frames), clip, limits)
 
-    Two passes: counting the stream's packets (no decoding) gives the frame
-    count the sample is spread over; the second pass decodes up to the last
-    sampled frame. A stream that then yields fewer frames than it announced is
-    truncated or corrupt, and refused rather than embedded from a partial read.
-    """
+
+@dataclasses.dataclass(frozen=True)
+class VideoProbe:
+    frames: int  # packets in the first video stream (what the sample is spread over)
+    fps: float | None  # the stream's average frame rate, when the container says
+
+
+def probe_video(data: bytes, limits: MediaLimits) -> VideoProbe:
+    """The first video stream's frame count and rate, from its packets (nothing decoded),
+    under the size, duration and frame-count limits."""
     with _open_container(data) as container:
         demuxer = container.format.name
         if demuxer == "image2" or demuxer.endswith("_pipe"):  # stills read as 1-frame videos
@@ -126,6 +133,7 @@ def decode_video(data: bytes, frames: int, limits: MediaLimits) -> list[Image.Im
                 f"the video lasts {seconds:.1f} s; the limit is {limits.max_video_seconds:g} s",
                 code="video_too_long",
             )
+        rate = float(stream.average_rate) if stream.average_rate else None
         total = 0
         with _refusing_bad_data(_CORRUPT_VIDEO, "invalid_video"):
             for packet in container.demux(stream):
@@ -138,7 +146,18 @@ def decode_video(data: bytes, frames: int, limits: MediaLimits) -> list[Image.Im
                         )
     if total == 0:
         raise MediaError("the video has no frames", code="invalid_video")
-    wanted = set(sample_frame_indices(total, frames))
+    return VideoProbe(total, rate)
+
+
+def decode_frames(
+    data: bytes, indices: list[int], probe: VideoProbe, limits: MediaLimits
+) -> list[Image.Image]:
+    """The frames at `indices` (sorted, distinct) as RGB images, decoding up to the last one.
+
+    A stream that yields fewer frames than its probe announced is truncated or corrupt, and
+    refused rather than embedded from a partial read.
+    """
+    wanted = set(indices)
     kept: list[Image.Image] = []
     deadline = time.monotonic() + limits.max_decode_seconds
     with _open_container(data) as container, _refusing_bad_data(_CORRUPT_VIDEO, "invalid_video"):
@@ -154,7 +173,7 @@ def decode_video(data: bytes, frames: int, limits: MediaLimits) -> list[Image.Im
                 )
     if len(kept) < len(wanted):
         raise MediaError(
-            f"the video is truncated or corrupt: {total} frames announced, fewer decodable",
+            f"the video is truncated or corrupt: {probe.frames} frames announced, fewer decodable",
             code="invalid_video",
         )
     return kept

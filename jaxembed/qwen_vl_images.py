@@ -62,6 +62,7 @@ class QwenVLImagePreprocessor:
     rescale_factor: float = 1 / 255
     mean: tuple[float, ...] = OPENAI_CLIP_MEAN
     std: tuple[float, ...] = OPENAI_CLIP_STD
+    resize: bool = True  # False: `do_resize=False` (the caller sized the image already)
 
     @classmethod
     def from_hf(cls, config: Mapping[str, Any]) -> QwenVLImagePreprocessor:
@@ -78,10 +79,12 @@ class QwenVLImagePreprocessor:
         )
 
     @classmethod
-    def for_model(cls, model_dir: str | Path) -> QwenVLImagePreprocessor:
+    def for_model(cls, model_dir: str | Path, **defaults: Any) -> QwenVLImagePreprocessor:
+        """From the directory's `preprocessor_config.json`; without one, `defaults` (the
+        vision tower's own patch sizes, the family's normalisation) over the class's."""
         path = Path(model_dir) / PREPROCESSOR_FILENAME
         if not path.is_file():
-            return cls()
+            return cls(**defaults)
         try:
             return cls.from_hf(json.loads(path.read_text()))
         except (OSError, json.JSONDecodeError) as e:
@@ -98,10 +101,15 @@ class QwenVLImagePreprocessor:
     def pixels(self, image: Image.Image) -> np.ndarray:
         """One image → float32 [3, H, W] at its smart-resized size, rescaled and normalised."""
         image = to_rgb(image)
-        height, width = smart_resize(
-            image.height, image.width, self.factor, self.min_pixels, self.max_pixels
-        )
-        image = image.resize((width, height), resample=Image.Resampling.BICUBIC)
+        if self.resize:
+            height, width = smart_resize(
+                image.height, image.width, self.factor, self.min_pixels, self.max_pixels
+            )
+            image = image.resize((width, height), resample=Image.Resampling.BICUBIC)
+        elif image.height % self.factor or image.width % self.factor:
+            raise InvalidInputError(
+                f"an image of {image.width}x{image.height} is not in whole {self.factor}-pixel blocks"
+            )
         pixels = (np.asarray(image).astype(np.float64) * self.rescale_factor).astype(np.float32)
         mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
         return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
@@ -115,6 +123,18 @@ class QwenVLImagePreprocessor:
         patches = patches.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
         flat = patches.reshape(grid_t * grid_h * grid_w, channels * tp * p * p)
         return np.ascontiguousarray(flat, dtype=np.float32), (grid_t, grid_h, grid_w)
+
+    def video(self, frames_tchw: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
+        """Resized frames (float32 whole numbers [T, 3, H, W]) → patches and grid, as the
+        video processor does it: rescale and normalise fused into (x − 255·mean) / (255·std)
+        in float32, the last frame repeated to a whole temporal patch."""
+        scale = np.float32(1 / self.rescale_factor)
+        mean = (np.asarray(self.mean, np.float32) * scale)[:, None, None]
+        std = (np.asarray(self.std, np.float32) * scale)[:, None, None]
+        pixels = (frames_tchw.astype(np.float32) - mean) / std
+        if pad := -len(pixels) % self.temporal_patch_size:
+            pixels = np.concatenate([pixels, np.repeat(pixels[-1:], pad, axis=0)])
+        return self.patchify(pixels)
 
     def __call__(self, image: Image.Image) -> tuple[np.ndarray, tuple[int, int, int]]:
         """One image → (patches [N, patch_features] float32, grid (1, h, w) in patches)."""

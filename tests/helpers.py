@@ -991,3 +991,168 @@ def save_tiny_qwen3_vl(out_dir: Path, *, seed: int = 0):
     _perturb(model)
     model.save_pretrained(out_dir, safe_serialization=True)
     return model
+
+
+QWEN3_VL_FACTOR = 32  # patch 16 x merge 2
+
+
+def qwen_vl_utils_fetch_image(image):
+    """qwen_vl_utils 0.0.14 `fetch_image(ele, image_patch_size=16)` with Qwen3-VL-Embedding's
+    min/max pixels (4..1800 blocks of 32 px), as published: RGBA pasted on white, its
+    `smart_resize`, PIL's default resize."""
+    import math
+
+    from PIL import Image
+
+    factor, min_pixels, max_pixels = QWEN3_VL_FACTOR, 4 * 32 * 32, 1800 * 32 * 32
+    if image.mode == "RGBA":
+        white = Image.new("RGB", image.size, (255, 255, 255))
+        white.paste(image, mask=image.split()[3])
+        image = white
+    else:
+        image = image.convert("RGB")
+    width, height = image.size
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = math.floor(height / beta / factor) * factor
+        w_bar = math.floor(width / beta / factor) * factor
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return image.resize((w_bar, h_bar))
+
+
+def qwen_vl_utils_video_frames(frames, nframes_fps=1.0, total=None, fps=None):
+    """qwen_vl_utils `fetch_video` for a file, after decoding (frames given as PIL images of
+    every frame of the clip): `smart_nframes` at 1 fps within 4..64 frames, the
+    `round(linspace)` sample, then every frame resized to `smart_resize(factor 32, 128..768
+    blocks)` with torchvision's tensor path (float bicubic, antialias, clamp, round).
+    Returns (float frames [T, 3, H, W] torch, sampled indices)."""
+    import math
+
+    import numpy as np
+    import torch
+
+    total = len(frames)
+    nframes = total / fps * nframes_fps
+    nframes = min(min(max(nframes, 4), 64), total)
+    nframes = math.floor(nframes / 2) * 2
+    idx = torch.linspace(0, total - 1, nframes).round().long()
+    video = torch.stack(
+        [
+            torch.from_numpy(np.asarray(frames[i].convert("RGB")).copy()).permute(2, 0, 1)
+            for i in idx
+        ]
+    )
+    factor = QWEN3_VL_FACTOR
+    min_pixels = 128 * factor * factor
+    max_pixels = max(
+        min(768 * factor * factor, 128000 * factor * factor * 0.9 / nframes * 2),
+        int(min_pixels * 1.05),
+    )
+    height, width = video.shape[2:]
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar, w_bar = (
+            math.floor(height / beta / factor) * factor,
+            math.floor(width / beta / factor) * factor,
+        )
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar, w_bar = (
+            math.ceil(height * beta / factor) * factor,
+            math.ceil(width * beta / factor) * factor,
+        )
+    resized = torch.nn.functional.interpolate(
+        video.float(), size=[h_bar, w_bar], mode="bicubic", align_corners=False, antialias=True
+    )
+    return resized.clamp(0, 255).round(), idx.tolist()
+
+
+def qwen3_vl_embedding_reference(model, path, items, instruction=None):
+    """Qwen3-VL-Embedding's `Qwen3VLEmbedder.process` with transformers' modules: its
+    conversation (system instruction with a full stop added, video, image, text or "NULL"),
+    the chat template's text, qwen_vl_utils' resizes, the processor with do_resize=False
+    (images: Qwen2VLImageProcessorPil; videos: Qwen3VLVideoProcessor's patchify and fused
+    normalisation, and Qwen3VLProcessor's timestamped text expansion — its constructor needs
+    torchvision, absent here, so those steps are called or spelled out), right padding,
+    `Qwen3VLModel` (its own 3-D M-RoPE positions and deep stack), last token, normalised.
+
+    `items`: dicts with optional text, image (PIL), video ((frames, fps): every frame)."""
+    import unicodedata
+
+    import torch
+    import transformers
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+    from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    system = (instruction or "").strip() or "Represent the user's input."
+    if not unicodedata.category(system[-1]).startswith("P"):
+        system += "."
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"))
+    tokenizer.pad_token, tokenizer.padding_side = "<|endoftext|>", "right"
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=16, merge_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3, do_resize=False
+    )
+    texts, images, videos, video_grids = [], [], [], []
+    for item in items:
+        body = ""
+        if item.get("video") is not None:
+            frames, fps = item["video"]
+            resized, idx = qwen_vl_utils_video_frames(frames, fps=fps)
+            pixels = (resized - 127.5) / 127.5  # fused rescale + normalise (mean = std = 0.5)
+            (patches,) = Qwen3VLVideoProcessor.patchify(None, pixels[None], 16, 2, 2)[:1]
+            grid = (-(-len(idx) // 2), resized.shape[2] // 16, resized.shape[3] // 16)
+            videos.append(patches.reshape(-1, patches.shape[-1]))
+            video_grids.append(grid)
+            stamps = Qwen3VLProcessor._calculate_timestamps(None, list(idx), fps, 2)
+            per_frame = grid[1] * grid[2] // 4
+            expansion = "".join(
+                f"<{t:.1f} seconds><|vision_start|>"
+                + "<|video_pad|>" * per_frame
+                + "<|vision_end|>"
+                for t in stamps
+            )
+            body += f"<|vision_start|>{expansion}<|vision_end|>"
+        if item.get("image") is not None:
+            fetched = qwen_vl_utils_fetch_image(item["image"])
+            images.append(fetched)
+            body += "<|vision_start|><|image_pad|><|vision_end|>"
+        body += item.get("text") or ("" if body else "NULL")
+        texts.append(
+            f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{body}<|im_end|>\n"
+            "<|im_start|>assistant\n"
+        )
+    pixels = image_processor(images, return_tensors="pt") if images else {}
+    counts = iter((pixels["image_grid_thw"].prod(dim=1) // 4).tolist() if images else [])
+    texts = [
+        t.replace("<|image_pad|>", "<|image_pad|>" * next(counts)) if "<|image_pad|>" in t else t
+        for t in texts
+    ]
+    inputs = dict(tokenizer(texts, padding=True, return_tensors="pt"))
+    inputs.pop("token_type_ids", None)
+    ids = inputs["input_ids"]
+    inputs["mm_token_type_ids"] = (ids == model.config.image_token_id).int() + 2 * (
+        ids == model.config.video_token_id
+    ).int()
+    if images:
+        inputs |= {
+            "pixel_values": pixels["pixel_values"],
+            "image_grid_thw": pixels["image_grid_thw"],
+        }
+    if videos:
+        inputs["pixel_values_videos"] = torch.cat(videos)
+        inputs["video_grid_thw"] = torch.tensor(video_grids)
+    with torch.no_grad():
+        hidden = model.model(**inputs).last_hidden_state
+    last = inputs["attention_mask"].sum(dim=1) - 1
+    pooled = hidden[torch.arange(len(items)), last]
+    return torch.nn.functional.normalize(pooled, dim=-1).numpy(), ids

@@ -1,16 +1,22 @@
-"""GME-Qwen2-VL embeddings in process: text, image and text+image items → one vector each.
+"""Vision-language embeddings in process (GME-Qwen2-VL, Qwen3-VL-Embedding): text, image,
+video and mixed items → one vector each.
 
-Each item is written in GME's published format (card `vl_template`, `gme_inference.py`):
-`prefix(instruction) [image block] text suffix`; its image is resized as GME's own
-`_fetch_image` does, then patchified as Qwen2-VL's processor does (jaxembed/qwen_vl_images.py),
-and the placeholder `<|image_pad|>` becomes one token per merged vision feature. Two compiled
-programs per shape: the vision tower over the batch's images, one per padded row (attention
-stays within each image and its temporal slices), and the decoder over the token rows with the features
-scattered in at the placeholders, pooled at the last token and normalised.
+Each item is written as its model's published code writes it (engine/vl_recipe.py): the
+chat turn with one placeholder per image / video, the image resized as that code does, then
+patchified as the transformers processor does (jaxembed/qwen_vl_images.py); the placeholder
+becomes one token per merged vision feature (a video: per temporal patch, a timestamp and its
+own vision block). Two compiled programs per shape:
+
+- the vision tower over *vision rows* — one image, or one temporal patch of a video, per
+  row (attention never crosses them, so a row is the unit; rows are not packed together
+  since attention is quadratic in a row's length);
+- the decoder over the token rows, the visual positions taking rows of the tower's
+  flattened output by index (gathered on the device: the features never travel through the
+  host), Qwen3-VL's deep-stack features added after its first layers, M-RoPE positions where
+  the recipe asks for them, pooled at the last token and normalised.
 
 Shapes are bucketed (rows to powers of two, lengths to multiples of 64 tokens / 256 patches)
-so that XLA compiles each once. This engine serves `Embedder.embed_items` / `embed` for this family; the HTTP server
-does not route to it yet.
+so that XLA compiles each once.
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
-import math
 from collections.abc import Sequence
 
 import jax
@@ -27,46 +32,42 @@ import numpy as np
 from PIL import Image
 
 from jaxembed.engine.jobs import EmbedItem
-from jaxembed.errors import InvalidInputError
-from jaxembed.models.qwen2_vl_vision import vision_positions
+from jaxembed.engine.vl_recipe import (
+    VLRecipe,
+    frame_timestamps,
+    mrope_positions,
+    resize_frames,
+    video_frame_indices,
+    video_frame_size,
+)
+from jaxembed.errors import InvalidInputError, MediaError, ModelLoadError
+from jaxembed.media import MediaLimits, decode_frames, probe_video
+from jaxembed.models.qwen2_vl_vision import position_interpolation, vision_positions
 from jaxembed.models.qwen_vl import QwenVLModel
 from jaxembed.pooling import l2_normalize, pool
 from jaxembed.qwen_vl_images import QwenVLImagePreprocessor
 from jaxembed.weights.loader import LoadedModel
 
-# GME's own pre-resize (gme_inference.py `_fetch_image`): multiples of 28, within these areas.
-GME_FETCH_MIN_PIXELS, GME_FETCH_MAX_PIXELS, GME_MAX_RATIO = 4 * 28 * 28, 16384 * 28 * 28, 200
-# GME's processor limits: min_image_tokens = 256, max_image_tokens = 1280 (x 28 x 28 pixels).
-GME_MIN_PIXELS, GME_MAX_PIXELS = 256 * 28 * 28, 1280 * 28 * 28
+TEXT, IMAGE, VIDEO = 0, 1, 2  # token types (transformers' mm_token_type_ids)
 
 
-def gme_fetch_size(height: int, width: int, factor: int = 28) -> tuple[int, int]:
-    """GME's `_smart_resize` (not the processor's: it floors at one factor first and caps the
-    aspect ratio afterwards)."""
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
-    if h_bar * w_bar > GME_FETCH_MAX_PIXELS:
-        beta = math.sqrt(height * width / GME_FETCH_MAX_PIXELS)
-        h_bar = math.floor(height / beta / factor) * factor
-        w_bar = math.floor(width / beta / factor) * factor
-    elif h_bar * w_bar < GME_FETCH_MIN_PIXELS:
-        beta = math.sqrt(GME_FETCH_MIN_PIXELS / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    if max(h_bar, w_bar) / min(h_bar, w_bar) > GME_MAX_RATIO:
-        h_bar, w_bar = (
-            (w_bar * GME_MAX_RATIO, w_bar) if h_bar > w_bar else (h_bar, h_bar * GME_MAX_RATIO)
-        )
-    return h_bar, w_bar
+@dataclasses.dataclass(frozen=True)
+class VideoClip:
+    """A video's sampled frames with where they came from (for the prompt's timestamps)."""
+
+    frames: Sequence[Image.Image]
+    indices: Sequence[int]
+    fps: float
 
 
-def gme_fetch(image: Image.Image | bytes) -> Image.Image:
-    """An item's image as GME's code prepares it: RGB, resized to `gme_fetch_size`."""
-    if isinstance(image, bytes | bytearray):
-        image = Image.open(io.BytesIO(image))
-    image = image.convert("RGB")
-    height, width = gme_fetch_size(image.height, image.width)
-    return image.resize((width, height))  # PIL's default filter, as GME calls it
+@dataclasses.dataclass
+class _Prepared:
+    """One item: its token row, each token's type, and its vision units ((patches, grid
+    (1, h, w)) per image / temporal patch) in the order their tokens appear."""
+
+    ids: np.ndarray
+    types: np.ndarray
+    units: list[tuple[np.ndarray, tuple[int, int, int]]]
 
 
 def _bucket(n: int, smallest: int) -> int:
@@ -81,94 +82,218 @@ def _round_up(n: int, step: int) -> int:
 
 
 class QwenVLEngine:
-    """Vision-language items → [N, D] float32 vectors, GME's recipe (module doc)."""
+    """Vision-language items → [N, D] float32 vectors, the card's recipe (module doc)."""
 
     def __init__(self, model: LoadedModel, tokenizer):
         self.model, self.card, self.tokenizer = model, model.card, tokenizer
         self.config = model.config
-        self.template = dict(model.card.vl_template)
-        base = QwenVLImagePreprocessor.for_model(model.model_dir)
-        self.images = dataclasses.replace(
-            base, min_pixels=GME_MIN_PIXELS, max_pixels=GME_MAX_PIXELS
+        self.recipe = VLRecipe.from_card(model.card.vl_template)
+        base = _preprocessor(model)
+        r = self.recipe
+        self.images = (
+            dataclasses.replace(
+                base, min_pixels=r.processor_min_pixels, max_pixels=r.processor_max_pixels
+            )
+            if r.processor_resize
+            else dataclasses.replace(base, resize=False)
         )
+        self._special = {
+            name: self._token_id(name) for name in ("<|vision_start|>", "<|vision_end|>")
+        }
         module = model.module()
         self._vision = jax.jit(functools.partial(module.apply, method=QwenVLModel.encode_vision))
         self._fused = jax.jit(functools.partial(_fused_forward, module))
 
-    def _tokens(self, item: EmbedItem, instruction: str | None, image_tokens: int) -> np.ndarray:
-        t = self.template
-        text = t["prefix"].format(instruction=instruction or t["instruction"])
-        text += (t["image"] if item.image is not None else "") + (item.text or "") + t["suffix"]
-        ids = np.asarray(self.tokenizer.encode(text).ids, dtype=np.int32)
-        pad = self.config.image_token_id
-        if item.image is not None:
-            at = int(np.flatnonzero(ids == pad)[0])
-            ids = np.concatenate([ids[:at], np.full(image_tokens, pad, np.int32), ids[at + 1 :]])
-        if len(ids) > self.card.max_length:
-            raise InvalidInputError(
-                f"an item is {len(ids)} tokens with its image; the maximum is {self.card.max_length}"
-            )
-        return ids
+    @property
+    def takes_video(self) -> bool:
+        return bool(self.recipe.video)
 
-    def _vision_features(self, grids, patches) -> list[np.ndarray]:
-        """Every image's merged features: one image per row (attention is quadratic in a
-        row's length, so images are not packed together), rows and lengths bucketed."""
-        if not patches:
-            return []
+    def _token_id(self, token: str) -> int:
+        found = self.tokenizer.token_to_id(token)
+        return -1 if found is None else int(found)
+
+    # -- media ---------------------------------------------------------------------------
+
+    def decode_video(
+        self, data: bytes, limits: MediaLimits, max_frames: int | None = None
+    ) -> VideoClip:
+        """An encoded video → the frames the recipe samples (`qwen_vl_utils.fetch_video`)."""
+        if not self.takes_video:
+            raise InvalidInputError(f"{self.card.name} does not take video inputs")
+        probe = probe_video(data, limits)
+        indices = video_frame_indices(self.recipe, probe.frames, probe.fps, max_frames)
+        distinct = sorted(set(indices))
+        frames = dict(zip(distinct, decode_frames(data, distinct, probe, limits), strict=True))
+        return VideoClip([frames[i] for i in indices], indices, float(probe.fps))
+
+    def _image_unit(self, image) -> tuple[np.ndarray, tuple[int, int, int]]:
+        if isinstance(image, bytes | bytearray):
+            image = Image.open(io.BytesIO(image))
+        if not self.recipe.alpha_on_white:
+            image = image.convert("RGB")  # GME's `convert("RGB")`, transparency dropped
+        return self.images(self.recipe.fetch(image, self.images.factor))
+
+    def _video_units(self, video) -> tuple[list, list[float]]:
+        """A clip → its temporal patches as vision units, and each one's timestamp."""
+        if not self.takes_video:
+            raise InvalidInputError(f"{self.card.name} does not take video inputs")
+        if not isinstance(video, VideoClip):  # frames already sampled: spaced at the recipe's fps
+            frames = list(video)
+            video = VideoClip(frames, list(range(len(frames))), self.recipe.video_fps)
+        if len(video.frames) < 2:
+            raise MediaError("a video needs at least two frames", code="invalid_video")
+        first = video.frames[0]
+        height, width = video_frame_size(
+            self.recipe, first.height, first.width, len(video.frames), self.images.factor
+        )
+        patches, (t, h, w) = self.images.video(resize_frames(video.frames, height, width))
+        per = h * w
+        units = [(patches[k * per : (k + 1) * per], (1, h, w)) for k in range(t)]
+        stamps = frame_timestamps(video.indices, video.fps, self.images.temporal_patch_size)
+        return units, stamps
+
+    # -- tokens --------------------------------------------------------------------------
+
+    def _prepare(self, item: EmbedItem, instruction: str | None) -> _Prepared:
+        video, stamps = ([], []) if item.video is None else self._video_units(item.video)
+        image = [] if item.image is None else [self._image_unit(item.image)]
+        prompt = self.recipe.prompt(item.text, bool(image), bool(video), instruction)
+        ids = np.asarray(self.tokenizer.encode(prompt).ids, dtype=np.int32)
         merge = self.config.vision.merge_size**2
-        rows, length = _bucket(len(patches), 1), _round_up(max(len(p) for p in patches), 64 * merge)
-        features = self.config.vision.patch_features
-        batch = np.zeros((rows, length, features), np.float32)
+        pieces, types = [], []
+        for token in ids:
+            if token == self.config.image_token_id and image:
+                count = int(np.prod(image[0][1])) // merge
+                pieces.append(np.full(count, token, np.int32))
+                types.append(np.full(count, IMAGE, np.int8))
+            elif token == self.config.video_token_id and video:
+                for (_, grid), stamp in zip(video, stamps, strict=True):
+                    block = self._frame_block(grid[1] * grid[2] // merge, stamp)
+                    pieces.append(block)
+                    types.append(np.where(block == self.config.video_token_id, VIDEO, TEXT))
+            else:
+                pieces.append(np.asarray([token], np.int32))
+                types.append(np.zeros(1, np.int8))
+        row = np.concatenate(pieces)
+        if len(row) > self.card.max_length:
+            raise InvalidInputError(
+                f"an item is {len(row)} tokens with its image/video tokens; "
+                f"the maximum is {self.card.max_length}"
+            )
+        return _Prepared(row, np.concatenate(types).astype(np.int8), video + image)
+
+    def _frame_block(self, count: int, stamp: float) -> np.ndarray:
+        """Qwen3VLProcessor's per-temporal-patch text: `<t seconds>` then its vision block."""
+        stamp_ids = self.tokenizer.encode(f"<{stamp:.1f} seconds>", add_special_tokens=False).ids
+        return np.asarray(
+            [
+                *stamp_ids,
+                self._special["<|vision_start|>"],
+                *[self.config.video_token_id] * count,
+                self._special["<|vision_end|>"],
+            ],
+            np.int32,
+        )
+
+    # -- programs ------------------------------------------------------------------------
+
+    def _vision_rows(self, units):
+        """Every vision unit's merged features on the device: (flattened [R·N', D], deep-stack
+        [K, R·N', D] or None, N' the merged tokens per row)."""
+        vision = self.config.vision
+        merge = vision.merge_size**2
+        rows = _bucket(len(units), 1)
+        length = _round_up(max(len(p) for p, _ in units), 64 * merge)
+        batch = np.zeros((rows, length, vision.patch_features), np.float32)
         positions = np.zeros((rows, length, 2), np.int32)
         segments = np.zeros((rows, length), np.int32)
-        for r, (grid, image) in enumerate(zip(grids, patches, strict=True)):
-            pos, seg = vision_positions([grid], self.config.vision.merge_size)
-            batch[r, : len(image)], positions[r, : len(image)], segments[r, : len(image)] = (
-                image,
-                pos,
-                seg,
-            )
-        merged = np.asarray(
-            self._vision({"params": self.model.params}, batch, positions, segments), np.float32
-        )
-        return [merged[r, : len(image) // merge] for r, image in enumerate(patches)]
+        taps = np.zeros((rows, length, 4), np.int32)
+        weights = np.zeros((rows, length, 4), np.float32)
+        for r, (patches, grid) in enumerate(units):
+            n = len(patches)
+            batch[r, :n] = patches
+            positions[r, :n], segments[r, :n] = vision_positions([grid], vision.merge_size)
+            if vision.position_side:
+                taps[r, :n], weights[r, :n] = position_interpolation(
+                    [grid], vision.merge_size, vision.position_side
+                )
+        interpolation = (taps, weights) if vision.position_side else None
+        out = self._vision({"params": self.model.params}, batch, positions, segments, interpolation)
+        merged, deep = out if vision.deepstack else (out, None)
+        flat = merged.reshape(rows * (length // merge), -1)
+        if deep is not None:
+            deep = deep.reshape(deep.shape[0], rows * (length // merge), -1)
+        return flat, deep, length // merge
 
     def embed(self, items: Sequence[EmbedItem], instruction: str | None = None) -> np.ndarray:
-        """One normalised vector per item (text, image or both; videos are not supported)."""
+        """One normalised vector per item."""
         return self.embed_counted(items, instruction)[0]
 
     def embed_counted(
         self, items: Sequence[EmbedItem], instruction: str | None = None
     ) -> tuple[np.ndarray, int]:
-        """(one vector per item, the tokens embedded — image placeholders included)."""
-        if any(item.video is not None for item in items):
-            raise InvalidInputError("video items are not supported by this model yet")
-        prepared = [self.images(gme_fetch(i.image)) if i.image is not None else None for i in items]
-        grids = [p[1] for p in prepared if p is not None]
-        features = iter(self._vision_features(grids, [p[0] for p in prepared if p is not None]))
-        merge = self.config.vision.merge_size**2
-        rows = []
-        for item, image in zip(items, prepared, strict=True):
-            count = 0 if image is None else int(np.prod(image[1])) // merge
-            rows.append((self._tokens(item, instruction, count), next(features) if count else None))
-        return self._run(rows), sum(len(ids) for ids, _ in rows)
+        """(one vector per item, the tokens embedded — image/video tokens included)."""
+        prepared = [self._prepare(item, instruction) for item in items]
+        units = [u for p in prepared for u in p.units]
+        vision = self._vision_rows(units) if units else None
+        return self._run(prepared, vision), sum(len(p.ids) for p in prepared)
 
-    def _run(self, rows) -> np.ndarray:
-        batch, length = _bucket(len(rows), 1), _round_up(max(len(ids) for ids, _ in rows), 64)
-        width = self.config.text.hidden_size
+    def _run(self, prepared: list[_Prepared], vision) -> np.ndarray:
+        batch = _bucket(len(prepared), 1)
+        length = _round_up(max(len(p.ids) for p in prepared), 64)
         ids = np.full((batch, length), self.config.text.pad_token_id, np.int32)
         mask = np.zeros((batch, length), np.int32)
-        feats = np.zeros((batch, length, width), np.float32)
-        where = np.zeros((batch, length), bool)
-        for r, (tokens, image) in enumerate(rows):
-            ids[r, : len(tokens)], mask[r, : len(tokens)] = tokens, 1
-            if image is not None:
-                at = np.flatnonzero(tokens == self.config.image_token_id)
-                feats[r, at], where[r, at] = image, True
-        out = self._fused({"params": self.model.params}, ids, mask, feats, where)
-        return np.asarray(out, dtype=np.float32)[: len(rows)]
+        source = np.full((batch, length), -1, np.int32)
+        mrope = self.recipe.positions == "mrope"
+        positions = np.zeros((3, batch, length), np.int32) if mrope else None
+        per_row = vision[2] if vision else 0
+        unit = 0
+        for r, p in enumerate(prepared):
+            n = len(p.ids)
+            ids[r, :n], mask[r, :n] = p.ids, 1
+            visual = np.flatnonzero(p.types != TEXT)
+            offsets = np.concatenate(
+                [
+                    (unit + k) * per_row + np.arange(g[1] * g[2] // self.config.vision.merge_size**2)
+                    for k, (_, g) in enumerate(p.units)
+                ]
+                or [np.zeros(0, np.int64)]
+            )
+            source[r, visual] = offsets
+            unit += len(p.units)
+            if mrope:
+                grids = [g for _, g in p.units]
+                positions[:, r, :n] = mrope_positions(p.types, grids, self.config.vision.merge_size)
+        flat, deep = (vision[0], vision[1]) if vision else (self._no_vision(), None)
+        out = self._fused({"params": self.model.params}, ids, mask, flat, source, positions, deep)
+        return np.asarray(out, dtype=np.float32)[: len(prepared)]
+
+    def _no_vision(self) -> np.ndarray:
+        return np.zeros((1, self.config.text.hidden_size), np.float32)
 
 
-def _fused_forward(module, variables, ids, mask, feats, where) -> jax.Array:
-    hidden = module.apply(variables, ids, mask, feats, where, method=QwenVLModel.embed_fused)
+def _preprocessor(model: LoadedModel) -> QwenVLImagePreprocessor:
+    """The model's image processor settings, which must cut the patches its tower reads."""
+    vision = model.config.vision
+    qwen3 = vision.naming == "qwen3"  # Qwen3-VL normalises with mean = std = 0.5
+    found = QwenVLImagePreprocessor.for_model(
+        model.model_dir,
+        patch_size=vision.patch_size,
+        temporal_patch_size=vision.temporal_patch_size,
+        merge_size=vision.merge_size,
+        **({"mean": (0.5,) * 3, "std": (0.5,) * 3} if qwen3 else {}),
+    )
+    if found.patch_features != vision.patch_features or found.merge_size != vision.merge_size:
+        raise ModelLoadError(
+            f"{model.model_dir}: the image processor cuts {found.patch_size}-px patches "
+            f"(merge {found.merge_size}); the vision tower reads {vision.patch_size}-px "
+            f"(merge {vision.merge_size})"
+        )
+    return found
+
+
+def _fused_forward(module, variables, ids, mask, vision, source, positions, deep) -> jax.Array:
+    hidden = module.apply(
+        variables, ids, mask, vision, source, positions, deep, method=QwenVLModel.embed_fused
+    )
     return l2_normalize(pool(hidden, mask, "last_token").astype(jnp.float32))

@@ -236,8 +236,8 @@ class EmbeddingService:
         return ScoreResult(scores[:, 0] if scores.shape[1] == 1 else scores, sum(map(len, rows)))
 
     async def _embed_fused(self, job: EmbedJob, o: EmbedOptions) -> tuple[np.ndarray, int]:
-        """A vision-language model's job (engine/qwen_vl.py): images decoded under the media
-        limits, then the items run one job at a time on the model's own programs."""
+        """A vision-language model's job (engine/qwen_vl.py): images and videos decoded under
+        the media limits, then the items run one job at a time on the model's own programs."""
         unsupported = [
             name
             for name, used in (
@@ -257,7 +257,10 @@ class EmbeddingService:
             raise InvalidInputError(f"{self.name} embeds texts and items, not token ids")
         loop = asyncio.get_running_loop()
         items = await gather_or_cancel(  # images decode side by side, off the event loop
-            [loop.run_in_executor(None, self._decoded, i, x) for i, x in enumerate(inputs)]
+            [
+                loop.run_in_executor(None, self._decoded, i, x, o.video_frames)
+                for i, x in enumerate(inputs)
+            ]
         )
         async with self._fused_turn:
             vectors, tokens = await loop.run_in_executor(
@@ -265,16 +268,29 @@ class EmbeddingService:
             )
         return truncate_dimensions(vectors, o.dimensions, self.card.normalize), tokens
 
-    def _decoded(self, index: int, item: EmbedItem | str) -> EmbedItem:
-        """`item` with its image decoded under the media limits (errors name the item)."""
+    def _decoded(self, index: int, item: EmbedItem | str, frames: int | None) -> EmbedItem:
+        """`item` with its image and video decoded under the media limits (the video sampled
+        as the model's recipe does, at most `frames` frames; errors name the item)."""
         if isinstance(item, str):
             return EmbedItem(text=item)
-        if not isinstance(item.image, bytes | bytearray):
-            return item
+        engine = self.embedder.fused
+        if item.video is not None and not engine.takes_video:
+            raise InvalidInputError(
+                f"input[{index}]: {self.name} embeds text and images, not video",
+                param="input",
+            )
         try:
-            return dataclasses.replace(item, image=decode_image(item.image, self.media.limits))
+            if isinstance(item.image, bytes | bytearray):
+                item = dataclasses.replace(item, image=decode_image(item.image, self.media.limits))
         except MediaError as e:
             raise MediaError(f"input[{index}].image: {e}", code=e.code, index=index) from None
+        try:
+            if isinstance(item.video, bytes | bytearray):
+                clip = engine.decode_video(item.video, self.media.limits, frames)
+                item = dataclasses.replace(item, video=clip)
+        except MediaError as e:
+            raise MediaError(f"input[{index}].video: {e}", code=e.code, index=index) from None
+        return item
 
     def _check_sparse(self, o: EmbedOptions) -> None:
         """A SPLADE vector is one weight per vocabulary entry: no matryoshka width, no

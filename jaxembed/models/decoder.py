@@ -12,12 +12,13 @@ input, so layers with different windows still share one compiled body.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxembed.errors import UnsupportedArchitectureError
 from jaxembed.models.attention import AttentionConfig, AttentionMask, attention
@@ -55,6 +56,11 @@ class DecoderConfig:
     pad_token_id: int
     eos_token_id: int | None
     causal: bool = True
+    # Multimodal RoPE (Qwen2-VL / Qwen3-VL): how many rotary frequencies follow the temporal,
+    # height and width positions; `mrope_interleaved` is Qwen3-VL's T,H,W,T,H,W… assignment
+    # (Qwen2-VL: contiguous sections). Empty: one position per token.
+    mrope_sections: tuple[int, ...] = ()
+    mrope_interleaved: bool = False
 
     @property
     def uniform_window(self) -> int | bool | None:
@@ -152,6 +158,41 @@ def rope_cos_sin(positions_bl: jax.Array, head_dim: int, theta: float, linear_fa
     return jnp.cos(emb), jnp.sin(emb)
 
 
+def mrope_axes(sections: Sequence[int], interleaved: bool, head_dim: int) -> np.ndarray:
+    """Which position (0 temporal, 1 height, 2 width) each of the head_dim/2 rotary
+    frequencies reads: contiguous sections (Qwen2-VL), or every third frequency from 1 and
+    from 2 up to 3·section taking height and width (Qwen3-VL's interleaved layout)."""
+    axes = np.zeros(head_dim // 2, np.int32)
+    if interleaved:
+        for axis in (1, 2):
+            axes[axis : 3 * sections[axis] : 3] = axis
+    else:
+        axes[:] = np.repeat(np.arange(len(sections)), sections)[: head_dim // 2]
+    return axes
+
+
+def mrope_cos_sin(positions_3bl: jax.Array, cfg: DecoderConfig):
+    """cos/sin tables [B, L, head_dim] for (temporal, height, width) positions [3, B, L]."""
+    inv_freq = 1.0 / (
+        cfg.rope_theta ** (jnp.arange(0, cfg.head_dim, 2, dtype=jnp.float32) / cfg.head_dim)
+    )
+    axes = mrope_axes(cfg.mrope_sections, cfg.mrope_interleaved, cfg.head_dim)
+    chosen = jnp.take(positions_3bl.astype(jnp.float32), axes, axis=0)  # [Dh/2, B, L]
+    freqs = jnp.moveaxis(chosen, 0, -1) * inv_freq
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def deepstack_residual(layer: jax.Array, tokens_kmd: jax.Array, source_bl: jax.Array, dtype):
+    """Qwen3-VL's deep stack: after decoder layer k < K, the vision tower's k-th extra
+    features are added at the visual positions (`source`: the row of `tokens` each position
+    takes, −1 for text)."""
+    depth = tokens_kmd.shape[0]
+    feats = jnp.take(tokens_kmd[jnp.minimum(layer, depth - 1)], jnp.maximum(source_bl, 0), axis=0)
+    keep = (source_bl >= 0) & (layer < depth)
+    return jnp.where(keep[..., None], feats, 0).astype(dtype)
+
+
 def global_and_local_rope(positions_bl: jax.Array, head_dim: int, thetas: tuple[float, float]):
     """cos/sin tables for the two RoPE bases of models whose layers alternate between full
     attention (`thetas[0]`) and a sliding window (`thetas[1]`): ModernBERT, Gemma3."""
@@ -231,7 +272,7 @@ class _DecoderLayer(nn.Module):
     packed: bool
 
     @nn.compact
-    def __call__(self, x_bld, window, lora, segments_bl, cos_bld, sin_bld, ids):
+    def __call__(self, x_bld, window, lora, segments_bl, cos_bld, sin_bld, ids, layer, deep):
         cfg, dt, pdt = self.config, self.dtype, self.param_dtype
         # One window for every layer is a static fact (what fused kernels need); layers
         # that differ read theirs from the scanned `window`.
@@ -263,6 +304,8 @@ class _DecoderLayer(nn.Module):
         h = constrain(ACTIVATIONS[cfg.activation](gate) * up, ("batch", "length", "mlp"))
         down = dense(cfg.hidden_size, ("mlp", "embed"), "down")(h)
         out = x_bld + add_delta(down, h, lora, "down", ids)
+        if deep is not None:
+            out = out + deepstack_residual(layer, *deep, dt)
         return constrain(out, ("batch", "length", "embed")), None
 
 
@@ -283,6 +326,8 @@ class Decoder(nn.Module):
         adapter_ids=None,
         packed: bool = False,
         embeds_override: tuple[jax.Array, jax.Array] | None = None,
+        positions_override: jax.Array | None = None,
+        deepstack: tuple[jax.Array, jax.Array] | None = None,
     ) -> jax.Array:
         """`lora`/`adapter_ids`: stacked adapters (jaxembed/lora.py) and each row's slot.
 
@@ -291,11 +336,16 @@ class Decoder(nn.Module):
         `embeds_override`: (embeddings [B, L, D], where [B, L]) that replace the token
         embeddings at `where` (a vision-language model's image features at its image
         placeholder tokens, models/qwen_vl.py).
+        `positions_override`: (temporal, height, width) positions [3, B, L] for multimodal
+        RoPE (config `mrope_sections`). `deepstack`: (features [K, M, D], source [B, L])
+        added after the first K layers (`deepstack_residual`).
         """
         cfg = self.config
-        # Positions count real tokens: left and right padding give the same numbers.
-        positions = token_positions(attention_mask, attention_mask if packed else None)
-        cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_linear_factor)
+        if positions_override is not None:
+            cos, sin = mrope_cos_sin(positions_override, cfg)
+        else:  # positions count real tokens: left and right padding give the same numbers
+            positions = token_positions(attention_mask, attention_mask if packed else None)
+            cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_linear_factor)
         segments = segment_ids(attention_mask, packed)
         table = embedding(
             cfg.vocab_size,
@@ -313,10 +363,11 @@ class Decoder(nn.Module):
         layers = scan_layers(
             _DecoderLayer,
             cfg.num_layers,
-            (0, 0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+            (0, 0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0, nn.broadcast),
         )
         windows = jnp.asarray(cfg.sliding_windows, dtype=jnp.int32)
+        layer_index = jnp.arange(cfg.num_layers, dtype=jnp.int32)
         x, _ = layers(cfg, self.dtype, self.param_dtype, self.attention, packed, name="layers")(
-            x, windows, lora or {}, segments, cos, sin, adapter_ids
+            x, windows, lora or {}, segments, cos, sin, adapter_ids, layer_index, deepstack
         )
         return RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="final_norm")(x)

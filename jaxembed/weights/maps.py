@@ -526,20 +526,27 @@ def qwen_vision_rules(config: QwenVisionConfig, prefix: str = "visual") -> list[
 
 
 def qwen_vl_rules(config: QwenVLConfig) -> list[ParamRule]:
-    """Qwen2-VL (models/qwen_vl.py): the text decoder's table under `text/` (keys without the
-    `model.` prefix), the vision tower's under `visual/` (top-level `visual.*` keys)."""
+    """Qwen2-VL / Qwen3-VL (models/qwen_vl.py): the text decoder's table under `text/` (behind
+    a wrapper prefix: Qwen2-VL's `model.`, Qwen3-VL's `model.language_model.`), the vision
+    tower's under `visual/` (top-level `visual.*`; Qwen3-VL's `model.visual.*`, or `visual.*`
+    as a bare `Qwen3VLModel` saves it)."""
     text = [
         dataclasses.replace(r, flax_path=("text", *r.flax_path)) for r in decoder_rules(config.text)
     ]
+    qwen3 = config.vision.naming == "qwen3"
     vision = [
-        dataclasses.replace(r, flax_path=("visual", *r.flax_path))
-        for r in qwen_vision_rules(config.vision)
+        dataclasses.replace(
+            r,
+            flax_path=("visual", *r.flax_path),
+            aliases=(r.hf_key.removeprefix("model."),) if qwen3 else r.aliases,
+        )
+        for r in qwen_vision_rules(config.vision, "model.visual" if qwen3 else "visual")
     ]
     return [*text, *_top_level(vision)]
 
 
 QWEN_VL_IGNORED_PREFIXES = ("lm_head.",)
-QWEN_VL_WRAPPER_PREFIXES = ("model.",)
+QWEN_VL_WRAPPER_PREFIXES = ("model.language_model.", "language_model.", "model.")
 
 GEMMA3_IGNORED_PREFIXES = ("lm_head.", "rotary_emb.")
 GEMMA3_WRAPPER_PREFIXES = ("model.",)

@@ -1,0 +1,154 @@
+"""Qwen3-VL-Embedding vs its published recipe computed with transformers' `Qwen3VLModel`:
+text, image, text+image and video items (3-D M-RoPE positions, deep-stack features), batched
+= alone, the preprocessing steps (pre-resize, frame sampling and resizing, timestamps), bf16,
+instructions, conversion and the shipped card's parameter count."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from jaxembed.card import QWEN3_VL_EMBEDDING_TEMPLATE
+from jaxembed.engine.jobs import EmbedItem
+from jaxembed.engine.qwen_vl import VideoClip
+from jaxembed.engine.vl_recipe import VLRecipe, mrope_positions, resize_frames, video_frame_indices
+from tests.helpers import (
+    qwen3_vl_embedding_reference,
+    qwen_vl_utils_fetch_image,
+    qwen_vl_utils_video_frames,
+    save_tiny_qwen3_vl,
+)
+
+RECIPE = VLRecipe.from_card(QWEN3_VL_EMBEDDING_TEMPLATE)
+
+
+def _image(width: int, height: int, seed: int, mode: str = "RGB") -> Image.Image:
+    rng = np.random.default_rng(seed)
+    channels = 4 if mode == "RGBA" else 3
+    return Image.fromarray(rng.integers(0, 256, (height, width, channels), dtype=np.uint8), mode)
+
+
+def _frames(count: int, width: int, height: int, seed: int) -> list[Image.Image]:
+    """A moving gradient (smooth, as video is) with noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    frames = []
+    for t in range(count):
+        base = np.stack([(x * 4 + t * 9) % 256, (y * 5 + t * 3) % 256, (x + y + t * 20) % 256], -1)
+        noisy = base + rng.integers(-20, 21, base.shape)
+        frames.append(Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)))
+    return frames
+
+
+def _clip(frames, fps):
+    indices = video_frame_indices(RECIPE, len(frames), fps)
+    return VideoClip([frames[i] for i in indices], indices, fps)
+
+
+@pytest.fixture(scope="module")
+def qwen3_vl(tmp_path_factory):
+    from jaxembed.engine.embedder import Embedder
+
+    path = tmp_path_factory.mktemp("tiny-qwen3-vl")
+    model = save_tiny_qwen3_vl(path, seed=5)
+    return model, path, Embedder.from_pretrained(path, compile_cache_dir=False)
+
+
+def test_preprocessing_equals_the_published_steps():
+    """The pre-resize (qwen_vl_utils `fetch_image`: sizes and pixels, incl. min/max-pixel and
+    RGBA cases), the frame sample and the frames' antialiased bicubic resize."""
+    for i, (w, h, mode) in enumerate([(64, 64, "RGB"), (30, 20, "RGBA"), (2000, 1500, "RGB")]):
+        image = _image(w, h, i, mode)
+        want = qwen_vl_utils_fetch_image(image)
+        ours = RECIPE.fetch(image, 32)
+        assert ours.size == want.size
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(want))
+    frames = _frames(10, 40, 56, 0)
+    for fps, total in [(4.0, 10), (1.0, 10), (25.0, 200), (30.0, 3)]:
+        _, want_idx = qwen_vl_utils_video_frames([frames[0]] * total, fps=fps)
+        assert video_frame_indices(RECIPE, total, fps) == want_idx
+    resized, idx = qwen_vl_utils_video_frames(frames, fps=4.0)
+    ours = resize_frames([frames[i] for i in idx], *resized.shape[2:])
+    differ = np.abs(ours - resized.numpy())
+    assert differ.max() <= 1 and (differ > 0).mean() < 1e-3  # float rounding at .5 only
+
+
+def test_mrope_positions_equal_get_rope_index(qwen3_vl):
+    model, _, _ = qwen3_vl
+    types = np.array([0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 2, 2, 2, 2, 0, 2, 2, 2, 2, 0])
+    grids = [(1, 4, 6), (1, 4, 4), (1, 4, 4)]
+    ids = torch.tensor(types)[None] + 100
+    want, _ = model.model.get_rope_index(
+        ids,
+        mm_token_type_ids=torch.tensor(types)[None],
+        image_grid_thw=torch.tensor(grids[:1]),
+        video_grid_thw=torch.tensor([(2, 4, 4)]),
+    )
+    np.testing.assert_array_equal(mrope_positions(types, grids, 2), want[:, 0].numpy())
+
+
+def test_items_equal_the_published_recipe(qwen3_vl):
+    model, path, embedder = qwen3_vl
+    frames = _frames(10, 40, 56, 1)
+    specs = [
+        {"text": "a dog catching a frisbee"},
+        {"image": _image(90, 60, 1)},
+        {"text": "two cats on a red sofa", "image": _image(200, 130, 2)},
+        {"video": (frames, 4.0)},
+        {"text": "a clip of waves", "video": (frames[:8], 2.0)},
+    ]
+    want, want_ids = qwen3_vl_embedding_reference(model, path, specs)
+    items = [
+        EmbedItem(
+            text=s.get("text"),
+            image=s.get("image"),
+            video=_clip(*s["video"]) if "video" in s else None,
+        )
+        for s in specs
+    ]
+    engine = embedder.fused
+    ours = engine.embed(items)
+    assert np.sum(ours * want, axis=1).min() >= 0.99999
+    for row, item in enumerate(items):  # token rows equal the processor's
+        tokens = engine._prepare(item, None).ids
+        np.testing.assert_array_equal(tokens, want_ids[row, : len(tokens)].numpy())
+    for item, vector in zip(items, ours, strict=True):  # batched = alone
+        np.testing.assert_allclose(engine.embed([item])[0], vector, atol=1e-5)
+
+
+def test_bfloat16_instruction_and_conversion(qwen3_vl, tmp_path):
+    from jaxembed.engine.embedder import Embedder
+    from jaxembed.weights.convert import convert
+
+    model, path, full = qwen3_vl
+    items = [EmbedItem(text="a red bicycle"), EmbedItem(image=_image(120, 80, 3), text="bike")]
+    want = full.embed_items(items)
+    half = Embedder.from_pretrained(path, dtype="bfloat16", compile_cache_dir=False)
+    assert np.sum(half.embed_items(items) * want, axis=1).min() >= 0.999
+    instruction = "Retrieve images or text relevant to the user's query"  # gets its full stop
+    asked, _ = qwen3_vl_embedding_reference(model, path, [{"text": "a red bicycle"}], instruction)
+    got = full.embed_items(items[:1], instruction=instruction)
+    assert float(np.sum(got * asked)) >= 0.99999
+    convert(path, tmp_path / "out", show_progress=False)
+    converted = Embedder.from_pretrained(tmp_path / "out", compile_cache_dir=False)
+    np.testing.assert_array_equal(converted.embed_items(items), want)
+
+
+def test_plan_counts_qwen3_vl_embedding_2b():
+    """The shipped card's shapes (Qwen3-VL-2B): the plan's count equals transformers'
+    Qwen3VLModel built from them (no LM head: an embedder has none)."""
+    import transformers
+
+    from jaxembed.families import model_family
+    from jaxembed.parallel.plan import plan_parameters
+    from jaxembed.registry import find_card
+
+    card = find_card("qwen3-vl-embedding-2b")
+    family, ours = model_family(card.architecture, card)
+    counted = plan_parameters(family, ours, 1, 1, "bfloat16").parameters
+    config = transformers.Qwen3VLConfig(**card.architecture)
+    with torch.device("meta"):
+        reference = transformers.Qwen3VLModel(config)
+    assert counted == sum(p.numel() for p in reference.parameters()) == 2_127_532_032
