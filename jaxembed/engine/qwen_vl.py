@@ -254,7 +254,8 @@ class QwenVLEngine:
             visual = np.flatnonzero(p.types != TEXT)
             offsets = np.concatenate(
                 [
-                    (unit + k) * per_row + np.arange(g[1] * g[2] // self.config.vision.merge_size**2)
+                    (unit + k) * per_row
+                    + np.arange(g[1] * g[2] // self.config.vision.merge_size**2)
                     for k, (_, g) in enumerate(p.units)
                 ]
                 or [np.zeros(0, np.int64)]

@@ -83,7 +83,9 @@ class VLRecipe:
     def prompt(self, text: str | None, image: bool, video: bool, instruction: str | None) -> str:
         """The item's chat turn with one placeholder per image / video."""
         body = (self.video if video else "") + (self.image if image else "") + (text or "")
-        return self.prefix.format(instruction=self.instruction_text(instruction)) + body + self.suffix
+        return (
+            self.prefix.format(instruction=self.instruction_text(instruction)) + body + self.suffix
+        )
 
     def fetch(self, image: Image.Image, factor: int) -> Image.Image:
         """The model code's own resize before the processor (module doc)."""
@@ -212,8 +214,7 @@ def frame_timestamps(indices: Sequence[int], fps: float, temporal_patch: int) ->
     padded = list(indices) + [indices[-1]] * (-len(indices) % temporal_patch)
     times = [i / fps for i in padded]
     return [
-        (times[i] + times[i + temporal_patch - 1]) / 2
-        for i in range(0, len(times), temporal_patch)
+        (times[i] + times[i + temporal_patch - 1]) / 2 for i in range(0, len(times), temporal_patch)
     ]
 
 

@@ -1,6 +1,7 @@
-"""GME-Qwen2-VL through a real server with the openai client: text, image (data URI and a URL
-from a local server with --allow-private-media), text+image items equal in process; bad media
-get CLIP's 400 codes; concurrent mixed requests stay correct."""
+"""GME-Qwen2-VL and Qwen3-VL-Embedding in one real server with the openai client: text, image
+(data URI and a URL from a local server with --allow-private-media), text+image and (Qwen3)
+video items equal in process — and an encoded video in process equals the published recipe on
+its decoded frames; bad media get CLIP's 400 codes; concurrent mixed requests stay correct."""
 
 from __future__ import annotations
 
@@ -19,12 +20,16 @@ from tests.helpers import (
     ServerProcess,
     bomb_png,
     generated_image,
+    generated_video,
     image_bytes,
+    qwen3_vl_embedding_reference,
     save_tiny_qwen2_vl,
+    save_tiny_qwen3_vl,
 )
 
 CAT = image_bytes(generated_image((90, 60), seed=4))
 DOG = image_bytes(generated_image((40, 70), seed=5))
+CLIP = generated_video(12, size=(48, 32), fps=6)
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +40,23 @@ def gme_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def qwen3_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-qwen3-vl")
+    return save_tiny_qwen3_vl(path, seed=3), path
+
+
+@pytest.fixture(scope="module")
 def http_media():
-    with MediaHTTPServer({"dog.png": DOG}) as server:
+    with MediaHTTPServer({"dog.png": DOG, "clip.mp4": CLIP}) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def server(gme_dir):
+def server(gme_dir, qwen3_dir):
     proc = ServerProcess(
-        "--model", f"gme={gme_dir}", "--allow-private-media", "--seq-lengths", "32"
-    )
+        "--model", f"gme={gme_dir}", "--model", f"q3={qwen3_dir[1]}",
+        "--allow-private-media", "--seq-lengths", "32",
+    )  # fmt: skip
     yield proc
     assert proc.stop() == 0, proc.log()
 
@@ -108,3 +120,84 @@ def test_bad_media_and_unsupported_items_are_400s(server):
         assert error["message"].startswith("input[1]"), error
     ok = httpx.post(server.url + "/v1/embeddings", json={"model": "gme", "input": "still fine"})
     assert ok.status_code == 200
+
+
+QWEN3_ITEMS = [
+    EmbedItem(text="a cat on a mat"),
+    EmbedItem(image=CAT),
+    EmbedItem(text="a dog", image=DOG),
+    EmbedItem(video=CLIP),
+    EmbedItem(text="a moving bar", video=CLIP),
+]
+
+
+@pytest.fixture(scope="module")
+def qwen3_expected(qwen3_dir):
+    import io
+
+    import av
+    from PIL import Image
+
+    model, path = qwen3_dir
+    embedder = Embedder.from_pretrained(path, compile_cache_dir=False)
+    try:
+        vectors = embedder.embed_items(QWEN3_ITEMS)
+    finally:
+        embedder.close()
+    with av.open(io.BytesIO(CLIP)) as container:  # every frame, as a video reader gives them
+        fps = float(container.streams.video[0].average_rate)
+        frames = [f.to_image() for f in container.decode(video=0)]
+    specs = [
+        {"text": "a cat on a mat"},
+        {"image": Image.open(io.BytesIO(CAT))},
+        {"text": "a dog", "image": Image.open(io.BytesIO(DOG))},
+        {"video": (frames, fps)},
+        {"text": "a moving bar", "video": (frames, fps)},
+    ]
+    want, _ = qwen3_vl_embedding_reference(model, path, specs)
+    assert np.sum(vectors * want, axis=1).min() >= 0.99999
+    return vectors
+
+
+def _video_uri(data: bytes) -> str:
+    return "data:video/mp4;base64," + base64.b64encode(data).decode()
+
+
+def test_qwen3_items_and_video_through_the_openai_client(server, http_media, qwen3_expected):
+    client = OpenAI(base_url=server.url + "/v1", api_key="EMPTY", max_retries=0, timeout=120)
+    items = [
+        {"text": "a cat on a mat"},
+        {"image": _uri(CAT)},
+        {"text": "a dog", "image": f"{http_media.url}/files/dog.png"},
+        {"video": _video_uri(CLIP)},
+        {"text": "a moving bar", "video": f"{http_media.url}/files/clip.mp4"},
+    ]
+    got = client.embeddings.create(model="q3", input=items)
+    np.testing.assert_allclose(_vectors(got), qwen3_expected, atol=1e-5)
+
+    def one(i: int) -> np.ndarray:  # 16 concurrent requests over both models
+        model, k = ("q3", i % 5) if i % 2 else ("gme", None)
+        if model == "gme":
+            return _vectors(client.embeddings.create(model="gme", input="a cat on a mat"))[0]
+        return _vectors(client.embeddings.create(model="q3", input=[items[k]]))[0]
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        vectors = list(pool.map(one, range(16)))
+    gme_text = _vectors(client.embeddings.create(model="gme", input="a cat on a mat"))[0]
+    for i, vector in enumerate(vectors):
+        want = qwen3_expected[i % 5] if i % 2 else gme_text
+        np.testing.assert_allclose(vector, want, atol=1e-5)
+
+
+def test_qwen3_bad_videos_are_400s(server):
+    for item, code in (
+        ({"video": _video_uri(b"not a video")}, "invalid_video"),
+        ({"video": _video_uri(image_bytes(generated_image((32, 32))))}, "invalid_video"),
+    ):
+        body = {"model": "q3", "input": [{"text": "ok"}, item]}
+        response = httpx.post(server.url + "/v1/embeddings", json=body, timeout=60)
+        assert response.status_code == 400, (item, response.text)
+        assert response.json()["error"]["code"] == code, response.text
+    body = {"model": "q3", "input": [{"video": _video_uri(CLIP)}], "video_frames": 1}
+    response = httpx.post(server.url + "/v1/embeddings", json=body, timeout=60)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "video_frames"
