@@ -152,3 +152,40 @@ def test_plan_counts_qwen3_vl_embedding_2b():
     with torch.device("meta"):
         reference = transformers.Qwen3VLModel(config)
     assert counted == sum(p.numel() for p in reference.parameters()) == 2_127_532_032
+
+
+def test_concurrent_requests_share_batches_through_the_service(qwen3_vl):
+    """Items of concurrent requests (different priorities) are batched together by the
+    model's vision-language batcher and come back to the right request."""
+    import asyncio
+
+    from jaxembed.engine.jobs import EmbedJob, EmbedOptions
+    from jaxembed.engine.service import EmbeddingService, ServiceHooks
+
+    _, _, embedder = qwen3_vl
+    batches = []
+    service = EmbeddingService(embedder, hooks=ServiceHooks(on_batch=batches.append))
+    jobs = [
+        [EmbedItem(text="a dog"), EmbedItem(image=_image(60, 40, 7))],
+        [EmbedItem(text="a cat", image=_image(40, 60, 8))],
+        [EmbedItem(text="waves"), EmbedItem(video=_clip(_frames(6, 40, 40, 9), 3.0))],
+    ]
+    want = [embedder.fused.embed(items) for items in jobs]
+
+    async def all_at_once():
+        tasks = [
+            asyncio.create_task(service.embed(EmbedJob(j, EmbedOptions(priority=i % 2))))
+            for i, j in enumerate(jobs)
+        ]
+        while service.fused.queued_requests < len(jobs):  # all queued before the device starts
+            await asyncio.sleep(0.01)
+        service.start(warmup=False)
+        return await asyncio.gather(*tasks)
+
+    try:
+        results = asyncio.run(all_at_once())
+    finally:
+        assert service.close(timeout=30)
+    for result, expected in zip(results, want, strict=True):
+        np.testing.assert_allclose(result.vectors, expected, atol=1e-5)
+    assert max(b.requests for b in batches) > 1  # rows of several requests in one batch

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from jaxembed.engine.buckets import Bucket, PlannedBatch
 from jaxembed.engine.jobs import EmbedItem
 from jaxembed.engine.vl_recipe import (
     VLRecipe,
@@ -40,6 +41,7 @@ from jaxembed.engine.vl_recipe import (
     video_frame_indices,
     video_frame_size,
 )
+from jaxembed.engine.workload import DeviceResult, Workload
 from jaxembed.errors import InvalidInputError, MediaError, ModelLoadError
 from jaxembed.media import MediaLimits, decode_frames, probe_video
 from jaxembed.models.qwen2_vl_vision import position_interpolation, vision_positions
@@ -49,6 +51,7 @@ from jaxembed.qwen_vl_images import QwenVLImagePreprocessor
 from jaxembed.weights.loader import LoadedModel
 
 TEXT, IMAGE, VIDEO = 0, 1, 2  # token types (transformers' mm_token_type_ids)
+TOKEN_STEP, PATCH_STEP = 64, 256  # length buckets of token rows and of vision rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,7 +206,7 @@ class QwenVLEngine:
         vision = self.config.vision
         merge = vision.merge_size**2
         rows = _bucket(len(units), 1)
-        length = _round_up(max(len(p) for p, _ in units), 64 * merge)
+        length = _round_up(max(len(p) for p, _ in units), PATCH_STEP)
         batch = np.zeros((rows, length, vision.patch_features), np.float32)
         positions = np.zeros((rows, length, 2), np.int32)
         segments = np.zeros((rows, length), np.int32)
@@ -232,45 +235,99 @@ class QwenVLEngine:
     def embed_counted(
         self, items: Sequence[EmbedItem], instruction: str | None = None
     ) -> tuple[np.ndarray, int]:
-        """(one vector per item, the tokens embedded — image/video tokens included)."""
-        prepared = [self._prepare(item, instruction) for item in items]
-        units = [u for p in prepared for u in p.units]
-        vision = self._vision_rows(units) if units else None
-        return self._run(prepared, vision), sum(len(p.ids) for p in prepared)
+        """(one vector per item, the tokens embedded — image/video tokens included), the
+        items run in one batch. (A server's jobs go through `FusedWorkload` instead.)"""
+        rows = self.prepare(items, instruction)
+        vectors = np.asarray(self.launch(rows), np.float32)[: len(rows)]
+        return vectors, sum(len(r.ids) for r in rows)
 
-    def _run(self, prepared: list[_Prepared], vision) -> np.ndarray:
+    def prepare(
+        self, items: Sequence[EmbedItem], instruction: str | None = None
+    ) -> list[_Prepared]:
+        """The host's share of each item (resizes, patches, its token row): what a batch of
+        rows needs before `launch`."""
+        return [self._prepare(item, instruction) for item in items]
+
+    def launch(self, rows: Sequence[_Prepared]) -> jax.Array:
+        """Dispatch the vision and decoder programs for `rows` (one batch) without waiting:
+        [bucket rows, D] on the device, the first len(rows) meaningful."""
+        units = [u for p in rows for u in p.units]
+        return self._run(rows, self._vision_rows(units) if units else None)
+
+    def _run(self, prepared: Sequence[_Prepared], vision) -> jax.Array:
+        flat, deep, per_row = vision if vision else (self._no_vision(), None, 0)
+        ids, mask, source, positions = self._token_batch(prepared, per_row)
+        return self._fused({"params": self.model.params}, ids, mask, flat, source, positions, deep)
+
+    def _token_batch(self, prepared: Sequence[_Prepared], per_row: int):
+        """Padded ids, mask, each position's row of the flattened vision output (−1: text;
+        unit k of the batch owns rows k·per_row …) and, for M-RoPE recipes, positions."""
         batch = _bucket(len(prepared), 1)
-        length = _round_up(max(len(p.ids) for p in prepared), 64)
+        length = _round_up(max(len(p.ids) for p in prepared), TOKEN_STEP)
+        merge = self.config.vision.merge_size
         ids = np.full((batch, length), self.config.text.pad_token_id, np.int32)
         mask = np.zeros((batch, length), np.int32)
         source = np.full((batch, length), -1, np.int32)
         mrope = self.recipe.positions == "mrope"
         positions = np.zeros((3, batch, length), np.int32) if mrope else None
-        per_row = vision[2] if vision else 0
         unit = 0
         for r, p in enumerate(prepared):
             n = len(p.ids)
             ids[r, :n], mask[r, :n] = p.ids, 1
-            visual = np.flatnonzero(p.types != TEXT)
-            offsets = np.concatenate(
-                [
-                    (unit + k) * per_row
-                    + np.arange(g[1] * g[2] // self.config.vision.merge_size**2)
-                    for k, (_, g) in enumerate(p.units)
-                ]
-                or [np.zeros(0, np.int64)]
-            )
-            source[r, visual] = offsets
-            unit += len(p.units)
+            counts = [h * w // merge**2 for _, (_, h, w) in p.units]
+            if counts:  # the units' tokens appear in unit order
+                offsets = [(unit + k) * per_row + np.arange(c) for k, c in enumerate(counts)]
+                source[r, np.flatnonzero(p.types != TEXT)] = np.concatenate(offsets)
+            unit += len(counts)
             if mrope:
-                grids = [g for _, g in p.units]
-                positions[:, r, :n] = mrope_positions(p.types, grids, self.config.vision.merge_size)
-        flat, deep = (vision[0], vision[1]) if vision else (self._no_vision(), None)
-        out = self._fused({"params": self.model.params}, ids, mask, flat, source, positions, deep)
-        return np.asarray(out, dtype=np.float32)[: len(prepared)]
+                positions[:, r, :n] = mrope_positions(p.types, [g for _, g in p.units], merge)
+        return ids, mask, source, positions
 
     def _no_vision(self) -> np.ndarray:
         return np.zeros((1, self.config.text.hidden_size), np.float32)
+
+
+class FusedWorkload(Workload):
+    """Prepared vision-language items for a Batcher: concurrent requests share batches, take
+    fair turns by priority and tokens, and share the devices with other models like text."""
+
+    def __init__(self, engine: QwenVLEngine, token_budget: int):
+        self.engine = engine
+        self.dimensions = engine.card.dimensions
+        self.step_budget = token_budget
+
+    def size(self, row: _Prepared) -> int:
+        return len(row.ids)
+
+    def cost(self, row: _Prepared) -> int:
+        return _round_up(len(row.ids), TOKEN_STEP)
+
+    def plan(self, rows: Sequence[_Prepared]) -> list[PlannedBatch]:
+        """Rows by length (least padding), as many per batch as the token budget allows at
+        a power-of-two row count; a row over the budget alone."""
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i].ids))
+        batches, current = [], []
+        for i in order:
+            trial = [*current, i]
+            padded = _bucket(len(trial), 1) * self.cost(rows[i])  # the longest so far
+            if current and padded > self.step_budget:
+                batches.append(current)
+                trial = [i]
+            current = trial
+        batches.append(current)
+        return [
+            PlannedBatch(np.asarray(b), Bucket(_bucket(len(b), 1), self.cost(rows[b[-1]])))
+            for b in batches
+            if b
+        ]
+
+    def run(self, rows, planned: PlannedBatch, slots: np.ndarray | None) -> DeviceResult:
+        if slots is not None:
+            raise ValueError("LoRA adapters do not apply to vision-language models")
+        return DeviceResult(self.engine.launch(rows), len(rows))
+
+    def warmup(self, progress=None) -> float:
+        return 0.0  # shapes depend on the images: each bucket compiles on first use
 
 
 def _preprocessor(model: LoadedModel) -> QwenVLImagePreprocessor:

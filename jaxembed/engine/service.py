@@ -40,6 +40,7 @@ from jaxembed.engine.jobs import (
     TextInputs,
 )
 from jaxembed.engine.multimodal import CacheHook, MediaEmbedder, check_items
+from jaxembed.engine.qwen_vl import FusedWorkload
 from jaxembed.engine.scores import activate
 from jaxembed.engine.tasks import resolve_task
 from jaxembed.engine.vision import ImageWorkload
@@ -131,7 +132,10 @@ class EmbeddingService:
             self.card.normalize,
             config.quantization_ranges,
         )
-        self._fused_turn = asyncio.Lock()  # a vision-language model's jobs run one at a time
+        self.fused: Batcher | None = None  # a vision-language model's items (engine/qwen_vl.py)
+        if embedder.fused is not None:
+            workload = FusedWorkload(embedder.fused, embedder.grid.token_budget)
+            self.fused = Batcher(workload, name=f"{self.name}/vl", **common)
         self.media = MediaEmbedder(
             self.card,
             embedder.images,
@@ -146,7 +150,7 @@ class EmbeddingService:
 
     @property
     def batchers(self) -> list[Batcher]:
-        return [b for b in (self.text, self.images) if b is not None]
+        return [b for b in (self.text, self.images, self.fused) if b is not None]
 
     def start(self, *, warmup: bool = True, progress=None) -> None:
         """Start the batchers' threads; warm-up compiles every bucket first (off the caller)."""
@@ -197,7 +201,7 @@ class EmbeddingService:
             self.check_items(job.inputs)
         progress = progress or RequestProgress()
         if self.embedder.fused is not None:
-            vectors, tokens = await self._embed_fused(job, o)
+            vectors, tokens = await self._embed_fused(job, o, progress)
             return EmbedResult(await self.encode(vectors, o.precision), tokens)
         async with self._adapter(o.adapter) as (namespace, slot):
 
@@ -235,9 +239,12 @@ class EmbeddingService:
         scores = logits if o.raw else activate(logits, self.card.score_activation)
         return ScoreResult(scores[:, 0] if scores.shape[1] == 1 else scores, sum(map(len, rows)))
 
-    async def _embed_fused(self, job: EmbedJob, o: EmbedOptions) -> tuple[np.ndarray, int]:
+    async def _embed_fused(
+        self, job: EmbedJob, o: EmbedOptions, progress: RequestProgress
+    ) -> tuple[np.ndarray, int]:
         """A vision-language model's job (engine/qwen_vl.py): images and videos decoded under
-        the media limits, then the items run one job at a time on the model's own programs."""
+        the media limits and prepared (resized, patchified, tokenized) off the event loop,
+        then batched with other requests' items by the model's vision-language batcher."""
         unsupported = [
             name
             for name, used in (
@@ -262,10 +269,12 @@ class EmbeddingService:
                 for i, x in enumerate(inputs)
             ]
         )
-        async with self._fused_turn:
-            vectors, tokens = await loop.run_in_executor(
-                None, self.embedder.fused.embed_counted, items, o.instruction
+        with progress.timed("preprocess"):
+            rows = await loop.run_in_executor(
+                None, self.embedder.fused.prepare, items, o.instruction
             )
+        vectors = await self.fused.embed(rows, priority=o.priority, progress=progress)
+        tokens = sum(len(r.ids) for r in rows)
         return truncate_dimensions(vectors, o.dimensions, self.card.normalize), tokens
 
     def _decoded(self, index: int, item: EmbedItem | str, frames: int | None) -> EmbedItem:
