@@ -173,17 +173,18 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     data = shape.data or 1
     plan = plan_parameters(family, config, data, shape.model, dtype)
     buckets = []
-    if not args.no_buckets:
+    attention = args.attention or AttentionConfig().impl
+    if not args.no_buckets and card is not None and card.vl_template:
+        from jaxembed.engine.plan_vl import plan_vl_memory
+
+        buckets = plan_vl_memory(
+            family, config, card, dtype, args.mesh, attention, args.buckets, args.vision_buckets
+        )
+    elif not args.no_buckets:
         from jaxembed.engine.plan_buckets import plan_bucket_memory
 
         buckets = plan_bucket_memory(
-            family,
-            config,
-            card,
-            dtype,
-            args.mesh,
-            args.attention or AttentionConfig().impl,
-            args.buckets,
+            family, config, card, dtype, args.mesh, attention, args.buckets
         )
     if args.json:
         print(json.dumps({**plan.to_dict(), "buckets": [b.to_dict() for b in buckets]}))
@@ -258,6 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="buckets to compile and measure, e.g. 1x8192,4x2048 (default: the largest "
         "bucket at 512, 2k, 8k and 32k tokens up to the model's maximum, and at the maximum)",
+    )
+    p.add_argument(
+        "--vision-buckets",
+        type=_buckets_arg,
+        default=None,
+        help="vision-language models: vision-tower buckets (rows x patches) to compile, e.g. "
+        "1x7424,8x1024 (default: the largest image a row holds, a video frame pair, 8x1024); "
+        "--buckets then sizes their decoder program (batch x tokens)",
     )
     p.add_argument("--no-buckets", action="store_true", help="parameters only (compile nothing)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")

@@ -189,3 +189,22 @@ def test_concurrent_requests_share_batches_through_the_service(qwen3_vl):
     for result, expected in zip(results, want, strict=True):
         np.testing.assert_allclose(result.vectors, expected, atol=1e-5)
     assert max(b.requests for b in batches) > 1  # rows of several requests in one batch
+
+
+def test_plan_compiles_the_vision_and_decoder_programs(qwen3_vl):
+    """`jaxembed plan` for a vision-language card: each program's memory per bucket; a bigger
+    vision bucket needs more."""
+    from jaxembed.engine.buckets import Bucket
+    from jaxembed.engine.plan_vl import plan_vl_memory
+    from jaxembed.parallel.mesh import MeshShape
+
+    _, _, embedder = qwen3_vl
+    model = embedder.model
+    planned = plan_vl_memory(
+        model.family, model.config, model.card, "float32", MeshShape(1, 1), "auto",
+        [Bucket(2, 100)], [Bucket(1, 256), Bucket(4, 512)],
+    )  # fmt: skip
+    kinds = [(m.program, m.bucket.batch, m.bucket.seq) for m in planned]
+    assert kinds == [("vision", 1, 256), ("vision", 4, 512), ("decoder", 2, 128)]
+    assert planned[1].temp_bytes > planned[0].temp_bytes > 0
+    assert all(m.total_bytes > m.argument_bytes > 0 for m in planned)

@@ -35,6 +35,7 @@ class BucketMemory:
     output_bytes: int
     temp_bytes: int  # activations and scratch
     alias_bytes: int = 0
+    program: str = "text"  # which program: text, or a vision-language model's vision / decoder
 
     @property
     def total_bytes(self) -> int:
@@ -43,6 +44,7 @@ class BucketMemory:
     def to_dict(self) -> dict[str, Any]:
         return {
             "bucket": f"{self.bucket.batch}x{self.bucket.seq}",
+            "program": self.program,
             "attention": self.attention,
             "temp_bytes": self.temp_bytes,
             "argument_bytes": self.argument_bytes,
@@ -51,7 +53,9 @@ class BucketMemory:
         }
 
 
-def from_compiled(compiled: Any, bucket: Bucket, attention: str) -> BucketMemory:
+def from_compiled(
+    compiled: Any, bucket: Bucket, attention: str, program: str = "text"
+) -> BucketMemory:
     stats = compiled.memory_analysis()
     if stats is None:  # a backend that does not report it
         raise ModelLoadError("this backend does not report compiled memory (memory_analysis)")
@@ -62,6 +66,7 @@ def from_compiled(compiled: Any, bucket: Bucket, attention: str) -> BucketMemory
         output_bytes=int(stats.output_size_in_bytes),
         temp_bytes=int(stats.temp_size_in_bytes),
         alias_bytes=int(stats.alias_size_in_bytes),
+        program=program,
     )
 
 

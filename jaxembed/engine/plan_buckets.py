@@ -97,12 +97,12 @@ def render_buckets(buckets: Sequence[BucketMemory]) -> str:
     gib = 2**30
     lines = [
         "compiled buckets (bytes per device, from the programs' memory analysis):",
-        f"{'bucket':>10s}  {'attention':10s} {'arguments':>12s} {'output':>10s} "
+        f"{'program':8s} {'bucket':>10s}  {'attention':10s} {'arguments':>12s} {'output':>10s} "
         f"{'temporaries':>12s} {'total':>10s}",
     ]
     for b in buckets:
         lines.append(
-            f"{b.bucket.batch:>4d}x{b.bucket.seq:<5d}  {b.attention:10s} "
+            f"{b.program:8s} {b.bucket.batch:>4d}x{b.bucket.seq:<5d}  {b.attention:10s} "
             f"{b.argument_bytes / gib:>10.3f}Gi {b.output_bytes / 2**20:>8.2f}Mi "
             f"{b.temp_bytes / gib:>10.3f}Gi {b.total_bytes / gib:>8.3f}Gi"
         )
