@@ -65,7 +65,32 @@ def test_preprocessing_equals_the_published_steps():
         ours = RECIPE.fetch(image, 32)
         assert ours.size == want.size
         np.testing.assert_array_equal(np.asarray(ours), np.asarray(want))
+    # The processor steps with do_resize=False: the image processor's pixels bit for bit, and
+    # the video processor's patchify on its fused normalisation.
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    from jaxembed.qwen_vl_images import QwenVLImagePreprocessor
+
+    ours = QwenVLImagePreprocessor(patch_size=16, mean=(0.5,) * 3, std=(0.5,) * 3, resize=False)
+    reference = Qwen2VLImageProcessorPil(
+        patch_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3, do_resize=False
+    )
+    fetched = RECIPE.fetch(_image(300, 170, 5), 32)
+    want = reference(fetched)
+    patches, grid = ours(fetched)
+    assert [list(grid)] == want["image_grid_thw"].tolist()
+    np.testing.assert_array_equal(patches, np.asarray(want["pixel_values"]))
     frames = _frames(10, 40, 56, 0)
+    resized, _ = qwen_vl_utils_video_frames(frames[:5], fps=2.0)  # 4 frames sampled
+    patches, grid = ours.video(resized.numpy())
+    (theirs,) = Qwen3VLVideoProcessor.patchify(None, ((resized - 127.5) / 127.5)[None], 16, 2, 2)[
+        :1
+    ]
+    np.testing.assert_array_equal(patches, theirs[0].numpy())
+    assert grid == (2, resized.shape[2] // 16, resized.shape[3] // 16)
     for fps, total in [(4.0, 10), (1.0, 10), (25.0, 200), (30.0, 3)]:
         _, want_idx = qwen_vl_utils_video_frames([frames[0]] * total, fps=fps)
         assert video_frame_indices(RECIPE, total, fps) == want_idx
