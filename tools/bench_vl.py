@@ -1,11 +1,12 @@
-"""Vision-language item throughput: GME-Qwen2-VL-style text+image items, jaxembed's engine vs
-GME's published recipe run with transformers' modules, in one process, the same items, rounds
-alternating between the two.
+"""Vision-language item throughput: text+image items through jaxembed's engine vs each model's
+published recipe run with transformers' modules (GME-Qwen2-VL's, Qwen3-VL-Embedding's), in
+one process, the same items, rounds alternating between the two.
 
-The model is a tiny random Qwen2-VL (tests/helpers.py `save_tiny_qwen2_vl`: 2 vision blocks
-of width 32, a 2-layer decoder of width 48) — no model hub here, so this measures the engines'
-overheads (preprocessing, padding, dispatch) at a small arithmetic cost, not a 2B model's
-speed. Images are random RGB of 8 sizes between 60 and 300 px, each with a caption.
+The models are tiny random Qwen2-VL and Qwen3-VL checkpoints (tests/helpers.py: vision towers
+of width 32, 2- and 3-layer decoders of width 48) — no model hub here, so this measures the
+engines' overheads (preprocessing, padding, dispatch, attention over long vision rows) at a
+small arithmetic cost, not a 2B model's speed. Images are random RGB of 8 sizes between 60
+and 300 px, each with a caption.
 
     python -m tools.bench_vl --items 32 --batch-size 8 --out docs/results/vl.json
 """
@@ -51,35 +52,53 @@ def main() -> None:
     import jaxembed
     from jaxembed.engine.embedder import Embedder
     from jaxembed.engine.jobs import EmbedItem
-    from tests.helpers import gme_reference, save_tiny_qwen2_vl
+    from tests.helpers import (
+        gme_reference,
+        qwen3_vl_embedding_reference,
+        save_tiny_qwen2_vl,
+        save_tiny_qwen3_vl,
+    )
 
     work = workload(args.items)
     batches = [work[i : i + args.batch_size] for i in range(0, len(work), args.batch_size)]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "tiny-qwen2-vl"
-        model = save_tiny_qwen2_vl(path, seed=1)
-        embedder = Embedder.from_pretrained(path, compile_cache_dir=False)
 
-        def ours() -> np.ndarray:
-            return np.concatenate(
-                [embedder.embed_items([EmbedItem(text=t, image=i) for t, i in b]) for b in batches]
-            )
+    def gme(model, path, batch):
+        return gme_reference(model, path, [t for t, _ in batch], [i for _, i in batch])[0]
 
-        def theirs() -> np.ndarray:
-            return np.concatenate(
-                [
-                    gme_reference(model, path, [t for t, _ in b], [i for _, i in b])[0]
-                    for b in batches
-                ]
-            )
+    def qwen3(model, path, batch):
+        items = [{"text": t, "image": i} for t, i in batch]
+        return qwen3_vl_embedding_reference(model, path, items)[0]
 
-        ours(), theirs()  # warm-up: jaxembed compiles the shapes these batches use
-        times = {"jaxembed": [], "transformers (GME recipe)": []}
-        for _ in range(args.rounds):
-            times["jaxembed"].append(timed(ours))
-            times["transformers (GME recipe)"].append(timed(theirs))
-        cosine = float(np.min(np.sum(ours() * theirs(), axis=1)))
-        embedder.close()
+    setups = [
+        ("GME-Qwen2-VL", save_tiny_qwen2_vl, gme),
+        ("Qwen3-VL-Embedding", save_tiny_qwen3_vl, qwen3),
+    ]
+    times, cosines = {}, {}
+    for label, save, reference in setups:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "tiny"
+            model = save(path, seed=1)
+            embedder = Embedder.from_pretrained(path, compile_cache_dir=False)
+
+            def ours(embedder=embedder) -> np.ndarray:
+                return np.concatenate(
+                    [
+                        embedder.embed_items([EmbedItem(text=t, image=i) for t, i in b])
+                        for b in batches
+                    ]
+                )
+
+            def theirs(model=model, path=path, reference=reference) -> np.ndarray:
+                return np.concatenate([reference(model, path, b) for b in batches])
+
+            ours(), theirs()  # warm-up: jaxembed compiles the shapes these batches use
+            mine, ref = f"jaxembed ({label})", f"transformers ({label} recipe)"
+            times[mine], times[ref] = [], []
+            for _ in range(args.rounds):
+                times[mine].append(timed(ours))
+                times[ref].append(timed(theirs))
+            cosines[label] = float(np.min(np.sum(ours() * theirs(), axis=1)))
+            embedder.close()
 
     results = {
         "date": datetime.date.today().isoformat(),
@@ -90,17 +109,18 @@ def main() -> None:
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
         },
-        "model": "tiny random Qwen2-VL (vision 2x32, decoder 2x48)",
+        "models": "tiny random Qwen2-VL (vision 2x32, decoder 2x48) and Qwen3-VL (vision 3x32 "
+        "with 2 deep-stack mergers, decoder 3x48)",
         "items": args.items,
         "batch_size": args.batch_size,
-        "min_cosine": cosine,
+        "min_cosine": cosines,
         "engines": {},
     }
     for name, runs in times.items():
         best = min(runs)
         results["engines"][name] = {"items_per_s": args.items / best, "runs_s": runs}
-        print(f"{name:28s} {args.items / best:8.1f} items/s")
-    print(f"smallest cosine between the two: {cosine:.6f}")
+        print(f"{name:42s} {args.items / best:8.1f} items/s")
+    print(f"smallest cosine between the two: {cosines}")
     write_results(args.out, results)
 
 

@@ -281,3 +281,29 @@ def test_splade_on_a_mesh_matches_one_device(tmp_path_factory, texts, mesh_shape
     one = _embedder(path, None).embed(texts, truncate=True)
     many = _embedder(path, mesh_shape).embed(texts, truncate=True)
     np.testing.assert_allclose(many, one, atol=2e-5)
+
+
+@pytest.mark.parametrize("mesh_shape", [(2, 4)])
+def test_qwen3_vl_on_a_mesh_matches_one_device(tmp_path_factory, mesh_shape):
+    """A vision-language model's parameters sharded like the rest (tower and decoder), its
+    items (text, image, video frames) equal to one device's."""
+    from PIL import Image
+
+    from jaxembed.engine.jobs import EmbedItem
+    from jaxembed.engine.qwen_vl import VideoClip
+    from tests.helpers import save_tiny_qwen3_vl
+
+    path = tmp_path_factory.mktemp("tiny-qwen3-vl")
+    save_tiny_qwen3_vl(path, seed=2)
+    rng = np.random.default_rng(0)
+    picture = lambda w, h: Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))  # noqa: E731
+    frames = [picture(40, 40) for _ in range(4)]
+    items = [
+        EmbedItem(text="a dog"),
+        EmbedItem(text="a cat", image=picture(90, 60)),
+        EmbedItem(video=VideoClip(frames, [0, 1, 2, 3], 2.0)),
+    ]
+    one, many = _embedder(path, None), _embedder(path, mesh_shape)
+    specs = _specs(many)
+    assert any(s != P() for k, s in specs.items() if k.startswith("visual."))
+    np.testing.assert_allclose(many.embed_items(items), one.embed_items(items), atol=2e-5)
