@@ -112,10 +112,16 @@ def _cmd_embed(args: argparse.Namespace) -> int:
             args.image, embedder.embed_images(images, dimensions=args.dimensions), strict=True
         ):
             emit("image", path, vector)
-    frames = args.video_frames or embedder.card.video_frames
     for path in args.video:
-        decoded = decode_video(read(path), frames, limits)
-        emit("video", path, embedder.embed_video(decoded, dimensions=args.dimensions))
+        if embedder.fused is not None:  # sampled as the model's recipe says (its fps, timestamps)
+            vector = embedder.embed_video(
+                read(path), dimensions=args.dimensions, frames=args.video_frames
+            )
+        else:
+            frames = args.video_frames or embedder.card.video_frames
+            decoded = decode_video(read(path), frames, limits)
+            vector = embedder.embed_video(decoded, dimensions=args.dimensions)
+        emit("video", path, vector)
     return 0
 
 

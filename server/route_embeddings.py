@@ -8,6 +8,7 @@ Library errors become API errors in one place (the app's exception handler).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -170,8 +171,15 @@ async def embeddings(request: Request):
     vllm_fields.check_input_or_messages(req)
     route = request.app.ctx.models.route(req.model, req.lora_path)
     sparse = check_sparse_request(req, route)
-    inputs = req.input if req.messages is None else vllm_fields.chat_input(req, route)
-    result = await run_job(request, route, inputs, embed_options(request, req, route))
+    options = embed_options(request, req, route)
+    if req.messages is None:
+        inputs = req.input
+    elif route.model.service.embedder.fused is not None:
+        inputs, instruction = vllm_fields.vision_language_chat(req)
+        options = dataclasses.replace(options, instruction=instruction or req.instruction)
+    else:
+        inputs = vllm_fields.chat_input(req, route)
+    result = await run_job(request, route, inputs, options)
     with request.ctx.progress.timed("encode"):
         return embeddings_response(req, route, result.vectors, result.tokens, sparse)
 

@@ -43,6 +43,47 @@ def check_input_or_messages(req: EmbeddingRequest) -> None:
         raise invalid("give `input` or `messages`, not both", param="messages")
 
 
+def vision_language_chat(req: EmbeddingRequest) -> tuple[list, str | None]:
+    """`messages` for a vision-language embedder (GME, Qwen3-VL-Embedding), whose recipe
+    writes the chat turn itself: the system message is the instruction, the user message's
+    parts the item (its texts joined as the chat template joins them; one image, one video).
+    Returns ([item], instruction)."""
+    system, texts, images, videos = [], [], [], []
+    users = [m for m in req.messages if m.role == "user"]
+    others = {m.role for m in req.messages} - {"system", "user"}
+    if others or len(users) != 1:
+        raise invalid(
+            "a vision-language embedder takes one user message (and optionally a system "
+            "message, its instruction)",
+            param="messages",
+        )
+    for message in req.messages:
+        parts = message.content
+        if isinstance(parts, str):
+            (system if message.role == "system" else texts).append(parts)
+            continue
+        text = [p.text for p in parts if p.type == "text" and p.text is not None]
+        media = [p for p in parts if p.type in ("image_url", "video_url")]
+        if message.role == "system":
+            if media:
+                raise invalid("a system message holds text only", param="messages")
+            system += text
+            continue
+        texts += text
+        images += [p.image_url.url for p in media if p.type == "image_url" and p.image_url]
+        videos += [p.video_url.url for p in media if p.type == "video_url" and p.video_url]
+    if len(images) > 1 or len(videos) > 1:
+        raise invalid("messages may hold one image and one video", param="messages")
+    if system and req.instruction is not None:
+        raise invalid("give a system message or `instruction`, not both", param="instruction")
+    if not (texts or images or videos):
+        raise invalid("the user message is empty", param="messages")
+    item = MultimodalItem(
+        text="".join(texts) or None, image=(images or [None])[0], video=(videos or [None])[0]
+    )
+    return [item], "".join(system) or None
+
+
 def chat_input(req: EmbeddingRequest, route: Route) -> list:
     """`messages` → one input: the rendered conversation, with its image/video (one each)
     for models that embed them. Without a chat template a multimodal model embeds the

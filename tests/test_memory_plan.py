@@ -68,9 +68,12 @@ def test_plan_cli_json(capsys):
 def test_every_shipped_card_plans_without_weights(name, capsys):
     card = registry_cards()[name]
     assert card.architecture, f"{name} ships no architecture"
-    assert main(["plan", name, "--buckets", "1x64", "--json"]) == 0
-    (row,) = json.loads(capsys.readouterr().out)["buckets"]
-    assert row["argument_bytes"] > 0 and row["temp_bytes"] > 0
+    vision = ["--vision-buckets", "1x256"] if card.vl_template else []
+    assert main(["plan", name, "--buckets", "1x64", *vision, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["buckets"]
+    programs = ["vision", "decoder"] if card.vl_template else ["text"]
+    assert [r["program"] for r in rows] == programs
+    assert all(r["argument_bytes"] > 0 and r["temp_bytes"] > 0 for r in rows)
 
 
 def test_card_architecture_is_the_real_config():

@@ -14,6 +14,7 @@ from jaxembed.card import QWEN3_VL_EMBEDDING_TEMPLATE
 from jaxembed.engine.jobs import EmbedItem
 from jaxembed.engine.qwen_vl import VideoClip
 from jaxembed.engine.vl_recipe import VLRecipe, mrope_positions, resize_frames, video_frame_indices
+from jaxembed.errors import InvalidInputError
 from tests.helpers import (
     qwen3_vl_embedding_reference,
     qwen_vl_utils_fetch_image,
@@ -27,7 +28,9 @@ RECIPE = VLRecipe.from_card(QWEN3_VL_EMBEDDING_TEMPLATE)
 def _image(width: int, height: int, seed: int, mode: str = "RGB") -> Image.Image:
     rng = np.random.default_rng(seed)
     channels = 4 if mode == "RGBA" else 3
-    return Image.fromarray(rng.integers(0, 256, (height, width, channels), dtype=np.uint8), mode)
+    pixels = rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
+    image = Image.fromarray(pixels, "RGBA" if mode == "RGBA" else "RGB")
+    return image.convert(mode) if mode == "P" else image
 
 
 def _frames(count: int, width: int, height: int, seed: int) -> list[Image.Image]:
@@ -59,12 +62,21 @@ def qwen3_vl(tmp_path_factory):
 def test_preprocessing_equals_the_published_steps():
     """The pre-resize (qwen_vl_utils `fetch_image`: sizes and pixels, incl. min/max-pixel and
     RGBA cases), the frame sample and the frames' antialiased bicubic resize."""
-    for i, (w, h, mode) in enumerate([(64, 64, "RGB"), (30, 20, "RGBA"), (2000, 1500, "RGB")]):
+    sizes = [
+        (64, 64, "RGB"),
+        (30, 20, "RGBA"),
+        (2000, 1500, "RGB"),
+        (50, 900, "RGB"),
+        (300, 170, "P"),
+    ]
+    for i, (w, h, mode) in enumerate(sizes):
         image = _image(w, h, i, mode)
         want = qwen_vl_utils_fetch_image(image)
         ours = RECIPE.fetch(image, 32)
         assert ours.size == want.size
         np.testing.assert_array_equal(np.asarray(ours), np.asarray(want))
+    with pytest.raises(InvalidInputError, match="elongated"):  # qwen_vl_utils refuses > 200:1
+        RECIPE.fetch(_image(2010, 10, 0), 32)
     # The processor steps with do_resize=False: the image processor's pixels bit for bit, and
     # the video processor's patchify on its fused normalisation.
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
@@ -233,3 +245,36 @@ def test_plan_compiles_the_vision_and_decoder_programs(qwen3_vl):
     assert kinds == [("vision", 1, 256), ("vision", 4, 512), ("decoder", 2, 128)]
     assert planned[1].temp_bytes > planned[0].temp_bytes > 0
     assert all(m.total_bytes > m.argument_bytes > 0 for m in planned)
+
+
+@pytest.mark.parametrize(
+    "model_type, sections, interleaved",
+    [("qwen2_vl", [16, 24, 24], False), ("qwen3_vl", [24, 20, 20], True)],
+)
+def test_mrope_tables_equal_transformers(model_type, sections, interleaved):
+    """The multimodal rotary tables for 3-D positions: Qwen2-VL's contiguous sections and
+    Qwen3-VL's interleaved ones, at the 2B models' head_dim (128)."""
+    import dataclasses
+
+    import transformers
+
+    from jaxembed.models.decoder import mrope_cos_sin
+    from jaxembed.models.qwen_vl import QwenVLConfig
+
+    rope = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": sections}
+    text = dict(hidden_size=256, num_attention_heads=2, num_key_value_heads=2, head_dim=128,
+                vocab_size=100, intermediate_size=64, num_hidden_layers=1)  # fmt: skip
+    if interleaved:
+        rope["mrope_interleaved"] = True
+        hf = transformers.Qwen3VLConfig(text_config={**text, "rope_parameters": rope})
+        table = transformers.models.qwen3_vl.modeling_qwen3_vl.Qwen3VLTextRotaryEmbedding
+    else:
+        hf = transformers.Qwen2VLConfig(text_config={**text, "rope_parameters": rope})
+        table = transformers.models.qwen2_vl.modeling_qwen2_vl.Qwen2VLRotaryEmbedding
+    positions = np.random.default_rng(0).integers(0, 500, (3, 2, 7))
+    cos, sin = table(hf.text_config)(torch.zeros(1), torch.tensor(positions))
+    config = QwenVLConfig.from_hf({**hf.to_dict(), "model_type": model_type})
+    assert config.text.mrope_interleaved == interleaved
+    ours = mrope_cos_sin(positions, dataclasses.replace(config.text))
+    np.testing.assert_allclose(np.asarray(ours[0]), cos.numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(ours[1]), sin.numpy(), atol=1e-5)

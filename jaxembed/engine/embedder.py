@@ -532,6 +532,9 @@ class Embedder:
         frames: int | None = None,
     ) -> np.ndarray:
         """One video (sampled frames, or an encoded file sampled to `frames`, default the
-        card's) → one [dimensions] vector: the mean frame embedding."""
+        card's) → one [dimensions] vector: the mean frame embedding — or, for a
+        vision-language model, the video read through its decoder (a file sampled as its
+        recipe says, `frames` capping the count; frames given are taken as sampled at the
+        recipe's rate)."""
         item = EmbedItem(video=video if isinstance(video, bytes) else list(video))
         return self._run_job([item], dimensions=dimensions, video_frames=frames)[0]

@@ -37,14 +37,26 @@ def keyed_server(tmp_path_factory):
     assert proc.stop() == 0, proc.log()
 
 
-def test_schemathesis_finds_no_failures(keyed_server, tmp_path):
-    run = subprocess.run(
+# schemathesis' CLI under a raised recursion limit: CPython 3.11.7's AST validator can fail
+# with "AST constructor recursion depth mismatch" when hypothesis parses a lambda's source
+# (to describe a strategy) deep inside its recursive JSON-schema strategies.
+SCHEMATHESIS = (
+    "import runpy, sys; sys.setrecursionlimit(20_000); sys.argv[0] = 'schemathesis'; "
+    "runpy.run_module('schemathesis.cli', run_name='__main__')"
+)
+
+
+CPYTHON_AST_BUG = "AST constructor recursion depth mismatch"
+
+
+def _schemathesis(url: str, cwd, seed: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [
             sys.executable,
-            "-m",
-            "schemathesis.cli",
+            "-c",
+            SCHEMATHESIS,
             "run",
-            keyed_server.url + "/openapi.json",
+            url + "/openapi.json",
             "-H",
             f"Authorization: Bearer {KEY}",
             "--checks",
@@ -60,15 +72,23 @@ def test_schemathesis_finds_no_failures(keyed_server, tmp_path):
             "--workers",
             "2",
             "--seed",
-            "20261125",
+            str(seed),
             "--request-timeout",
             "60",
         ],
-        cwd=tmp_path,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def test_schemathesis_finds_no_failures(keyed_server, tmp_path):
+    run = _schemathesis(keyed_server.url, tmp_path, 20261125)
+    if run.returncode != 0 and CPYTHON_AST_BUG in run.stdout + run.stderr:
+        # That error is raised inside hypothesis' own strategy description (CPython 3.11.7's
+        # AST validator), never by a server response: one more run with another seed.
+        run = _schemathesis(keyed_server.url, tmp_path, 20261126)
     report = run.stdout[-8000:] + run.stderr[-2000:]
     assert run.returncode == 0, report
     assert "21 passed" in run.stdout, report  # every operation was exercised

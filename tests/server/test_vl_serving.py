@@ -201,3 +201,39 @@ def test_qwen3_bad_videos_are_400s(server):
     body = {"model": "q3", "input": [{"video": _video_uri(CLIP)}], "video_frames": 1}
     response = httpx.post(server.url + "/v1/embeddings", json=body, timeout=60)
     assert response.status_code == 400 and response.json()["error"]["param"] == "video_frames"
+
+
+def test_chat_messages_map_onto_the_recipe(server, qwen3_expected):
+    """vLLM's chat form for a vision-language embedder: the system message is the
+    instruction, the user message's parts the item (the recipe writes the chat turn)."""
+    user = {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "a dog"},
+            {"type": "image_url", "image_url": {"url": _uri(DOG)}},
+        ],
+    }
+    response = httpx.post(
+        server.url + "/v1/embeddings", json={"model": "q3", "messages": [user]}, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    got = np.array(response.json()["data"][0]["embedding"], np.float32)
+    np.testing.assert_allclose(got, qwen3_expected[2], atol=1e-5)
+    instruction = "Retrieve images relevant to the query."
+    system = {"role": "system", "content": instruction}
+    as_chat = httpx.post(
+        server.url + "/v1/embeddings", json={"model": "q3", "messages": [system, user]}
+    ).json()["data"][0]["embedding"]
+    as_field = httpx.post(
+        server.url + "/v1/embeddings",
+        json={
+            "model": "q3",
+            "input": [{"text": "a dog", "image": _uri(DOG)}],
+            "instruction": instruction,
+        },
+    ).json()["data"][0]["embedding"]
+    np.testing.assert_allclose(as_chat, as_field, atol=1e-6)
+    assert not np.allclose(as_chat, got, atol=1e-3)  # the instruction changed the vector
+    for messages in ([system], [user, {"role": "assistant", "content": "hi"}], [user, user]):
+        bad = httpx.post(server.url + "/v1/embeddings", json={"model": "q3", "messages": messages})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages", bad.text
