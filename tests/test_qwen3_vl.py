@@ -160,7 +160,11 @@ def test_bfloat16_instruction_and_conversion(qwen3_vl, tmp_path):
     from jaxembed.weights.convert import convert
 
     model, path, full = qwen3_vl
-    items = [EmbedItem(text="a red bicycle"), EmbedItem(image=_image(120, 80, 3), text="bike")]
+    items = [
+        EmbedItem(text="a red bicycle"),
+        EmbedItem(image=_image(120, 80, 3), text="bike"),
+        EmbedItem(video=_clip(_frames(6, 40, 40, 4), 3.0)),
+    ]
     want = full.embed_items(items)
     half = Embedder.from_pretrained(path, dtype="bfloat16", compile_cache_dir=False)
     assert np.sum(half.embed_items(items) * want, axis=1).min() >= 0.999

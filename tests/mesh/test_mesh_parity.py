@@ -13,7 +13,8 @@ from jaxembed.weights.convert import convert
 from tests.helpers import save_tiny_decoder, save_tiny_model
 from tests.texts import varied_texts
 
-MESHES = [(1, 1), (8, 1), (4, 2), (2, 4), (1, 8)]
+# Data only, both axes, model only ((1, 1) and (4, 2) add nothing these three do not check).
+MESHES = [(8, 1), (2, 4), (1, 8)]
 GRID = dict(seq_lengths=(16, 32, 64, 128), token_budget=256)
 
 

@@ -68,7 +68,7 @@ def _schemathesis(url: str, cwd, seed: int) -> subprocess.CompletedProcess:
             "--phases",
             "coverage,fuzzing",
             "--max-time",
-            "45",
+            "35",
             "--workers",
             "2",
             "--seed",
