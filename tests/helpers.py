@@ -884,27 +884,31 @@ def save_tiny_qwen2_vl(out_dir: Path, *, seed: int = 0):
     return model
 
 
-def gme_fetch_reference(image):
-    """GME's `_fetch_image` + `_smart_resize` (gme_inference.py), as published."""
+def published_smart_resize(height, width, factor, min_pixels, max_pixels):
+    """`smart_resize` as GME's `gme_inference.py` and `qwen_vl_utils` both publish it (round to
+    `factor`, at least one; floor into max_pixels or ceil into min_pixels)."""
     import math
 
-    factor, min_pixels, max_pixels, max_ratio = 28, 4 * 28 * 28, 16384 * 28 * 28, 200
-    image = image.convert("RGB")
-    width, height = image.size
     h_bar = max(factor, round(height / factor) * factor)
     w_bar = max(factor, round(width / factor) * factor)
     if h_bar * w_bar > max_pixels:
         beta = math.sqrt((height * width) / max_pixels)
-        h_bar, w_bar = (
-            math.floor(height / beta / factor) * factor,
-            math.floor(width / beta / factor) * factor,
-        )
+        h_bar = math.floor(height / beta / factor) * factor
+        w_bar = math.floor(width / beta / factor) * factor
     elif h_bar * w_bar < min_pixels:
         beta = math.sqrt(min_pixels / (height * width))
-        h_bar, w_bar = (
-            math.ceil(height * beta / factor) * factor,
-            math.ceil(width * beta / factor) * factor,
-        )
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def gme_fetch_reference(image):
+    """GME's `_fetch_image` + `_smart_resize` (gme_inference.py), as published: the aspect
+    ratio capped at 200 after the resize."""
+    max_ratio = 200
+    image = image.convert("RGB")
+    width, height = image.size
+    h_bar, w_bar = published_smart_resize(height, width, 28, 4 * 28 * 28, 16384 * 28 * 28)
     if max(h_bar, w_bar) / min(h_bar, w_bar) > max_ratio:
         h_bar, w_bar = (w_bar * max_ratio, w_bar) if h_bar > w_bar else (h_bar, h_bar * max_ratio)
     return image.resize((w_bar, h_bar))
@@ -1000,11 +1004,8 @@ def qwen_vl_utils_fetch_image(image):
     """qwen_vl_utils 0.0.14 `fetch_image(ele, image_patch_size=16)` with Qwen3-VL-Embedding's
     min/max pixels (4..1800 blocks of 32 px), as published: RGBA pasted on white, its
     `smart_resize`, PIL's default resize."""
-    import math
-
     from PIL import Image
 
-    factor, min_pixels, max_pixels = QWEN3_VL_FACTOR, 4 * 32 * 32, 1800 * 32 * 32
     if image.mode == "RGBA":
         white = Image.new("RGB", image.size, (255, 255, 255))
         white.paste(image, mask=image.split()[3])
@@ -1012,22 +1013,14 @@ def qwen_vl_utils_fetch_image(image):
     else:
         image = image.convert("RGB")
     width, height = image.size
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = math.floor(height / beta / factor) * factor
-        w_bar = math.floor(width / beta / factor) * factor
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
+    f = QWEN3_VL_FACTOR
+    h_bar, w_bar = published_smart_resize(height, width, f, 4 * f * f, 1800 * f * f)
     return image.resize((w_bar, h_bar))
 
 
-def qwen_vl_utils_video_frames(frames, nframes_fps=1.0, total=None, fps=None):
-    """qwen_vl_utils `fetch_video` for a file, after decoding (frames given as PIL images of
-    every frame of the clip): `smart_nframes` at 1 fps within 4..64 frames, the
+def qwen_vl_utils_video_frames(frames, fps):
+    """qwen_vl_utils `fetch_video` for a file, after decoding (`frames`: PIL images of every
+    frame of the clip, `fps` its rate): `smart_nframes` at 1 fps within 4..64 frames, the
     `round(linspace)` sample, then every frame resized to `smart_resize(factor 32, 128..768
     blocks)` with torchvision's tensor path (float bicubic, antialias, clamp, round).
     Returns (float frames [T, 3, H, W] torch, sampled indices)."""
@@ -1037,8 +1030,7 @@ def qwen_vl_utils_video_frames(frames, nframes_fps=1.0, total=None, fps=None):
     import torch
 
     total = len(frames)
-    nframes = total / fps * nframes_fps
-    nframes = min(min(max(nframes, 4), 64), total)
+    nframes = min(min(max(total / fps * 1.0, 4), 64), total)
     nframes = math.floor(nframes / 2) * 2
     idx = torch.linspace(0, total - 1, nframes).round().long()
     video = torch.stack(
@@ -1047,27 +1039,11 @@ def qwen_vl_utils_video_frames(frames, nframes_fps=1.0, total=None, fps=None):
             for i in idx
         ]
     )
-    factor = QWEN3_VL_FACTOR
-    min_pixels = 128 * factor * factor
-    max_pixels = max(
-        min(768 * factor * factor, 128000 * factor * factor * 0.9 / nframes * 2),
-        int(min_pixels * 1.05),
-    )
-    height, width = video.shape[2:]
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar, w_bar = (
-            math.floor(height / beta / factor) * factor,
-            math.floor(width / beta / factor) * factor,
-        )
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar, w_bar = (
-            math.ceil(height * beta / factor) * factor,
-            math.ceil(width * beta / factor) * factor,
-        )
+    f = QWEN3_VL_FACTOR
+    min_pixels = 128 * f * f
+    # qwen_vl_utils' default total budget: MODEL_SEQ_LEN = 128000 tokens.
+    max_pixels = max(min(768 * f * f, 128000 * f * f * 0.9 / nframes * 2), int(min_pixels * 1.05))
+    h_bar, w_bar = published_smart_resize(*video.shape[2:], f, min_pixels, max_pixels)
     resized = torch.nn.functional.interpolate(
         video.float(), size=[h_bar, w_bar], mode="bicubic", align_corners=False, antialias=True
     )

@@ -45,19 +45,8 @@ def default_plan_buckets(grid: BucketGrid) -> list[Bucket]:
     return [Bucket(grid.max_rows(grid.seq_bucket(s)), grid.seq_bucket(s)) for s in lengths]
 
 
-def plan_bucket_memory(
-    family: Any,
-    config: Any,
-    card: Any,
-    dtype: str,
-    mesh_shape: MeshShape,
-    attention: str,
-    buckets: Sequence[Bucket] | None = None,
-    token_budget: int | None = None,
-) -> list[BucketMemory]:
-    """Compile each bucket for `mesh_shape` from abstract parameters; bytes per device."""
-    from jaxembed.engine.embedder import data_parallel_grid_options, default_token_budget
-
+def abstract_model(family: Any, config: Any, dtype: str, mesh_shape: MeshShape, attention: str):
+    """(mesh, abstract parameters sharded on it, module): what a plan compiles against."""
     try:
         mesh = make_mesh(mesh_shape)
     except ValueError as e:
@@ -72,6 +61,23 @@ def plan_bucket_memory(
         param_dtype=jnp.dtype(dtype),
         attention=AttentionConfig(attention),
     )
+    return mesh, params, module
+
+
+def plan_bucket_memory(
+    family: Any,
+    config: Any,
+    card: Any,
+    dtype: str,
+    mesh_shape: MeshShape,
+    attention: str,
+    buckets: Sequence[Bucket] | None = None,
+    token_budget: int | None = None,
+) -> list[BucketMemory]:
+    """Compile each bucket for `mesh_shape` from abstract parameters; bytes per device."""
+    from jaxembed.engine.embedder import data_parallel_grid_options, default_token_budget
+
+    mesh, params, module = abstract_model(family, config, dtype, mesh_shape, attention)
     pooling, normalize, max_length = _card_facts(config, card)
     requested = list(buckets or [])
     budget, sizes = data_parallel_grid_options(

@@ -19,12 +19,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxembed.engine.buckets import Bucket
-from jaxembed.engine.memory import BucketMemory, abstract_params_on, from_compiled
+from jaxembed.engine.memory import BucketMemory, from_compiled
+from jaxembed.engine.plan_buckets import abstract_model
 from jaxembed.engine.qwen_vl import PATCH_STEP, TOKEN_STEP
 from jaxembed.engine.vl_recipe import VLRecipe
-from jaxembed.models.attention import AttentionConfig, record_choices
+from jaxembed.models.attention import record_choices
 from jaxembed.models.qwen_vl import QwenVLModel
-from jaxembed.parallel.mesh import make_mesh
 from jaxembed.parallel.sharding import activation_sharding
 
 # Decoder buckets shown by default: one long item, and a batch of typical image items.
@@ -60,14 +60,7 @@ def plan_vl_memory(
     vision_buckets: Sequence[Bucket] | None = None,
 ) -> list[BucketMemory]:
     """Compile the vision and decoder programs per bucket; bytes per device."""
-    mesh = make_mesh(mesh_shape)
-    params = abstract_params_on(family, config, dtype, mesh)
-    module = family.module(
-        config,
-        dtype=jnp.dtype(dtype),
-        param_dtype=jnp.dtype(dtype),
-        attention=AttentionConfig(attention),
-    )
+    mesh, params, module = abstract_model(family, config, dtype, mesh_shape, attention)
     out = []
     for bucket in vision_buckets or default_vision_buckets(card, config):
         out.append(_compile(mesh, params, *_vision_program(module, config, bucket), "vision"))
