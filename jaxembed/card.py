@@ -473,6 +473,9 @@ GME_TEMPLATE = {
     "processor_max_pixels": 1280 * 28 * 28,
 }
 
+GME_QUERY = "Find an image that matches the given text."
+QWEN3_VL_QUERY = "Retrieve images or text relevant to the user's query."
+
 # Qwen3-VL-Embedding's (its qwen3_vl_embedding.py with qwen_vl_utils): the chat template's
 # system turn (a full stop added to an instruction without end punctuation), video, image
 # and text in the user turn, the generation prompt `<|im_start|>assistant\n` whose last
@@ -516,6 +519,8 @@ def _qwen_vl_card(model_dir: Path, hf_config: Mapping[str, Any]) -> ModelCard:
         dimensions=int(text["hidden_size"]),
         modalities=("text", "image", "video") if qwen3 else ("text", "image"),
         vl_template=QWEN3_VL_EMBEDDING_TEMPLATE if qwen3 else GME_TEMPLATE,
+        # A query's instruction (input_type "query"), from each model's own usage examples.
+        prompts={"query": QWEN3_VL_QUERY if qwen3 else GME_QUERY},
         source=str(hf_config.get("_name_or_path", "")),
     )
 

@@ -57,7 +57,7 @@ def group_refusal(config: ServerConfig, embedders: list[Embedder]) -> str | None
     """What a global multi-host group cannot serve yet (None: it can)."""
     if len(embedders) > 1:
         return "several models are not supported with --multihost global yet (use replica)"
-    if embedders[0].images is not None:
+    if embedders[0].images is not None or embedders[0].fused is not None:
         return "image/video models are not supported with --multihost global yet (use replica)"
     if config.model_configs()[0].lora_enabled:
         return "LoRA adapters are not supported with --multihost global yet"

@@ -312,6 +312,22 @@ class Embedder:
                 param="instruction",
             )
 
+    def vl_instruction(self, prompt_name: str | None, instruction: str | None) -> str | None:
+        """A vision-language model's instruction: the request's own, else its input type's
+        (the card's prompts: a query's retrieval instruction), else None — the recipe's
+        default, which documents get."""
+        if instruction is not None or prompt_name is None:
+            return instruction
+        if prompt_name in self.card.prompts:
+            return self.card.prompts[prompt_name]
+        if prompt_name in STANDARD_INPUT_TYPES:
+            return None
+        known = sorted(self.card.prompts) or "none"
+        raise InvalidInputError(
+            f"{self.card.name} has no prompt {prompt_name!r} (prompts: {known})",
+            param="input_type",
+        )
+
     def render_messages(self, messages: list[dict], **flags) -> str:
         """A chat conversation → the one text to embed (the model's chat template)."""
         if self.chat_template is None:

@@ -249,7 +249,6 @@ class EmbeddingService:
             name
             for name, used in (
                 ("lora_path", o.adapter is not None),
-                ("input_type", o.prompt_name is not None),
                 ("chunking", o.chunking),
                 ("truncate", o.truncate),
             )
@@ -269,9 +268,10 @@ class EmbeddingService:
                 for i, x in enumerate(inputs)
             ]
         )
+        instruction = self.embedder.vl_instruction(o.prompt_name, o.instruction)
         with progress.timed("preprocess"):
             rows = await loop.run_in_executor(
-                None, self.embedder.fused.prepare, items, o.instruction
+                None, self.embedder.fused.prepare, items, instruction
             )
         vectors = await self.fused.embed(rows, priority=o.priority, progress=progress)
         tokens = sum(len(r.ids) for r in rows)

@@ -237,3 +237,36 @@ def test_chat_messages_map_onto_the_recipe(server, qwen3_expected):
     for messages in ([system], [user, {"role": "assistant", "content": "hi"}], [user, user]):
         bad = httpx.post(server.url + "/v1/embeddings", json={"model": "q3", "messages": messages})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages", bad.text
+
+
+def test_input_type_query_is_the_cards_query_instruction(server):
+    """OpenAI's extension and Cohere's `search_query`: the card's query instruction; a
+    document keeps the recipe's default; an unknown input type is a 400 naming it."""
+    import cohere
+
+    item = [{"text": "a dog", "image": _uri(DOG)}]
+
+    def vector(**fields) -> np.ndarray:
+        body = {"model": "q3", "input": item, **fields}
+        response = httpx.post(server.url + "/v1/embeddings", json=body, timeout=60)
+        assert response.status_code == 200, response.text
+        return np.array(response.json()["data"][0]["embedding"], np.float32)
+
+    query = vector(input_type="query")
+    np.testing.assert_allclose(
+        query,
+        vector(instruction="Retrieve images or text relevant to the user's query."),
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(vector(input_type="document"), vector(), atol=1e-6)
+    client = cohere.ClientV2(base_url=server.url, api_key="unused")
+    got = client.embed(
+        model="q3", input_type="search_query", embedding_types=["float"],
+        inputs=[{"content": [{"type": "text", "text": "a dog"},
+                             {"type": "image_url", "image_url": {"url": _uri(DOG)}}]}],
+    )  # fmt: skip
+    np.testing.assert_allclose(np.array(got.embeddings.float_[0]), query, atol=1e-5)
+    bad = httpx.post(
+        server.url + "/v1/embeddings", json={"model": "q3", "input": item, "input_type": "poem"}
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "input_type", bad.text
