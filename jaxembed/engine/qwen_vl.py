@@ -179,9 +179,9 @@ class QwenVLEngine:
                 types.append(np.zeros(1, np.int8))
         row = np.concatenate(pieces)
         if len(row) > self.card.max_length:
-            raise InvalidInputError(
-                f"an item is {len(row)} tokens with its image/video tokens; "
-                f"the maximum is {self.card.max_length}"
+            raise InvalidInputError(  # cutting it would cut vision tokens or the pooled turn
+                f"an item is {len(row)} tokens with its image/video tokens; the maximum is "
+                f"{self.card.max_length} (vision-language items are never truncated)"
             )
         return _Prepared(row, np.concatenate(types).astype(np.int8), video + image)
 

@@ -250,7 +250,6 @@ class EmbeddingService:
             for name, used in (
                 ("lora_path", o.adapter is not None),
                 ("chunking", o.chunking),
-                ("truncate", o.truncate),
             )
             if used
         ]

@@ -198,6 +198,9 @@ def test_qwen3_bad_videos_are_400s(server):
         response = httpx.post(server.url + "/v1/embeddings", json=body, timeout=60)
         assert response.status_code == 400, (item, response.text)
         assert response.json()["error"]["code"] == code, response.text
+    long = {"model": "q3", "input": [{"text": "word " * 9000}], "truncate": True}
+    response = httpx.post(server.url + "/v1/embeddings", json=long, timeout=60)
+    assert response.status_code == 400 and "never truncated" in response.text, response.text
     body = {"model": "q3", "input": [{"video": _video_uri(CLIP)}], "video_frames": 1}
     response = httpx.post(server.url + "/v1/embeddings", json=body, timeout=60)
     assert response.status_code == 400 and response.json()["error"]["param"] == "video_frames"
