@@ -269,9 +269,7 @@ class EmbeddingService:
         )
         instruction = self.embedder.vl_instruction(o.prompt_name, o.instruction)
         with progress.timed("preprocess"):
-            rows = await loop.run_in_executor(
-                None, self.embedder.fused.prepare, items, instruction
-            )
+            rows = await loop.run_in_executor(None, self.embedder.fused.prepare, items, instruction)
         vectors = await self.fused.embed(rows, priority=o.priority, progress=progress)
         tokens = sum(len(r.ids) for r in rows)
         return truncate_dimensions(vectors, o.dimensions, self.card.normalize), tokens
