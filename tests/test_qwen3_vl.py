@@ -282,3 +282,26 @@ def test_mrope_tables_equal_transformers(model_type, sections, interleaved):
     ours = mrope_cos_sin(positions, dataclasses.replace(config.text))
     np.testing.assert_allclose(np.asarray(ours[0]), cos.numpy(), atol=1e-5)
     np.testing.assert_allclose(np.asarray(ours[1]), sin.numpy(), atol=1e-5)
+
+
+def test_request_limits_apply_to_vision_language_items(qwen3_vl):
+    """max_request_tokens counts an item's vision tokens; a full queue refuses up front."""
+    import asyncio
+
+    from jaxembed.engine.jobs import EmbedJob, EmbedOptions
+    from jaxembed.engine.service import EmbeddingService, QueueLimits, ServiceConfig
+    from jaxembed.errors import OverloadedError, RequestTooLargeError
+
+    _, _, embedder = qwen3_vl
+    config = ServiceConfig(max_request_tokens=60, queue=QueueLimits(max_queued_requests=1))
+    service = EmbeddingService(embedder, config)
+    try:
+        job = EmbedJob([EmbedItem(text="a cat", image=_image(300, 200, 1))], EmbedOptions())
+        with pytest.raises(RequestTooLargeError, match="tokens"):
+            asyncio.run(service.embed(job))
+        service.fused._pending.append(object())  # one request waiting: the queue is full
+        with pytest.raises(OverloadedError):
+            service.check_capacity()
+    finally:
+        service.fused._pending.clear()
+        assert service.close(timeout=10)

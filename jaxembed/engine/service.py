@@ -270,8 +270,10 @@ class EmbeddingService:
         instruction = self.embedder.vl_instruction(o.prompt_name, o.instruction)
         with progress.timed("preprocess"):
             rows = await loop.run_in_executor(None, self.embedder.fused.prepare, items, instruction)
-        vectors = await self.fused.embed(rows, priority=o.priority, progress=progress)
+        self._check_tokens([r.ids for r in rows])
         tokens = sum(len(r.ids) for r in rows)
+        self._admit(tokens, o.deadline)
+        vectors = await self.fused.embed(rows, priority=o.priority, progress=progress)
         return truncate_dimensions(vectors, o.dimensions, self.card.normalize), tokens
 
     def _decoded(self, index: int, item: EmbedItem | str, frames: int | None) -> EmbedItem:
@@ -351,8 +353,9 @@ class EmbeddingService:
             )
 
     def check_capacity(self) -> None:
-        """OverloadedError now if this model's queue is full (before any work on a request)."""
-        self.text.check_capacity()
+        """OverloadedError now if this model's queue is full (before any work on a request:
+        a vision-language model's items queue on their own batcher)."""
+        (self.fused or self.text).check_capacity()
 
     def check_items(self, items: Sequence[Any], model: str | None = None) -> None:
         """Refuse multimodal items this model cannot embed (before anything is fetched)."""
@@ -428,7 +431,7 @@ class EmbeddingService:
         at the throughput measured so far (nothing is refused before it is measured)."""
         if deadline is None:
             return
-        expected = self.text.expected_seconds(tokens)
+        expected = (self.fused or self.text).expected_seconds(tokens)
         left = deadline - time.monotonic()
         if expected is not None and expected > left:
             raise DeadlineError(tokens, expected, left)
