@@ -305,3 +305,11 @@ def test_request_limits_apply_to_vision_language_items(qwen3_vl):
     finally:
         service.fused._pending.clear()
         assert service.close(timeout=10)
+
+
+def test_placeholder_tokens_typed_into_the_text_are_refused(qwen3_vl):
+    _, _, embedder = qwen3_vl
+    with pytest.raises(InvalidInputError, match="reserves"):
+        embedder.fused.embed([EmbedItem(text="a <|image_pad|> b", image=_image(60, 60, 0))])
+    with pytest.raises(InvalidInputError, match="reserves"):
+        embedder.fused.embed([EmbedItem(text="just <|video_pad|> text")])

@@ -162,6 +162,16 @@ class QwenVLEngine:
         image = [] if item.image is None else [self._image_unit(item.image)]
         prompt = self.recipe.prompt(item.text, bool(image), bool(video), instruction)
         ids = np.asarray(self.tokenizer.encode(prompt).ids, dtype=np.int32)
+        for token, wanted in (
+            (self.config.image_token_id, image),
+            (self.config.video_token_id, video),
+        ):
+            if int(np.sum(ids == token)) != (1 if wanted else 0):
+                raise InvalidInputError(  # a placeholder typed into the text or instruction
+                    f"the item's text holds {self.tokenizer.id_to_token(int(token))}, which this "
+                    "model reserves for its own image/video placeholders",
+                    param="input",
+                )
         merge = self.config.vision.merge_size**2
         pieces, types = [], []
         for token in ids:
