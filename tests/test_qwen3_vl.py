@@ -313,3 +313,12 @@ def test_placeholder_tokens_typed_into_the_text_are_refused(qwen3_vl):
         embedder.fused.embed([EmbedItem(text="a <|image_pad|> b", image=_image(60, 60, 0))])
     with pytest.raises(InvalidInputError, match="reserves"):
         embedder.fused.embed([EmbedItem(text="just <|video_pad|> text")])
+
+
+def test_a_recipe_the_code_does_not_know_is_a_load_error():
+    from jaxembed.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="unknown keys"):
+        VLRecipe.from_card({**QWEN3_VL_EMBEDDING_TEMPLATE, "pooling_layer": -2})
+    with pytest.raises(ModelLoadError, match="positions"):
+        VLRecipe.from_card({**QWEN3_VL_EMBEDDING_TEMPLATE, "positions": "3d"})

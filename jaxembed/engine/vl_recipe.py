@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from jaxembed.errors import InvalidInputError, MediaError
+from jaxembed.errors import InvalidInputError, MediaError, ModelLoadError
 from jaxembed.qwen_vl_images import MAX_ASPECT_RATIO, to_rgb
 
 FRAME_FACTOR = 2  # qwen_vl_utils: frame counts are even (two frames per temporal patch)
@@ -66,11 +66,21 @@ class VLRecipe:
 
     @classmethod
     def from_card(cls, template: Mapping[str, Any]) -> VLRecipe:
-        fields = {f.name: f.type for f in dataclasses.fields(cls)}
-        unknown = set(template) - set(fields)
+        """The card's `vl_template`; a key or value this code does not know is a load error
+        (a recipe half understood would embed differently from the model's own code)."""
+        unknown = set(template) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise InvalidInputError(f"vl_template has unknown keys {sorted(unknown)}")
-        return cls(**template)
+            raise ModelLoadError(f"vl_template has unknown keys {sorted(unknown)}")
+        recipe = cls(**template)
+        if recipe.positions not in ("sequential", "mrope") or recipe.aspect not in (
+            "clamp",
+            "refuse",
+        ):
+            raise ModelLoadError(
+                f"vl_template: positions {recipe.positions!r} (sequential | mrope), "
+                f"aspect {recipe.aspect!r} (clamp | refuse)"
+            )
+        return recipe
 
     def instruction_text(self, instruction: str | None) -> str:
         text = (instruction or "").strip() if self.punctuate_instruction else instruction
