@@ -43,6 +43,14 @@ def check_input_or_messages(req: EmbeddingRequest) -> None:
         raise invalid("give `input` or `messages`, not both", param="messages")
 
 
+def _parts(content: list) -> tuple[list[str], list[str], list[str]]:
+    """A message's content parts → (texts, image URLs, video URLs), in order."""
+    texts = [p.text for p in content if p.type == "text" and p.text is not None]
+    images = [p.image_url.url for p in content if p.type == "image_url" and p.image_url]
+    videos = [p.video_url.url for p in content if p.type == "video_url" and p.video_url]
+    return texts, images, videos
+
+
 def vision_language_chat(req: EmbeddingRequest) -> tuple[list, str | None]:
     """`messages` for a vision-language embedder (GME, Qwen3-VL-Embedding), whose recipe
     writes the chat turn itself: the system message is the instruction, the user message's
@@ -58,20 +66,14 @@ def vision_language_chat(req: EmbeddingRequest) -> tuple[list, str | None]:
             param="messages",
         )
     for message in req.messages:
-        parts = message.content
-        if isinstance(parts, str):
-            (system if message.role == "system" else texts).append(parts)
-            continue
-        text = [p.text for p in parts if p.type == "text" and p.text is not None]
-        media = [p for p in parts if p.type in ("image_url", "video_url")]
-        if message.role == "system":
-            if media:
-                raise invalid("a system message holds text only", param="messages")
+        content = message.content
+        text, image, video = ([content], [], []) if isinstance(content, str) else _parts(content)
+        if message.role == "user":
+            texts, images, videos = texts + text, images + image, videos + video
+        elif image or video:
+            raise invalid("a system message holds text only", param="messages")
+        else:
             system += text
-            continue
-        texts += text
-        images += [p.image_url.url for p in media if p.type == "image_url" and p.image_url]
-        videos += [p.video_url.url for p in media if p.type == "video_url" and p.video_url]
     if len(images) > 1 or len(videos) > 1:
         raise invalid("messages may hold one image and one video", param="messages")
     if system and req.instruction is not None:
@@ -93,13 +95,8 @@ def chat_input(req: EmbeddingRequest, route: Route) -> list:
         if isinstance(message.content, str):
             messages.append({"role": message.role, "content": message.content})
             continue
-        texts = [p.text for p in message.content if p.type == "text" and p.text is not None]
-        images += [
-            p.image_url.url for p in message.content if p.type == "image_url" and p.image_url
-        ]
-        videos += [
-            p.video_url.url for p in message.content if p.type == "video_url" and p.video_url
-        ]
+        texts, image, video = _parts(message.content)
+        images, videos = images + image, videos + video
         messages.append({"role": message.role, "content": "\n".join(texts)})
     if len(images) > 1 or len(videos) > 1:
         raise invalid("messages may hold one image and one video", param="messages")

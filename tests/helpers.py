@@ -851,17 +851,33 @@ def qwen_vl_tokenizer(out_dir: Path) -> dict[str, int]:
     return {t: tokenizer.token_to_id(t) for t in QWEN_VL_SPECIAL_TOKENS}
 
 
-def save_tiny_qwen2_vl(out_dir: Path, *, seed: int = 0):
-    """A random tiny Qwen2VLForConditionalGeneration (norms and biases perturbed) with a
-    tokenizer carrying Qwen's special tokens, saved as transformers saves it (`visual.*`,
-    `model.*`, `lm_head`). Returns the torch model."""
+def _save_tiny_qwen_vl(out_dir: Path, seed: int, kind: str, vision: dict, text: dict):
+    """A random `{kind}ForConditionalGeneration` (Qwen2VL / Qwen3VL) of these shapes with
+    Qwen's special tokens in its tokenizer, norms and biases perturbed, saved as transformers
+    saves it."""
     import torch
     import transformers
 
     out_dir.mkdir(parents=True, exist_ok=True)
     ids = qwen_vl_tokenizer(out_dir)
-
     torch.manual_seed(seed)
+    config = getattr(transformers, f"{kind}Config")(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+    )
+    model = getattr(transformers, f"{kind}ForConditionalGeneration")(config).eval()
+    _perturb(model)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    return model
+
+
+def save_tiny_qwen2_vl(out_dir: Path, *, seed: int = 0):
+    """A random tiny Qwen2VLForConditionalGeneration (norms and biases perturbed) with a
+    tokenizer carrying Qwen's special tokens, saved as transformers saves it (`visual.*`,
+    `model.*`, `lm_head`). Returns the torch model."""
     vision = dict(
         depth=2, embed_dim=32, hidden_size=48, num_heads=4, mlp_ratio=2, patch_size=14,
         spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
@@ -871,17 +887,7 @@ def save_tiny_qwen2_vl(out_dir: Path, *, seed: int = 0):
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 3]},
     )  # fmt: skip
-    config = transformers.Qwen2VLConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-    )
-    model = transformers.Qwen2VLForConditionalGeneration(config).eval()
-    _perturb(model)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    return model
+    return _save_tiny_qwen_vl(out_dir, seed, "Qwen2VL", vision, text)
 
 
 def published_smart_resize(height, width, factor, min_pixels, max_pixels):
@@ -967,12 +973,6 @@ def save_tiny_qwen3_vl(out_dir: Path, *, seed: int = 0):
     """A random tiny Qwen3VLForConditionalGeneration (norms and biases perturbed; a learned 8x8
     position table; deep-stack mergers after blocks 0 and 2), saved as transformers saves it
     (`model.visual.*`, `model.language_model.*`). Returns the torch model."""
-    import torch
-    import transformers
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ids = qwen_vl_tokenizer(out_dir)
-    torch.manual_seed(seed)
     vision = dict(
         depth=3, hidden_size=32, out_hidden_size=48, num_heads=4, intermediate_size=64,
         patch_size=16, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
@@ -984,17 +984,7 @@ def save_tiny_qwen3_vl(out_dir: Path, *, seed: int = 0):
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 2, 2],
                          "mrope_interleaved": True},
     )  # fmt: skip
-    config = transformers.Qwen3VLConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-    )
-    model = transformers.Qwen3VLForConditionalGeneration(config).eval()
-    _perturb(model)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    return model
+    return _save_tiny_qwen_vl(out_dir, seed, "Qwen3VL", vision, text)
 
 
 QWEN3_VL_FACTOR = 32  # patch 16 x merge 2
@@ -1050,6 +1040,28 @@ def qwen_vl_utils_video_frames(frames, fps):
     return resized.clamp(0, 255).round(), idx.tolist()
 
 
+def _qwen3_video_reference(frames, fps):
+    """One video as Qwen3-VL-Embedding's pipeline prepares it: (patches [N, F], grid (t, h,
+    w), the processor's timestamped text for its placeholder)."""
+    from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    resized, idx = qwen_vl_utils_video_frames(frames, fps=fps)
+    pixels = (resized - 127.5) / 127.5  # fused rescale + normalise (mean = std = 0.5)
+    (patches,) = Qwen3VLVideoProcessor.patchify(None, pixels[None], 16, 2, 2)[:1]
+    grid = (-(-len(idx) // 2), resized.shape[2] // 16, resized.shape[3] // 16)
+    stamps = Qwen3VLProcessor._calculate_timestamps(None, list(idx), fps, 2)
+    per_frame = "<|video_pad|>" * (grid[1] * grid[2] // 4)
+    expansion = "".join(
+        f"<{t:.1f} seconds><|vision_start|>{per_frame}<|vision_end|>" for t in stamps
+    )
+    return (
+        patches.reshape(-1, patches.shape[-1]),
+        grid,
+        f"<|vision_start|>{expansion}<|vision_end|>",
+    )
+
+
 def qwen3_vl_embedding_reference(model, path, items, instruction=None):
     """Qwen3-VL-Embedding's `Qwen3VLEmbedder.process` with transformers' modules: its
     conversation (system instruction with a full stop added, video, image, text or "NULL"),
@@ -1067,8 +1079,6 @@ def qwen3_vl_embedding_reference(model, path, items, instruction=None):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
         Qwen2VLImageProcessorPil,
     )
-    from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
-    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
     system = (instruction or "").strip() or "Represent the user's input."
     if not unicodedata.category(system[-1]).startswith("P"):
@@ -1082,22 +1092,10 @@ def qwen3_vl_embedding_reference(model, path, items, instruction=None):
     for item in items:
         body = ""
         if item.get("video") is not None:
-            frames, fps = item["video"]
-            resized, idx = qwen_vl_utils_video_frames(frames, fps=fps)
-            pixels = (resized - 127.5) / 127.5  # fused rescale + normalise (mean = std = 0.5)
-            (patches,) = Qwen3VLVideoProcessor.patchify(None, pixels[None], 16, 2, 2)[:1]
-            grid = (-(-len(idx) // 2), resized.shape[2] // 16, resized.shape[3] // 16)
-            videos.append(patches.reshape(-1, patches.shape[-1]))
+            patches, grid, placeholder = _qwen3_video_reference(*item["video"])
+            videos.append(patches)
             video_grids.append(grid)
-            stamps = Qwen3VLProcessor._calculate_timestamps(None, list(idx), fps, 2)
-            per_frame = grid[1] * grid[2] // 4
-            expansion = "".join(
-                f"<{t:.1f} seconds><|vision_start|>"
-                + "<|video_pad|>" * per_frame
-                + "<|vision_end|>"
-                for t in stamps
-            )
-            body += f"<|vision_start|>{expansion}<|vision_end|>"
+            body += placeholder
         if item.get("image") is not None:
             fetched = qwen_vl_utils_fetch_image(item["image"])
             images.append(fetched)

@@ -38,6 +38,47 @@ def workload(count: int):
     return out
 
 
+def _gme(model, path, batch):
+    from tests.helpers import gme_reference
+
+    return gme_reference(model, path, [t for t, _ in batch], [i for _, i in batch])[0]
+
+
+def _qwen3(model, path, batch):
+    from tests.helpers import qwen3_vl_embedding_reference
+
+    return qwen3_vl_embedding_reference(model, path, [{"text": t, "image": i} for t, i in batch])[0]
+
+
+def measure(label: str, save, reference, batches, rounds: int, times: dict) -> float:
+    """Rounds alternating between jaxembed and the model's recipe on transformers, after a
+    warm-up round, into `times`; returns the smallest cosine between the two."""
+    from jaxembed.engine.embedder import Embedder
+    from jaxembed.engine.jobs import EmbedItem
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tiny"
+        model = save(path, seed=1)
+        embedder = Embedder.from_pretrained(path, compile_cache_dir=False)
+
+        def ours() -> np.ndarray:
+            items = [[EmbedItem(text=t, image=i) for t, i in b] for b in batches]
+            return np.concatenate([embedder.embed_items(b) for b in items])
+
+        def theirs() -> np.ndarray:
+            return np.concatenate([reference(model, path, b) for b in batches])
+
+        ours(), theirs()  # warm-up: jaxembed compiles the shapes these batches use
+        mine, ref = f"jaxembed ({label})", f"transformers ({label} recipe)"
+        times[mine], times[ref] = [], []
+        for _ in range(rounds):
+            times[mine].append(timed(ours))
+            times[ref].append(timed(theirs))
+        cosine = float(np.min(np.sum(ours() * theirs(), axis=1)))
+        embedder.close()
+    return cosine
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, default=32)
@@ -50,56 +91,19 @@ def main() -> None:
     import transformers
 
     import jaxembed
-    from jaxembed.engine.embedder import Embedder
-    from jaxembed.engine.jobs import EmbedItem
-    from tests.helpers import (
-        gme_reference,
-        qwen3_vl_embedding_reference,
-        save_tiny_qwen2_vl,
-        save_tiny_qwen3_vl,
-    )
+    from tests.helpers import save_tiny_qwen2_vl, save_tiny_qwen3_vl
 
     work = workload(args.items)
     batches = [work[i : i + args.batch_size] for i in range(0, len(work), args.batch_size)]
-
-    def gme(model, path, batch):
-        return gme_reference(model, path, [t for t, _ in batch], [i for _, i in batch])[0]
-
-    def qwen3(model, path, batch):
-        items = [{"text": t, "image": i} for t, i in batch]
-        return qwen3_vl_embedding_reference(model, path, items)[0]
-
     setups = [
-        ("GME-Qwen2-VL", save_tiny_qwen2_vl, gme),
-        ("Qwen3-VL-Embedding", save_tiny_qwen3_vl, qwen3),
+        ("GME-Qwen2-VL", save_tiny_qwen2_vl, _gme),
+        ("Qwen3-VL-Embedding", save_tiny_qwen3_vl, _qwen3),
     ]
-    times, cosines = {}, {}
-    for label, save, reference in setups:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "tiny"
-            model = save(path, seed=1)
-            embedder = Embedder.from_pretrained(path, compile_cache_dir=False)
-
-            def ours(embedder=embedder) -> np.ndarray:
-                return np.concatenate(
-                    [
-                        embedder.embed_items([EmbedItem(text=t, image=i) for t, i in b])
-                        for b in batches
-                    ]
-                )
-
-            def theirs(model=model, path=path, reference=reference) -> np.ndarray:
-                return np.concatenate([reference(model, path, b) for b in batches])
-
-            ours(), theirs()  # warm-up: jaxembed compiles the shapes these batches use
-            mine, ref = f"jaxembed ({label})", f"transformers ({label} recipe)"
-            times[mine], times[ref] = [], []
-            for _ in range(args.rounds):
-                times[mine].append(timed(ours))
-                times[ref].append(timed(theirs))
-            cosines[label] = float(np.min(np.sum(ours() * theirs(), axis=1)))
-            embedder.close()
-
+    times: dict[str, list[float]] = {}
+    cosines = {
+        label: measure(label, save, reference, batches, args.rounds, times)
+        for label, save, reference in setups
+    }
     results = {
         "date": datetime.date.today().isoformat(),
         "machine": cpu_model(),

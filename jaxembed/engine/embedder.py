@@ -316,17 +316,22 @@ class Embedder:
         """A vision-language model's instruction: the request's own, else its input type's
         (the card's prompts: a query's retrieval instruction), else None — the recipe's
         default, which documents get."""
-        if instruction is not None or prompt_name is None:
-            return instruction
-        if prompt_name in self.card.prompts:
-            return self.card.prompts[prompt_name]
-        if prompt_name in STANDARD_INPUT_TYPES:
+        return instruction if instruction is not None else self.named_prompt(prompt_name)
+
+    def named_prompt(self, prompt_name: str | None) -> str | None:
+        """The card's prompt called `prompt_name`; None for no name, or for a standard input
+        type the card has no prompt for (documents of a model that only prompts queries)."""
+        if prompt_name is None or (
+            prompt_name in STANDARD_INPUT_TYPES and prompt_name not in self.card.prompts
+        ):
             return None
-        known = sorted(self.card.prompts) or "none"
-        raise InvalidInputError(
-            f"{self.card.name} has no prompt {prompt_name!r} (prompts: {known})",
-            param="input_type",
-        )
+        if prompt_name not in self.card.prompts:
+            known = sorted(self.card.prompts) or "none"
+            raise InvalidInputError(
+                f"{self.card.name} has no prompt {prompt_name!r} (prompts: {known})",
+                param="input_type",
+            )
+        return self.card.prompts[prompt_name]
 
     def render_messages(self, messages: list[dict], **flags) -> str:
         """A chat conversation → the one text to embed (the model's chat template)."""
@@ -346,18 +351,8 @@ class Embedder:
             self.check_instruction(instruction)
             prefix = self.card.instruction_template.format(instruction=instruction)
             return [prefix + t for t in texts]
-        if prompt_name is None or (
-            prompt_name in STANDARD_INPUT_TYPES and prompt_name not in self.card.prompts
-        ):
-            return list(texts)  # e.g. documents of a model that only prefixes queries
-        if prompt_name not in self.card.prompts:
-            known = sorted(self.card.prompts) or "none"
-            raise InvalidInputError(
-                f"{self.card.name} has no prompt {prompt_name!r} (prompts: {known})",
-                param="input_type",
-            )
-        prefix = self.card.prompts[prompt_name]
-        return [prefix + t for t in texts]
+        prefix = self.named_prompt(prompt_name)
+        return list(texts) if prefix is None else [prefix + t for t in texts]
 
     def tokenize(
         self,

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jaxembed.engine.buckets import Bucket
 from jaxembed.engine.memory import BucketMemory, from_compiled
 from jaxembed.engine.plan_buckets import abstract_model
-from jaxembed.engine.qwen_vl import PATCH_STEP, TOKEN_STEP
+from jaxembed.engine.qwen_vl import PATCH_STEP, TOKEN_STEP, fused_forward
 from jaxembed.engine.vl_recipe import VLRecipe
 from jaxembed.models.attention import record_choices
 from jaxembed.models.qwen_vl import QwenVLModel
@@ -91,8 +91,6 @@ def _vision_program(module, config, bucket: Bucket):
 
 
 def _decoder_program(module, config, bucket: Bucket):
-    from jaxembed.engine.qwen_vl import _fused_forward
-
     batch, seq = bucket.batch, bucket.seq
     width, spec = config.text.hidden_size, jax.ShapeDtypeStruct
     visual = batch * seq
@@ -105,7 +103,7 @@ def _decoder_program(module, config, bucket: Bucket):
         spec((3, batch, seq), jnp.int32),
         spec((depth, visual, width), jnp.float32) if depth else None,
     ]
-    forward = functools.partial(_fused_forward, module)
+    forward = functools.partial(fused_forward, module)
 
     def program(params, *inputs):
         return forward({"params": params}, *inputs)

@@ -100,20 +100,21 @@ class QwenVLEngine:
             if r.processor_resize
             else dataclasses.replace(base, resize=False)
         )
-        self._special = {
-            name: self._token_id(name) for name in ("<|vision_start|>", "<|vision_end|>")
-        }
+        # A video's frame blocks are written as token ids (`_frame_block`).
+        self._frame_marks = tuple(self._token_id(t) for t in ("<|vision_start|>", "<|vision_end|>"))
         module = model.module()
         self._vision = jax.jit(functools.partial(module.apply, method=QwenVLModel.encode_vision))
-        self._fused = jax.jit(functools.partial(_fused_forward, module))
+        self._fused = jax.jit(functools.partial(fused_forward, module))
 
     @property
     def takes_video(self) -> bool:
         return bool(self.recipe.video)
 
-    def _token_id(self, token: str) -> int:
+    def _token_id(self, token: str) -> int | None:
         found = self.tokenizer.token_to_id(token)
-        return -1 if found is None else int(found)
+        if found is None and self.takes_video:
+            raise ModelLoadError(f"{self.card.name}: the tokenizer has no {token} token")
+        return found
 
     # -- media ---------------------------------------------------------------------------
 
@@ -121,8 +122,6 @@ class QwenVLEngine:
         self, data: bytes, limits: MediaLimits, max_frames: int | None = None
     ) -> VideoClip:
         """An encoded video → the frames the recipe samples (`qwen_vl_utils.fetch_video`)."""
-        if not self.takes_video:
-            raise InvalidInputError(f"{self.card.name} does not take video inputs")
         probe = probe_video(data, limits)
         indices = video_frame_indices(self.recipe, probe.frames, probe.fps, max_frames)
         distinct = sorted(set(indices))
@@ -198,15 +197,8 @@ class QwenVLEngine:
     def _frame_block(self, count: int, stamp: float) -> np.ndarray:
         """Qwen3VLProcessor's per-temporal-patch text: `<t seconds>` then its vision block."""
         stamp_ids = self.tokenizer.encode(f"<{stamp:.1f} seconds>", add_special_tokens=False).ids
-        return np.asarray(
-            [
-                *stamp_ids,
-                self._special["<|vision_start|>"],
-                *[self.config.video_token_id] * count,
-                self._special["<|vision_end|>"],
-            ],
-            np.int32,
-        )
+        start, end = self._frame_marks
+        return np.asarray([*stamp_ids, start, *[self.config.video_token_id] * count, end], np.int32)
 
     # -- programs ------------------------------------------------------------------------
 
@@ -220,17 +212,18 @@ class QwenVLEngine:
         batch = np.zeros((rows, length, vision.patch_features), np.float32)
         positions = np.zeros((rows, length, 2), np.int32)
         segments = np.zeros((rows, length), np.int32)
-        taps = np.zeros((rows, length, 4), np.int32)
-        weights = np.zeros((rows, length, 4), np.float32)
+        table = vision.position_side  # Qwen3-VL: taps into its learned position table
+        taps = np.zeros((rows, length, 4), np.int32) if table else None
+        weights = np.zeros((rows, length, 4), np.float32) if table else None
         for r, (patches, grid) in enumerate(units):
             n = len(patches)
             batch[r, :n] = patches
-            positions[r, :n], segments[r, :n] = vision_positions([grid], vision.merge_size)
-            if vision.position_side:
-                taps[r, :n], weights[r, :n] = position_interpolation(
-                    [grid], vision.merge_size, vision.position_side
-                )
-        interpolation = (taps, weights) if vision.position_side else None
+            positions[r, :n], segments[r, :n], taps_r, weights_r = _grid_tables(
+                grid, vision.merge_size, table
+            )
+            if table:
+                taps[r, :n], weights[r, :n] = taps_r, weights_r
+        interpolation = (taps, weights) if table else None
         out = self._vision({"params": self.model.params}, batch, positions, segments, interpolation)
         merged, deep = out if vision.deepstack else (out, None)
         flat = merged.reshape(rows * (length // merge), -1)
@@ -297,6 +290,15 @@ class QwenVLEngine:
         return np.zeros((1, self.config.text.hidden_size), np.float32)
 
 
+@functools.lru_cache(maxsize=256)
+def _grid_tables(grid: tuple[int, int, int], merge: int, side: int):
+    """A vision row's positions, segments and (Qwen3-VL) position-table taps: the same for
+    every image of a size and every temporal patch of a video, so computed once per grid."""
+    positions, segments = vision_positions([grid], merge)
+    taps = position_interpolation([grid], merge, side) if side else (None, None)
+    return positions, segments, *taps
+
+
 class FusedWorkload(Workload):
     """Prepared vision-language items for a Batcher: concurrent requests share batches, take
     fair turns by priority and tokens, and share the devices with other models like text."""
@@ -360,7 +362,7 @@ def _preprocessor(model: LoadedModel) -> QwenVLImagePreprocessor:
     return found
 
 
-def _fused_forward(module, variables, ids, mask, vision, source, positions, deep) -> jax.Array:
+def fused_forward(module, variables, ids, mask, vision, source, positions, deep) -> jax.Array:
     hidden = module.apply(
         variables, ids, mask, vision, source, positions, deep, method=QwenVLModel.embed_fused
     )

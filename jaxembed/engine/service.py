@@ -152,6 +152,12 @@ class EmbeddingService:
     def batchers(self) -> list[Batcher]:
         return [b for b in (self.text, self.images, self.fused) if b is not None]
 
+    @property
+    def _item_batcher(self) -> Batcher:
+        """Where this model's embedding requests queue: its text rows, or a vision-language
+        model's items."""
+        return self.fused or self.text
+
     def start(self, *, warmup: bool = True, progress=None) -> None:
         """Start the batchers' threads; warm-up compiles every bucket first (off the caller)."""
         for b in self.batchers:
@@ -287,17 +293,18 @@ class EmbeddingService:
                 f"input[{index}]: {self.name} embeds text and images, not video",
                 param="input",
             )
-        try:
-            if isinstance(item.image, bytes | bytearray):
-                item = dataclasses.replace(item, image=decode_image(item.image, self.media.limits))
-        except MediaError as e:
-            raise MediaError(f"input[{index}].image: {e}", code=e.code, index=index) from None
-        try:
-            if isinstance(item.video, bytes | bytearray):
-                clip = engine.decode_video(item.video, self.media.limits, frames)
-                item = dataclasses.replace(item, video=clip)
-        except MediaError as e:
-            raise MediaError(f"input[{index}].video: {e}", code=e.code, index=index) from None
+        decoders = {
+            "image": lambda data: decode_image(data, self.media.limits),
+            "video": lambda data: engine.decode_video(data, self.media.limits, frames),
+        }
+        for kind, decode in decoders.items():
+            data = getattr(item, kind)
+            if not isinstance(data, bytes | bytearray):
+                continue
+            try:
+                item = dataclasses.replace(item, **{kind: decode(data)})
+            except MediaError as e:
+                raise MediaError(f"input[{index}].{kind}: {e}", code=e.code, index=index) from None
         return item
 
     def _check_sparse(self, o: EmbedOptions) -> None:
@@ -355,7 +362,7 @@ class EmbeddingService:
     def check_capacity(self) -> None:
         """OverloadedError now if this model's queue is full (before any work on a request:
         a vision-language model's items queue on their own batcher)."""
-        (self.fused or self.text).check_capacity()
+        self._item_batcher.check_capacity()
 
     def check_items(self, items: Sequence[Any], model: str | None = None) -> None:
         """Refuse multimodal items this model cannot embed (before anything is fetched)."""
@@ -431,7 +438,7 @@ class EmbeddingService:
         at the throughput measured so far (nothing is refused before it is measured)."""
         if deadline is None:
             return
-        expected = (self.fused or self.text).expected_seconds(tokens)
+        expected = self._item_batcher.expected_seconds(tokens)
         left = deadline - time.monotonic()
         if expected is not None and expected > left:
             raise DeadlineError(tokens, expected, left)

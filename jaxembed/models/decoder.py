@@ -150,12 +150,20 @@ class RMSNorm(nn.Module):
         return scale.astype(self.dtype) * normed.astype(self.dtype)
 
 
-def rope_cos_sin(positions_bl: jax.Array, head_dim: int, theta: float, linear_factor: float):
-    """cos/sin tables [B, L, head_dim] in float32 (HF's half-split layout)."""
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    freqs = (positions_bl.astype(jnp.float32) / linear_factor)[..., None] * inv_freq  # [B, L, Dh/2]
+def _inverse_frequencies(head_dim: int, theta: float) -> jax.Array:
+    return 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+
+
+def _cos_sin(freqs: jax.Array):
+    """[..., Dh/2] angles → cos/sin [..., Dh] in HF's half-split layout."""
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb), jnp.sin(emb)
+
+
+def rope_cos_sin(positions_bl: jax.Array, head_dim: int, theta: float, linear_factor: float):
+    """cos/sin tables [B, L, head_dim] in float32 (HF's half-split layout)."""
+    positions = positions_bl.astype(jnp.float32) / linear_factor
+    return _cos_sin(positions[..., None] * _inverse_frequencies(head_dim, theta))
 
 
 def mrope_axes(sections: Sequence[int], interleaved: bool, head_dim: int) -> np.ndarray:
@@ -173,14 +181,11 @@ def mrope_axes(sections: Sequence[int], interleaved: bool, head_dim: int) -> np.
 
 def mrope_cos_sin(positions_3bl: jax.Array, cfg: DecoderConfig):
     """cos/sin tables [B, L, head_dim] for (temporal, height, width) positions [3, B, L]."""
-    inv_freq = 1.0 / (
-        cfg.rope_theta ** (jnp.arange(0, cfg.head_dim, 2, dtype=jnp.float32) / cfg.head_dim)
-    )
     axes = mrope_axes(cfg.mrope_sections, cfg.mrope_interleaved, cfg.head_dim)
     chosen = jnp.take(positions_3bl.astype(jnp.float32), axes, axis=0)  # [Dh/2, B, L]
-    freqs = jnp.moveaxis(chosen, 0, -1) * inv_freq
-    emb = jnp.concatenate([freqs, freqs], axis=-1)
-    return jnp.cos(emb), jnp.sin(emb)
+    return _cos_sin(
+        jnp.moveaxis(chosen, 0, -1) * _inverse_frequencies(cfg.head_dim, cfg.rope_theta)
+    )
 
 
 def deepstack_residual(layer: jax.Array, tokens_kmd: jax.Array, source_bl: jax.Array, dtype):
