@@ -362,6 +362,7 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
     ):
         return _splade_card(model_dir, hf_config, modules)
 
+    _check_module_types(model_dir, module_types)
     is_decoder = family in DECODER_FAMILIES
     # A bare decoder checkpoint has no pooling config; only its last token has seen every token.
     pooling = "last_token" if is_decoder else "mean"
@@ -369,6 +370,11 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
         (m.get("path") for m in modules if str(m.get("type", "")).endswith("Pooling")), "1_Pooling"
     )
     pooling_cfg = _read_json(model_dir / str(pooling_dir) / "config.json") or {}
+    if pooling_cfg.get("include_prompt") is False:
+        raise ModelLoadError(
+            f"{model_dir}: its Pooling module leaves the prompt's tokens out of the pooled "
+            "vector (include_prompt: false), which jaxembed does not support"
+        )
     if pooling_cfg.get("pooling_mode") in POOLING_MODES:  # newer sentence-transformers spelling
         pooling = pooling_cfg["pooling_mode"]
     else:
@@ -401,6 +407,23 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
         dtype="bfloat16" if is_decoder else "float32",
         causal=not bool(hf_config.get("use_bidirectional_attention", False)),
     )
+
+
+# The sentence-transformers modules an embedder's card describes (by class name: the module
+# paths moved between versions, e.g. sentence_transformers.models.Pooling in 2.x-5.x and
+# sentence_transformers.sentence_transformer.modules.pooling.Pooling in 6.x).
+ST_EMBEDDER_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
+
+
+def _check_module_types(model_dir: Path, module_types: list[str]) -> None:
+    """Every module of `modules.json` is one the card describes; anything else (a custom
+    module, a Router, an LSTM) would be skipped silently, so it is a load error."""
+    unknown = [t for t in module_types if t.rsplit(".", 1)[-1] not in ST_EMBEDDER_MODULES]
+    if unknown:
+        raise ModelLoadError(
+            f"{model_dir}: modules.json lists module(s) jaxembed cannot run: "
+            f"{', '.join(unknown)} (supported: {', '.join(ST_EMBEDDER_MODULES)})"
+        )
 
 
 # jina-embeddings-v3's tasks by the input types that clients send (OpenAI, Cohere, TEI).
@@ -448,13 +471,27 @@ def _dense_modules(model_dir: Path, modules: list) -> tuple[dict[str, Any], ...]
 
 
 def _max_length(model_dir: Path, hf_config: Mapping[str, Any]) -> int:
-    """sentence-transformers' max_seq_length, within the model's position table."""
+    """sentence-transformers' max_seq_length, within the model's position table.
+
+    Where sentence-transformers finds it: `sentence_bert_config.json`'s `max_seq_length`
+    (layouts written by 2.x-5.x), else the tokenizer's own `model_max_length` in
+    `tokenizer_config.json` (6.x keeps it only there; every version falls back to it, and
+    transformers' "unset" value 1e30 leaves the position table as the limit).
+    """
     st_config = _read_json(model_dir / "sentence_bert_config.json") or {}
     max_positions = int(hf_config.get("max_position_embeddings", 512))
     if hf_config.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
         # Their position table reserves padding_idx + 1 slots before the first real position.
         max_positions -= int(hf_config.get("pad_token_id", 1)) + 1
-    return min(int(st_config.get("max_seq_length") or max_positions), max_positions)
+    saved = st_config.get("max_seq_length") if isinstance(st_config, dict) else None
+    if not saved:
+        tokenizer_config = _read_json(model_dir / "tokenizer_config.json") or {}
+        saved = (
+            tokenizer_config.get("model_max_length") if isinstance(tokenizer_config, dict) else None
+        )
+    if isinstance(saved, bool) or not isinstance(saved, int | float) or saved < 1:
+        return max_positions
+    return min(int(saved), max_positions)
 
 
 # GME-Qwen2-VL's item format (its gme_inference.py): system instruction, the image block
