@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from jaxembed.errors import ModelLoadError
-from jaxembed.models.clip import CLIP_FAMILIES, ClipConfig
-from jaxembed.models.decoder import DECODER_FAMILIES
-from jaxembed.models.nomic_bert import canonical_model_type
-from jaxembed.models.qwen_vl import QWEN_VL_FAMILIES
+from jaxembed.model_types import (
+    CLIP_FAMILIES,
+    DECODER_FAMILIES,
+    QWEN_VL_FAMILIES,
+    canonical_model_type,
+)
 
 # SPLADE's poolings (sentence-transformers' SpladePooling max / sum over log(1 + relu(MLM
 # logits))): the model's own head pools, and the "embedding" is one weight per vocabulary entry.
@@ -662,6 +664,8 @@ def _clip_card(model_dir: Path, hf_config: Mapping[str, Any]) -> ModelCard:
     CLIP pools the EOS token (the tokenizer ends every text with it); SigLIP
     pools the last of the full `max_length` positions of a padded text.
     """
+    from jaxembed.models.clip import ClipConfig  # the model's shapes (the module's own config)
+
     config = ClipConfig.from_hf(hf_config)
     return ModelCard(
         name=model_dir.resolve().name.lower(),

@@ -26,7 +26,7 @@ def mesh_shape_arg(text: str):
 
 
 def _buckets_arg(text: str):
-    from jaxembed.engine.memory import parse_buckets
+    from jaxembed.engine.device.memory import parse_buckets
 
     try:
         return parse_buckets(text)
@@ -72,7 +72,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from jaxembed.engine.embedder import Embedder
+    from jaxembed.api import Embedder
     from jaxembed.errors import MediaError
     from jaxembed.media import MediaLimits, decode_image, decode_video
 
@@ -181,13 +181,13 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     buckets = []
     attention = args.attention or AttentionConfig().impl
     if not args.no_buckets and card is not None and card.vl_template:
-        from jaxembed.engine.plan_vl import plan_vl_memory
+        from jaxembed.engine.workloads.plan_vl import plan_vl_memory
 
         buckets = plan_vl_memory(
             family, config, card, dtype, args.mesh, attention, args.buckets, args.vision_buckets
         )
     elif not args.no_buckets:
-        from jaxembed.engine.plan_buckets import plan_bucket_memory
+        from jaxembed.engine.device.plan_buckets import plan_bucket_memory
 
         buckets = plan_bucket_memory(
             family, config, card, dtype, args.mesh, attention, args.buckets
@@ -195,7 +195,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**plan.to_dict(), "buckets": [b.to_dict() for b in buckets]}))
     else:
-        from jaxembed.engine.plan_buckets import render_buckets
+        from jaxembed.engine.device.plan_buckets import render_buckets
 
         print(plan.render())
         if buckets:

@@ -77,6 +77,13 @@ class InputTooLongError(InvalidInputError):
         self.max_tokens = max_tokens
 
 
+class AdapterError(InvalidInputError):
+    """An adapter cannot be used: unknown, outside the root, malformed, or unfit for the model."""
+
+    def __init__(self, message: str, param: str = "lora_path"):
+        super().__init__(message, param=param)
+
+
 class RequestTooLargeError(InvalidInputError):
     """A request holds more than a limit allows in one request (e.g. tokens); split it."""
 

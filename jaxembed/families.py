@@ -18,8 +18,14 @@ import jax.numpy as jnp
 
 from jaxembed.card import is_sequence_classifier, num_labels
 from jaxembed.errors import ModelLoadError, UnsupportedArchitectureError
-from jaxembed.models.clip import CLIP_FAMILIES, ClipConfig, ClipModel
-from jaxembed.models.decoder import DECODER_FAMILIES, Decoder, DecoderConfig
+from jaxembed.model_types import (
+    CLIP_FAMILIES,
+    DECODER_FAMILIES,
+    QWEN_VL_FAMILIES,
+    canonical_model_type,
+)
+from jaxembed.models.clip import ClipConfig, ClipModel
+from jaxembed.models.decoder import Decoder, DecoderConfig
 from jaxembed.models.encoder import ENCODER_FAMILIES, Encoder, EncoderConfig
 from jaxembed.models.gemma3 import GEMMA3_FAMILIES, Gemma3Config, Gemma3Text
 from jaxembed.models.heads import HeadConfig, Scorer, ScorerConfig
@@ -29,10 +35,9 @@ from jaxembed.models.nomic_bert import (
     NOMIC_FAMILIES,
     NomicBert,
     NomicBertConfig,
-    canonical_model_type,
     jina_v3_config,
 )
-from jaxembed.models.qwen_vl import QWEN_VL_FAMILIES, QwenVLConfig, QwenVLModel
+from jaxembed.models.qwen_vl import QwenVLConfig, QwenVLModel
 from jaxembed.models.sparse import SparseConfig, SparseEncoder
 from jaxembed.parallel.sharding import logical_axes
 from jaxembed.weights import maps

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxembed.errors import InvalidInputError, JaxEmbedError, OverloadedError
+from jaxembed.errors import AdapterError, JaxEmbedError, OverloadedError
 from jaxembed.models.decoder import DecoderConfig
 from jaxembed.models.encoder import EncoderConfig
 from jaxembed.models.gemma3 import Gemma3Config
@@ -71,13 +71,6 @@ _NOMIC_SITES = (
 )
 # Modules an adapter may target that do not affect embeddings (BERT's pooler head).
 _UNUSED_MODULES = re.compile(r"(?:^|\.)pooler\.")
-
-
-class AdapterError(InvalidInputError):
-    """An adapter cannot be used: unknown, outside the root, malformed, or unfit for the model."""
-
-    def __init__(self, message: str, param: str = "lora_path"):
-        super().__init__(message, param=param)
 
 
 def _decoder_dims(config: Any) -> dict[str, tuple[int, int]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jaxembed.lora import AdapterError
+from jaxembed.errors import AdapterError
 from jaxembed_server.paths import PathOutsideRoot, resolve_inside
 
 

@@ -27,7 +27,7 @@ from pydantic import (
 from sanic import Request
 from sanic.response import HTTPResponse
 
-from jaxembed.engine.jobs import EmbedOptions
+from jaxembed.engine.request.jobs import EmbedOptions
 from jaxembed_server.errors import APIError, invalid
 from jaxembed_server.http import (
     base64_rows,

@@ -24,8 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from sanic import Request
 from sanic.response import HTTPResponse
 
-from jaxembed.engine.jobs import ScoreJob, ScoreOptions, ScoreResult
-from jaxembed.engine.scores import ranking
+from jaxembed.engine.request.jobs import ScoreJob, ScoreOptions, ScoreResult
+from jaxembed.engine.service.scores import ranking
 from jaxembed_server.api_cohere import cohere_error
 from jaxembed_server.api_tei import tei_error
 from jaxembed_server.errors import APIError, invalid

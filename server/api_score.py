@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from sanic import Request
 from sanic.response import HTTPResponse
 
-from jaxembed.engine.jobs import ScoreJob, ScoreOptions
+from jaxembed.engine.request.jobs import ScoreJob, ScoreOptions
 from jaxembed_server.api_rerank import reranker_route, score_pairs
 from jaxembed_server.errors import invalid
 from jaxembed_server.http import json_response, notice_disconnects, parse_body

@@ -16,8 +16,8 @@ from sanic import Request
 from sanic.response import HTTPResponse
 
 import jaxembed
-from jaxembed.engine.jobs import EmbedOptions
-from jaxembed.engine.sparse import SparseOptions, to_sparse
+from jaxembed.engine.request.jobs import EmbedOptions
+from jaxembed.engine.service.sparse import SparseOptions, to_sparse
 from jaxembed_server.errors import APIError, invalid
 from jaxembed_server.http import json_response, notice_disconnects, parse_body, with_error_shape
 from jaxembed_server.route_embeddings import check_serving, request_deadline, run_job
@@ -145,8 +145,7 @@ def _model_type(model) -> dict:
         return {"embedding": {"pooling": "splade"}}
     if model.card.kind != "reranker":
         return {"embedding": {"pooling": model.card.pooling}}
-    hf = model.service.embedder.model.hf_config
-    id2label = {str(k): v for k, v in (hf.get("id2label") or {"0": "LABEL_0"}).items()}
+    id2label = model.service.facts.id2label
     label2id = {v: int(k) for k, v in id2label.items()}
     return {"reranker": {"id2label": id2label, "label2id": label2id}}
 
@@ -155,16 +154,16 @@ async def info(request: Request) -> HTTPResponse:
     """`GET /info`: what TEI's clients read to size their batches."""
     ctx = request.app.ctx
     model = ctx.models.models[0]
-    embedder = model.service.embedder
+    facts = model.service.facts
     return json_response(
         {
             "model_id": model.name,
             "model_sha": None,
-            "model_dtype": str(embedder.model.dtype),
+            "model_dtype": facts.dtype,
             "model_type": _model_type(model),
             "max_concurrent_requests": ctx.config.max_queued_requests,
             "max_input_length": model.card.max_length,
-            "max_batch_tokens": embedder.grid.token_budget,
+            "max_batch_tokens": facts.token_budget,
             "max_batch_requests": None,
             "max_client_batch_size": ctx.config.max_inputs,
             "auto_truncate": False,

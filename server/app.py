@@ -10,16 +10,21 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from sanic import Sanic
 
 import jaxembed
-from jaxembed.engine.batcher import FaultHook
-from jaxembed.engine.device_share import DeviceShare
-from jaxembed.engine.embedder import Embedder
-from jaxembed.engine.service import EmbeddingService, QueueLimits, ServiceConfig, ServiceHooks
+from jaxembed.engine.batching.batcher import FaultHook
+from jaxembed.engine.batching.device_share import DeviceShare
+from jaxembed.engine.model import EngineModel
+from jaxembed.engine.request.limits import QueueLimits
+from jaxembed.engine.service.backend import ServiceHooks
+from jaxembed.engine.service.config import ServiceConfig
+from jaxembed.engine.service.embedding import EmbeddingService
+from jaxembed.engine.service.rows import local_service
 from jaxembed_server import (
     api_cohere,
     api_rerank,
@@ -66,18 +71,19 @@ def service_config(config: ServerConfig, model: ModelConfig) -> ServiceConfig:
 
 def build_models(
     config: ServerConfig,
-    embedders: Sequence[Embedder],
+    embedders: Sequence[EngineModel],
     metrics: Metrics,
     fault_hook: FaultHook | None = None,
 ) -> ServedModels:
-    """One service per model; models on the same devices take fair turns (one DeviceShare)."""
+    """One service per model (its input half over its device half, in this process); models
+    on the same devices take fair turns (one DeviceShare)."""
     shares: dict[tuple[int, ...], DeviceShare] = {}
     served = []
     for model_config, embedder in zip(config.model_configs(), embedders, strict=True):
         devices = tuple(sorted(d.id for d in embedder.model.mesh.devices.flat))
         names = model_config.names(embedder.card.names)
         metrics.add_model(names[0])
-        service = EmbeddingService(
+        service = local_service(
             embedder,
             service_config(config, model_config),
             name=names[0],
@@ -100,7 +106,7 @@ def openapi_document(config: ServerConfig, models: ServedModels) -> dict:
         served=OpenAPIModel(
             names=tuple(models.names),
             dimensions=max(m.card.dimensions for m in models),
-            vocab_size=max(m.service.embedder.tokenizer.vocab_size for m in models),
+            vocab_size=max(m.service.inputs.tokenizer.vocab_size for m in models),
             max_inputs=config.max_inputs,
             instructions=any(m.card.instruction_template for m in models),
             lora=any(m.resolver is not None for m in models),
@@ -137,28 +143,51 @@ def configure(app: Sanic, config: ServerConfig) -> None:
     app.config.KEEP_ALIVE_TIMEOUT = config.keep_alive_timeout
 
 
+def warmup_progress(name: str, service: EmbeddingService):
+    """What a model's warm-up reports: every tenth program, then a summary of the whole of it
+    (wall time, compile time, programs from the compile cache)."""
+    started = time.monotonic()
+
+    def progress(i: int, n: int, bucket) -> None:
+        if i == 1 or i % 10 == 0:
+            log.info(
+                "warm-up %s: compiled %d/%d buckets (last %dx%d)",
+                name,
+                i,
+                n,
+                bucket.batch,
+                bucket.seq,
+            )
+        if i == n:
+            status = service.status()
+            log.info(
+                "warm-up %s: %d programs in %.1f s (%.1f s of compiling, %d from the compile "
+                "cache, %d compiled)",
+                name,
+                n,
+                time.monotonic() - started,
+                status.compile_seconds,
+                status.cache_hits,
+                status.cache_misses,
+            )
+
+    return progress
+
+
 async def start_models(app: Sanic) -> None:
     for model in app.ctx.models:
-
-        def progress(i: int, n: int, bucket, name: str = model.name) -> None:
-            if i == 1 or i == n or i % 10 == 0:
-                log.info(
-                    "warm-up %s: compiled %d/%d buckets (last %dx%d)",
-                    name,
-                    i,
-                    n,
-                    bucket.batch,
-                    bucket.seq,
-                )
-
+        progress = warmup_progress(model.name, model.service)
         model.service.start(warmup=app.ctx.config.warmup, progress=progress)
 
 
 async def stop_models(app: Sanic) -> None:
-    """Drain every model at once (each finishes its queue, up to --drain-timeout)."""
+    """Drain every model at once (each finishes its queue, up to --drain-timeout); a front-end
+    process first waits for its requests in the engine process."""
     app.ctx.state["draining"] = True
     loop = asyncio.get_running_loop()
     timeout = app.ctx.config.drain_timeout
+    if app.ctx.drain is not None:
+        await app.ctx.drain(timeout)
     results = await asyncio.gather(
         *(loop.run_in_executor(None, s.close, timeout) for s in app.ctx.models.services)
     )
@@ -169,16 +198,29 @@ async def stop_models(app: Sanic) -> None:
 
 def create_app(
     config: ServerConfig,
-    embedders: Embedder | Sequence[Embedder],
+    embedders: EngineModel | Sequence[EngineModel],
     *,
     fault_hook: FaultHook | None = None,
 ) -> Sanic:
-    """The app serving `embedders`, one per entry of `config.model_configs()`, in order."""
+    """The app serving `embedders` in this process, one per entry of
+    `config.model_configs()`, in order."""
+    embedders = [embedders] if isinstance(embedders, EngineModel) else list(embedders)
+    metrics = Metrics()
+    return build_app(config, build_models(config, embedders, metrics, fault_hook), metrics)
+
+
+def build_app(
+    config: ServerConfig,
+    models: ServedModels,
+    metrics: Metrics,
+    *,
+    drain: Callable[[float], Awaitable[bool]] | None = None,
+) -> Sanic:
+    """The app serving `models` (their services local or over the engine transport);
+    `drain(timeout)` runs first at shutdown (a front-end's wait for its requests)."""
     app = Sanic(f"jaxembed_{next(_app_ids)}", configure_logging=False)
     configure(app, config)
-    embedders = [embedders] if isinstance(embedders, Embedder) else list(embedders)
-    metrics = Metrics()
-    models = build_models(config, embedders, metrics, fault_hook)
+    app.ctx.drain = drain
     app.ctx.config = config
     app.ctx.metrics = metrics
     app.ctx.models = models

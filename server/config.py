@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 
 from jaxembed.cli import add_attention_option, mesh_shape_arg
-from jaxembed.engine.buckets import DEFAULT_WARMUP_MAX_LEN
+from jaxembed.engine.batching.buckets import DEFAULT_WARMUP_MAX_LEN
+from jaxembed.engine.request import limits
 from jaxembed.parallel.distributed import MODES, DistributedConfig
 from jaxembed.parallel.mesh import MeshShape
 from jaxembed_server.model_config import ModelConfig, inherit, models_from_file, models_from_flags
@@ -24,6 +25,9 @@ API_KEY_ENV = "JAXEMBED_API_KEY"
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 30000
+    # HTTP front-end processes (parse, validate, tokenise, answer) over one engine process that
+    # owns the devices; 1 = one process does everything. None: from the host's cores.
+    api_workers: int | None = None
     # The models served (--model, repeatable, or --config); () = the embedded default model,
     # with the per-model options below. Each ModelConfig inherits them (server/model_config.py).
     models: tuple[ModelConfig, ...] = ()
@@ -38,10 +42,10 @@ class ServerConfig:
     max_request_bytes: int = 8 * 2**20
     max_inputs: int = 2048
     max_request_tokens: int = 2048 * 512
-    max_queued_requests: int = 1024
-    max_queued_tokens: int = 4 * 2**20
-    aging_seconds: float = 1.0
-    step_batches: int = 8
+    max_queued_requests: int = limits.DEFAULT_MAX_QUEUED_REQUESTS
+    max_queued_tokens: int = limits.DEFAULT_MAX_QUEUED_TOKENS
+    aging_seconds: float = limits.DEFAULT_AGING_SECONDS
+    step_batches: int = limits.DEFAULT_STEP_BATCHES
     drain_timeout: float = 30.0
     request_timeout: float = 1800.0  # seconds a request may take in all; 0 = no limit
     read_timeout: float = 60.0  # seconds to receive a request's headers and body
@@ -76,8 +80,32 @@ class ServerConfig:
     memory_fraction: float = 0.9  # of device memory the parameters + buckets may plan to use
     device_memory_gib: float | None = None  # where the backend does not report its memory
 
+    @property
+    def http_processes(self) -> int:
+        """Front-end processes to run: --api-workers, else from the cores this process may use
+        (1 on a small host, where a second process only competes for the same cores)."""
+        if self.api_workers is not None:
+            return self.api_workers
+        return default_api_workers(len(os.sched_getaffinity(0)))
+
     def model_configs(self) -> tuple[ModelConfig, ...]:
         return self.models or (inherit(self, served_model_names=self.served_model_names),)
+
+
+def default_api_workers(cores: int) -> int:
+    """Half the cores (the engine process, the tokenizer's threads and XLA's own want the
+    rest), at most 16; one process on up to 4 cores."""
+    return 1 if cores <= 4 else min(cores // 2, 16)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def _int_tuple(text: str) -> tuple[int, ...]:
@@ -110,6 +138,15 @@ def _add_model_and_access_arguments(p: argparse.ArgumentParser, d: ServerConfig)
     """Address, model, dtype, API keys."""
     p.add_argument("--host", default=d.host)
     p.add_argument("--port", type=int, default=d.port)
+    p.add_argument(
+        "--api-workers",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="HTTP front-end processes (each parses, validates, tokenises and answers) in front "
+        "of one engine process that owns the devices; 1 = a single process. Default: half the "
+        "cores, at most 16 (1 on hosts of up to 4 cores)",
+    )
     p.add_argument(
         "--model",
         action="append",

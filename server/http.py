@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import functools
+import itertools
 import logging
-import uuid
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -23,6 +24,10 @@ Model = TypeVar("Model", bound=BaseModel)
 Handler = Callable[[Request], Awaitable[HTTPResponse]]
 
 MAX_REQUEST_ID = 128
+# Generated request ids: a random prefix per process and a counter (unique, and far cheaper
+# per request than uuid4, whose urandom call showed in the event loop's profile).
+_ID_PREFIX = secrets.token_hex(3)
+_ids = itertools.count(1)
 
 
 def json_response(
@@ -72,7 +77,7 @@ def request_id(client_value: str | None) -> str:
         and client_value.isascii()
     ):
         return client_value
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_ids):010x}"
 
 
 def notice_disconnects(request: Request) -> None:

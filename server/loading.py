@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import jax
 from jax.sharding import Mesh
 
-from jaxembed.engine.embedder import Embedder
-from jaxembed.engine.memory import device_memory_bytes, param_bytes_per_device
+from jaxembed.engine.device.memory import device_memory_bytes, param_bytes_per_device
+from jaxembed.engine.model import EngineModel
 from jaxembed.errors import ModelLoadError
 from jaxembed.parallel.mesh import describe, make_mesh
 from jaxembed_server.config import ServerConfig
@@ -32,7 +32,7 @@ def model_mesh(model: ModelConfig, devices: Sequence[jax.Device], default: Mesh)
     return make_mesh(model.mesh, [devices[i] for i in model.devices])
 
 
-def build_embedder(model: ModelConfig, compile_cache: str | None, mesh: Mesh) -> Embedder:
+def build_embedder(model: ModelConfig, compile_cache: str | None, mesh: Mesh) -> EngineModel:
     grid_options = {
         "token_budget": model.token_budget,
         "packing": model.packing,
@@ -44,12 +44,12 @@ def build_embedder(model: ModelConfig, compile_cache: str | None, mesh: Mesh) ->
         grid_options["batch_sizes"] = model.batch_sizes
     if model.seq_lengths:
         grid_options["seq_lengths"] = model.seq_lengths
-    return Embedder.from_pretrained(
+    return EngineModel.from_pretrained(
         model.spec, dtype=model.dtype, mesh=mesh, compile_cache_dir=compile_cache, **grid_options
     )
 
 
-def enable_lora(model: ModelConfig, embedder: Embedder) -> None:
+def enable_lora(model: ModelConfig, embedder: EngineModel) -> None:
     """Reserve adapter slots and preload the model's adapters (they stay resident)."""
     if not model.lora_enabled:
         return
@@ -61,7 +61,7 @@ def enable_lora(model: ModelConfig, embedder: Embedder) -> None:
 
 def load_models(
     config: ServerConfig, devices: Sequence[jax.Device], shared: Mesh
-) -> list[Embedder]:
+) -> list[EngineModel]:
     embedders = []
     for model in config.model_configs():
         mesh = model_mesh(model, devices, shared)
@@ -84,11 +84,11 @@ def load_models(
     return embedders
 
 
-def _devices(embedder: Embedder) -> set[int]:
+def _devices(embedder: EngineModel) -> set[int]:
     return {d.id for d in embedder.model.mesh.devices.flat}
 
 
-def check_memory(config: ServerConfig, embedders: Sequence[Embedder]) -> None:
+def check_memory(config: ServerConfig, embedders: Sequence[EngineModel]) -> None:
     """Fit every model's bucket grid into `--memory-fraction` of a device, with the parameters
     of the other models on the same devices counted as taken. Run after packing and LoRA are
     settled: the programs checked are those warm-up runs."""
@@ -129,7 +129,7 @@ def check_memory(config: ServerConfig, embedders: Sequence[Embedder]) -> None:
         )
 
 
-def consumers(embedders: Sequence[Embedder], params: Sequence[int]) -> str:
+def consumers(embedders: Sequence[EngineModel], params: Sequence[int]) -> str:
     """The largest parameter holders, for an error that says what to move or drop."""
     ranked = sorted(zip(params, embedders, strict=True), key=lambda pe: -pe[0])
     listed = ", ".join(f"{e.card.name} {p / 2**30:.2f} GiB" for p, e in ranked[:5])

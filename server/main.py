@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
+import sys
 
 import jax
 
-from jaxembed.engine.embedder import Embedder
-from jaxembed.engine.group_runner import BroadcastingRunner, follow_leader
+from jaxembed.engine.device.compile_cache import cache_counts, default_cache_dir
+from jaxembed.engine.device.group_runner import BroadcastingRunner, follow_leader
+from jaxembed.engine.model import EngineModel
 from jaxembed.errors import JaxEmbedError, ModelLoadError
 from jaxembed.parallel import distributed, multihost
 from jaxembed.parallel.mesh import make_mesh
@@ -22,6 +25,7 @@ from jaxembed_server.app import create_app
 from jaxembed_server.config import ServerConfig, config_from_args
 from jaxembed_server.loading import check_memory, load_models
 from jaxembed_server.logs import configure_logging
+from jaxembed_server.supervisor import Supervisor, listen
 
 log = logging.getLogger("jaxembed.server")
 
@@ -43,7 +47,7 @@ def fault_hook_from_env():
     return hook
 
 
-def run_follower(config: ServerConfig, embedder: Embedder) -> int:
+def run_follower(config: ServerConfig, embedder: EngineModel) -> int:
     """A non-leader process of a global multi-host group: compile, then follow the leader."""
     seconds = embedder.runner.warmup(max_len=embedder.warmup_max_len)
     log.info("follower warm-up: %d buckets in %.1f s", len(embedder.grid.buckets()), seconds)
@@ -53,7 +57,7 @@ def run_follower(config: ServerConfig, embedder: Embedder) -> int:
     return follow_leader(embedder.runner, sock)
 
 
-def group_refusal(config: ServerConfig, embedders: list[Embedder]) -> str | None:
+def group_refusal(config: ServerConfig, embedders: list[EngineModel]) -> str | None:
     """What a global multi-host group cannot serve yet (None: it can)."""
     if len(embedders) > 1:
         return "several models are not supported with --multihost global yet (use replica)"
@@ -64,7 +68,7 @@ def group_refusal(config: ServerConfig, embedders: list[Embedder]) -> str | None
     return None
 
 
-def load(config: ServerConfig) -> list[Embedder]:
+def load(config: ServerConfig) -> list[EngineModel]:
     """Every model's engine on its mesh, LoRA settled, the memory plan checked."""
     dist = config.distributed
     if dist is not None:
@@ -82,10 +86,14 @@ def serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.log_format)
     try:
         config = config_from_args(args)
+        listener = front_end_listener(config)
         embedders = load(config)
     except (JaxEmbedError, ValueError, RuntimeError) as e:
         log.error("cannot start: %s", e)
         return 2
+    if listener is not None:
+        argv = sys.argv[sys.argv.index("serve") + 1 :]
+        return Supervisor(config, embedders, argv, listener, fault_hook=fault_hook_from_env()).run()
     dist = config.distributed
     group = dist is not None and dist.mode == "global" and jax.process_count() > 1
     if group and jax.process_index() != 0:
@@ -121,6 +129,53 @@ def serve(args: argparse.Namespace) -> int:
             if lost:
                 _exit_broken_group(1)
     return 0
+
+
+def warmup(args: argparse.Namespace) -> int:
+    """`jaxembed warmup`: what `serve` with the same options would compile, compiled into the
+    persistent cache (its key is the program and the device kind: run it on the host kind the
+    replicas use), then exit."""
+    configure_logging(args.log_level, args.log_format)
+    try:
+        config = config_from_args(args)
+        embedders = load(config)
+    except (JaxEmbedError, ValueError, RuntimeError) as e:
+        log.error("cannot warm up: %s", e)
+        return 2
+    counts = cache_counts()
+    for model, embedder in zip(config.model_configs(), embedders, strict=True):
+        seconds = embedder.runner.warmup(max_len=embedder.warmup_max_len)
+        if embedder.images is not None:
+            seconds += embedder.images.warmup()
+        log.info(
+            "warm-up %s: %d programs in %.1f s",
+            model.name or embedder.card.name,
+            len(embedder.runner.compile_log),
+            seconds,
+        )
+    log.info(
+        "compile cache %s: %d programs loaded from it, %d compiled into it",
+        default_cache_dir() if config.compile_cache is None else config.compile_cache,
+        counts.hits,
+        counts.misses,
+    )
+    return 0
+
+
+def front_end_listener(config: ServerConfig) -> socket.socket | None:
+    """With several HTTP front-ends, their shared socket, bound before the models load; None
+    when one process serves everything."""
+    workers = config.http_processes
+    if workers <= 1:
+        return None
+    if config.distributed is not None:
+        if config.api_workers is not None:
+            raise ValueError("--api-workers > 1 is not supported with --distributed yet")
+        return None
+    try:
+        return listen(config.host, config.port)
+    except OSError as e:
+        raise RuntimeError(f"cannot listen on {config.host}:{config.port}: {e.strerror}") from None
 
 
 def _exit_broken_group(rc: int) -> None:

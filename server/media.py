@@ -35,8 +35,8 @@ from urllib.parse import unquote, urljoin, urlsplit
 import aiohttp
 from aiohttp.abc import AbstractResolver
 
-from jaxembed.engine.aio import gather_or_cancel
-from jaxembed.engine.jobs import EmbedItem
+from jaxembed.aio import gather_or_cancel
+from jaxembed.engine.request.jobs import EmbedItem
 from jaxembed.errors import MediaError
 from jaxembed_server.paths import PathOutsideRoot, resolve_inside
 

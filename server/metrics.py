@@ -2,17 +2,41 @@
 
 Everything a model does is labelled `model` (its canonical served name), so one
 process serving several models shows each on its own; HTTP-level series are not.
+
+With `--api-workers N` the front-end processes and the engine process each count what
+they see (requests in the front-ends, device batches in the engine) into prometheus_client's
+multiprocess files, and `/metrics`, from whichever front-end answers it, sums them: one view
+of the whole server.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import values as prometheus_values
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from jaxembed.engine.batcher import BatchStats
+from jaxembed.engine.batching.batcher import BatchStats
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def enable_multiprocess(directory: str) -> None:
+    """Count into files under `directory` (this process and the children it starts), so
+    that one scrape sums every process; call before any metric is created."""
+    os.environ[MULTIPROC_ENV] = directory
+    prometheus_values.ValueClass = prometheus_values.get_value_class()
+
+
+def forget_process(pid: int) -> None:
+    """A process that exited: its live gauges stop counting (its counters stay summed)."""
+    if os.environ.get(MULTIPROC_ENV):
+        mark_process_dead(pid)
 
 
 class Metrics:
@@ -21,6 +45,7 @@ class Metrics:
         self._http_metrics(self.registry)
         self._model_metrics(self.registry)
         self._state_metrics(self.registry)
+        self._compile_metrics(self.registry)
 
     def _http_metrics(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
@@ -75,13 +100,25 @@ class Metrics:
     def _state_metrics(self, r: CollectorRegistry) -> None:
         """Gauges set at scrape time (queues, cache, readiness)."""
         self.queue_requests = Gauge(
-            "jaxembed_queue_requests", "requests waiting for the device", ["model"], registry=r
+            "jaxembed_queue_requests",
+            "requests waiting for the device",
+            ["model"],
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.queue_tokens = Gauge(
-            "jaxembed_queue_tokens", "tokens waiting for the device", ["model"], registry=r
+            "jaxembed_queue_tokens",
+            "tokens waiting for the device",
+            ["model"],
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.active_requests = Gauge(
-            "jaxembed_active_requests", "requests accepted and not finished", ["model"], registry=r
+            "jaxembed_active_requests",
+            "requests accepted and not finished",
+            ["model"],
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.cache_hits = Counter(
             "jaxembed_cache_hits", "inputs answered from the embedding cache", ["model"], registry=r
@@ -90,14 +127,24 @@ class Metrics:
             "jaxembed_cache_misses", "inputs computed on the device", ["model"], registry=r
         )
         self.cache_bytes = Gauge(
-            "jaxembed_cache_bytes", "bytes held by the embedding cache", ["model"], registry=r
+            "jaxembed_cache_bytes",
+            "bytes held by the embedding cache",
+            ["model"],
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.loop_tasks = Gauge(
             "jaxembed_event_loop_tasks",
-            "asyncio tasks alive in the server's event loop (leak detector)",
+            "asyncio tasks alive in the server's event loops (leak detector)",
             registry=r,
+            multiprocess_mode="livesum",
         )
-        self.ready = Gauge("jaxembed_ready", "1 when warm-up has finished", registry=r)
+        self.ready = Gauge(
+            "jaxembed_ready",
+            "1 when warm-up has finished",
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
         self.request_timeouts = Counter(
             "jaxembed_request_timeouts",
             "requests answered 504 `timeout` after --request-timeout",
@@ -109,6 +156,28 @@ class Metrics:
             "bucket programs compiled on first use after warm-up (beyond --warmup-max-len)",
             ["model"],
             registry=r,
+            multiprocess_mode="mostrecent",
+        )
+
+    def _compile_metrics(self, r: CollectorRegistry) -> None:
+        self.compile_seconds = Gauge(
+            "jaxembed_compile_seconds",
+            "seconds spent compiling bucket programs (summed over programs)",
+            ["model"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.compile_cache_hits = Gauge(
+            "jaxembed_compile_cache_hits",
+            "programs loaded from the persistent compile cache by the engine process",
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.compile_cache_misses = Gauge(
+            "jaxembed_compile_cache_misses",
+            "programs compiled anew by the engine process",
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
 
     def add_model(self, model: str) -> None:
@@ -139,4 +208,9 @@ class Metrics:
         return observe
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        directory = os.environ.get(MULTIPROC_ENV)
+        if not directory:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=directory)
+        return generate_latest(merged)

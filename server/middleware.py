@@ -43,6 +43,10 @@ async def before_request(request: Request):
 
 
 async def after_response(request: Request, response: HTTPResponse):
+    if request.app.ctx.state["draining"] and request.stream is not None:
+        # Draining: answer, then close the connection, so a client on keep-alive reconnects
+        # (to another replica, or to a refusal) instead of holding this one until it is cut.
+        request.stream.keep_alive = False
     metrics = request.app.ctx.metrics
     response.headers["X-Request-Id"] = getattr(request.ctx, "request_id", "")
     route = "/" + request.route.path.lstrip("/") if request.route else "unmatched"

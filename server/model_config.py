@@ -26,7 +26,8 @@ from typing import Any
 
 import yaml
 
-from jaxembed.engine.buckets import DEFAULT_WARMUP_MAX_LEN
+from jaxembed.engine.batching.buckets import DEFAULT_WARMUP_MAX_LEN
+from jaxembed.engine.request import limits
 from jaxembed.parallel.mesh import MeshShape
 
 # Model options of a config file entry beyond `name`/`model` (each also a server-wide flag).
@@ -75,8 +76,8 @@ class ModelConfig:
     max_lora_rank: int = 64
     mesh: MeshShape | None = None
     devices: tuple[int, ...] | None = None  # indices into the serving devices; None: all
-    max_queued_requests: int = 1024
-    max_queued_tokens: int = 4 * 2**20
+    max_queued_requests: int = limits.DEFAULT_MAX_QUEUED_REQUESTS
+    max_queued_tokens: int = limits.DEFAULT_MAX_QUEUED_TOKENS
     cache_mb: float = 128.0
     quantization_ranges: str | None = None  # int8/uint8 ranges file; None: calibrated
 

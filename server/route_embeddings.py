@@ -1,7 +1,7 @@
 """`POST /v1/embeddings` (and `/invocations`): parse, validate, route, await the service, answer.
 
 Handlers read everything they need from `request.app.ctx` (server/app.py);
-the computation is the model's `EmbeddingService` (jaxembed/engine/service.py).
+the computation is the model's `EmbeddingService` (jaxembed/engine/service/embedding.py).
 Library errors become API errors in one place (the app's exception handler).
 """
 
@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 import numpy as np
 from sanic import Request
 
-from jaxembed.engine.batcher import RequestProgress
-from jaxembed.engine.jobs import EmbedJob, EmbedOptions, EmbedResult
-from jaxembed.engine.sparse import SparseOptions, to_sparse
+from jaxembed.engine.request.jobs import EmbedJob, EmbedOptions, EmbedResult
+from jaxembed.engine.request.progress import RequestProgress
+from jaxembed.engine.service.sparse import SparseOptions, to_sparse
 from jaxembed.errors import DeadlineError
 from jaxembed_server import vllm_fields
 from jaxembed_server.errors import APIError, invalid, unavailable
@@ -174,7 +174,7 @@ async def embeddings(request: Request):
     options = embed_options(request, req, route)
     if req.messages is None:
         inputs = req.input
-    elif route.model.service.embedder.fused is not None:
+    elif route.model.card.vl_template:
         inputs, instruction = vllm_fields.vision_language_chat(req)
         options = dataclasses.replace(options, instruction=instruction or req.instruction)
     else:
@@ -223,7 +223,8 @@ async def within_request_timeout(
         return await work
     left = timeout - (time.monotonic() - request.ctx.start)
     try:
-        return await asyncio.wait_for(work, max(left, 0.001))
+        async with asyncio.timeout(max(left, 0.001)):  # no extra task per request
+            return await work
     except TimeoutError:
         request.app.ctx.metrics.request_timeouts.labels(model=route.model.name).inc()
         log.warning(

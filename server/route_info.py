@@ -94,12 +94,15 @@ async def metrics(request: Request):
     ctx = request.app.ctx
     m = ctx.metrics
     for model in ctx.models:
-        service, name = model.service, model.name
-        m.queue_requests.labels(model=name).set(service.queued_requests)
-        m.queue_tokens.labels(model=name).set(service.queued_tokens)
-        m.active_requests.labels(model=name).set(service.active_requests)
-        m.cache_bytes.labels(model=name).set(service.cache.size_bytes)
-        m.lazy_compiles.labels(model=name).set(service.embedder.runner.lazy_compiles)
+        status, name = model.service.status(), model.name
+        m.queue_requests.labels(model=name).set(status.queued_requests)
+        m.queue_tokens.labels(model=name).set(status.queued_tokens)
+        m.active_requests.labels(model=name).set(status.active_requests)
+        m.cache_bytes.labels(model=name).set(status.cache_bytes)
+        m.lazy_compiles.labels(model=name).set(status.lazy_compiles)
+        m.compile_seconds.labels(model=name).set(status.compile_seconds)
+        m.compile_cache_hits.set(status.cache_hits)
+        m.compile_cache_misses.set(status.cache_misses)
     m.loop_tasks.set(len(asyncio.all_tasks()))
     m.ready.set(0 if not_ready_reason(ctx.state["draining"], ctx.models) else 1)
     return raw(m.render(), content_type="text/plain; version=0.0.4")

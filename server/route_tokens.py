@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sanic import Request
 
-from jaxembed.engine.jobs import EmbedOptions
+from jaxembed.engine.request.jobs import EmbedOptions
 from jaxembed_server.errors import invalid
 from jaxembed_server.http import json_response, parse_body
 from jaxembed_server.protocol import DetokenizeRequest, EmbeddingRequest, TokenizeRequest
@@ -65,7 +65,7 @@ async def detokenize(request: Request):
     ctx = request.app.ctx
     req = parse_body(request, DetokenizeRequest)
     model, _, _ = ctx.models.find(req.model)
-    tokenizer = model.service.embedder.tokenizer
+    tokenizer = model.service.inputs.tokenizer
     if (bad := tokenizer.outside_vocabulary(req.tokens)) is not None:
         raise invalid(
             f"token id {bad} is outside the vocabulary (0..{tokenizer.vocab_size - 1})",

@@ -10,8 +10,8 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from jaxembed.engine.jobs import AdapterRef
-from jaxembed.engine.service import EmbeddingService
+from jaxembed.engine.request.jobs import AdapterRef
+from jaxembed.engine.service.embedding import EmbeddingService
 from jaxembed_server.adapters import AdapterResolver
 from jaxembed_server.errors import invalid, model_not_found
 from jaxembed_server.model_config import ModelConfig
@@ -33,21 +33,23 @@ class ServedModel:
         return self.service.card
 
     @classmethod
-    def build(cls, config: ModelConfig, service: EmbeddingService) -> ServedModel:
+    def build(
+        cls, config: ModelConfig, service: EmbeddingService, names: tuple[str, ...] | None = None
+    ) -> ServedModel:
         resolver = None
         if config.lora_enabled:
             resolver = AdapterResolver(
                 {name: Path(path) for name, path in config.lora},
                 Path(config.lora_root) if config.lora_root else None,
             )
-        return cls(config, service, config.names(service.card.names), resolver)
+        return cls(config, service, names or config.names(service.card.names), resolver)
 
     def adapters(self) -> list[str]:
         """Adapters a client can name now: the preloaded ones and those resident."""
         if self.resolver is None:
             return list(self.card.tasks)  # built-in task adapters need no --lora
-        bank = self.service.embedder.lora_bank
-        return list(dict.fromkeys([*self.resolver.preloaded, *(bank.loaded() if bank else [])]))
+        resident = self.service.status().adapters
+        return list(dict.fromkeys([*self.resolver.preloaded, *resident]))
 
 
 @dataclasses.dataclass(frozen=True)

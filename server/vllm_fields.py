@@ -101,10 +101,10 @@ def chat_input(req: EmbeddingRequest, route: Route) -> list:
     if len(images) > 1 or len(videos) > 1:
         raise invalid("messages may hold one image and one video", param="messages")
     service = route.model.service
-    if service.embedder.chat_template is None and (images or videos):
+    if service.inputs.chat_template is None and (images or videos):
         text = "\n".join(m["content"] for m in messages if m["content"]) or None
     else:
-        text = service.embedder.render_messages(
+        text = service.inputs.render_messages(
             messages,
             add_generation_prompt=req.add_generation_prompt,
             continue_final_message=req.continue_final_message,
@@ -132,7 +132,7 @@ def truncation(req: EmbeddingRequest, route: Route) -> dict:
             max_tokens=None if limit == -1 else limit,
         )
     # A chat template writes the special tokens itself (vLLM's default for messages: false).
-    templated = req.messages is not None and route.model.service.embedder.chat_template
+    templated = req.messages is not None and route.model.service.inputs.chat_template
     special = req.add_special_tokens
     fields["add_special_tokens"] = (not templated) if special is None else special
     return fields

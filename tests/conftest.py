@@ -26,7 +26,7 @@ def minilm_dir():
 
 @pytest.fixture(scope="session")
 def embedder():
-    from jaxembed.engine.embedder import Embedder
+    from jaxembed.api import Embedder
 
     return Embedder.from_pretrained(None, compile_cache_dir=_CACHE)
 

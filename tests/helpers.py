@@ -122,6 +122,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+API_WORKERS_ENV = "JAXEMBED_TEST_API_WORKERS"
+
+
+def _api_workers_args(args: tuple[str, ...]) -> list[str]:
+    """`--api-workers N` when the suite runs its server tests in the split layout (set by
+    tests/server/test_api_workers.py for a child pytest), unless the test chose its own."""
+    workers = os.environ.get(API_WORKERS_ENV)
+    if not workers or "--api-workers" in args or "--distributed" in args:
+        return []
+    return ["--api-workers", workers]
+
+
 class ServerProcess:
     """`jaxembed serve` in a child process, bound to 127.0.0.1 on a free port."""
 
@@ -138,6 +150,7 @@ class ServerProcess:
             "--port",
             str(self.port),
             *args,
+            *_api_workers_args(args),
         ]
         self.log_path = (
             Path(os.environ.get("TMPDIR", "/tmp")) / f"jaxembed-test-server-{self.port}.log"

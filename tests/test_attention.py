@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxembed.engine.embedder import Embedder
+from jaxembed.api import Embedder
 from jaxembed.errors import ModelLoadError
 from jaxembed.models.attention import (
     AttentionConfig,
@@ -16,6 +16,7 @@ from jaxembed.models.attention import (
     blocked_attention,
     choose_implementation,
     cudnn_attention,
+    pallas_gpu_attention,
     record_choices,
     xla_attention,
 )
@@ -26,6 +27,7 @@ BOUND = 2e-6  # max abs difference from `xla`, float32
 # Small tiles so that tiny inputs still span many blocks (skips, partial blocks, padding).
 BLOCKED = AttentionConfig("blocked", block_q=16, block_k=8)
 SPLASH = AttentionConfig("splash", interpret=True)  # Pallas TPU kernel, interpreted on the CPU
+PALLAS = AttentionConfig("pallas", interpret=True)  # Pallas GPU (Triton) kernel, interpreted
 
 
 def _qkv(b=3, length=300, heads=4, kv_heads=2, d=16, seed=0):
@@ -62,6 +64,9 @@ def test_implementations_match_xla(packed, causal, window):
         out = blocked_attention(q, k, v, mask, block_q, block_k)
         assert _max_diff(out, reference, segments) <= BOUND, (block_q, block_k)
     assert _max_diff(attention(q, k, v, mask, SPLASH), reference, segments) <= BOUND
+    if window is None:  # the Triton kernel's masks: segments and causality
+        out = pallas_gpu_attention(q, k, v, mask, interpret=True)
+        assert _max_diff(out, reference, segments) <= BOUND
     if not packed:  # the exact call the cuDNN path makes, run by XLA on the CPU
         out = cudnn_attention(q, k, v, mask, implementation="xla")
         assert _max_diff(out, reference, segments) <= BOUND
@@ -110,8 +115,10 @@ def test_fully_masked_rows_are_zero_not_nan():
         ("auto", "cpu", 256, jnp.float32, False, "xla"),
         ("auto", "cpu", 4096, jnp.float32, True, "blocked"),
         ("auto", "gpu", 256, jnp.bfloat16, False, "cudnn"),
-        ("auto", "gpu", 8192, jnp.bfloat16, True, "blocked"),  # cuDNN cannot take segments
-        ("auto", "gpu", 256, jnp.bfloat16, True, "xla"),  # ... and short packed rows: xla
+        ("auto", "gpu", 8192, jnp.bfloat16, True, "pallas"),  # cuDNN cannot take segments
+        ("auto", "gpu", 256, jnp.bfloat16, True, "pallas"),  # packed rows: the Triton kernel
+        ("auto", "gpu", 256, jnp.float32, True, "xla"),  # ... which wants 16-bit inputs
+        ("pallas", "gpu", 256, jnp.bfloat16, False, "pallas"),
         ("auto", "gpu", 8192, jnp.float32, False, "blocked"),  # cuDNN wants 16-bit inputs
         ("auto", "tpu", 512, jnp.bfloat16, True, "splash"),
         ("auto", "tpu", 64, jnp.bfloat16, False, "xla"),
@@ -157,11 +164,16 @@ def test_text_models_match_xla(tmp_path, family, packing):
         save_tiny_model(family, tmp_path, seed=3, pooling="mean")
     else:
         save_tiny_decoder(family, tmp_path, seed=3)
-    configs = {"xla": AttentionConfig("xla"), "blocked": BLOCKED, "splash": SPLASH}
+    configs = {
+        "xla": AttentionConfig("xla"),
+        "blocked": BLOCKED,
+        "splash": SPLASH,
+        "pallas": PALLAS,
+    }
     embedders = _embedders(tmp_path, packing, configs)
     token_lists = _token_lists()
     reference = embedders["xla"].embed_token_lists(token_lists)
-    for name in ("blocked", "splash"):
+    for name in ("blocked", "splash", "pallas"):
         ours = embedders[name].embed_token_lists(token_lists)
         assert np.abs(ours - reference).max() <= BOUND, name
     with record_choices() as chosen:  # what really ran: the blocked kernel, not a fallback
@@ -187,10 +199,23 @@ def test_clip_towers_match_xla(tmp_path, kind):
         assert np.abs(embedders[name].embed_images(images) - image_ref).max() <= BOUND, name
 
 
+def test_packed_decoder_rows_run_the_pallas_kernel(tmp_path):
+    """Qwen3 (GQA 4:1, causal) packed rows: the Triton kernel is what is traced, not a fallback,
+    and equals xla through the whole model."""
+    save_tiny_decoder("qwen3", tmp_path, seed=5)
+    embedders = _embedders(tmp_path, True, {"xla": AttentionConfig("xla"), "pallas": PALLAS})
+    ours = embedders["pallas"].embed_token_lists(_token_lists(seed=2))
+    assert set(embedders["pallas"].runner.attention_used.values()) == {"pallas"}
+    reference = embedders["xla"].embed_token_lists(_token_lists(seed=2))
+    assert np.abs(ours - reference).max() <= BOUND
+
+
 def test_unavailable_implementation_is_a_clear_error():
     with pytest.raises(ModelLoadError, match="needs an NVIDIA GPU"):
         Embedder.from_pretrained(attention="cudnn", compile_cache_dir=False)
     with pytest.raises(ModelLoadError, match="needs a TPU"):
         Embedder.from_pretrained(attention="splash", compile_cache_dir=False)
+    with pytest.raises(ModelLoadError, match="needs an NVIDIA GPU"):
+        Embedder.from_pretrained(attention="pallas", compile_cache_dir=False)
     with pytest.raises(ValueError, match="not one of"):
         AttentionConfig("flash")

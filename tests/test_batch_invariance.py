@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxembed.engine.embedder import Embedder
+from jaxembed.api import Embedder
 
 TARGET = "Batch invariance: padded rows and padded positions must not change any real output."
 

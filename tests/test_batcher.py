@@ -8,7 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from jaxembed.engine.batcher import Batcher
+from jaxembed.engine.batching.batcher import Batcher
+from jaxembed.engine.model import TextWorkload
+from jaxembed.engine.request.limits import QueueLimits
 from jaxembed.errors import EngineError, OverloadedError
 
 POISON = 29999  # a token id the fault hook treats as a device failure
@@ -24,7 +26,12 @@ def make_batcher(embedder):
     started = []
 
     def make(**kwargs):
-        batcher = Batcher(embedder, **kwargs)
+        limits = {
+            k: kwargs.pop(k)
+            for k in ("step_batches", "aging_seconds", "max_queued_requests")
+            if k in kwargs
+        }
+        batcher = Batcher(TextWorkload(embedder), limits=QueueLimits(**limits), **kwargs)
         batcher.start(warmup=False)
         started.append(batcher)
         return batcher
@@ -198,7 +205,7 @@ def test_engine_failure_fails_only_the_poisoned_request(embedder, make_batcher):
 
 
 def test_close_drains_and_then_refuses(embedder):
-    batcher = Batcher(embedder)
+    batcher = Batcher(TextWorkload(embedder))
     batcher.start(warmup=False)
     tokens = embedder.tokenize(["drain"])
     assert asyncio.run(batcher.embed(tokens)).shape == (1, 384)

@@ -26,7 +26,7 @@ def test_parity_suites_pass_with_blocked_attention():
         [
             sys.executable,
             "-c",
-            "from jaxembed.engine.embedder import Embedder;"
+            "from jaxembed.api import Embedder;"
             "e = Embedder.from_pretrained(compile_cache_dir=False); e.embed(['probe']);"
             "print(sorted(set(e.runner.attention_used.values())))",
         ],

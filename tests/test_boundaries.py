@@ -65,12 +65,12 @@ def test_parallel_never_imports_engine():
 
 def test_server_only_talks_to_the_service():
     """The HTTP layer parses, fetches and answers; pooling, the cache, decoding and fusion
-    are the EmbeddingService's (jaxembed/engine/service.py), so both APIs share them."""
+    are the EmbeddingService's (jaxembed/engine/service/embedding.py), so both APIs share them."""
     engine_internals = (
         "jaxembed.pooling",
-        "jaxembed.engine.cache",
-        "jaxembed.engine.multimodal",
-        "jaxembed.engine.vision",
+        "jaxembed.engine.batching.cache",
+        "jaxembed.engine.service.multimodal",
+        "jaxembed.engine.workloads.vision",
         "jaxembed.media",
         "jaxembed.images",
     )
@@ -100,3 +100,87 @@ def test_ruff_lint_and_format_are_clean():
         text=True,
     )
     assert fmt.returncode == 0, fmt.stdout
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module → the modules of jaxembed/ and server/ it imports (anywhere in the file)."""
+    mods: dict[str, Path] = {}
+    for root in ("jaxembed", "server"):
+        for path in (ROOT / root).rglob("*.py"):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            name = name.removesuffix(".__init__")
+            if root == "server":
+                name = "jaxembed_server" + name[len("server") :]
+            mods[name] = path
+    edges: dict[str, set[str]] = {m: set() for m in mods}
+    for module, path in mods.items():
+        package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(parts + ([base] if base else []))
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            for target in targets:
+                while target and target not in mods:
+                    target = target.rsplit(".", 1)[0] if "." in target else ""
+                if target and target != module and mods[target].name != "__init__.py":
+                    edges[module].add(target)
+    return edges
+
+
+def test_no_import_cycle_anywhere():
+    edges = _module_graph()
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    cycles = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(edges[module]):
+            if state.get(target) == 1:
+                cycles.append(" -> ".join([*path[path.index(target) :], target]))
+            elif target not in state:
+                visit(target, [*path, target])
+        state[module] = 2
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, cycles[:5]
+
+
+# The engine's sub-packages in hot-path order: each may import only those before it.
+ENGINE_LAYERS = ("request", "inputs", "batching", "device", "workloads", "model", "service")
+
+
+def test_engine_layers_import_only_the_layers_below():
+    def layer(module: str) -> int | None:
+        parts = module.split(".")
+        if parts[:2] != ["jaxembed", "engine"] or len(parts) < 3:
+            return None
+        return ENGINE_LAYERS.index(parts[2])
+
+    offenders = []
+    for module, targets in _module_graph().items():
+        own = layer(module)
+        if own is None:
+            continue
+        for target in targets:
+            if target == "jaxembed.api" or ((other := layer(target)) is not None and other > own):
+                offenders.append(f"{module} -> {target}")
+    assert not offenders, offenders
+
+
+def test_the_input_half_loads_no_jax():
+    """An HTTP front-end process prepares inputs and finishes vectors without JAX."""
+    code = (
+        "import sys; import jaxembed.engine.service.embedding, jaxembed.engine.inputs.queue; "
+        "import jaxembed.card, jaxembed.vectors; "
+        "print([m for m in ('jax', 'flax') if m in sys.modules])"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert run.stdout.strip() == "[]", run.stdout + run.stderr

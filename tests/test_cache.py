@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxembed.engine.cache import ENTRY_OVERHEAD_BYTES, EmbeddingCache, assemble
+from jaxembed.engine.batching.cache import ENTRY_OVERHEAD_BYTES, EmbeddingCache, assemble
 
 
 def _rows(*token_lists):
@@ -61,7 +61,7 @@ def test_disabled_cache_computes_everything():
 
 
 def test_single_key_get_and_bytes_keys():
-    from jaxembed.engine.cache import bytes_key
+    from jaxembed.engine.batching.cache import bytes_key
 
     cache = EmbeddingCache(1 << 20)
     key = bytes_key(b"\x89PNG same bytes", "image")

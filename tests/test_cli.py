@@ -87,7 +87,7 @@ def test_serve_refuses_an_impossible_mesh_or_group_clearly():
 
 
 def test_embed_images_and_videos_from_files(tmp_path):
-    from jaxembed.engine.embedder import Embedder
+    from jaxembed.api import Embedder
     from jaxembed.media import MediaLimits, decode_video
     from tests.helpers import generated_image, generated_video, image_bytes, save_tiny_clip
 

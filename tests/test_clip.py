@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from jaxembed.engine.embedder import Embedder
+from jaxembed.api import Embedder
 from jaxembed.errors import InvalidInputError
 from jaxembed.images import ImagePreprocessor
 from jaxembed.media import MediaLimits, decode_video, sample_frame_indices
-from jaxembed.pooling import fuse_modalities
+from jaxembed.vectors import fuse_modalities
 from tests.helpers import (
     CLIP_IMAGE_SIZE,
     SIGLIP_MAX_LENGTH,

@@ -11,7 +11,7 @@ import textwrap
 import jax
 import numpy as np
 
-from jaxembed.engine.embedder import Embedder
+from jaxembed.api import Embedder
 from jaxembed.weights.convert import convert
 from jaxembed.weights.loader import load_model
 from tests.helpers import save_tiny_model
@@ -83,7 +83,7 @@ _RESTART_SCRIPT = textwrap.dedent(
     import jax.monitoring as monitoring
     counts = collections.Counter()
     monitoring.register_event_listener(lambda name, **kw: counts.update([name]))
-    from jaxembed.engine.embedder import Embedder
+    from jaxembed.api import Embedder
     e = Embedder.from_pretrained(sys.argv[2], compile_cache_dir=sys.argv[1], seq_lengths=(16, 64),
                                  batch_sizes=(1, 4), token_budget=256, warmup=True)
     e.embed(["a restart must compile nothing"])

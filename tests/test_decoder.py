@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from jaxembed.api import Embedder
 from jaxembed.card import ModelCard
-from jaxembed.engine.embedder import Embedder
 from jaxembed.families import get_family
 from jaxembed.models.decoder import DecoderConfig
 from jaxembed.pooling import l2_normalize, pool

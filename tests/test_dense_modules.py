@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from jaxembed.engine.embedder import Embedder
+from jaxembed.api import Embedder
 from jaxembed.weights.convert import convert
 from tests.helpers import save_tiny_model
 

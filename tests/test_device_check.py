@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,18 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_device_check_quick_on_cpu(tmp_path):
     out = tmp_path / "table.md"
     run = subprocess.run(
-        [sys.executable, "-m", "tools.device_check", "--quick", "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "tools.device_check",
+            "--quick",
+            "--out",
+            str(out),
+            "--json",
+            str(tmp_path / "check.json"),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -20,7 +32,11 @@ def test_device_check_quick_on_cpu(tmp_path):
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     table = out.read_text()
-    for section in ("parity vs xla", "throughput", "memory vs plan"):
-        assert f"| {section} |" in table
+    sections = ("parity vs xla", "throughput", "memory vs plan", "cold start", "host path")
+    for section in (*sections, "server over HTTP"):
+        assert f"| {section} |" in table, table
     assert "**NO**" not in table
     assert "| qwen3 (packed) | 4x64 | blocked (ran blocked) | float32 |" in table
+    stages = {s["stage"]: s for s in json.loads((tmp_path / "check.json").read_text())["stages"]}
+    assert stages["server"]["singles64"]["requests"] > 0  # every answer was checked
+    assert stages["cold"]["warm_cache"]["cache_hits"] > 0

@@ -1,4 +1,4 @@
-"""Fair turns between batchers on shared devices (jaxembed/engine/device_share.py)."""
+"""Fair turns between batchers on shared devices (jaxembed/engine/batching/device_share.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from jaxembed.engine.device_share import DeviceShare
+from jaxembed.engine.batching.device_share import DeviceShare
 
 
 def _waiter(share: DeviceShare, owner: str, seconds: float, order: list[str]) -> threading.Thread:

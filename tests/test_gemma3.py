@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from jaxembed.engine.embedder import Embedder
+from jaxembed.api import Embedder
 from jaxembed.errors import ModelLoadError
 from jaxembed.weights.convert import convert
 from jaxembed.weights.loader import load_model

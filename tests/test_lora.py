@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from jaxembed.engine.embedder import Embedder
+from jaxembed.api import Embedder
 from jaxembed.errors import OverloadedError
 from jaxembed.lora import AdapterError
 from tests.helpers import save_tiny_decoder, save_tiny_model

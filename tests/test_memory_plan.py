@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from jaxembed.cli import main
-from jaxembed.engine.buckets import Bucket
-from jaxembed.engine.plan_buckets import plan_bucket_memory
+from jaxembed.engine.batching.buckets import Bucket
+from jaxembed.engine.device.plan_buckets import plan_bucket_memory
 from jaxembed.errors import ModelLoadError
 from jaxembed.families import get_family
 from jaxembed.parallel.mesh import MeshShape
@@ -108,7 +108,7 @@ def test_plan_on_a_mesh_forces_host_devices():
 
 
 def test_grid_shrinks_to_fit_and_refuses_what_cannot_fit(embedder):
-    from jaxembed.engine.embedder import Embedder
+    from jaxembed.api import Embedder
 
     fresh = Embedder(embedder.model, token_budget=512)
     largest = fresh.runner.memory(Bucket(fresh.grid.max_rows(256), 256))

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxembed.engine.buckets import (
+from jaxembed.api import Embedder
+from jaxembed.engine.batching.buckets import (
     BucketGrid,
     pad_packed,
     plan_batches,
     plan_packed,
     segments_per_row,
 )
-from jaxembed.engine.embedder import Embedder
 from jaxembed.pooling import PACKABLE_POOLING
 from tests.helpers import save_tiny_decoder, save_tiny_model
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from jaxembed.engine.embedder import Embedder
+from jaxembed.api import Embedder
 from jaxembed.weights.loader import load_model
 from tests.helpers import save_tiny_model
 

@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxembed.engine.buckets import Bucket, BucketGrid, default_seq_lengths, pad_batch, plan_batches
-from jaxembed.pooling import last_token_index, pool, truncate_dimensions
+from jaxembed.engine.batching.buckets import (
+    Bucket,
+    BucketGrid,
+    default_seq_lengths,
+    pad_batch,
+    plan_batches,
+)
+from jaxembed.pooling import last_token_index, pool
+from jaxembed.vectors import truncate_dimensions
 
 RNG = np.random.default_rng(0)
 
@@ -97,8 +104,6 @@ def test_pad_batch():
 
 def test_truncate_dimensions_leaves_its_input_alone():
     """A single row's prefix is contiguous: renormalising it must not write into the caller's array."""
-    from jaxembed.pooling import truncate_dimensions
-
     row = np.arange(1, 9, dtype=np.float32)
     row /= np.linalg.norm(row)
     original = row.copy()

@@ -11,9 +11,14 @@ import torch
 from PIL import Image
 
 from jaxembed.card import QWEN3_VL_EMBEDDING_TEMPLATE
-from jaxembed.engine.jobs import EmbedItem
-from jaxembed.engine.qwen_vl import VideoClip
-from jaxembed.engine.vl_recipe import VLRecipe, mrope_positions, resize_frames, video_frame_indices
+from jaxembed.engine.request.jobs import EmbedItem
+from jaxembed.engine.workloads.qwen_vl import VideoClip
+from jaxembed.engine.workloads.vl_recipe import (
+    VLRecipe,
+    mrope_positions,
+    resize_frames,
+    video_frame_indices,
+)
 from jaxembed.errors import InvalidInputError
 from tests.helpers import (
     qwen3_vl_embedding_reference,
@@ -52,7 +57,7 @@ def _clip(frames, fps):
 
 @pytest.fixture(scope="module")
 def qwen3_vl(tmp_path_factory):
-    from jaxembed.engine.embedder import Embedder
+    from jaxembed.api import Embedder
 
     path = tmp_path_factory.mktemp("tiny-qwen3-vl")
     model = save_tiny_qwen3_vl(path, seed=5)
@@ -156,7 +161,7 @@ def test_items_equal_the_published_recipe(qwen3_vl):
 
 
 def test_bfloat16_instruction_and_conversion(qwen3_vl, tmp_path):
-    from jaxembed.engine.embedder import Embedder
+    from jaxembed.api import Embedder
     from jaxembed.weights.convert import convert
 
     model, path, full = qwen3_vl
@@ -200,12 +205,13 @@ def test_concurrent_requests_share_batches_through_the_service(qwen3_vl):
     model's vision-language batcher and come back to the right request."""
     import asyncio
 
-    from jaxembed.engine.jobs import EmbedJob, EmbedOptions
-    from jaxembed.engine.service import EmbeddingService, ServiceHooks
+    from jaxembed.engine.request.jobs import EmbedJob, EmbedOptions
+    from jaxembed.engine.service.backend import ServiceHooks
+    from jaxembed.engine.service.rows import local_service
 
     _, _, embedder = qwen3_vl
     batches = []
-    service = EmbeddingService(embedder, hooks=ServiceHooks(on_batch=batches.append))
+    service = local_service(embedder, hooks=ServiceHooks(on_batch=batches.append))
     jobs = [
         [EmbedItem(text="a dog"), EmbedItem(image=_image(60, 40, 7))],
         [EmbedItem(text="a cat", image=_image(40, 60, 8))],
@@ -218,7 +224,9 @@ def test_concurrent_requests_share_batches_through_the_service(qwen3_vl):
             asyncio.create_task(service.embed(EmbedJob(j, EmbedOptions(priority=i % 2))))
             for i, j in enumerate(jobs)
         ]
-        while service.fused.queued_requests < len(jobs):  # all queued before the device starts
+        while service.backend.fused.queued_requests < len(
+            jobs
+        ):  # all queued before the device starts
             await asyncio.sleep(0.01)
         service.start(warmup=False)
         return await asyncio.gather(*tasks)
@@ -235,8 +243,8 @@ def test_concurrent_requests_share_batches_through_the_service(qwen3_vl):
 def test_plan_compiles_the_vision_and_decoder_programs(qwen3_vl):
     """`jaxembed plan` for a vision-language card: each program's memory per bucket; a bigger
     vision bucket needs more."""
-    from jaxembed.engine.buckets import Bucket
-    from jaxembed.engine.plan_vl import plan_vl_memory
+    from jaxembed.engine.batching.buckets import Bucket
+    from jaxembed.engine.workloads.plan_vl import plan_vl_memory
     from jaxembed.parallel.mesh import MeshShape
 
     _, _, embedder = qwen3_vl
@@ -288,22 +296,24 @@ def test_request_limits_apply_to_vision_language_items(qwen3_vl):
     """max_request_tokens counts an item's vision tokens; a full queue refuses up front."""
     import asyncio
 
-    from jaxembed.engine.jobs import EmbedJob, EmbedOptions
-    from jaxembed.engine.service import EmbeddingService, QueueLimits, ServiceConfig
+    from jaxembed.engine.request.jobs import EmbedJob, EmbedOptions
+    from jaxembed.engine.request.limits import QueueLimits
+    from jaxembed.engine.service.config import ServiceConfig
+    from jaxembed.engine.service.rows import local_service
     from jaxembed.errors import OverloadedError, RequestTooLargeError
 
     _, _, embedder = qwen3_vl
     config = ServiceConfig(max_request_tokens=60, queue=QueueLimits(max_queued_requests=1))
-    service = EmbeddingService(embedder, config)
+    service = local_service(embedder, config)
     try:
         job = EmbedJob([EmbedItem(text="a cat", image=_image(300, 200, 1))], EmbedOptions())
         with pytest.raises(RequestTooLargeError, match="tokens"):
             asyncio.run(service.embed(job))
-        service.fused._pending.append(object())  # one request waiting: the queue is full
+        service.backend.fused._pending.append(object())  # one request waiting: the queue is full
         with pytest.raises(OverloadedError):
             service.check_capacity()
     finally:
-        service.fused._pending.clear()
+        service.backend.fused._pending.clear()
         assert service.close(timeout=10)
 
 

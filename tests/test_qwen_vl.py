@@ -109,8 +109,8 @@ def test_vision_features_equal_the_transformers_tower(qwen2_vl):
 
 
 def test_gme_items_equal_the_published_recipe(qwen2_vl):
-    from jaxembed.engine.embedder import Embedder
-    from jaxembed.engine.jobs import EmbedItem
+    from jaxembed.api import Embedder
+    from jaxembed.engine.request.jobs import EmbedItem
 
     model, path = qwen2_vl
     texts = ["a dog catching a frisbee", None, "two cats on a red sofa", "a city at night"]
@@ -130,8 +130,8 @@ def test_gme_items_equal_the_published_recipe(qwen2_vl):
 
 
 def test_gme_bfloat16_and_instruction(qwen2_vl):
-    from jaxembed.engine.embedder import Embedder
-    from jaxembed.engine.jobs import EmbedItem
+    from jaxembed.api import Embedder
+    from jaxembed.engine.request.jobs import EmbedItem
 
     model, path = qwen2_vl
     items = [EmbedItem(text="a red bicycle"), EmbedItem(image=_image(120, 80, 3), text="bike")]
@@ -146,8 +146,8 @@ def test_gme_bfloat16_and_instruction(qwen2_vl):
 
 
 def test_gme_conversion_gives_identical_vectors(qwen2_vl, tmp_path):
-    from jaxembed.engine.embedder import Embedder
-    from jaxembed.engine.jobs import EmbedItem
+    from jaxembed.api import Embedder
+    from jaxembed.engine.request.jobs import EmbedItem
     from jaxembed.weights.convert import convert
 
     _, path = qwen2_vl

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from jaxembed.api import Embedder, Reranker
 from jaxembed.card import QWEN3_RERANKER_TEMPLATE as TEMPLATE
-from jaxembed.engine.embedder import Embedder
-from jaxembed.engine.reranker import Reranker
 from jaxembed.errors import InvalidInputError
 from jaxembed.weights.convert import convert
 from jaxembed.weights.loader import load_model

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from jaxembed.engine.scheduler import ThroughputEstimate, take_step
+from jaxembed.engine.batching.scheduler import ThroughputEstimate, take_step
 
 ROW = np.ones(64, np.int32)  # every row costs 64 tokens
 BUDGET = 640  # ten rows per step
@@ -23,7 +23,8 @@ class Job:
     next_row: int = 0
 
     def __post_init__(self):
-        self.token_lists = [ROW] * self.rows
+        self.sizes = np.full(self.rows, len(ROW), np.int64)
+        self.costs = self.sizes
 
     @property
     def left(self) -> int:
@@ -32,8 +33,8 @@ class Job:
 
 def step(jobs, now=0.0, aging=1.0):
     pending = [j for j in jobs if j.left]
-    taken = take_step(pending, now=now, aging_seconds=aging, budget=BUDGET, cost=len, size=len)
-    return [job for job, _ in taken]
+    taken = take_step(pending, now=now, aging_seconds=aging, budget=BUDGET)
+    return [job for job, start, end in taken for _ in range(start, end)]
 
 
 def test_a_query_gets_a_row_in_the_next_step_behind_bulk_work():
@@ -89,7 +90,7 @@ def test_bulk_work_progresses_under_a_stream_of_small_jobs():
 
 def test_a_row_larger_than_the_budget_still_runs_alone():
     huge = Job(2, seq=0)
-    huge.token_lists = [np.ones(4000, np.int32)] * 2
+    huge.sizes = huge.costs = np.full(2, 4000, np.int64)
     small = Job(1, seq=1)
     taken = step([huge, small])
     assert len(taken) == 1

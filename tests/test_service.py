@@ -8,8 +8,12 @@ import time
 import numpy as np
 import pytest
 
-from jaxembed.engine.jobs import EmbedJob, EmbedOptions
-from jaxembed.engine.service import EmbeddingService, QueueLimits, ServiceConfig, ServiceHooks
+from jaxembed.engine.request.jobs import EmbedJob, EmbedOptions
+from jaxembed.engine.request.limits import QueueLimits
+from jaxembed.engine.service.backend import ServiceHooks
+from jaxembed.engine.service.config import ServiceConfig
+from jaxembed.engine.service.embedding import EmbeddingService
+from jaxembed.engine.service.rows import local_service
 from jaxembed.errors import DeadlineError, OverloadedError, RequestTooLargeError
 
 TEXTS = [
@@ -22,7 +26,7 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def service(embedder):
     lookups: list[tuple[int, int]] = []
-    svc = EmbeddingService(
+    svc = local_service(
         embedder,
         ServiceConfig(cache_bytes=2**20, max_request_tokens=64),
         name="minilm",
@@ -54,18 +58,18 @@ def test_limits_are_library_errors(service):
     with pytest.raises(RequestTooLargeError, match="maximum per request is 64"):
         _run(service, EmbedJob(["word " * 100], EmbedOptions(truncate=True)))
     for second in range(8):  # pretend: 8 batches measured at 1,000 tokens/s
-        service.text.throughput.observe(1000, second, second + 1.0)
+        service.backend.text.throughput.observe(1000, second, second + 1.0)
     try:
         late = EmbedOptions(deadline=time.monotonic() + 0.001)
         with pytest.raises(DeadlineError) as caught:
             _run(service, EmbedJob(["a text never seen before " * 8], late))
         assert caught.value.tokens > 0 and caught.value.expected_seconds > 0
     finally:
-        service.text.throughput = type(service.text.throughput)()
+        service.backend.text.throughput = type(service.backend.text.throughput)()
 
 
 def test_a_full_queue_refuses_before_any_work(embedder):
-    svc = EmbeddingService(embedder, ServiceConfig(queue=QueueLimits(max_queued_requests=0)))
+    svc = local_service(embedder, ServiceConfig(queue=QueueLimits(max_queued_requests=0)))
     with pytest.raises(OverloadedError, match="queue is full"):
         svc.check_capacity()
     svc.close(timeout=1)
@@ -78,9 +82,7 @@ def test_operator_ranges_replace_calibration(embedder, tmp_path):
 
     ranges = np.stack([-np.full(384, 0.2), np.full(384, 0.2)]).astype(np.float32)
     (tmp_path / "ranges.json").write_text(json.dumps(ranges.tolist()))
-    svc = EmbeddingService(
-        embedder, ServiceConfig(quantization_ranges=str(tmp_path / "ranges.json"))
-    )
+    svc = local_service(embedder, ServiceConfig(quantization_ranges=str(tmp_path / "ranges.json")))
     svc.start(warmup=False)
     try:
         floats = _run(svc, EmbedJob(TEXTS[:2])).vectors
@@ -91,12 +93,12 @@ def test_operator_ranges_replace_calibration(embedder, tmp_path):
         svc.close(timeout=5)
     (tmp_path / "bad.json").write_text("[[1, 2]]")
     with pytest.raises(ValueError, match="expected ranges of shape"):
-        EmbeddingService(embedder, ServiceConfig(quantization_ranges=str(tmp_path / "bad.json")))
+        local_service(embedder, ServiceConfig(quantization_ranges=str(tmp_path / "bad.json")))
 
 
 def test_calibration_is_computed_once_and_then_read_from_the_cache(embedder, tmp_path, monkeypatch):
     monkeypatch.setenv("JAXEMBED_HOME", str(tmp_path))
-    first = EmbeddingService(embedder)
+    first = local_service(embedder)
     first.start(warmup=False)
     try:
         got = _run(first, EmbedJob(TEXTS[:1], EmbedOptions(precision="uint8"))).vectors
@@ -104,7 +106,7 @@ def test_calibration_is_computed_once_and_then_read_from_the_cache(embedder, tmp
         assert first.calibration.cache_path.is_relative_to(tmp_path / "calibration")
     finally:
         first.close(timeout=5)
-    second = EmbeddingService(embedder)  # a restart: the cached vectors, no recomputation
+    second = local_service(embedder)  # a restart: the cached vectors, no recomputation
     second.start(warmup=False)
     try:
         calls = []

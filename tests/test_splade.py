@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from jaxembed.engine.embedder import Embedder
-from jaxembed.engine.sparse import SparseOptions, to_sparse
+from jaxembed.api import Embedder
+from jaxembed.engine.service.sparse import SparseOptions, to_sparse
 from jaxembed.models.sparse import SPARSE_HEAD_ELEMENTS, chunk_tokens
 from jaxembed.weights.convert import convert
 from tests.helpers import MINILM_DIR, save_tiny_splade

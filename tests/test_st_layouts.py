@@ -11,8 +11,8 @@ import shutil
 import numpy as np
 import pytest
 
+from jaxembed.api import Embedder
 from jaxembed.card import card_from_model_dir
-from jaxembed.engine.embedder import Embedder
 from jaxembed.errors import ModelLoadError
 from tests.helpers import save_tiny_model
 from tests.texts import long_passages

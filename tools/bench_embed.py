@@ -50,7 +50,7 @@ def best_of(fn, repeats: int) -> float:
 
 def measure_warmup(cache_dir: str, model: str | None, token_budget: int | None) -> dict:
     code = (
-        "import json,sys,time;from jaxembed.engine.embedder import Embedder;"
+        "import json,sys,time;from jaxembed.api import Embedder;"
         "t=time.perf_counter();"
         f"e=Embedder.from_pretrained({model!r}, compile_cache_dir={cache_dir!r}, token_budget={token_budget!r});"
         "load=time.perf_counter()-t;w=e.runner.warmup();"
@@ -80,7 +80,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
 
-    from jaxembed.engine.embedder import Embedder
+    from jaxembed.api import Embedder
     from tests.texts import passages
 
     texts = passages(args.passages)

@@ -51,7 +51,7 @@ def tokenizer_alone(model_dir: Path, texts: list[str], repeats: int) -> float:
 
 
 def in_process(model_dir: Path, texts: list[str], repeats: int) -> tuple[float, dict]:
-    from jaxembed.engine.embedder import Embedder
+    from jaxembed.api import Embedder
 
     embedder = Embedder.from_pretrained(model_dir, compile_cache_dir=False)
     try:
@@ -159,7 +159,7 @@ def worktree_at(ref: str, workdir: Path) -> dict[str, str]:
 
 def minilm_ab(args: argparse.Namespace, workdir: Path) -> dict:
     """all-MiniLM-L6-v2 over HTTP: `--ab-ref`'s code, then this tree's, same scenarios."""
-    from jaxembed.engine.embedder import Embedder
+    from jaxembed.api import Embedder
 
     texts = english_passages(1024)
     embedder = Embedder.from_pretrained(compile_cache_dir=False)

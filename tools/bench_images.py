@@ -54,7 +54,7 @@ def main() -> None:
     import transformers
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    from jaxembed.engine.embedder import Embedder
+    from jaxembed.api import Embedder
     from tests.helpers import generated_image
     from tools.bench_embed import cpu_model, write_results
 

@@ -32,7 +32,7 @@ def _adapter(base_dir: Path, out: Path, seed: int) -> None:
 
 
 def main() -> None:
-    from jaxembed.engine.embedder import Embedder
+    from jaxembed.api import Embedder
     from jaxembed.registry import package_model_dir
     from tests.texts import passages
     from tools.bench_embed import best_of

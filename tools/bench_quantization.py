@@ -58,7 +58,7 @@ def main() -> None:
     p.add_argument("--documents", type=int, default=600)
     p.add_argument("--out", default="tools/results/quantization.json")
     args = p.parse_args()
-    from jaxembed.engine.embedder import Embedder
+    from jaxembed.api import Embedder
 
     embedder = Embedder.from_pretrained(args.model)
     documents, queries = labelled_set(args.documents)

@@ -83,7 +83,7 @@ def main() -> None:
     from sentence_transformers import CrossEncoder
 
     import jaxembed
-    from jaxembed.engine.reranker import Reranker
+    from jaxembed.api import Reranker
 
     work = workload(args.queries, args.documents)
     with tempfile.TemporaryDirectory() as tmp:

@@ -53,8 +53,8 @@ def _qwen3(model, path, batch):
 def measure(label: str, save, reference, batches, rounds: int, times: dict) -> float:
     """Rounds alternating between jaxembed and the model's recipe on transformers, after a
     warm-up round, into `times`; returns the smallest cosine between the two."""
-    from jaxembed.engine.embedder import Embedder
-    from jaxembed.engine.jobs import EmbedItem
+    from jaxembed.api import Embedder
+    from jaxembed.engine.request.jobs import EmbedItem
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "tiny"

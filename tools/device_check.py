@@ -11,9 +11,20 @@ downloads), and put the table in docs/benchmarks.md with the card's name:
 (b) speed: tokens/s and MFU against the chip's bfloat16 peak at bge-large-en-v1.5
     shapes (bf16, 128- and 512-token texts, packing on/off) and Qwen3-Embedding-0.6B
     shapes at 1k, 8k and 32k tokens;
-(c) memory: the device's peak bytes after each bucket next to the compiled plan.
+(c) memory: the device's peak bytes after each bucket next to the compiled plan;
+(d) the whole server, each stage its own time-boxed process (tools/device_stages.py): cold
+    start from an empty and a warm compile cache, the host path in process (MiniLM and
+    bge-large shapes with MiniLM's real tokenizer; sentence-transformers on the same GPU
+    when torch has CUDA), and a spawned `jaxembed serve` over HTTP (256 texts per request,
+    64 and 256 concurrent single-text clients, serial singles; every answer checked).
 `--quick` shrinks every shape (a CPU smoke run: what CI executes). Exit status 1 if a
-parity row fails.
+parity row fails. `--json FILE` writes every figure as JSON as well.
+
+On a bare GPU machine with JAX but not the server's packages: pip install sanic pydantic
+orjson pyzmq msgpack swagger-ui-py prometheus-client (as wheels if it has no network) and
+jaxembed itself; torch is not needed (without it the sentence-transformers row is skipped
+and the random-weight models are written by the check's own code path only where torch
+exists — carry torch, or point $JAXEMBED_TOKENIZER_DIR at MiniLM's tokenizer files).
 """
 
 from __future__ import annotations
@@ -21,6 +32,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import json
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -28,9 +43,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxembed.engine.buckets import Bucket, BucketGrid
-from jaxembed.engine.memory import abstract_params_on
-from jaxembed.engine.runner import BucketRunner
+from jaxembed.engine.batching.buckets import Bucket, BucketGrid
+from jaxembed.engine.device.memory import abstract_params_on
+from jaxembed.engine.device.runner import BucketRunner
 from jaxembed.families import get_family
 from jaxembed.models.attention import IMPLEMENTATIONS, AttentionConfig, unavailable_reason
 from jaxembed.parallel.mesh import make_mesh
@@ -239,8 +254,11 @@ def chip_peak_tflops() -> float | None:
     return next((peak for key, peak in BF16_PEAK_TFLOPS if key.lower() in kind.lower()), None)
 
 
-def flops_per_token(config, seq: int) -> float:
-    """2 x non-embedding parameters per token (the matmuls) + attention's QK and PV."""
+def flops_per_token(config, seq: int, causal: bool = False) -> float:
+    """2 x non-embedding parameters per token (the matmuls) + attention's QK and PV over the
+    keys each query sees: all `seq` of them, or on average (seq + 1) / 2 under a causal mask
+    (what a causal kernel computes: counting every score would claim work never done, and
+    MFU past 100%)."""
     hidden = config.hidden_size
     layers = config.num_layers
     heads = config.num_heads
@@ -248,7 +266,8 @@ def flops_per_token(config, seq: int) -> float:
     kv = getattr(config, "num_kv_heads", heads)
     mlp = config.intermediate_size * hidden * (3 if hasattr(config, "num_kv_heads") else 2)
     attn_proj = hidden * head_dim * (2 * heads + 2 * kv)
-    return layers * (2 * (mlp + attn_proj) + 4 * seq * heads * head_dim)
+    keys = (seq + 1) / 2 if causal else seq
+    return layers * (2 * (mlp + attn_proj) + 4 * keys * heads * head_dim)
 
 
 def _timed(run: Callable[[], jax.Array], seconds: float) -> float:
@@ -310,7 +329,9 @@ def throughput_rows(mesh, quick: bool, seconds: float) -> tuple[list[Row], list[
         )
         step = _timed(run, seconds)
         tokens = bucket.batch * bucket.seq
-        tflops = flops_per_token(config, bucket.seq // (4 if packed else 1)) * tokens / step / 1e12
+        causal = hasattr(config, "num_kv_heads")  # the decoders here are causal
+        per_token = flops_per_token(config, bucket.seq // (4 if packed else 1), causal)
+        tflops = per_token * tokens / step / 1e12
         mfu = f", MFU {tflops / peak:.1%}" if peak else ""
         label = f"{bucket.batch}x{bucket.seq}" + (" packed 4/row" if packed else "")
         speed.append(
@@ -340,6 +361,102 @@ def throughput_rows(mesh, quick: bool, seconds: float) -> tuple[list[Row], list[
     return speed, memory
 
 
+# (stage, arguments, time limit in seconds): the full run and the CPU smoke run.
+FULL_STAGES = (
+    ("server", ["--shape", "minilm"], 150),
+    ("cold", ["--shape", "minilm"], 120),
+    ("host", ["--shape", "bge-large"], 120),
+)
+QUICK_GRID = "--seq-lengths 16,32,64 --batch-sizes 1,4,16"
+QUICK_STAGES = (
+    ("host", ["--shape", "host", "--dtype", "float32", "--texts", "600"], 120),
+    (
+        "server",
+        [
+            "--shape",
+            "host",
+            "--dtype",
+            "float32",
+            "--texts",
+            "600",
+            "--api-workers",
+            "1",
+            "--client-processes",
+            "1",
+            f"--serve-args={QUICK_GRID}",
+        ],
+        120,
+    ),
+    ("cold", ["--shape", "host", f"--serve-args={QUICK_GRID}"], 120),
+)
+
+
+def server_rows(workdir: str, quick: bool) -> tuple[list[Row], list[dict]]:
+    """The whole-server stages, each in its own process under its time limit (the server
+    stage checks its answers against the vectors the host stage saved, so host runs first)."""
+    stages = QUICK_STAGES if quick else (("host", ["--shape", "minilm"], 120), *FULL_STAGES)
+    rows, results = [], []
+    for stage, stage_args, limit in stages:
+        argv = [sys.executable, "-m", "tools.device_stages", stage, "--workdir", workdir]
+        started = time.perf_counter()
+        try:
+            run = subprocess.run(
+                [*argv, *stage_args, "--timeout", str(limit)],
+                capture_output=True,
+                text=True,
+                timeout=limit,
+            )
+        except subprocess.TimeoutExpired:
+            rows.append(Row(stage, " ".join(stage_args), "-", "-", "-", f"cut at {limit} s", False))
+            continue
+        lines = [ln for ln in run.stdout.splitlines() if ln.startswith('{"stage"')]
+        if run.returncode or not lines:
+            tail = (run.stderr or run.stdout)[-300:].replace("\n", " ").replace("|", "/")
+            rows.append(Row(stage, " ".join(stage_args), "-", "-", "-", f"failed: {tail}", False))
+            continue
+        result = json.loads(lines[-1])
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        results.append(result)
+        rows.append(_stage_row(result))
+    return rows, results
+
+
+def _stage_row(r: dict) -> Row:
+    dtype = r.get("dtype", "bfloat16")
+    if r["stage"] == "cold":
+        empty, warm = r["empty_cache"], r["warm_cache"]
+        text = (
+            f"ready {empty['ready_s']} s from an empty compile cache "
+            f"({empty.get('programs', '?')} programs, {empty.get('compile_s_per_program', '?')} s "
+            f"of compiling each, side by side), {warm['ready_s']} s warm "
+            f"({warm.get('cache_hits', '?')} from the cache)"
+        )
+        return Row("cold start", "jaxembed serve", "default grid", "auto", dtype, text)
+    if r["stage"] == "host":
+        text = f"{r['texts_per_s']:,} texts/s after a first pass of {r['first_pass_s']} s"
+        if "st_fp32_b256_texts_per_s" in r:
+            text += (
+                f"; sentence-transformers fp32 b256 {r['st_fp32_b256_texts_per_s']:,} texts/s, "
+                f"min cos {r['min_cos_vs_st']:.6f}"
+            )
+        return Row(
+            "host path",
+            f"Embedder.embed, {r['shape']} shape",
+            f"{r['texts']} texts",
+            "auto",
+            dtype,
+            text,
+        )
+    text = (
+        f"256/request {r['batch256_texts_per_s']:,} texts/s; 64 singles "
+        f"{r['singles64']['per_s']:,} req/s p50 {r['singles64']['p50_ms']} ms p99 "
+        f"{r['singles64']['p99_ms']} ms; 256 singles {r['singles256']['per_s']:,} req/s p50 "
+        f"{r['singles256']['p50_ms']} ms p99 {r['singles256']['p99_ms']} ms; serial p50 "
+        f"{r['serial']['p50_ms']} ms (api workers: {r['api_workers']}, ready {r['ready_s']} s)"
+    )
+    return Row("server over HTTP", "jaxembed serve", "every answer checked", "auto", dtype, text)
+
+
 def to_markdown(rows: list[Row]) -> str:
     lines = [
         "| section | model | bucket | attention | dtype | result | ok |",
@@ -358,15 +475,25 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="small shapes (a CPU smoke run)")
     p.add_argument("--seconds", type=float, default=3.0, help="timing per throughput row")
     p.add_argument("--out", default=None, help="also write the table to this file")
+    p.add_argument("--json", default=None, help="also write every figure as JSON to this file")
+    p.add_argument("--skip-server", action="store_true", help="only the kernel sections")
+    p.add_argument("--skip-kernels", action="store_true", help="only the server sections")
+    p.add_argument("--workdir", default=None, help="models and caches of the server stages")
     args = p.parse_args()
+    start = time.perf_counter()
+    rows, stages = [], []
+    if not args.skip_server:  # first, before this process takes the device's memory
+        workdir = args.workdir or tempfile.mkdtemp(prefix="jaxembed-device-check-")
+        rows, stages = server_rows(workdir, args.quick)
+        print(to_markdown(rows), flush=True)
     jax.config.update("jax_default_matmul_precision", "highest")  # f32 parity means f32
     device = jax.devices()[0]
     mesh = make_mesh(devices=[device])
-    start = time.perf_counter()
-    rows = parity_rows(mesh, args.quick)
-    jax.config.update("jax_default_matmul_precision", None)  # speed rows: the default
-    speed, memory = throughput_rows(mesh, args.quick, 0.2 if args.quick else args.seconds)
-    rows += speed + memory
+    if not args.skip_kernels:
+        rows += parity_rows(mesh, args.quick)
+        jax.config.update("jax_default_matmul_precision", None)  # speed rows: the default
+        speed, memory = throughput_rows(mesh, args.quick, 0.2 if args.quick else args.seconds)
+        rows += speed + memory
     header = (
         f"device: {device.device_kind} ({jax.default_backend()}, {jax.device_count()} device(s)), "
         f"jax {jax.__version__}, implementations available: {', '.join(_available())}, "
@@ -377,6 +504,13 @@ def main() -> int:
     if args.out:
         with open(args.out, "w") as f:
             f.write(table + "\n")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {"header": header, "rows": [dataclasses.asdict(r) for r in rows], "stages": stages},
+                f,
+                indent=1,
+            )
     return 0 if all(r.ok for r in rows) else 1
 
 

@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
-    from jaxembed.engine.embedder import Embedder
+    from jaxembed.api import Embedder
     from tests.texts import passages
 
     texts = passages(args.passages)

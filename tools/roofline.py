@@ -53,7 +53,7 @@ def flops_per_token(embedder, mean_seq: float) -> float:
 def measure(
     dtype: str, texts: list[str], repeats: int = 2, packing: bool = True
 ) -> tuple[dict, np.ndarray]:
-    from jaxembed.engine.embedder import Embedder
+    from jaxembed.api import Embedder
 
     embedder = Embedder.from_pretrained(None, dtype=dtype, packing=packing)
     tokens = embedder.tokenize(texts, truncate=True)

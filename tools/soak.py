@@ -30,7 +30,7 @@ from collections.abc import Callable
 import httpx
 import numpy as np
 
-from jaxembed.pooling import truncate_dimensions
+from jaxembed.vectors import truncate_dimensions
 from tools.prom import metric_sum
 
 BAD_KINDS = (
@@ -298,7 +298,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the JSON report here")
     args = parser.parse_args()
 
-    from jaxembed.engine.embedder import Embedder
+    from jaxembed.api import Embedder
     from tests.helpers import ServerProcess
 
     embedder = Embedder.from_pretrained(args.model)

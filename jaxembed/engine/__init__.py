@@ -1,1 +1,3 @@
-"""The serving core without HTTP: tokenisation, bucketing, compiled per-bucket runners, `Embedder`."""
+"""The serving core without HTTP, in hot-path order — each sub-package imports only those
+before it: request → inputs → batching → device → workloads → model → service (the
+synchronous facades, `Embedder` and `Reranker`, are jaxembed/api.py on top)."""

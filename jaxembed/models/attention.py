@@ -29,6 +29,10 @@ Implementations (`IMPLEMENTATIONS`):
 - `splash`: Pallas splash attention on TPU, with segment ids and causal/local
   masks, vmapped over batch and KV heads and `shard_map`-ped over the mesh when
   one is active. Per-layer (traced) windows run `blocked`.
+- `pallas`: the Pallas GPU (Triton) FlashAttention kernel with segment ids
+  (`jax.experimental.pallas.ops.gpu.attention.mha`): packed rows fused on NVIDIA
+  GPUs, which cuDNN's padded layout cannot express; causal, no windows (those run
+  `blocked`); `shard_map`-ped over the mesh like splash.
 - `auto`: chosen per backend, length, dtype and mask form by `choose_implementation`
   (the table in docs/attention.md, derived from measurements).
 
@@ -53,7 +57,7 @@ from jax.sharding import PartitionSpec
 
 from jaxembed.parallel.sharding import active_mesh, mesh_spec
 
-IMPLEMENTATIONS = ("xla", "blocked", "cudnn", "splash")
+IMPLEMENTATIONS = ("xla", "blocked", "cudnn", "splash", "pallas")
 CHOICES = ("auto", *IMPLEMENTATIONS)
 # The process-wide default where no `--attention` is given (e.g. to run a test suite or a
 # deployment on one implementation without changing every command line).
@@ -66,6 +70,7 @@ CPU_BLOCKED_FROM = 1024
 # `auto` on a GPU without a cuDNN-expressible mask, and on a TPU below splash's blocks.
 ACCELERATOR_BLOCKED_FROM = 1024
 SPLASH_MIN_LENGTH = 128  # splash tiles are multiples of 128 lanes
+PALLAS_GPU_BLOCK = 64  # rows are padded to a multiple (Triton tiles are powers of two)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,11 +127,28 @@ def unavailable_reason(impl: str, platform: str | None = None) -> str | None:
         return f"attention 'cudnn' needs an NVIDIA GPU (this backend is {platform})"
     if impl == "splash" and platform != "tpu":
         return f"attention 'splash' needs a TPU (this backend is {platform})"
+    if impl == "pallas" and platform != "gpu":
+        return f"attention 'pallas' needs an NVIDIA GPU (this backend is {platform})"
     return None
 
 
 def cudnn_supports(dtype: jnp.dtype, head_dim: int) -> bool:
     return jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
+
+
+def pallas_gpu_supports(
+    dtype: jnp.dtype, head_dim: int, mask: AttentionMask, interpret: bool = False
+) -> bool:
+    """The Triton kernel's reach: 16-bit inputs (its dots), head dims of 16-256 that are a
+    multiple of 16, and masks of segments and causality only (no window). Interpreted (the
+    CPU tests of its argument mapping), any dtype and head dim."""
+    if mask.window is not None:
+        return False
+    return interpret or (
+        jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+        and 16 <= head_dim <= 256
+        and head_dim % 16 == 0
+    )
 
 
 def choose_implementation(
@@ -150,6 +172,8 @@ def choose_implementation(
         cudnn_can = cudnn_supports(dtype, head_dim) and not mask.packed and mask.static_window
         if platform == "gpu" and cudnn_can:
             return "cudnn"
+        if platform == "gpu" and mask.packed and pallas_gpu_supports(dtype, head_dim, mask):
+            return "pallas"
         if platform == "tpu" and length >= SPLASH_MIN_LENGTH and mask.static_window:
             return "splash"
         threshold = CPU_BLOCKED_FROM if platform == "cpu" else ACCELERATOR_BLOCKED_FROM
@@ -159,6 +183,8 @@ def choose_implementation(
     ):
         return "blocked"
     if impl == "splash" and not mask.static_window:
+        return "blocked"
+    if impl == "pallas" and not pallas_gpu_supports(dtype, head_dim, mask, config.interpret):
         return "blocked"
     return impl
 
@@ -202,6 +228,8 @@ def attention(
         return blocked_attention(q_blhd, k_blkd, v_blkd, mask, config.block_q, config.block_k)
     if impl == "cudnn":
         return cudnn_attention(q_blhd, k_blkd, v_blkd, mask)
+    if impl == "pallas":
+        return pallas_gpu_attention(q_blhd, k_blkd, v_blkd, mask, config.interpret)
     return splash_attention(q_blhd, k_blkd, v_blkd, mask, config)
 
 
@@ -395,6 +423,63 @@ def cudnn_attention(
         return out
     real = jnp.arange(q_blhd.shape[1])[None, :] < lengths[:, None]
     return jnp.where(real[:, :, None, None], out, 0).astype(q_blhd.dtype)
+
+
+# -- Pallas GPU (Triton) ----------------------------------------------------------------------
+
+
+def _pallas_gpu_local(q_blhd, k_blkd, v_blkd, segments_bl, *, causal: bool, interpret: bool):
+    from jax.experimental.pallas.ops.gpu.attention import BlockSizes, mha
+
+    length, heads, d = q_blhd.shape[1:]
+    groups = heads // k_blkd.shape[2]
+    if groups > 1:  # grouped-query attention: each kv head serves `groups` query heads
+        k_blkd = jnp.repeat(k_blkd, groups, axis=2)
+        v_blkd = jnp.repeat(v_blkd, groups, axis=2)
+    padded = -(-length // PALLAS_GPU_BLOCK) * PALLAS_GPU_BLOCK
+    q, k, v = (_pad_to(x, padded) for x in (q_blhd, k_blkd, v_blkd))
+    segments = _pad_to(segments_bl.astype(jnp.int32), padded)  # padding: segment 0
+    block = min(128, padded) if padded % 128 == 0 else PALLAS_GPU_BLOCK
+    sizes = BlockSizes(block, block, 32, 32, 32, 32)
+    out = mha(
+        q,
+        k,
+        v,
+        segments,
+        sm_scale=1.0 / math.sqrt(d),
+        causal=causal,
+        block_sizes=sizes,
+        interpret=interpret,
+    )
+    # Padding queries (segment 0) attended to padding only: zero them, as the others do.
+    real = (segments > 0)[:, :length, None, None]
+    return jnp.where(real, out[:, :length], 0).astype(q_blhd.dtype)
+
+
+def pallas_gpu_attention(
+    q_blhd, k_blkd, v_blkd, mask: AttentionMask, interpret: bool = False
+) -> jax.Array:
+    """Packed (or padded) rows through the Pallas GPU FlashAttention kernel; under an active
+    mesh, rows over `data` (kv heads stay whole: each shard repeats its own)."""
+    if mask.window is not None:
+        raise ValueError("the Pallas GPU kernel takes no sliding window")
+    segments = mask.segments
+    if segments is None:
+        segments = jnp.ones(q_blhd.shape[:2], jnp.int32)
+    run = functools.partial(_pallas_gpu_local, causal=mask.causal, interpret=interpret)
+    active = active_mesh()
+    if active is None:
+        return run(q_blhd, k_blkd, v_blkd, segments)
+    mesh, rules = active
+    rows = mesh_spec(("batch", "length", "heads", "head_dim"), q_blhd.shape, mesh, rules)[0]
+    spec = PartitionSpec(rows, None, None, None)
+    return jax.shard_map(
+        run,
+        mesh=mesh,
+        in_specs=(spec, spec, spec, PartitionSpec(rows, None)),
+        out_specs=spec,
+        check_vma=False,
+    )(q_blhd, k_blkd, v_blkd, segments)
 
 
 # -- splash (TPU Pallas) ----------------------------------------------------------------------

@@ -29,13 +29,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxembed.errors import UnsupportedArchitectureError
+from jaxembed.model_types import CLIP_FAMILIES
 from jaxembed.models.attention import AttentionConfig, AttentionMask
 from jaxembed.models.encoder import ACTIVATIONS, SelfAttention
 from jaxembed.models.partitioning import KERNEL_INIT, ZEROS, layer_norm, scan_layers, with_axes
 from jaxembed.models.partitioning import dense as partitioned_dense
 from jaxembed.parallel.sharding import constrain
-
-CLIP_FAMILIES = frozenset({"clip", "siglip"})
 
 # CLIP's own activation: x * sigmoid(1.702 x).
 _CLIP_ACTIVATIONS = {**ACTIVATIONS, "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x)}

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxembed.errors import UnsupportedArchitectureError
+from jaxembed.model_types import DECODER_FAMILIES
 from jaxembed.models.attention import AttentionConfig, AttentionMask, attention
 from jaxembed.models.encoder import ACTIVATIONS
 from jaxembed.models.lora_delta import add_delta
@@ -31,7 +32,6 @@ from jaxembed.models.partitioning import embedding, scan_layers
 from jaxembed.models.partitioning import with_axes as _axes
 from jaxembed.parallel.sharding import constrain
 
-DECODER_FAMILIES = frozenset({"mistral", "qwen2", "qwen3"})
 NO_WINDOW = 2**30  # "window" of a full-attention layer
 
 

@@ -18,7 +18,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxembed.errors import UnsupportedArchitectureError
 from jaxembed.models.attention import AttentionConfig, AttentionMask, attention
@@ -132,21 +131,6 @@ class EncoderConfig:
             raise UnsupportedArchitectureError(f"config.json lacks {e.args[0]!r}") from None
 
 
-def fold_token_types(ids: np.ndarray, types: np.ndarray, config: EncoderConfig) -> np.ndarray:
-    """Token ids that also carry their token type: `id + type × vocab_size`.
-
-    A pair `[CLS] q [SEP] d [SEP]` gives its second segment type 1; folding the type
-    into the id keeps a row one integer array, so pairs travel through the same
-    bucketing, packing, caching and compiled programs as single texts, and
-    `_Embeddings` unfolds them on the device. Plain texts (type 0) are unchanged.
-    """
-    if config.type_vocab_size < 2:
-        return np.asarray(ids, dtype=np.int32)  # one type: nothing to carry
-    return (np.asarray(ids, np.int64) + np.asarray(types, np.int64) * config.vocab_size).astype(
-        np.int32
-    )
-
-
 class _Embeddings(nn.Module):
     config: EncoderConfig
     dtype: jnp.dtype
@@ -156,7 +140,9 @@ class _Embeddings(nn.Module):
     def __call__(self, input_ids: jax.Array, segments: jax.Array | None = None) -> jax.Array:
         """[B, L] ids → [B, L, D]; `segments` (packed rows): positions restart per sequence."""
         cfg = self.config
-        if cfg.type_vocab_size > 1:  # see fold_token_types
+        if (
+            cfg.type_vocab_size > 1
+        ):  # pairs fold their token types into the ids (engine/inputs/pairs.py)
             token_types, input_ids = jnp.divmod(input_ids, cfg.vocab_size)
         else:
             token_types = jnp.zeros_like(input_ids)

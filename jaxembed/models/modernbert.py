@@ -55,7 +55,7 @@ class ModernBertConfig:
     local_theta: float
     pad_token_id: int
     max_position_embeddings: int
-    type_vocab_size: int = 0  # no token types (pairs are not folded: see fold_token_types)
+    type_vocab_size: int = 0  # no token types (pairs are not folded: engine/inputs/pairs.py)
 
     @property
     def head_dim(self) -> int:

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxembed.errors import UnsupportedArchitectureError
+from jaxembed.model_types import canonical_model_type
 from jaxembed.models.attention import AttentionConfig, AttentionMask, attention
 from jaxembed.models.decoder import apply_rope, rope_cos_sin
 from jaxembed.models.encoder import ACTIVATIONS
@@ -129,15 +130,6 @@ _PEFT_SITES = {
     "gate": ("gate",),
     "down": ("down",),
 }
-
-
-def canonical_model_type(hf: Mapping[str, Any]) -> str:
-    """The family a config belongs to: its `model_type`, except jina's original
-    jina-embeddings-v3 config, which says `xlm-roberta` but has rotary positions."""
-    model_type = str(hf.get("model_type"))
-    if model_type == "xlm-roberta" and hf.get("position_embedding_type") == "rotary":
-        return "jina_embeddings_v3"
-    return model_type
 
 
 def jina_v3_config(hf: Mapping[str, Any]) -> NomicBertConfig:

@@ -24,11 +24,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxembed.errors import UnsupportedArchitectureError
+from jaxembed.model_types import QWEN_VL_FAMILIES
 from jaxembed.models.attention import AttentionConfig
 from jaxembed.models.decoder import Decoder, DecoderConfig
 from jaxembed.models.qwen2_vl_vision import QwenVisionConfig, QwenVisionTower
-
-QWEN_VL_FAMILIES = frozenset({"qwen2_vl", "qwen3_vl"})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from jaxembed.engine.embedder import Embedder
+from jaxembed.api import Embedder
 from tests.helpers import ServerProcess, save_tiny_model
 from tools.soak import build_reference, run_soak, server_stats, text_pool
 

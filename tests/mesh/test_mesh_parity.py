@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxembed.engine.embedder import Embedder
+from jaxembed.api import Embedder
 from jaxembed.parallel.mesh import MeshShape, make_mesh
 from jaxembed.weights.convert import convert
 from tests.helpers import save_tiny_decoder, save_tiny_model
@@ -232,7 +232,7 @@ def test_dual_encoder_attention_implementations_on_a_mesh(dual_encoder):
 @pytest.mark.parametrize("mesh_shape", [(2, 4)])  # data and model axes both split
 def test_reranker_on_a_mesh_scores_as_on_one_device(tmp_path_factory, mesh_shape):
     """A cross-encoder's backbone and head split over the mesh score as on one device."""
-    from jaxembed.engine.reranker import Reranker
+    from jaxembed.api import Reranker
     from tests.helpers import save_tiny_cross_encoder
 
     path = tmp_path_factory.mktemp("tiny-cross-encoder")
@@ -290,8 +290,8 @@ def test_qwen3_vl_on_a_mesh_matches_one_device(tmp_path_factory, mesh_shape):
     items (text, image, video frames) equal to one device's."""
     from PIL import Image
 
-    from jaxembed.engine.jobs import EmbedItem
-    from jaxembed.engine.qwen_vl import VideoClip
+    from jaxembed.engine.request.jobs import EmbedItem
+    from jaxembed.engine.workloads.qwen_vl import VideoClip
     from tests.helpers import save_tiny_qwen3_vl
 
     path = tmp_path_factory.mktemp("tiny-qwen3-vl")

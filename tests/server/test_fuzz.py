@@ -23,12 +23,14 @@ json_values = st.recursive(
     ),
     max_leaves=20,
 )
+# Ids in and around the vocabulary, and far past any machine width (2^63 and beyond).
+token_ids = st.integers(min_value=-5, max_value=40000) | st.integers(-(2**70), 2**70)
 inputs = st.one_of(
     json_values,
     st.text(max_size=200),
     st.lists(st.text(max_size=60), max_size=8),
-    st.lists(st.integers(min_value=-5, max_value=40000), max_size=20),
-    st.lists(st.lists(st.integers(min_value=-5, max_value=40000), max_size=10), max_size=4),
+    st.lists(token_ids, max_size=20),
+    st.lists(st.lists(token_ids, max_size=10), max_size=4),
     st.lists(
         st.fixed_dictionaries({}, optional={"text": scalars, "image": scalars, "video": scalars}),
         max_size=3,
@@ -87,3 +89,15 @@ def test_structured_requests_never_5xx(http, body):
 )
 def test_arbitrary_bodies_never_5xx(http, raw):
     _check(http.post("/v1/embeddings", content=raw, headers={"content-type": "application/json"}))
+
+
+EXTREME_IDS = [2**63, 2**64, -(2**63) - 1, 2**70, -1, 30522]
+
+
+@pytest.mark.parametrize("bad", EXTREME_IDS)
+def test_token_ids_past_any_width_are_the_400_of_any_unknown_id(http, bad):
+    for path in ("/v1/embeddings", "/embeddings"):
+        r = http.post(path, json={"model": MODEL, "input": [[101, bad, 102]]})
+        assert r.status_code == 400 and "outside the vocabulary" in r.json()["error"]["message"]
+    r = http.post("/detokenize", json={"model": MODEL, "tokens": [bad]})
+    assert r.status_code == 400 and "outside the vocabulary" in r.json()["error"]["message"]

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from jaxembed.engine.embedder import Embedder
+from jaxembed.api import Embedder
 from tests.helpers import MINILM_DIR, ServerProcess
 
 BASE = "minilm"  # --served-model-name: clients send model="minilm:my-adapter"

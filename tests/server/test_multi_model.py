@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from openai import OpenAI
 
-from jaxembed.engine.embedder import Embedder
+from jaxembed.api import Embedder
 from tests.helpers import (
     ServerProcess,
     generated_image,

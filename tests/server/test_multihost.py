@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
-from jaxembed.engine.embedder import Embedder
+from jaxembed.api import Embedder
 from tests.helpers import ServerProcess, free_port, save_tiny_model
 from tests.texts import varied_texts
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from openai import OpenAI
 
-from jaxembed.engine.embedder import Embedder
-from jaxembed.pooling import fuse_modalities
+from jaxembed.api import Embedder
+from jaxembed.vectors import fuse_modalities
 from tests.helpers import (
     MediaHTTPServer,
     ServerProcess,
@@ -305,7 +305,7 @@ def test_repeated_images_come_from_the_cache(open_server):
 def test_server_and_python_api_agree_bit_for_bit(open_server, http_media, reference):
     """Text, an image, a video and a fused item: the server and `Embedder` share one
     pipeline (decoding, batching, frame means, fusion), so the bits are the same."""
-    from jaxembed.engine.jobs import EmbedItem
+    from jaxembed.engine.request.jobs import EmbedItem
 
     image = image_bytes(generated_image((37, 29), seed=11))
     video = http_media.files["clip.mp4"]

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from jaxembed.engine.embedder import Embedder
+from jaxembed.api import Embedder
 from tests.helpers import ServerProcess, save_tiny_decoder
 
 FOUR_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jaxembed.engine.jobs import ScoreOptions
-from jaxembed.engine.reranker import Reranker
+from jaxembed.api import Reranker
+from jaxembed.engine.request.jobs import ScoreOptions
 from tests.helpers import ServerProcess, save_tiny_cross_encoder
 from tests.texts import passages
 

@@ -8,7 +8,7 @@ import numpy as np
 import openai
 import pytest
 
-from jaxembed.engine.embedder import Embedder
+from jaxembed.api import Embedder
 from tests.helpers import ServerProcess, save_tiny_splade
 
 TEXTS = ["sparse retrieval with learned term weights", "the cat sat on the mat", "tpu pods"]

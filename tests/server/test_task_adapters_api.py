@@ -11,7 +11,7 @@ import numpy as np
 import openai
 import pytest
 
-from jaxembed.engine.embedder import Embedder
+from jaxembed.api import Embedder
 from tests.helpers import JINA_TASKS, ServerProcess, save_tiny_jina_v3
 
 TEXTS = ["how do rotary positions work", "a tutorial on TPU pods", "cats sleep most of the day"]

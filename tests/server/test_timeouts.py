@@ -50,7 +50,7 @@ def test_timeout_then_admission(timeout_server):
 
 
 def test_time_limits_are_set_from_the_options():
-    from jaxembed.engine.embedder import Embedder
+    from jaxembed.api import Embedder
     from jaxembed_server.app import RESPONSE_MARGIN_SECONDS, create_app
     from jaxembed_server.config import ServerConfig
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from openai import OpenAI
 
-from jaxembed.engine.embedder import Embedder
-from jaxembed.engine.jobs import EmbedItem
+from jaxembed.api import Embedder
+from jaxembed.engine.request.jobs import EmbedItem
 from tests.helpers import (
     MediaHTTPServer,
     ServerProcess,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from jaxembed.engine.embedder import Embedder
+from jaxembed.api import Embedder
 from jaxembed.registry import resolve_model
 from tests.helpers import ServerProcess, save_tiny_decoder
 

@@ -1,0 +1,120 @@
+"""The runner of a model spread over several processes (`--multihost global`).
+
+The leader's `BroadcastingRunner` sends every batch — padded or packed — to the
+followers before dispatching it locally, so every process launches the same
+compiled program on the same arrays in the same order; each follower runs
+`follow_leader`, which maps the channel's messages back onto its own local
+runner. The transport (sockets, heartbeats) is jaxembed/parallel/multihost.py.
+
+Still refused on a group: LoRA adapters (adapter stacks would have to be
+broadcast and loaded in step on every host) and image models (their own batcher).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from jaxembed.engine.batching.buckets import Bucket, BucketGrid
+from jaxembed.engine.device.memory import BucketMemory
+from jaxembed.engine.device.runner import BucketRunner, Runner
+from jaxembed.lora import AdapterError, LoraBank
+from jaxembed.parallel import multihost
+
+
+class BroadcastingRunner:
+    """The leader's runner: each batch goes to the followers, then to the local devices.
+
+    A lock makes (broadcast, dispatch) atomic, so the batcher's dispatcher and its
+    retry path can never enqueue programs in different orders on different hosts.
+    """
+
+    def __init__(self, runner: BucketRunner, channel: multihost.LeaderChannel):
+        self._runner = runner
+        self._channel = channel
+        self._lock = threading.Lock()
+        self.mesh = runner.mesh
+
+    # The grid and packing are the local runner's (a memory fit or set_packing changes them).
+    @property
+    def grid(self) -> BucketGrid:
+        return self._runner.grid
+
+    @grid.setter
+    def grid(self, grid: BucketGrid) -> None:
+        self._runner.grid = grid
+
+    @property
+    def packed(self) -> bool:
+        return self._runner.packed
+
+    @packed.setter
+    def packed(self, on: bool) -> None:
+        self._runner.packed = on
+
+    @property
+    def lora_bank(self) -> LoraBank | None:
+        return None
+
+    @lora_bank.setter
+    def lora_bank(self, bank: LoraBank | None) -> None:
+        if bank is not None:
+            raise AdapterError("LoRA adapters are not supported on a --multihost global group")
+
+    @property
+    def compile_seconds(self) -> float:
+        return self._runner.compile_seconds
+
+    @property
+    def lazy_compiles(self) -> int:
+        return self._runner.lazy_compiles
+
+    @property
+    def attention_used(self) -> dict[int, str]:
+        return self._runner.attention_used
+
+    def warmup(
+        self,
+        progress: Callable[[int, int, Bucket], None] | None = None,
+        max_len: int | None = None,
+        background: bool = False,
+    ) -> float:
+        """All of the grid before ready: every process must run the same programs, so no
+        batch may run in a stand-in bucket that only the leader has compiled."""
+        return self._runner.warmup(progress, max_len)
+
+    def memory(self, bucket: Bucket) -> BucketMemory:
+        return self._runner.memory(bucket)
+
+    def unhealthy_reason(self) -> str | None:
+        return self._channel.unhealthy_reason()
+
+    def run(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        adapter_ids: np.ndarray | None = None,
+    ) -> jax.Array:
+        if adapter_ids is not None and adapter_ids.any():
+            raise AdapterError("LoRA adapters are not supported on a --multihost global group")
+        with self._lock:
+            self._channel.broadcast(input_ids, attention_mask)
+            return self._runner.run(input_ids, attention_mask)
+
+    def run_packed(self, input_ids: np.ndarray, segments: np.ndarray) -> jax.Array:
+        with self._lock:
+            self._channel.broadcast(input_ids, segments, packed=True)
+            return self._runner.run_packed(input_ids, segments)
+
+
+def follow_leader(runner: Runner, sock: socket.socket) -> int:
+    """A follower: run the leader's batches on the local runner until it stops (0) or vanishes (1)."""
+
+    def execute(ids: np.ndarray, second: np.ndarray, packed: bool) -> jax.Array:
+        return runner.run_packed(ids, second) if packed else runner.run(ids, second)
+
+    return multihost.follow(execute, sock)

@@ -1,0 +1,256 @@
+"""Text → token ids with the model's own fast tokenizer, and validation of raw token ids.
+
+Padding and truncation that a `tokenizer.json` may enable are switched off:
+padding is the bucketer's job, and an over-long input is an error unless the
+caller asked for truncation, in which case the tokenizer truncates the text
+part and keeps the special tokens, as sentence-transformers does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from jaxembed.engine.inputs.chunking import split_ids
+from jaxembed.errors import InputTooLongError, InvalidInputError
+
+TRUNCATION_DIRECTIONS = ("right", "left")
+
+
+class TextTokenizer:
+    """`eos_id`: append this token to every text whose encoding does not already end with it
+    (last-token pooled decoders are trained with it); truncation keeps a slot for it."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        max_length: int,
+        eos_id: int | None = None,
+        *,
+        pad_to_max_length: bool = False,
+        pad_id: int = 0,
+    ):
+        path = Path(model_dir) / "tokenizer.json"
+        self._tokenizer = self._load(path)
+        self._path = path
+        self._truncating: dict[tuple[str, int], Tokenizer] = {}
+        self.max_length = max_length
+        self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
+        self.eos_id = eos_id
+        self.pad_to_max_length = pad_to_max_length
+        self.pad_id = pad_id
+        # Reserve room for an EOS we add ourselves (not for one the post-processor adds).
+        self._eos_slot = int(
+            eos_id is not None and self._tokenizer.encode("a").ids[-1:] != [eos_id]
+        )
+
+    @staticmethod
+    def _load(path: Path) -> Tokenizer:
+        tokenizer = Tokenizer.from_file(str(path))
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        return tokenizer
+
+    def _truncating_tokenizer(self, direction: str, limit: int) -> Tokenizer:
+        key = (direction, limit)
+        if key not in self._truncating:
+            tokenizer = self._load(self._path)
+            tokenizer.enable_truncation(limit - self._eos_slot, direction=direction)
+            self._truncating[key] = tokenizer
+        return self._truncating[key]
+
+    @property
+    def backend(self) -> Tokenizer:
+        """The fast tokenizer itself (padding and truncation off), for pair encodings."""
+        return self._tokenizer
+
+    def limit(self, max_tokens: int | None) -> int:
+        """Most tokens of one input: the model's maximum, or a caller's smaller bound."""
+        return self.max_length if max_tokens is None else min(max_tokens, self.max_length)
+
+    def check_texts(self, texts: Sequence[str], direction: str = "right") -> None:
+        """Refuse what cannot be tokenised, naming the input: not a string, empty, or a
+        truncation direction that does not exist."""
+        if direction not in TRUNCATION_DIRECTIONS:
+            raise InvalidInputError(
+                f"truncation_direction must be one of {TRUNCATION_DIRECTIONS}",
+                param="truncation_direction",
+            )
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InvalidInputError(f"input[{i}] is not a string", index=i)
+            if not text.strip():
+                raise InvalidInputError(f"input[{i}] is empty or only whitespace", index=i)
+
+    def raw_ids(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[np.ndarray]:
+        """Full token ids (special tokens, EOS) of checked texts, nothing truncated: one
+        `encode_batch`, which runs in Rust threads without the GIL."""
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        return [self._with_eos(e.ids) for e in encodings]
+
+    def _encode_checked(
+        self, texts: Sequence[str], direction: str, add_special_tokens: bool = True
+    ) -> list[np.ndarray]:
+        self.check_texts(texts, direction)
+        return self.raw_ids(texts, add_special_tokens)
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        truncate: bool = False,
+        direction: str = "right",
+        max_tokens: int | None = None,
+        add_special_tokens: bool = True,
+    ) -> list[np.ndarray]:
+        """Token ids (special tokens included unless `add_special_tokens=False`) per text, as
+        int32 arrays; at most `max_tokens` (default: the model's maximum) per text, cut on
+        `direction`'s side with the special tokens kept when `truncate`, else refused."""
+        ids = self._encode_checked(texts, direction, add_special_tokens)
+        return self.finish(
+            texts,
+            ids,
+            truncate=truncate,
+            direction=direction,
+            max_tokens=max_tokens,
+            add_special_tokens=add_special_tokens,
+        )
+
+    def finish(
+        self,
+        texts: Sequence[str],
+        ids: list[np.ndarray],
+        *,
+        truncate: bool = False,
+        direction: str = "right",
+        max_tokens: int | None = None,
+        add_special_tokens: bool = True,
+    ) -> list[np.ndarray]:
+        """`raw_ids` of `texts` within the limit: over-long ones refused, or re-encoded cut
+        (special tokens kept) when `truncate`; padded where the model pads."""
+        limit = self.limit(max_tokens)
+        lengths = np.fromiter(map(len, ids), np.int64, len(ids))
+        too_long = np.flatnonzero(lengths > limit).tolist()
+        if too_long and not truncate:
+            i = too_long[0]
+            raise InputTooLongError(i, len(ids[i]), limit)
+        if too_long:
+            redone = self._truncating_tokenizer(direction, limit).encode_batch(
+                [texts[i] for i in too_long], add_special_tokens=add_special_tokens
+            )
+            ids = list(ids)
+            for i, enc in zip(too_long, redone, strict=True):
+                ids[i] = self._with_eos(enc.ids)
+        if self.pad_to_max_length:
+            return [self._padded(x) for x in ids]
+        return ids
+
+    def _special_frame(self) -> tuple[list[int], list[int]]:
+        """The special tokens the tokenizer puts before and after a text's own tokens."""
+        framed = self._tokenizer.encode("a").ids
+        bare = self._tokenizer.encode("a", add_special_tokens=False).ids
+        for start in range(len(framed) - len(bare) + 1):
+            if framed[start : start + len(bare)] == bare:
+                return framed[:start], framed[start + len(bare) :]
+        return [], []
+
+    def encode_windows(self, texts: Sequence[str], *, max_tokens: int) -> list[list[np.ndarray]]:
+        """Per text: its ids as one input if they fit, else windows of the model's length,
+        each framed by the special tokens (and EOS) as a normal input would be.
+
+        `max_tokens` bounds a text's full token count (a 400 beyond it).
+        """
+        ids = self._encode_checked(texts, "right")
+        long = [i for i, x in enumerate(ids) if len(x) > self.max_length]
+        for i in long:
+            if len(ids[i]) > max_tokens:
+                raise InputTooLongError(i, len(ids[i]), max_tokens, chunked=True)
+        out = [[self._padded(x)] for x in ids]
+        if not long:
+            return out
+        prefix, suffix = self._special_frame()
+        width = self.max_length - len(prefix) - len(suffix) - self._eos_slot
+        content = self._tokenizer.encode_batch([texts[i] for i in long], add_special_tokens=False)
+        for i, encoding in zip(long, content, strict=True):
+            body = np.asarray(encoding.ids, dtype=np.int32)
+            out[i] = [
+                self._padded(self._with_eos([*prefix, *chunk.tolist(), *suffix]))
+                for chunk in split_ids(body, width)
+            ]
+        return out
+
+    def check_id_windows(
+        self, token_lists: Sequence[Sequence[int]], *, max_tokens: int
+    ) -> list[list[np.ndarray]]:
+        """Token-id inputs (used as given) cut into slices of the model's length."""
+        self.check_ids(token_lists, truncate=True)  # validates every id before truncating
+        out = []
+        for i, tokens in enumerate(token_lists):
+            if len(tokens) > max_tokens:
+                raise InputTooLongError(i, len(tokens), max_tokens, chunked=True)
+            ids = np.asarray(tokens, dtype=np.int32)
+            out.append([self._padded(w) for w in split_ids(ids, self.max_length)])
+        return out
+
+    def _padded(self, ids: np.ndarray) -> np.ndarray:
+        """Models trained on fixed-length texts (SigLIP) see pads as ordinary positions."""
+        if not self.pad_to_max_length or len(ids) >= self.max_length:
+            return ids
+        pads = np.full(self.max_length - len(ids), self.pad_id, dtype=np.int32)
+        return np.concatenate([ids.astype(np.int32), pads])
+
+    def _with_eos(self, ids: list[int]) -> np.ndarray:
+        if self.eos_id is not None and ids[-1:] != [self.eos_id]:
+            ids = [*ids, self.eos_id]
+        return np.asarray(ids, dtype=np.int32)
+
+    def check_ids(
+        self,
+        token_lists: Sequence[Sequence[int]],
+        *,
+        truncate: bool = False,
+        direction: str = "right",
+        max_tokens: int | None = None,
+    ) -> list[np.ndarray]:
+        """Validate pre-tokenised inputs (used as given: no special tokens are added)."""
+        limit = self.limit(max_tokens)
+        out = []
+        for i, tokens in enumerate(token_lists):
+            if len(tokens) == 0:
+                raise InvalidInputError(f"input[{i}] is an empty list of token ids", index=i)
+            if not all(
+                isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in tokens
+            ):
+                raise InvalidInputError(f"input[{i}] must contain only integer token ids", index=i)
+            bad = self.outside_vocabulary(tokens)
+            if bad is not None:
+                raise InvalidInputError(
+                    f"input[{i}] has token id {bad} outside the vocabulary "
+                    f"(0..{self.vocab_size - 1})",
+                    index=i,
+                )
+            arr = np.asarray(tokens, dtype=np.int32)
+            if len(arr) > limit:
+                if not truncate:
+                    raise InputTooLongError(i, len(arr), limit)
+                arr = arr[:limit] if direction == "right" else arr[-limit:]
+            out.append(self._padded(arr))
+        return out
+
+    def outside_vocabulary(self, ids: Sequence[int] | np.ndarray) -> int | None:
+        """The first id that is not a token of this vocabulary, or None. Checked on the
+        integers as given, so ids past any machine width (2^63 and beyond) are just "outside"
+        rather than an overflow."""
+        if isinstance(ids, np.ndarray) and ids.dtype.kind in "iu":
+            bad = ids[(ids < 0) | (ids >= self.vocab_size)]
+            return int(bad[0]) if bad.size else None
+        ids = [int(t) for t in ids]
+        if not ids or (min(ids) >= 0 and max(ids) < self.vocab_size):
+            return None
+        return next(t for t in ids if t < 0 or t >= self.vocab_size)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tokenizer.decode(list(ids))
