@@ -20,6 +20,7 @@ from jaxembed.engine.request.jobs import EmbedOptions
 from jaxembed.engine.service.sparse import SparseOptions, to_sparse
 from jaxembed_server.errors import APIError, invalid
 from jaxembed_server.http import json_response, notice_disconnects, parse_body, with_error_shape
+from jaxembed_server.protocol import TokenId
 from jaxembed_server.route_embeddings import check_serving, request_deadline, run_job
 
 
@@ -33,7 +34,7 @@ class TEIEmbedRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    inputs: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    inputs: StrictStr | list[StrictStr] | list[TokenId] | list[list[TokenId]]
     normalize: StrictBool = True
     truncate: StrictBool | None = None
     truncation_direction: Literal["left", "right", "Left", "Right"] = "right"
@@ -46,7 +47,7 @@ class TEIEmbedSparseRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    inputs: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    inputs: StrictStr | list[StrictStr] | list[TokenId] | list[list[TokenId]]
     truncate: StrictBool | None = None
     truncation_direction: Literal["left", "right", "Left", "Right"] = "right"
     prompt_name: StrictStr | None = None

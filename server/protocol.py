@@ -6,10 +6,11 @@ Unknown top-level fields are ignored, as OpenAI's API does.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -42,8 +43,18 @@ class MultimodalItem(BaseModel):
         return [m for m in ("text", "image", "video") if getattr(self, m) is not None]
 
 
+def _integer_past_64_bits(value: object) -> object:
+    """orjson reads an integer literal past 64 bits as a float; in a list of token ids it is
+    such an id, outside every vocabulary (the tokenizer's usual 400), not a malformed input."""
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 2**63:
+        return int(value)
+    return value
+
+
+TokenId = Annotated[StrictInt, BeforeValidator(_integer_past_64_bits)]
+
 EmbeddingInput = (
-    StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]] | list[MultimodalItem]
+    StrictStr | list[StrictStr] | list[TokenId] | list[list[TokenId]] | list[MultimodalItem]
 )
 
 
@@ -187,7 +198,7 @@ class TokenizeRequest(BaseModel):
 class DetokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    tokens: list[StrictInt] = Field(min_length=1)
+    tokens: list[TokenId] = Field(min_length=1)
     model: StrictStr | None = None
 
 

@@ -66,6 +66,22 @@ def passages(n: int) -> list[str]:
     return out
 
 
+def distinct_passages(n: int) -> list[str]:
+    """`n` different English passages (benchmarks that must not be helped by repeats): the
+    docstrings, then again from their second word, third word, ... (distinct, still prose)."""
+    base = [text.split() for text in _stdlib_docstrings(10_000)]
+    out, seen = [], set()
+    for start in range(max(map(len, base))):
+        for words in base:
+            text = " ".join(words[start:])
+            if len(words) - start >= 3 and text not in seen:
+                seen.add(text)
+                out.append(text)
+                if len(out) == n:
+                    return out
+    raise ValueError(f"only {len(out)} distinct passages can be made, not {n}")
+
+
 def long_passages(n: int, words: int = 200) -> list[str]:
     """`n` passages of ~256 MiniLM tokens (stdlib docstring words, 200 at a time)."""
     pool = " ".join(passages(4000)).split()

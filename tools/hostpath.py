@@ -97,10 +97,11 @@ def random_bert_dir(out: Path, shape: str, *, max_seq_length: int = 256, seed: i
 
 
 def english_passages(n: int) -> list[str]:
-    """`n` English passages (standard-library docstrings, median ~18 words)."""
-    from tests.texts import passages
+    """`n` different English passages (standard-library docstrings, median ~18 words): no
+    repeats, which the engine would otherwise be asked to embed more than once."""
+    from tests.texts import distinct_passages
 
-    return passages(n)
+    return distinct_passages(n)
 
 
 def free_port() -> int:

@@ -80,6 +80,7 @@ class _Job:
     next_row: int = 0  # rows before this one have been taken by a step
     remaining: int = 0  # rows not yet written to `out`
     queued_tokens: int = 0  # real tokens of the rows not yet taken
+    queued_cost: int = 0  # padded tokens of the rows not yet taken
     served_tokens: int = 0  # tokens taken so far (fair share within a priority level)
     done: bool = False
     progress: RequestProgress | None = None
@@ -179,6 +180,8 @@ class Batcher:
         self._pending: list[_Job] = []  # jobs with rows not yet taken
         self._retries: collections.deque[_Selection] = collections.deque()
         self._queued_tokens = 0
+        self._queued_cost = 0  # padded tokens waiting: is there a full batch?
+        self._on_device = 0  # batches dispatched and not yet collected
         self._seq = itertools.count()
         self._inflight: queue.Queue[_Dispatched | None] = queue.Queue(maxsize=pipeline_depth)
         self._stopping = False
@@ -274,10 +277,11 @@ class Batcher:
         loop = asyncio.get_running_loop()
         sizes = self.workload.sizes(rows) if sizes is None else np.asarray(sizes, np.int64)
         tokens = int(sizes.sum())
+        costs = self.workload.costs(sizes)
         job = _Job(
             rows=rows,
             sizes=sizes,
-            costs=self.workload.costs(sizes),
+            costs=costs,
             priority=priority,
             seq=next(self._seq),
             enqueued=time.monotonic(),
@@ -286,6 +290,7 @@ class Batcher:
             out=np.empty((len(rows), self.workload.dimensions), dtype=np.float32),
             remaining=len(rows),
             queued_tokens=tokens,
+            queued_cost=int(costs.sum()),
             adapter_slot=adapter_slot,
             progress=progress,
             enqueued_ns=time.time_ns(),
@@ -294,6 +299,7 @@ class Batcher:
             self._admit(tokens)
             self._pending.append(job)
             self._queued_tokens += tokens
+            self._queued_cost += job.queued_cost
             self._active_jobs += 1
             self._cond.notify_all()
         try:
@@ -325,7 +331,8 @@ class Batcher:
         if job in self._pending:
             self._pending.remove(job)
             self._queued_tokens -= job.queued_tokens
-            job.queued_tokens = 0
+            self._queued_cost -= job.queued_cost
+            job.queued_tokens = job.queued_cost = 0
 
     def _finish(self, job: _Job) -> None:  # caller holds the lock
         if not job.done:
@@ -359,19 +366,30 @@ class Batcher:
             taken = int(job.sizes[start:end].sum())
             job.queued_tokens -= taken
             self._queued_tokens -= taken
+            cost = int(job.costs[start:end].sum())
+            job.queued_cost -= cost
+            self._queued_cost -= cost
         self._pending = [j for j in self._pending if j.next_row < len(j.rows)]
         return _Selection.of_ranges(ranges)
 
     def _next_work(self) -> _Selection | None:
         """A retry if one waits (it goes first), else the next step; None when stopping."""
         with self._cond:
-            while not self._pending and not self._retries and not self._stopping:
+            while not self._retries and not self._step_due() and not self._stopping:
                 self._cond.wait()
             if self._stopping:
                 return None
             if self._retries:
                 return self._retries.popleft()
             return self._take_step()
+
+    def _step_due(self) -> bool:  # caller holds the lock
+        """Continuous batching: a step goes out when the device is idle, or when a full batch is
+        already waiting; while the device works, smaller arrivals gather into the next step
+        (a batch that went out with a few rows would cost a whole batch's overhead)."""
+        if not self._pending:
+            return False
+        return self._on_device == 0 or self._queued_cost >= self.workload.step_budget
 
     def _dispatch_loop(self) -> None:
         while (selection := self._next_work()) is not None:
@@ -401,6 +419,8 @@ class Batcher:
             result = self._run([step_rows[i] for i in planned.indices.tolist()], planned, batch)
         except Exception as e:  # surfaced per request by the collector
             result = e
+        with self._cond:
+            self._on_device += 1
         self._inflight.put(_Dispatched(batch, planned.bucket, result, started, shared))
 
     def _take_turn(self, bucket: Bucket) -> bool:
@@ -431,6 +451,10 @@ class Batcher:
                     item.selection, EngineError("internal error while collecting a batch")
                 )
                 self._give_back_turn(item)
+            finally:
+                with self._cond:
+                    self._on_device -= 1
+                    self._cond.notify_all()
 
     def _give_back_turn(self, item: _Dispatched) -> None:
         if item.shared:
