@@ -47,7 +47,7 @@ class RerankDocument(BaseModel):
 
 
 class RerankRequest(BaseModel):
-    """Cohere's (v1/v2) and Jina's rerank request; unknown fields are ignored."""
+    """Cohere's (v1/v2) and Jina's rerank request; a field it does not define is a 400 (server/fields.py)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -74,7 +74,7 @@ class RerankRequest(BaseModel):
 
 
 class TEIRerankRequest(BaseModel):
-    """TEI's `RerankRequest` (router/src/http/types.rs); unknown fields are ignored."""
+    """TEI's `RerankRequest` (router/src/http/types.rs); a field it does not define is a 400 (server/fields.py)."""
 
     model_config = ConfigDict(extra="ignore")
 

@@ -30,7 +30,7 @@ class TEIError(BaseModel):
 
 
 class TEIEmbedRequest(BaseModel):
-    """TEI's `EmbedRequest` (router/src/http/types.rs); unknown fields are ignored."""
+    """TEI's `EmbedRequest` (router/src/http/types.rs); a field it does not define is a 400 (server/fields.py)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -67,8 +67,8 @@ def tei_error(error: APIError) -> HTTPResponse:
         kind, status = "empty", 400
     elif error.code == "not_sparse":  # TEI: a dense model has no /embed_sparse
         kind, status = "backend", 424
-    elif error.reason == "invalid_json":  # as TEI's JSON extractor: 400 for a body that is not JSON
-        kind, status = "validation", 400
+    elif error.reason == "invalid_json" or error.code == "unknown_field":
+        kind, status = "validation", 400  # as TEI's JSON extractor: 400 for a body not JSON
     elif error.reason == "invalid_fields":  # ... and 422 for fields of the wrong type
         kind, status = "validation", 422
     else:

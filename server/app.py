@@ -35,6 +35,7 @@ from jaxembed_server import (
     route_embeddings,
     route_info,
     route_tokens,
+    startup,
 )
 from jaxembed_server.config import ServerConfig
 from jaxembed_server.media import MediaLoader, MediaPolicy
@@ -180,10 +181,23 @@ async def start_models(app: Sanic) -> None:
         model.service.start(warmup=app.ctx.config.warmup, progress=progress)
 
 
+async def announce(app: Sanic) -> None:
+    """Once this process accepts connections: where, and that every model is ready (only the
+    process that owns the engines says so; a front-end over an engine process stays quiet)."""
+    if app.ctx.drain is None:
+        config = app.ctx.config
+        startup.log_listening(config.host, config.port)
+        app.ctx.announce = asyncio.create_task(
+            startup.log_when_ready(app.ctx.models.services, config.warmup)
+        )
+
+
 async def stop_models(app: Sanic) -> None:
     """Drain every model at once (each finishes its queue, up to --drain-timeout); a front-end
     process first waits for its requests in the engine process."""
     app.ctx.state["draining"] = True
+    if (announce := getattr(app.ctx, "announce", None)) is not None:
+        announce.cancel()
     loop = asyncio.get_running_loop()
     timeout = app.ctx.config.drain_timeout
     if app.ctx.drain is not None:
@@ -238,6 +252,7 @@ def build_app(
             ) from None
         app.ctx.tracer = RequestTracer.to_endpoint(config.otlp_endpoint)
     app.before_server_start(start_models)
+    app.after_server_start(announce)
     app.before_server_stop(stop_models)
     middleware.install(app)
     app.add_route(route_embeddings.embeddings, "/v1/embeddings", methods=["POST"])

@@ -40,6 +40,7 @@ class ServerConfig:
     batch_sizes: tuple[int, ...] | None = None
     seq_lengths: tuple[int, ...] | None = None
     max_request_bytes: int = 8 * 2**20
+    allow_unknown_fields: bool = False  # drop fields no API defines (else a 400 naming them)
     max_inputs: int = 2048
     max_request_tokens: int = 2048 * 512
     max_queued_requests: int = limits.DEFAULT_MAX_QUEUED_REQUESTS
@@ -230,6 +231,12 @@ def _add_compile_and_attention_arguments(p: argparse.ArgumentParser, d: ServerCo
 def _add_limit_arguments(p: argparse.ArgumentParser, d: ServerConfig) -> None:
     """Request and queue limits, scheduling, time limits, the cache."""
     p.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes)
+    p.add_argument(
+        "--allow-unknown-fields",
+        action="store_true",
+        help="accept request fields no API defines (dropped, with a Warning header and a log "
+        "line); by default they are a 400 naming the field",
+    )
     p.add_argument("--max-inputs", type=int, default=d.max_inputs, help="inputs per request")
     p.add_argument("--max-request-tokens", type=int, default=d.max_request_tokens)
     p.add_argument("--max-queued-requests", type=int, default=d.max_queued_requests)

@@ -18,6 +18,7 @@ from sanic.response import HTTPResponse, raw
 
 from jaxembed.errors import JaxEmbedError
 from jaxembed_server.errors import APIError, from_library_error, from_validation_error, invalid
+from jaxembed_server.fields import checked_fields
 
 log = logging.getLogger("jaxembed.server")
 Model = TypeVar("Model", bound=BaseModel)
@@ -94,8 +95,10 @@ def notice_disconnects(request: Request) -> None:
         transport.resume_reading()
 
 
-def validated(model: type[Model], body: dict) -> Model:
-    """The body as `model`, or a 400 naming the first problem."""
+def validated(model: type[Model], body: dict, request: Request | None = None) -> Model:
+    """The body as `model`, or a 400 naming the first problem (an unknown field first: its
+    typo may be why a required field is missing)."""
+    body = checked_fields(request, model, body)
     try:
         return model.model_validate(body)
     except ValidationError as e:
@@ -105,7 +108,7 @@ def validated(model: type[Model], body: dict) -> Model:
 
 
 def parse_body(request: Request, model: type[Model]) -> Model:
-    return validated(model, parse_json(request))
+    return validated(model, parse_json(request), request)
 
 
 def with_error_shape(render: Callable[[APIError], HTTPResponse]) -> Callable[[Handler], Handler]:

@@ -31,6 +31,9 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+_JSON_SCALARS = str | int | float | bool
+
+
 class JsonFormatter(logging.Formatter):
     """{"ts", "level", "logger", "message", "request_id"?, ...extra fields, "exc"?}."""
 
@@ -45,10 +48,10 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and value is not None and not key.startswith("_"):
-                entry[key] = value if isinstance(value, str | int | float | bool) else str(value)
+                entry[key] = value if isinstance(value, _JSON_SCALARS | list) else str(value)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        return json.dumps(entry, ensure_ascii=False, default=str)
 
 
 class TextFormatter(logging.Formatter):
@@ -71,6 +74,9 @@ class _Handoff(logging.handlers.QueueHandler):
 
 
 _listener: logging.handlers.QueueListener | None = None
+
+
+QUIET_PROBES = "jax._src.xla_bridge"
 
 
 def configure_logging(level: str, fmt: str = "text") -> None:
@@ -101,3 +107,8 @@ def configure_logging(level: str, fmt: str = "text") -> None:
         logger.handlers.clear()
         logger.propagate = True
         logger.setLevel(level.upper())
+    # JAX probes every backend it knows at first use and reports, at INFO, each one this
+    # machine lacks ("Unable to initialize backend 'tpu' ... libtpu.so"): it reads like an
+    # error on every CPU or GPU host. The backend in use is in our own "loaded" line.
+    quiet = logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
+    logging.getLogger(QUIET_PROBES).setLevel(quiet)

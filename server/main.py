@@ -21,6 +21,7 @@ from jaxembed.engine.model import EngineModel
 from jaxembed.errors import JaxEmbedError, ModelLoadError
 from jaxembed.parallel import distributed, multihost
 from jaxembed.parallel.mesh import make_mesh
+from jaxembed_server import startup
 from jaxembed_server.app import create_app
 from jaxembed_server.config import ServerConfig, config_from_args
 from jaxembed_server.loading import check_memory, load_models
@@ -83,15 +84,16 @@ def load(config: ServerConfig) -> list[EngineModel]:
 
 
 def serve(args: argparse.Namespace) -> int:
+    startup.mark_started()
     configure_logging(args.log_level, args.log_format)
     try:
         config = config_from_args(args)
-        listener = front_end_listener(config)
+        listener = bind_listener(config)  # a taken port fails now, not after minutes of loading
         embedders = load(config)
     except (JaxEmbedError, ValueError, RuntimeError) as e:
         log.error("cannot start: %s", e)
         return 2
-    if listener is not None:
+    if listener is not None and config.http_processes > 1:
         argv = sys.argv[sys.argv.index("serve") + 1 :]
         return Supervisor(config, embedders, argv, listener, fault_hook=fault_hook_from_env()).run()
     dist = config.distributed
@@ -119,9 +121,16 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     # One process: it owns the JAX devices. Sanic handles SIGINT/SIGTERM with a graceful stop.
     try:
-        app.run(
-            host=config.host, port=config.port, single_process=True, motd=False, access_log=False
-        )
+        if listener is not None:
+            app.run(sock=listener, single_process=True, motd=False, access_log=False)
+        else:  # a process group's leader: bound only once the group stands
+            app.run(
+                host=config.host,
+                port=config.port,
+                single_process=True,
+                motd=False,
+                access_log=False,
+            )
     finally:
         if channel is not None:
             lost = channel.unhealthy_reason()
@@ -162,20 +171,21 @@ def warmup(args: argparse.Namespace) -> int:
     return 0
 
 
-def front_end_listener(config: ServerConfig) -> socket.socket | None:
-    """With several HTTP front-ends, their shared socket, bound before the models load; None
-    when one process serves everything."""
-    workers = config.http_processes
-    if workers <= 1:
-        return None
+def bind_listener(config: ServerConfig) -> socket.socket | None:
+    """The HTTP socket (shared by the front-ends when there are several), bound before the
+    models load so that a taken port is a one-line error at once; None for a process group
+    (only its leader listens, once the group is up)."""
     if config.distributed is not None:
-        if config.api_workers is not None:
+        if config.api_workers is not None and config.api_workers > 1:
             raise ValueError("--api-workers > 1 is not supported with --distributed yet")
         return None
+    several = config.http_processes > 1  # the front-ends' shared socket listens at once
     try:
-        return listen(config.host, config.port)
+        return listen(config.host, config.port, backlog=4096 if several else None)
     except OSError as e:
-        raise RuntimeError(f"cannot listen on {config.host}:{config.port}: {e.strerror}") from None
+        raise RuntimeError(
+            f"cannot listen on {startup.url(config.host, config.port)}: {e.strerror}"
+        ) from None
 
 
 def _exit_broken_group(rc: int) -> None:

@@ -12,7 +12,7 @@ from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse
 
 from jaxembed.errors import JaxEmbedError
-from jaxembed_server import docs_ui
+from jaxembed_server import docs_ui, fields
 from jaxembed_server.auth import OPEN_PATHS, check_api_key
 from jaxembed_server.errors import APIError, from_library_error
 from jaxembed_server.http import error_response, request_id
@@ -49,6 +49,8 @@ async def after_response(request: Request, response: HTTPResponse):
         request.stream.keep_alive = False
     metrics = request.app.ctx.metrics
     response.headers["X-Request-Id"] = getattr(request.ctx, "request_id", "")
+    if warning := fields.warning_header(request):
+        response.headers["Warning"] = warning
     route = "/" + request.route.path.lstrip("/") if request.route else "unmatched"
     metrics.requests.labels(route=route, status=str(response.status)).inc()
     started = getattr(request.ctx, "start", None)

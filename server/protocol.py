@@ -1,12 +1,12 @@
 """The OpenAI embeddings contract and jaxembed's extensions, as pydantic models.
 
 Types are strict: `"1"` is not a token id and `true` is not a priority.
-Unknown top-level fields are ignored, as OpenAI's API does.
+A top-level field no model defines is a 400 naming it, as OpenAI answers (server/fields.py).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -82,6 +82,21 @@ class ChatMessage(BaseModel):
 
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
+    # vLLM's fields that vllm_fields.py checks (a value we cannot honour is a 400), and vLLM's
+    # bookkeeping fields that change nothing here (the X-Request-Id header names a request).
+    peer_fields: ClassVar[frozenset[str]] = frozenset(
+        {
+            "chat_template",
+            "chat_template_kwargs",
+            "mm_processor_kwargs",
+            "embed_dtype",
+            "endianness",
+            "use_activation",
+            "return_token_ids",
+            "request_id",
+            "cache_salt",
+        }
+    )
 
     input: EmbeddingInput | None = Field(
         None,
@@ -181,6 +196,7 @@ class EmbeddingResponse(BaseModel):
 
 class TokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
+    peer_fields: ClassVar[frozenset[str]] = frozenset({"request_id"})  # vLLM's bookkeeping
 
     input: StrictStr | list[StrictStr] | None = None
     prompt: StrictStr | None = Field(None, description="vLLM's form: one text, flat `tokens`")

@@ -167,7 +167,7 @@ async def embeddings(request: Request):
     notice_disconnects(request)
     body = parse_json(request)
     vllm_fields.refuse_unsupported_fields(body)
-    req = validated(EmbeddingRequest, body)
+    req = validated(EmbeddingRequest, body, request)
     vllm_fields.check_input_or_messages(req)
     route = request.app.ctx.models.route(req.model, req.lora_path)
     sparse = check_sparse_request(req, route)

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 from jaxembed.engine.batching.batcher import FaultHook
 from jaxembed.engine.model import EngineModel
+from jaxembed_server import startup
 from jaxembed_server.app import build_models, warmup_progress
 from jaxembed_server.config import ServerConfig
 from jaxembed_server.engine_host import EngineHost, HostedModel
@@ -37,10 +38,20 @@ RESTARTS_PER_MINUTE = 10
 STOP_MARGIN_SECONDS = 15.0  # beyond --drain-timeout, before a front-end is killed
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """The socket every front-end accepts on (OSError if the address is taken)."""
+def listen(host: str, port: int, *, backlog: int | None = 4096) -> socket.socket:
+    """The socket every front-end accepts on (OSError if the address is taken). With
+    `backlog=None` it is bound but not yet listening: connections are refused, not queued,
+    until the server listens on it (asyncio does when serving starts)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=4096, reuse_port=False)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        if backlog is not None:
+            sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
     sock.set_inheritable(True)
     return sock
 
@@ -84,16 +95,19 @@ class Supervisor:
         for index in range(self.config.http_processes):
             self._spawn(index)
         host_name, port = self.listener.getsockname()[:2]
-        log.info(
-            "listening on http://%s:%d with %d HTTP front-end processes over one engine process",
+        startup.log_listening(
             host_name,
             port,
-            len(self.workers),
+            f" with {len(self.workers)} HTTP front-end processes over one engine process",
+        )
+        ready = asyncio.create_task(
+            startup.log_when_ready([m.service for m in self.models], self.config.warmup)
         )
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
             self._replace_dead_workers(stop)
+        ready.cancel()
         drained = await self._stop_workers()
         results = await asyncio.gather(
             *(

@@ -1,8 +1,8 @@
 """vLLM's extensions of the embeddings request: chat-form `messages`, `truncate_prompt_tokens`,
 `add_special_tokens`, and a clear refusal of the vLLM fields jaxembed does not implement.
 
-Unknown fields are ignored as OpenAI does, but a field that vLLM defines and that would
-change the result if we ignored it is a 400 naming it (listed in the README).
+A field no API defines is a 400 (server/fields.py); a field that vLLM defines and that would
+change the result if we ignored it is a 400 naming it and why (listed in the README).
 """
 
 from __future__ import annotations

@@ -173,9 +173,10 @@ def test_unknown_route_and_method(server):
     assert_error(httpx.put(server.url + "/v1/embeddings"), 405, code="method_not_allowed")
 
 
-def test_unknown_fields_are_ignored(server):
+def test_unknown_fields_are_refused_naming_them(server):
     r = post(server, {"input": "x", "model": MODEL, "user": "alice", "some_future_field": {"a": 1}})
-    assert r.status_code == 200
+    assert_error(r, 400, param="some_future_field", code="unknown_field")
+    assert "some_future_field" in r.json()["error"]["message"]
 
 
 def test_engine_failure_is_a_500_for_that_request_only(server):

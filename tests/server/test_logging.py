@@ -13,7 +13,9 @@ from tests.helpers import ServerProcess
 
 @pytest.fixture(scope="module")
 def json_server():
-    proc = ServerProcess("--log-format", "json", "--seq-lengths", "16,32,64")
+    proc = ServerProcess(
+        "--log-format", "json", "--seq-lengths", "16,32,64", "--allow-unknown-fields"
+    )
     yield proc
     assert proc.stop() == 0, proc.log()
 
@@ -63,3 +65,19 @@ def test_errors_and_generated_ids_are_logged(json_server):
     # An id that is not a sane printable token is replaced, not written into logs.
     r = httpx.get(json_server.url + "/v1/models", headers={"X-Request-Id": "x" * 500})
     assert r.status_code == 200 and len(r.headers["x-request-id"]) == 32
+
+
+def test_allowed_unknown_fields_are_dropped_with_a_warning_and_a_line(json_server):
+    """--allow-unknown-fields: the request succeeds as if the field were absent; the answer
+    says so in `Warning` and the log names the fields with the request's id."""
+    r = httpx.post(
+        json_server.url + "/v1/embeddings",
+        json={"input": "hi", "dimension": 64},
+        headers={"x-request-id": "typo-1"},
+    )
+    assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 384
+    assert r.headers["warning"].startswith("299 ") and "dimension" in r.headers["warning"]
+    _, mine = _records(json_server, lambda rec: rec.get("ignored_fields") == ["dimension"])
+    assert mine and mine[0]["request_id"] == "typo-1"
+    clean = httpx.post(json_server.url + "/v1/embeddings", json={"input": "hi"})
+    assert clean.status_code == 200 and "warning" not in clean.headers

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from jaxembed.api import Embedder
-from tests.helpers import ServerProcess, save_tiny_decoder
+from tests.helpers import ServerProcess, free_port, save_tiny_decoder
 
 FOUR_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
 
@@ -28,7 +28,7 @@ def decoder_dir(tmp_path_factory):
 def _serve_and_fail(*argv: str) -> str:
     """Run `jaxembed serve` expecting a start-up error; its log."""
     run = subprocess.run(
-        [sys.executable, "-m", "jaxembed.cli", "serve", "--port", "1", *argv],
+        [sys.executable, "-m", "jaxembed.cli", "serve", "--port", str(free_port()), *argv],
         capture_output=True,
         text=True,
         timeout=600,

@@ -65,6 +65,7 @@ class EngineStatus:
     compile_seconds: float = 0.0  # summed over this model's programs
     cache_hits: int = 0  # programs this process loaded from the persistent compile cache
     cache_misses: int = 0  # ... and compiled anew
+    programs: int = 0  # bucket programs of this model compiled so far
     adapters: tuple[str, ...] = ()  # LoRA adapters resident now
 
 

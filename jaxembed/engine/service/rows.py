@@ -120,6 +120,7 @@ class RowEngine:
             compile_seconds=self.engine.runner.compile_seconds,
             cache_hits=cache_counts().hits,
             cache_misses=cache_counts().misses,
+            programs=len(self.engine.runner.compile_log),
             adapters=tuple(bank.loaded()) if (bank := self.engine.lora_bank) is not None else (),
         )
 
