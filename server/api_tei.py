@@ -20,7 +20,7 @@ from jaxembed.engine.request.jobs import EmbedOptions
 from jaxembed.engine.service.sparse import SparseOptions, to_sparse
 from jaxembed_server.errors import APIError, invalid
 from jaxembed_server.http import json_response, notice_disconnects, parse_body, with_error_shape
-from jaxembed_server.protocol import TokenId
+from jaxembed_server.protocol import TokenId, WholeNumber
 from jaxembed_server.route_embeddings import check_serving, request_deadline, run_job
 
 
@@ -39,7 +39,7 @@ class TEIEmbedRequest(BaseModel):
     truncate: StrictBool | None = None
     truncation_direction: Literal["left", "right", "Left", "Right"] = "right"
     prompt_name: StrictStr | None = None
-    dimensions: StrictInt | None = None
+    dimensions: WholeNumber | None = None
 
 
 class TEIEmbedSparseRequest(BaseModel):

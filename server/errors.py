@@ -65,6 +65,8 @@ def from_validation_error(error: ValidationError) -> APIError:
     param = ".".join(loc) if loc else None
     message = first.get("msg", "invalid request")
     if loc and loc[0] == "input" and first.get("type") != "missing":
+        if message := _input_element_problem(error.errors()):
+            return invalid(message, param="input")
         return invalid(
             "'input' must be a string, a list of strings, a list of token ids, a list of token-id "
             "lists, or a list of multimodal items ({text, image, video})",
@@ -75,6 +77,47 @@ def from_validation_error(error: ValidationError) -> APIError:
     elif param:
         message = f"invalid '{param}': {message}"
     return invalid(message, param=param.split(".")[0] if param else None)
+
+
+_KINDS = {str: "a string", int: "a token id", list: "a list of token ids", dict: "an item"}
+
+
+def _kind(value: object) -> type | None:
+    return next((k for k in _KINDS if isinstance(value, k) and not isinstance(value, bool)), None)
+
+
+def _branch_kind(branch: object) -> type | None:
+    """The kind of list item a branch of the `input` union takes, from pydantic's label."""
+    label = str(branch)
+    if label == "list[str]":
+        return str
+    if label.startswith("list[list["):
+        return list
+    if "MultimodalItem" in label:
+        return dict
+    return int if label.startswith("list[") and "int" in label else None
+
+
+def _input_element_problem(errors: list[dict]) -> str | None:
+    """For a list `input`, the first bad element of the form its first item sets (a list that
+    starts with a string is a list of strings, …), named by its path ("input[2]"), instead of
+    the generic list of accepted forms. None when the input is not such a list."""
+    whole = next((e.get("input") for e in errors if tuple(e["loc"]) == ("input", "str")), None)
+    if not isinstance(whole, list) or not whole or (kind := _kind(whole[0])) is None:
+        return None
+    for e in errors:
+        loc = e["loc"]
+        if len(loc) >= 3 and _branch_kind(loc[1]) == kind:
+            path = "input" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[2:])
+            got = e.get("input")
+            message = (
+                f"{path}: {e.get('msg', 'invalid value')} (got {got!r}); 'input' is a list of "
+                f"the kind its first item sets: {_KINDS[kind]} here"
+            )
+            if isinstance(got, float) and kind in (int, list):
+                message += ", and token ids are integers"
+            return message
+    return None
 
 
 def from_library_error(error: JaxEmbedError) -> APIError:

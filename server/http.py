@@ -57,8 +57,10 @@ def error_response(error: APIError) -> HTTPResponse:
 def parse_json(request: Request) -> dict:
     try:
         body = orjson.loads(request.body or b"")
-    except orjson.JSONDecodeError:
-        raise _not_json("the request body is not valid JSON") from None
+    except orjson.JSONDecodeError as e:
+        if str(e).startswith("depth limit exceeded"):
+            raise _not_json("the request body nests JSON deeper than 1024 levels") from None
+        raise _not_json(f"the request body is not valid JSON ({e})") from None
     if not isinstance(body, dict):
         raise _not_json("the request body must be a JSON object")
     return body

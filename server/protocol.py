@@ -53,6 +53,18 @@ def _integer_past_64_bits(value: object) -> object:
 
 TokenId = Annotated[StrictInt, BeforeValidator(_integer_past_64_bits)]
 
+
+def _integral_float(value: object) -> object:
+    """64.0 is 64 (JavaScript clients and some JSON encoders write whole numbers so); 64.5
+    stays a float and is refused."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# A count or size: an integer, or a float with nothing after the point.
+WholeNumber = Annotated[StrictInt, BeforeValidator(_integral_float)]
+
 EmbeddingInput = (
     StrictStr | list[StrictStr] | list[TokenId] | list[list[TokenId]] | list[MultimodalItem]
 )
@@ -126,7 +138,7 @@ class EmbeddingRequest(BaseModel):
         None, description="a served model name; `base:adapter` selects a LoRA adapter"
     )
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: StrictInt | None = Field(None, description="matryoshka reduction")
+    dimensions: WholeNumber | None = Field(None, description="matryoshka reduction")
     user: StrictStr | None = None
     # Extensions.
     priority: StrictInt = Field(0, ge=-(2**31), le=2**31 - 1, description="lower is served sooner")

@@ -44,10 +44,10 @@ def assert_error(
         ({"input": 5, "model": MODEL}, "input", "must be a string"),
         ({"input": {"a": 1}, "model": MODEL}, "input", "must be a string"),
         ({"input": [1.5], "model": MODEL}, "input", "must be a string"),
-        ({"input": [[1, "a"]], "model": MODEL}, "input", "must be a string"),
-        ({"input": [["deep", ["nested"]]], "model": MODEL}, "input", "must be a string"),
+        ({"input": [[1, "a"]], "model": MODEL}, "input", "input[0][1]"),
+        ({"input": [["deep", ["nested"]]], "model": MODEL}, "input", "input[0][0]"),
         ({"input": [None], "model": MODEL}, "input", "must be a string"),
-        ({"input": ["ok", 3], "model": MODEL}, "input", "must be a string"),
+        ({"input": ["ok", 3], "model": MODEL}, "input", "input[1]: Input should be a valid string"),
         ({"input": [True], "model": MODEL}, "input", "must be a string"),
         ({"input": [], "model": MODEL}, "input", "must not be empty"),
         ({"input": "", "model": MODEL}, "input", "empty"),
@@ -117,6 +117,7 @@ def test_lora_is_not_enabled(server):
         (b'{"input": NaN, "model": "x"}', "not valid JSON"),
         (b'"just a string"', "JSON object"),
         (b"\xff\xfe\x00garbage", "not valid JSON"),
+        (b'{"input": ' + b"[" * 5000 + b"]" * 5000 + b"}", "deeper than 1024 levels"),
     ],
 )
 def test_malformed_bodies_are_400(server, content, match):
@@ -125,6 +126,25 @@ def test_malformed_bodies_are_400(server, content, match):
         400,
         match=match,
     )
+
+
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        ([101, 7592.5, 102], "input[1]: Input should be a valid integer (got 7592.5)"),
+        (["a", 101], "input[1]: Input should be a valid string (got 101)"),
+        ([[101, 102], [101, "x"]], "input[1][1]"),
+        ([{"text": "a", "imgae": "x"}], "input[0].imgae"),
+    ],
+)
+def test_a_mixed_input_list_names_its_bad_element(server, value, match):
+    assert_error(post(server, {"input": value, "model": MODEL}), 400, param="input", match=match)
+
+
+def test_whole_number_floats_are_numbers(server):
+    r = post(server, {"input": "x", "model": MODEL, "dimensions": 64.0})
+    assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 64
+    assert_error(post(server, {"input": "x", "model": MODEL, "dimensions": 64.5}), 400)
 
 
 def test_over_long_input_states_tokens_and_limit(server):
