@@ -220,13 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
         "out", nargs="?", default=None, help="output directory (default: checkpoints/<card name>)"
     )
     p.add_argument("--card", default=None, help="use this registry card instead of deriving one")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
+    p.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default=None, help="default: the card's"
+    )
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser(
         "embed", help="print the embedding of each TEXT (and --image/--video file) as a JSON line"
     )
-    p.add_argument("texts", nargs="*", metavar="TEXT")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to embed, one JSON line each")
     p.add_argument(
         "--image", action="append", default=[], metavar="FILE", help="an image file (repeatable)"
     )
@@ -261,7 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mesh", type=mesh_shape_arg, default="data=1,model=1", help="e.g. data=2,model=4"
     )
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
+    p.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default=None, help="default: the card's"
+    )
     add_attention_option(p)
     p.add_argument(
         "--buckets",

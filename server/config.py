@@ -137,8 +137,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 
 def _add_model_and_access_arguments(p: argparse.ArgumentParser, d: ServerConfig) -> None:
     """Address, model, dtype, API keys."""
-    p.add_argument("--host", default=d.host)
-    p.add_argument("--port", type=int, default=d.port)
+    p.add_argument("--host", default=d.host, help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=d.port, help="TCP port to listen on")
     p.add_argument(
         "--api-workers",
         type=_positive_int,
@@ -167,7 +167,9 @@ def _add_model_and_access_arguments(p: argparse.ArgumentParser, d: ServerConfig)
         default=[],
         help="name clients send as `model` (repeatable; default: the card's names)",
     )
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
+    p.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default=None, help="default: the card's"
+    )
     p.add_argument(
         "--api-key",
         action="append",
@@ -230,7 +232,12 @@ def _add_compile_and_attention_arguments(p: argparse.ArgumentParser, d: ServerCo
 
 def _add_limit_arguments(p: argparse.ArgumentParser, d: ServerConfig) -> None:
     """Request and queue limits, scheduling, time limits, the cache."""
-    p.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes)
+    p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=d.max_request_bytes,
+        help="largest request body (413 beyond)",
+    )
     p.add_argument(
         "--allow-unknown-fields",
         action="store_true",
@@ -238,9 +245,24 @@ def _add_limit_arguments(p: argparse.ArgumentParser, d: ServerConfig) -> None:
         "line); by default they are a 400 naming the field",
     )
     p.add_argument("--max-inputs", type=int, default=d.max_inputs, help="inputs per request")
-    p.add_argument("--max-request-tokens", type=int, default=d.max_request_tokens)
-    p.add_argument("--max-queued-requests", type=int, default=d.max_queued_requests)
-    p.add_argument("--max-queued-tokens", type=int, default=d.max_queued_tokens)
+    p.add_argument(
+        "--max-request-tokens",
+        type=int,
+        default=d.max_request_tokens,
+        help="tokens of one request, all inputs together (413 beyond)",
+    )
+    p.add_argument(
+        "--max-queued-requests",
+        type=int,
+        default=d.max_queued_requests,
+        help="requests waiting per model; a full queue answers 503 with Retry-After",
+    )
+    p.add_argument(
+        "--max-queued-tokens",
+        type=int,
+        default=d.max_queued_tokens,
+        help="tokens waiting per model; past it, 503 with Retry-After",
+    )
     p.add_argument(
         "--aging-seconds",
         type=float,
@@ -254,7 +276,12 @@ def _add_limit_arguments(p: argparse.ArgumentParser, d: ServerConfig) -> None:
         help="token budgets the dispatcher gathers per step: larger sorts rows better, "
         "smaller lets urgent requests overtake sooner",
     )
-    p.add_argument("--drain-timeout", type=float, default=d.drain_timeout)
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=d.drain_timeout,
+        help="seconds queued work may take to finish on SIGTERM",
+    )
     p.add_argument(
         "--request-timeout",
         type=float,
@@ -297,7 +324,7 @@ def _add_batching_and_logging_arguments(p: argparse.ArgumentParser, d: ServerCon
         help="pack several short inputs into one row of a batch (attention kept within each "
         "input); default: on for text models with cls/mean/last-token pooling, off with LoRA",
     )
-    p.add_argument("--log-level", default=d.log_level)
+    p.add_argument("--log-level", default=d.log_level, help="debug, info, warning or error")
     p.add_argument(
         "--log-format",
         choices=["text", "json"],
@@ -335,7 +362,9 @@ def _add_lora_arguments(p: argparse.ArgumentParser, d: ServerConfig) -> None:
         help="allow requests to load adapters by path (lora_path), only from inside this directory",
     )
     g.add_argument("--max-loras", type=int, default=d.max_loras, help="adapters resident at once")
-    g.add_argument("--max-lora-rank", type=int, default=d.max_lora_rank)
+    g.add_argument(
+        "--max-lora-rank", type=int, default=d.max_lora_rank, help="largest adapter rank served"
+    )
 
 
 def _add_media_arguments(p: argparse.ArgumentParser, d: ServerConfig) -> None:
@@ -351,7 +380,12 @@ def _add_media_arguments(p: argparse.ArgumentParser, d: ServerConfig) -> None:
         default=None,
         help="accept local file paths and file:// URLs, only from inside this directory",
     )
-    g.add_argument("--max-media-bytes", type=int, default=d.max_media_bytes)
+    g.add_argument(
+        "--max-media-bytes",
+        type=int,
+        default=d.max_media_bytes,
+        help="one image/video download, file or decoded base64",
+    )
     g.add_argument(
         "--media-timeout", type=float, default=d.media_timeout, help="seconds per URL fetch"
     )
@@ -364,7 +398,12 @@ def _add_media_arguments(p: argparse.ArgumentParser, d: ServerConfig) -> None:
         default=d.max_image_pixels,
         help="width x height limit, checked before decoding (decompression bombs)",
     )
-    g.add_argument("--max-video-seconds", type=float, default=d.max_video_seconds)
+    g.add_argument(
+        "--max-video-seconds",
+        type=float,
+        default=d.max_video_seconds,
+        help="longest video accepted",
+    )
     g.add_argument(
         "--max-video-frames", type=int, default=d.max_video_frames, help="frames in a video stream"
     )
@@ -392,8 +431,12 @@ def _add_multihost_arguments(p: argparse.ArgumentParser, d: ServerConfig) -> Non
         "replica: every host serves its own copy on its local devices",
     )
     g.add_argument("--coordinator-address", default=None, help="host:port of process 0")
-    g.add_argument("--num-processes", type=int, default=None)
-    g.add_argument("--process-id", type=int, default=None)
+    g.add_argument(
+        "--num-processes", type=int, default=None, help="processes in the group (else detected)"
+    )
+    g.add_argument(
+        "--process-id", type=int, default=None, help="this process's index (else detected)"
+    )
     g.add_argument(
         "--control-address",
         default=None,

@@ -62,6 +62,24 @@ def test_containers_use_real_flags_and_routes(name, doc):
                 assert args.mesh.data * args.mesh.model == 16  # 4 hosts x 4 chips
 
 
+def test_init_containers_prebuild_the_cache_the_server_reads():
+    """`jaxembed warmup` with the serving container's model, dtype and compile cache: what it
+    compiles is exactly what the server then looks up."""
+    found = 0
+    for _, doc in _documents():
+        for pod in _pod_specs(doc):
+            for init in pod.get("initContainers", []):
+                assert init["command"] == ["jaxembed", "warmup"]
+                warm = build_parser().parse_args(["warmup", *init["args"]])
+                served = _serve_args(pod["containers"][0]["args"])
+                for option in ("model", "dtype", "compile_cache", "seq_lengths", "batch_sizes"):
+                    assert getattr(warm, option) == getattr(served, option), option
+                mounts = {m["mountPath"] for m in init["volumeMounts"]}
+                assert warm.compile_cache.startswith(tuple(mounts))
+                found += 1
+    assert found, "no manifest prebuilds the compile cache"
+
+
 def test_dockerfile_entrypoint_is_a_valid_serve_command():
     text = (ROOT / "Dockerfile").read_text()
     entry = re.search(r"ENTRYPOINT (\[.*\])", text).group(1)
