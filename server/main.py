@@ -83,11 +83,21 @@ def load(config: ServerConfig) -> list[EngineModel]:
     return embedders
 
 
+def apply_xla_options(config: ServerConfig) -> None:
+    """XLA flags from our options, set before the first backend use reads `XLA_FLAGS`."""
+    if config.xla_gpu_autotune_level is not None:
+        flags = os.environ.get("XLA_FLAGS", "")
+        flags = " ".join(f for f in flags.split() if not f.startswith("--xla_gpu_autotune_level"))
+        level = f"--xla_gpu_autotune_level={config.xla_gpu_autotune_level}"
+        os.environ["XLA_FLAGS"] = f"{flags} {level}".strip()
+
+
 def serve(args: argparse.Namespace) -> int:
     startup.mark_started()
     configure_logging(args.log_level, args.log_format)
     try:
         config = config_from_args(args)
+        apply_xla_options(config)
         listener = bind_listener(config)  # a taken port fails now, not after minutes of loading
         embedders = load(config)
     except (JaxEmbedError, ValueError, RuntimeError) as e:
@@ -147,6 +157,7 @@ def warmup(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.log_format)
     try:
         config = config_from_args(args)
+        apply_xla_options(config)
         embedders = load(config)
     except (JaxEmbedError, ValueError, RuntimeError) as e:
         log.error("cannot warm up: %s", e)

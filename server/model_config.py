@@ -163,7 +163,8 @@ def models_from_file(defaults: Any, path: str | Path) -> tuple[ModelConfig, ...]
         text = path.read_text()
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (OSError, ValueError, yaml.YAMLError) as e:
-        raise ModelConfigError(f"cannot read --config {path}: {e}") from None
+        reason = " ".join(str(e).split())  # one line: YAML's errors span several
+        raise ModelConfigError(f"cannot read --config {path}: {reason}") from None
     if not isinstance(data, Mapping) or set(data) != {"models"}:
         raise ModelConfigError(f"--config {path}: expected one key, `models:` (a list)")
     entries = data["models"]

@@ -31,3 +31,22 @@ def test_a_taken_port_is_one_line_and_exit_2(server):
     assert len(lines) == 1, lines
     assert f"cannot listen on http://127.0.0.1:{server.port}: Address already in use" in lines[0]
     assert time.monotonic() - started < 60  # refused before loading any model
+
+
+def test_the_autotune_option_becomes_one_xla_flag(monkeypatch):
+    import dataclasses
+    import os
+
+    from jaxembed_server.config import ServerConfig
+    from jaxembed_server.main import apply_xla_options
+
+    monkeypatch.setenv(
+        "XLA_FLAGS", "--xla_gpu_autotune_level=4 --xla_force_host_platform_device_count=2"
+    )
+    apply_xla_options(dataclasses.replace(ServerConfig(), xla_gpu_autotune_level=0))
+    flags = os.environ["XLA_FLAGS"].split()
+    assert "--xla_gpu_autotune_level=0" in flags and "--xla_gpu_autotune_level=4" not in flags
+    assert "--xla_force_host_platform_device_count=2" in flags
+    monkeypatch.setenv("XLA_FLAGS", "")
+    apply_xla_options(ServerConfig())  # not given: XLA's default, no flag
+    assert os.environ["XLA_FLAGS"] == ""
