@@ -119,7 +119,8 @@ def check_memory(config: ServerConfig, embedders: Sequence[EngineModel]) -> None
             ) from None
         log.info(
             "memory plan %s: every bucket fits %.2f GiB per device (%.0f%% of %.2f GiB, "
-            "less %.2f GiB of other models' parameters), checked in %.1f s",
+            "less %.2f GiB of other models' parameters), checked in %.1f s on the covering "
+            "set's programs (compiled side by side, kept for warm-up)",
             embedder.card.name,
             (budget - others) / 2**30,
             config.memory_fraction * 100,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -86,6 +86,9 @@ class BroadcastingRunner:
         """All of the grid before ready: every process must run the same programs, so no
         batch may run in a stand-in bucket that only the leader has compiled."""
         return self._runner.warmup(progress, max_len)
+
+    def memories(self, buckets: Sequence[Bucket]) -> list[BucketMemory]:
+        return self.runner.memories(buckets)
 
     def memory(self, bucket: Bucket) -> BucketMemory:
         return self._runner.memory(bucket)

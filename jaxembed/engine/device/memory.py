@@ -98,10 +98,12 @@ def fit_grid(runner: Any, budget_bytes: int, lengths: Sequence[int]) -> BucketGr
     """The runner's grid with each length's batch shrunk until its program fits `budget_bytes`.
 
     Longest lengths first; each check compiles the bucket through the runner (the
-    program warm-up would compile anyway, kept). A length at which even the
+    program warm-up would compile anyway, kept), every length's first candidate compiled
+    side by side up front. A length at which even the
     smallest batch does not fit is a start-up error naming the bucket and bytes.
     """
     grid = runner.grid
+    runner.memories([Bucket(grid.max_rows(seq), seq) for seq in lengths])  # side by side
     for seq in sorted(lengths, reverse=True):
         while True:
             bucket = Bucket(grid.max_rows(seq), seq)

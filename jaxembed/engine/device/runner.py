@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import flax.linen as nn
@@ -121,6 +121,8 @@ class Runner(Protocol):
     ) -> float: ...
 
     def memory(self, bucket: Bucket) -> BucketMemory: ...
+
+    def memories(self, buckets: Sequence[Bucket]) -> list[BucketMemory]: ...
 
     def unhealthy_reason(self) -> str | None: ...
 
@@ -394,6 +396,14 @@ class BucketRunner:
         compile_one = self._compile_packed if self.packed else self._compile
         compiled = compile_one(bucket)
         return from_compiled(compiled, bucket, self.attention_used[bucket.seq])
+
+    def memories(self, buckets: Sequence[Bucket]) -> list[BucketMemory]:
+        """`memory` of several buckets, their programs compiled side by side: the start-up
+        memory check costs about one compile, not one per length (the programs are kept
+        for warm-up, whose covering set they are)."""
+        compile_one = self._compile_packed if self.packed else self._compile
+        self._compile_all([(compile_one, b) for b in buckets], None, 0, len(buckets))
+        return [self.memory(b) for b in buckets]
 
     def unhealthy_reason(self) -> str | None:
         """Why batches cannot run now, or None; a single-process runner is always able to."""
