@@ -138,6 +138,8 @@ class ModelCard:
     max_length: int
     dimensions: int
     prompts: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    default_prompt_name: str | None = None
+    similarity_fn_name: str = "cosine"
     matryoshka_dims: tuple[int, ...] = ()
     served_names: tuple[str, ...] = ()
     source: str = ""
@@ -170,6 +172,15 @@ class ModelCard:
             raise ModelLoadError(f"card {self.name!r}: dtype {self.dtype!r} is not one of {DTYPES}")
         if self.max_length < 2 or self.dimensions < 1:
             raise ModelLoadError(f"card {self.name!r}: max_length and dimensions must be positive")
+        if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
+            raise ModelLoadError(
+                f"card {self.name!r}: default_prompt_name {self.default_prompt_name!r} is not "
+                f"one of its prompts ({sorted(self.prompts) or 'none'})"
+            )
+        if self.similarity_fn_name not in SIMILARITY_FUNCTIONS:
+            raise ModelLoadError(
+                f"card {self.name!r}: similarity_fn_name must be one of {SIMILARITY_FUNCTIONS}"
+            )
         if self.instruction_template and "{instruction}" not in self.instruction_template:
             raise ModelLoadError(
                 f"card {self.name!r}: instruction_template lacks '{{instruction}}'"
@@ -390,6 +401,12 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
     st_meta = _read_json(model_dir / "config_sentence_transformers.json") or {}
     prompts = {k: v for k, v in (st_meta.get("prompts") or {}).items() if isinstance(v, str)}
     tasks, task_prompts = _builtin_tasks(hf_config)
+    default_prompt = st_meta.get("default_prompt_name") or None
+    if default_prompt is not None and default_prompt not in prompts:
+        raise ModelLoadError(
+            f"{model_dir}: config_sentence_transformers.json names default_prompt_name "
+            f"{default_prompt!r}, which is not one of its prompts ({sorted(prompts) or 'none'})"
+        )
 
     hidden = int(hf_config.get("hidden_size", 0) or pooling_cfg.get("word_embedding_dimension", 0))
     projections = _dense_modules(model_dir, modules)
@@ -397,11 +414,13 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
         name=model_dir.resolve().name.lower(),
         family=family,
         pooling=pooling,
-        normalize=any(t.endswith("Normalize") for t in module_types),
+        normalize=_normalized_output(module_types),
         max_length=max_length,
         dimensions=projections[-1]["out_features"] if projections else hidden,
         projections=projections,
         prompts=task_prompts | prompts,
+        default_prompt_name=default_prompt,
+        similarity_fn_name=_similarity(model_dir, st_meta),
         tasks=tasks,
         task_for_input_type={k: t for k, t in TASK_INPUT_TYPES.items() if t in tasks},
         source=str(hf_config.get("_name_or_path", "")),
@@ -409,6 +428,22 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
         dtype="bfloat16" if is_decoder else "float32",
         causal=not bool(hf_config.get("use_bidirectional_attention", False)),
     )
+
+
+# sentence-transformers' similarity functions (SimilarityFunction), under their saved names.
+SIMILARITY_FUNCTIONS = ("cosine", "dot", "euclidean", "manhattan")
+
+
+def _similarity(model_dir: Path, st_meta: Mapping[str, Any]) -> str:
+    """The similarity the model was trained for (`similarity_fn_name`; cosine when unsaved)."""
+    name = st_meta.get("similarity_fn_name") or "cosine"
+    if name == "dot_product":  # SimilarityFunction.DOT_PRODUCT's value in older versions
+        name = "dot"
+    if name not in SIMILARITY_FUNCTIONS:
+        raise ModelLoadError(
+            f"{model_dir}: similarity_fn_name {name!r} is not one of {SIMILARITY_FUNCTIONS}"
+        )
+    return name
 
 
 # The sentence-transformers modules an embedder's card describes (by class name: the module
@@ -445,11 +480,22 @@ def _builtin_tasks(hf_config: Mapping[str, Any]) -> tuple[tuple[str, ...], dict[
     return tasks, {t: str(instructions.get(t) or "") for t in tasks}
 
 
+def _normalized_output(module_types: list[str]) -> bool:
+    """Whether the output is L2-normalised: a Normalize after the last Dense module (one
+    before a Dense normalises that Dense's input instead: `normalize_input`)."""
+    last_dense = max((i for i, t in enumerate(module_types) if t.endswith("Dense")), default=-1)
+    return any(t.endswith("Normalize") for t in module_types[last_dense + 1 :])
+
+
 def _dense_modules(model_dir: Path, modules: list) -> tuple[dict[str, Any], ...]:
     """The Dense modules sentence-transformers applies after pooling (`2_Dense`, `3_Dense`, …)."""
     out = []
+    normalized = False  # a Normalize module since the last Dense: this Dense's input is unit
     for module in modules:
-        if not (isinstance(module, dict) and str(module.get("type", "")).endswith("Dense")):
+        kind = str(module.get("type", "")) if isinstance(module, dict) else ""
+        if kind.endswith("Normalize"):
+            normalized = True
+        if not kind.endswith("Dense"):
             continue
         path = str(module.get("path", ""))
         config = _read_json(model_dir / path / "config.json") or {}
@@ -467,8 +513,10 @@ def _dense_modules(model_dir: Path, modules: list) -> tuple[dict[str, Any], ...]
                 "out_features": int(config["out_features"]),
                 "bias": bool(config.get("bias", True)),
                 "activation": _ST_DENSE_ACTIVATIONS[name],
+                "normalize_input": normalized,
             }
         )
+        normalized = False
     return tuple(out)
 
 

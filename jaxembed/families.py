@@ -200,7 +200,13 @@ def _head_config(
 
 def _projection_head(card: Any) -> HeadConfig:
     layers = tuple(
-        (p["path"], int(p["out_features"]), bool(p["bias"]), p["activation"])
+        (
+            p["path"],
+            int(p["out_features"]),
+            bool(p["bias"]),
+            p["activation"],
+            bool(p.get("normalize_input", False)),
+        )
         for p in card.projections
     )
     return HeadConfig("projection", int(card.projections[0]["in_features"]), layers=layers)

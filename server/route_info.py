@@ -38,6 +38,10 @@ def model_entries(model: ServedModel, created: int) -> list[dict]:
     }
     if card.kind == "embedding":
         common["quantization"] = quantization_entry(model)
+        # sentence-transformers' similarity_fn_name: the comparison the model was trained for.
+        common["similarity"] = card.similarity_fn_name
+        if card.default_prompt_name:
+            common["default_prompt_name"] = card.default_prompt_name
     rows = [{"id": name, **common} for name in model.names]
     rows += [
         {"id": f"{model.name}:{adapter}", **common, "parent": model.name, "root": adapter}

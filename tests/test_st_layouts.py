@@ -97,3 +97,65 @@ def test_a_module_jaxembed_cannot_run_is_a_load_error(st6_dir, tmp_path):
     hf_config = json.loads((custom / "config.json").read_text())
     with pytest.raises(ModelLoadError, match=r"my_pkg\.Whitening"):
         card_from_model_dir(custom, hf_config)
+
+
+@pytest.fixture(scope="module")
+def prompted_dir(tmp_path_factory):
+    """Saved by ST 6 with prompts, a default prompt and a dot-product similarity, and a
+    Normalize module *before* a Dense one (Transformer, Pooling, Normalize, Dense)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
+
+    base = tmp_path_factory.mktemp("base_prompted")
+    save_tiny_model("bert", base, seed=5)
+    transformer = Transformer(str(base))
+    width = transformer.get_embedding_dimension()
+    model = SentenceTransformer(
+        modules=[transformer, Pooling(width, "mean"), Normalize(), Dense(width, 24)],
+        device="cpu",
+        prompts={"query": "query: ", "passage": "passage: ", "classification": "classify: "},
+        default_prompt_name="classification",
+        similarity_fn_name="dot",
+    )
+    out = tmp_path_factory.mktemp("st6_prompted")
+    model.save(str(out))
+    return out
+
+
+def test_prompts_default_prompt_and_similarity_as_st_applies_them(prompted_dir):
+    """No prompt → default_prompt_name; query → `encode_query`; document → `encode_document`
+    (its "passage" prompt); a Normalize before a Dense normalises the Dense's input."""
+    from sentence_transformers import SentenceTransformer
+
+    hf_config = json.loads((prompted_dir / "config.json").read_text())
+    card = card_from_model_dir(prompted_dir, hf_config)
+    assert card.default_prompt_name == "classification" and card.similarity_fn_name == "dot"
+    assert not card.normalize and card.projections[0]["normalize_input"]
+    reference = SentenceTransformer(str(prompted_dir), device="cpu")
+    texts = _texts()[:4]
+    embedder = Embedder.from_pretrained(prompted_dir, compile_cache_dir=False)
+    try:
+        pairs = [
+            (embedder.embed(texts, truncate=True), reference.encode(texts)),
+            (
+                embedder.embed(texts, truncate=True, prompt_name="query"),
+                reference.encode_query(texts),
+            ),
+            (
+                embedder.embed(texts, truncate=True, prompt_name="document"),
+                reference.encode_document(texts),
+            ),
+        ]
+    finally:
+        embedder.close()
+    for ours, want in pairs:
+        cos = (
+            np.sum(ours * want, axis=1)
+            / np.linalg.norm(ours, axis=1)
+            / np.linalg.norm(want, axis=1)
+        )
+        assert cos.min() >= 0.99999
+        np.testing.assert_allclose(
+            np.linalg.norm(ours, axis=1), np.linalg.norm(want, axis=1), rtol=1e-4
+        )
+    assert not np.allclose(pairs[0][0], pairs[1][0])  # the prompts made a difference

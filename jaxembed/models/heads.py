@@ -59,8 +59,9 @@ class HeadConfig:
     hidden_size: int
     num_labels: int = 1
     token_ids: tuple[int, ...] = ()
-    # `projection`: (module path, out_features, bias, activation) per Dense module, in order.
-    layers: tuple[tuple[str, int, bool, str], ...] = ()
+    # `projection`: (module path, out_features, bias, activation, normalize_input) per Dense
+    # module, in order; normalize_input: a Normalize module comes before this Dense.
+    layers: tuple[tuple[str, int, bool, str, bool], ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in HEAD_KINDS:
@@ -127,7 +128,9 @@ class ProjectionHead(nn.Module):
     @nn.compact
     def __call__(self, pooled: jax.Array) -> jax.Array:
         x = pooled.astype(jnp.float32)
-        for i, (_, features, bias, activation) in enumerate(self.config.layers):
+        for i, (_, features, bias, activation, normalize_input) in enumerate(self.config.layers):
+            if normalize_input:  # sentence-transformers' Normalize: F.normalize, eps 1e-12
+                x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
             dense = _dense(
                 features,
                 ("embed", "embed_out"),

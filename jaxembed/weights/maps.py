@@ -318,7 +318,7 @@ def head_rules(family: str, head: HeadConfig) -> list[ParamRule]:
     """
     if head.kind == "projection":  # in each module's own file (SafetensorsCheckpoint.add_module)
         rules = []
-        for i, (path, _, bias, _) in enumerate(head.layers):
+        for i, (path, _, bias, *_) in enumerate(head.layers):
             rules += _top_level(_linear(("head", f"dense_{i}"), f"{path}/linear", Layout.IN_KERNEL))
             if not bias:
                 rules.pop()

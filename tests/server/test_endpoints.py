@@ -16,6 +16,7 @@ def test_models_list_shape(server):
     ids = [m["id"] for m in body["data"]]
     assert ids[0] == MODEL and "sentence-transformers/all-MiniLM-L6-v2" in ids
     assert all(m["object"] == "model" and m["owned_by"] == "jaxembed" for m in body["data"])
+    assert body["data"][0]["similarity"] == "cosine"  # the card's similarity_fn_name
 
 
 def test_health_and_ready(server):

@@ -23,6 +23,8 @@ from jaxembed.errors import InvalidInputError
 Inputs = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]
 # Input types every model accepts; a card without a prompt for one means "no prefix".
 STANDARD_INPUT_TYPES = ("query", "document")
+# The prompt names sentence-transformers' encode_query / encode_document try, in order.
+INPUT_TYPE_PROMPTS = {"query": ("query",), "document": ("document", "passage", "corpus")}
 
 
 def classify_inputs(inputs: Inputs) -> tuple[str, list]:
@@ -158,12 +160,19 @@ class ModelInputs:
         return instruction if instruction is not None else self.named_prompt(prompt_name)
 
     def named_prompt(self, prompt_name: str | None) -> str | None:
-        """The card's prompt called `prompt_name`; None for no name, or for a standard input
-        type the card has no prompt for (documents of a model that only prompts queries)."""
-        if prompt_name is None or (
-            prompt_name in STANDARD_INPUT_TYPES and prompt_name not in self.card.prompts
-        ):
-            return None
+        """The card's prompt called `prompt_name`, as sentence-transformers picks it: no name →
+        the card's `default_prompt_name` (if any); a standard input type → its prompt under
+        any of the names ST tries (`encode_query`: query; `encode_document`: document, passage,
+        corpus), else the default (documents of a model that only prompts queries get none)."""
+        prompts = self.card.prompts
+        default = (
+            prompts.get(self.card.default_prompt_name) if self.card.default_prompt_name else None
+        )
+        if prompt_name is None:
+            return default
+        if prompt_name in STANDARD_INPUT_TYPES:
+            names = INPUT_TYPE_PROMPTS[prompt_name]
+            return next((prompts[n] for n in names if n in prompts), default)
         if prompt_name not in self.card.prompts:
             known = sorted(self.card.prompts) or "none"
             raise InvalidInputError(
