@@ -13,6 +13,7 @@ from pathlib import Path
 
 from jaxembed.cli import add_attention_option, mesh_shape_arg
 from jaxembed.engine.batching.buckets import DEFAULT_WARMUP_MAX_LEN
+from jaxembed.engine.inputs.chat import read_template_option
 from jaxembed.engine.request import limits
 from jaxembed.parallel.distributed import MODES, DistributedConfig
 from jaxembed.parallel.mesh import MeshShape
@@ -42,6 +43,8 @@ class ServerConfig:
     seq_lengths: tuple[int, ...] | None = None
     max_request_bytes: int = 8 * 2**20
     allow_unknown_fields: bool = False  # drop fields no API defines (else a 400 naming them)
+    chat_template: str | None = None  # --chat-template, read: the template's text
+    trust_request_chat_template: bool = False  # a request's own `chat_template` is rendered
     max_inputs: int = 2048
     max_request_tokens: int = 2048 * 512
     max_queued_requests: int = limits.DEFAULT_MAX_QUEUED_REQUESTS
@@ -162,6 +165,19 @@ def _add_model_and_access_arguments(p: argparse.ArgumentParser, d: ServerConfig)
         default=None,
         help="YAML or JSON file listing the models with per-model options (format and a "
         "complete example: docs/operations.md, 'The --config file')",
+    )
+    p.add_argument(
+        "--chat-template",
+        default=None,
+        metavar="FILE|TEMPLATE",
+        help="a Jinja chat template (a file, or the template itself) that renders `messages` "
+        "instead of the model directory's own, or for a model that has none (vLLM's option)",
+    )
+    p.add_argument(
+        "--trust-request-chat-template",
+        action="store_true",
+        help="render a request's own `chat_template` (vLLM's option; off by default: a "
+        "template is code the server runs, sandboxed but unbounded in time)",
     )
     p.add_argument(
         "--served-model-name",
@@ -484,6 +500,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     values["served_model_names"] = tuple(args.served_model_name)
     values["api_keys"] = read_api_keys(args.api_key, args.api_key_file)
     values["lora"] = tuple(args.lora)
+    if args.chat_template is not None:
+        values["chat_template"] = read_template_option(args.chat_template)
     values["models"] = ()
     values["distributed"] = (
         DistributedConfig.from_env(

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from jaxembed.engine.batching.buckets import DEFAULT_WARMUP_MAX_LEN
+from jaxembed.engine.inputs.chat import read_template_option
 from jaxembed.engine.request import limits
 from jaxembed.parallel.mesh import MeshShape
 
@@ -49,6 +50,7 @@ INHERITED = (
     "max_queued_tokens",
     "cache_mb",
     "quantization_ranges",
+    "chat_template",
 )
 
 
@@ -80,6 +82,7 @@ class ModelConfig:
     max_queued_tokens: int = limits.DEFAULT_MAX_QUEUED_TOKENS
     cache_mb: float = 128.0
     quantization_ranges: str | None = None  # int8/uint8 ranges file; None: calibrated
+    chat_template: str | None = None  # replaces the directory's (the template's text)
 
     @property
     def lora_enabled(self) -> bool:
@@ -182,6 +185,11 @@ def _model_entry(defaults: Any, entry: Any, index: int) -> ModelConfig:
     if unknown:
         raise ModelConfigError(f"{where}: unknown option(s) {unknown}; known: {sorted(allowed)}")
     values = {k: v for k, v in entry.items() if k in INHERITED}
+    if isinstance(values.get("chat_template"), str):
+        try:
+            values["chat_template"] = read_template_option(values["chat_template"])
+        except ValueError as e:
+            raise ModelConfigError(f"{where}: {e}") from None
     for key in ("batch_sizes", "seq_lengths"):
         if key in values and values[key] is not None:
             values[key] = tuple(values[key])

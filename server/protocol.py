@@ -6,7 +6,7 @@ A top-level field no model defines is a 400 naming it, as OpenAI answers (server
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -98,8 +98,6 @@ class EmbeddingRequest(BaseModel):
     # bookkeeping fields that change nothing here (the X-Request-Id header names a request).
     peer_fields: ClassVar[frozenset[str]] = frozenset(
         {
-            "chat_template",
-            "chat_template_kwargs",
             "mm_processor_kwargs",
             "embed_dtype",
             "endianness",
@@ -122,6 +120,14 @@ class EmbeddingRequest(BaseModel):
     )
     add_generation_prompt: StrictBool = False
     continue_final_message: StrictBool = False
+    chat_template: StrictStr | None = Field(
+        None,
+        description="vLLM: a Jinja template for `messages` instead of the model's (needs the "
+        "server's --trust-request-chat-template)",
+    )
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        None, description="vLLM: more variables for the chat template (e.g. enable_thinking)"
+    )
     truncate_prompt_tokens: StrictInt | None = Field(
         None, ge=-1, description="vLLM: keep at most this many tokens per input (-1: the maximum)"
     )
@@ -213,6 +219,8 @@ class TokenizeRequest(BaseModel):
     input: StrictStr | list[StrictStr] | None = None
     prompt: StrictStr | None = Field(None, description="vLLM's form: one text, flat `tokens`")
     messages: list[ChatMessage] | None = Field(None, min_length=1)
+    chat_template: StrictStr | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
     add_special_tokens: StrictBool | None = None
     add_generation_prompt: StrictBool = False
     continue_final_message: StrictBool = False

@@ -178,7 +178,9 @@ async def embeddings(request: Request):
         inputs, instruction = vllm_fields.vision_language_chat(req)
         options = dataclasses.replace(options, instruction=instruction or req.instruction)
     else:
-        inputs = vllm_fields.chat_input(req, route)
+        inputs = vllm_fields.chat_input(
+            req, route, trust_template=request.app.ctx.config.trust_request_chat_template
+        )
     result = await run_job(request, route, inputs, options)
     with request.ctx.progress.timed("encode"):
         return embeddings_response(req, route, result.vectors, result.tokens, sparse)

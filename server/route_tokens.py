@@ -17,7 +17,9 @@ from jaxembed_server.served import Route
 from jaxembed_server.vllm_fields import chat_input
 
 
-def _text_of(req: TokenizeRequest, route: Route) -> tuple[str | list[str], bool]:
+def _text_of(
+    req: TokenizeRequest, route: Route, trust: bool = False
+) -> tuple[str | list[str], bool]:
     """(what to tokenize, whether the answer is vLLM's flat form)."""
     given = [f for f in ("input", "prompt", "messages") if getattr(req, f) is not None]
     if len(given) != 1:
@@ -27,8 +29,10 @@ def _text_of(req: TokenizeRequest, route: Route) -> tuple[str | list[str], bool]
             messages=req.messages,
             add_generation_prompt=req.add_generation_prompt,
             continue_final_message=req.continue_final_message,
+            chat_template=req.chat_template,
+            chat_template_kwargs=req.chat_template_kwargs,
         )
-        (text,) = chat_input(chat, route)
+        (text,) = chat_input(chat, route, trust_template=trust)
         if not isinstance(text, str):
             raise invalid("/tokenize takes text-only messages", param="messages")
         return text, True
@@ -40,7 +44,7 @@ async def tokenize(request: Request):
     req = parse_body(request, TokenizeRequest)
     model, answer, _ = ctx.models.find(req.model)  # an adapter does not change tokenisation
     route = Route(model, answer, None)
-    text, flat = _text_of(req, route)
+    text, flat = _text_of(req, route, ctx.config.trust_request_chat_template)
     check_size(text, ctx.config.max_inputs)
     special = req.add_special_tokens
     options = EmbedOptions(

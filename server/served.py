@@ -36,6 +36,8 @@ class ServedModel:
     def build(
         cls, config: ModelConfig, service: EmbeddingService, names: tuple[str, ...] | None = None
     ) -> ServedModel:
+        if config.chat_template is not None:
+            service.inputs.use_chat_template(config.chat_template)
         resolver = None
         if config.lora_enabled:
             resolver = AdapterResolver(

@@ -15,8 +15,6 @@ from jaxembed_server.served import Route
 
 # field → the values we can honour (None: none at all), and why the others are refused.
 REFUSED_VLLM_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
-    "chat_template": ((None,), "custom chat templates are not supported (the model's own is used)"),
-    "chat_template_kwargs": ((None, {}), "chat template arguments are not supported"),
     "mm_processor_kwargs": ((None, {}), "multimodal processor arguments are not supported"),
     "embed_dtype": ((None, "float32"), "only float32 vectors (see embedding_type for int8/binary)"),
     "endianness": ((None, "native", "little"), "base64 vectors are little-endian"),
@@ -41,6 +39,9 @@ def check_input_or_messages(req: EmbeddingRequest) -> None:
         raise invalid("'input' is required (or `messages`)", param="input")
     if req.input is not None and req.messages is not None:
         raise invalid("give `input` or `messages`, not both", param="messages")
+    for field in ("chat_template", "chat_template_kwargs"):
+        if req.messages is None and getattr(req, field) is not None:
+            raise invalid(f"`{field}` applies to `messages` (chat input) only", param=field)
 
 
 def _parts(content: list) -> tuple[list[str], list[str], list[str]]:
@@ -86,10 +87,17 @@ def vision_language_chat(req: EmbeddingRequest) -> tuple[list, str | None]:
     return [item], "".join(system) or None
 
 
-def chat_input(req: EmbeddingRequest, route: Route) -> list:
+def chat_input(req: EmbeddingRequest, route: Route, *, trust_template: bool = False) -> list:
     """`messages` → one input: the rendered conversation, with its image/video (one each)
     for models that embed them. Without a chat template a multimodal model embeds the
-    messages' text joined; a text model without one refuses `messages`."""
+    messages' text joined; a text model without one refuses `messages`. A request's own
+    `chat_template` is rendered only when the server trusts request templates."""
+    if req.chat_template is not None and not trust_template:
+        raise invalid(
+            "this server does not render request chat templates (start it with "
+            "--trust-request-chat-template, or give the model one with --chat-template)",
+            param="chat_template",
+        )
     messages, images, videos = [], [], []
     for message in req.messages:
         if isinstance(message.content, str):
@@ -101,13 +109,15 @@ def chat_input(req: EmbeddingRequest, route: Route) -> list:
     if len(images) > 1 or len(videos) > 1:
         raise invalid("messages may hold one image and one video", param="messages")
     service = route.model.service
-    if service.inputs.chat_template is None and (images or videos):
+    if service.inputs.chat_template is None and req.chat_template is None and (images or videos):
         text = "\n".join(m["content"] for m in messages if m["content"]) or None
     else:
         text = service.inputs.render_messages(
             messages,
+            template=req.chat_template,
             add_generation_prompt=req.add_generation_prompt,
             continue_final_message=req.continue_final_message,
+            template_kwargs=req.chat_template_kwargs,
         )
     if images or videos:
         return [MultimodalItem(text=text, image=(images or [None])[0], video=(videos or [None])[0])]
@@ -132,7 +142,9 @@ def truncation(req: EmbeddingRequest, route: Route) -> dict:
             max_tokens=None if limit == -1 else limit,
         )
     # A chat template writes the special tokens itself (vLLM's default for messages: false).
-    templated = req.messages is not None and route.model.service.inputs.chat_template
+    templated = req.messages is not None and (
+        route.model.service.inputs.chat_template is not None or req.chat_template is not None
+    )
     special = req.add_special_tokens
     fields["add_special_tokens"] = (not templated) if special is None else special
     return fields

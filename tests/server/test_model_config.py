@@ -74,6 +74,21 @@ def test_config_file_yaml_and_json(tmp_path):
     assert only.max_queued_requests == 3
 
 
+def test_chat_templates_per_model_and_server_wide(tmp_path):
+    """--chat-template (a file or the template) for every model; `chat_template:` per model
+    in --config overrides it; the config holds the template's text."""
+    template = tmp_path / "chat.jinja"
+    template.write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    path = tmp_path / "models.yaml"
+    path.write_text(
+        "models:\n  - model: a\n  - model: b\n    chat_template: '{{ messages[0].content }}'\n"
+    )
+    a, b = _config("--config", str(path), "--chat-template", str(template)).models
+    assert a.chat_template == template.read_text()
+    assert b.chat_template == "{{ messages[0].content }}"
+    assert _config("--chat-template", "{{ x }}").models[0].chat_template == "{{ x }}"
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
@@ -84,6 +99,7 @@ def test_config_file_yaml_and_json(tmp_path):
         ("models:\n  - model: x\n    devices: 3-1\n", "empty, negative"),
         ("models:\n  - model: x\n    lora: [a]\n", "maps adapter names"),
         ("models: [\n", "cannot read"),
+        ("models:\n  - model: x\n    chat_template: '{% for %}'\n", "not valid Jinja"),
     ],
 )
 def test_bad_config_files_say_what_is_wrong(tmp_path, text, message):

@@ -82,6 +82,11 @@ def test_tokenize_prompt_detokenize_and_invocations(server, embedder):
         ("/v1/embeddings", {"input": "x", "add_special_tokens": "no"}, "add_special_tokens"),
         ("/v1/embeddings", {"input": "x", "embed_dtype": "bfloat16"}, "embed_dtype"),
         ("/v1/embeddings", {"input": "x", "chat_template": "{{ x }}"}, "chat_template"),
+        (  # a request's own template needs --trust-request-chat-template
+            "/v1/embeddings",
+            {"messages": [{"role": "user", "content": "x"}], "chat_template": "{{ x }}"},
+            "chat_template",
+        ),
         ("/v1/embeddings", {"input": "x", "mm_processor_kwargs": {"a": 1}}, "mm_processor_kwargs"),
         ("/v1/embeddings", {"input": "x", "encoding_format": "bytes"}, "encoding_format"),
         (
@@ -144,3 +149,61 @@ def test_messages_are_rendered_by_the_chat_template(chat_server, chat_model):
     assert tokens["count"] == len(reference.tokenize([rendered], add_special_tokens=False)[0])
     invoked = _post(chat_server, "/invocations", {"messages": messages})
     np.testing.assert_allclose(_vector(invoked), _vector(got), atol=1e-7)
+
+
+CONVERSATION_TEMPLATE = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+
+
+@pytest.fixture(scope="module")
+def templated_server(tmp_path_factory):
+    """vLLM's conversation-embedding test shape: a model without a chat template (MiniLM),
+    served with --chat-template FILE; request templates trusted."""
+    template = tmp_path_factory.mktemp("template") / "conversation.jinja"
+    template.write_text(CONVERSATION_TEMPLATE)
+    proc = ServerProcess(
+        "--chat-template", str(template), "--trust-request-chat-template",
+        "--seq-lengths", "16,32,64", "--no-warmup",
+    )  # fmt: skip
+    yield proc
+    assert proc.stop() == 0, proc.log()
+
+
+def _as_ids(server, text: str) -> np.ndarray:
+    """The vector of `text` embedded as it is (no special tokens), not through any template."""
+    ids = _post(server, "/tokenize", {"prompt": text, "add_special_tokens": False}).json()
+    return _vector(_post(server, "/v1/embeddings", {"input": [ids["tokens"]]}))
+
+
+def test_chat_template_option_and_request_templates(templated_server):
+    messages = [
+        {"role": "system", "content": "Represent the question."},
+        {"role": "user", "content": "Where do penguins live?"},
+    ]
+    rendered = "system: Represent the question.\nuser: Where do penguins live?\n"
+    got = _post(templated_server, "/v1/embeddings", {"messages": messages})
+    assert got.status_code == 200, got.text
+    np.testing.assert_allclose(_vector(got), _as_ids(templated_server, rendered), atol=1e-6)
+    own = "{{ prefix }}{% for m in messages %}[{{ m.content }}]{% endfor %}"
+    body = {"messages": messages, "chat_template": own, "chat_template_kwargs": {"prefix": "Q "}}
+    got = _post(templated_server, "/v1/embeddings", body)
+    want = "Q [Represent the question.][Where do penguins live?]"
+    np.testing.assert_allclose(_vector(got), _as_ids(templated_server, want), atol=1e-6)
+    tokens = _post(templated_server, "/tokenize", {"messages": messages, "chat_template": own})
+    assert tokens.json()["count"] > 0
+    for bad, param in [
+        ({**body, "chat_template": "{% for %}"}, "chat_template"),
+        ({**body, "chat_template_kwargs": {"messages": []}}, "chat_template_kwargs"),
+    ]:
+        response = _post(templated_server, "/v1/embeddings", bad)
+        assert response.status_code == 400 and response.json()["error"]["param"] == param
+
+
+def test_a_chat_template_that_is_not_jinja_stops_start_up():
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "jaxembed.cli", "serve", "--chat-template", "{% for %}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2 and "not valid Jinja" in run.stderr

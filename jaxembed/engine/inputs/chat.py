@@ -15,12 +15,56 @@ from typing import Any
 from jaxembed.errors import InvalidInputError
 
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "sep_token", "cls_token")
+# Arguments of transformers' renderer that `chat_template_kwargs` must not replace.
+RESERVED_KWARGS = frozenset(
+    {
+        "conversations",
+        "chat_template",
+        "tools",
+        "documents",
+        "add_generation_prompt",
+        "continue_final_message",
+        "return_assistant_tokens_mask",
+        "messages",
+    }
+)
+
+
+def read_template_option(value: str) -> str:
+    """A `--chat-template` value: a file's contents if it names a file, else the template
+    itself (vLLM's convention), checked to be a Jinja template."""
+    path = Path(value)
+    try:
+        template = path.read_text() if len(value) < 4096 and path.is_file() else value
+    except OSError as e:
+        raise ValueError(f"cannot read the chat template {value}: {e.strerror}") from None
+    check_template(template)
+    return template
+
+
+def check_template(template: str) -> None:
+    """A ValueError naming the problem if `template` is not a Jinja template."""
+    import jinja2.sandbox
+
+    try:
+        jinja2.sandbox.ImmutableSandboxedEnvironment().parse(template)
+    except jinja2.TemplateSyntaxError as e:
+        raise ValueError(
+            f"the chat template is not valid Jinja (line {e.lineno}): {e.message}"
+        ) from None
 
 
 class ChatTemplate:
     def __init__(self, template: str, special_tokens: dict[str, str]):
         self.template = template
         self.special_tokens = special_tokens
+
+    @staticmethod
+    def special_tokens_of(model_dir: Path) -> dict[str, str]:
+        """The tokenizer's special tokens, which templates read (`{{ eos_token }}`)."""
+        config_path = model_dir / "tokenizer_config.json"
+        config = json.loads(config_path.read_text()) if config_path.exists() else {}
+        return {k: v for k in SPECIAL_TOKEN_KEYS if isinstance(v := config.get(k), str)}
 
     @classmethod
     def from_model_dir(cls, model_dir: Path) -> ChatTemplate | None:
@@ -44,12 +88,20 @@ class ChatTemplate:
         *,
         add_generation_prompt: bool = False,
         continue_final_message: bool = False,
+        template_kwargs: dict[str, Any] | None = None,
     ) -> str:
-        """The conversation as the one text the model embeds."""
+        """The conversation as the one text the model embeds; `template_kwargs` are more
+        variables for the template (vLLM's `chat_template_kwargs`, e.g. `enable_thinking`)."""
         if add_generation_prompt and continue_final_message:
             raise InvalidInputError(
                 "add_generation_prompt and continue_final_message cannot both be true",
                 param="continue_final_message",
+            )
+        extra = dict(template_kwargs or {})
+        if clash := sorted(RESERVED_KWARGS & set(extra) | set(self.special_tokens) & set(extra)):
+            raise InvalidInputError(
+                f"chat_template_kwargs may not set {clash}: the request and the tokenizer set them",
+                param="chat_template_kwargs",
             )
         from transformers.utils.chat_template_utils import render_jinja_template
 
@@ -60,6 +112,7 @@ class ChatTemplate:
                 add_generation_prompt=add_generation_prompt,
                 continue_final_message=continue_final_message,
                 **self.special_tokens,
+                **extra,
             )
         except Exception as e:  # a template's own raise_exception, or messages it cannot take
             raise InvalidInputError(

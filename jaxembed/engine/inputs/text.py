@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from jaxembed.card import ModelCard
-from jaxembed.engine.inputs.chat import ChatTemplate
+from jaxembed.engine.inputs.chat import ChatTemplate, check_template
 from jaxembed.engine.inputs.chunking import MAX_EMBED_FACTOR, ChunkPlan
 from jaxembed.engine.inputs.pairs import PairTokenizer, TokenTypes
 from jaxembed.engine.inputs.tokenize import TextTokenizer
@@ -181,15 +181,31 @@ class ModelInputs:
             )
         return self.card.prompts[prompt_name]
 
-    def render_messages(self, messages: list[dict], **flags) -> str:
-        """A chat conversation → the one text to embed (the model's chat template)."""
-        if self.chat_template is None:
+    def use_chat_template(self, template: str) -> None:
+        """Replace the directory's chat template (or give a model without one its first): the
+        server's `--chat-template`."""
+        self.chat_template = ChatTemplate(template, ChatTemplate.special_tokens_of(self.model_dir))
+
+    def render_messages(
+        self, messages: list[dict], *, template: str | None = None, **flags: Any
+    ) -> str:
+        """A chat conversation → the one text to embed: the model's chat template, or
+        `template` (a request's own, already allowed by the caller)."""
+        chat = self.chat_template
+        if template is not None:
+            try:
+                check_template(template)
+            except ValueError as e:
+                raise InvalidInputError(str(e), param="chat_template") from None
+            chat = ChatTemplate(template, ChatTemplate.special_tokens_of(self.model_dir))
+        if chat is None:
             raise InvalidInputError(
                 f"{self.card.name} has no chat template (tokenizer_config.json / "
-                "chat_template.jinja): send `input` instead of `messages`",
+                "chat_template.jinja; or start the server with --chat-template): send `input` "
+                "instead of `messages`",
                 param="messages",
             )
-        return self.chat_template.render(messages, **flags)
+        return chat.render(messages, **flags)
 
     def apply_prompt(
         self, texts: Sequence[str], prompt_name: str | None, instruction: str | None = None
