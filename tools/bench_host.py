@@ -91,6 +91,12 @@ def http_scenarios(
             concurrency=64,
             reference=reference,
         )
+        # Tails (the p99 <= 5x p50): 256 single-text clients at once, one pass.
+        tails = run_load(
+            server.port, chunks(texts[:singles], 1), model=model, concurrency=256,
+            reference=reference,
+        ).summary()  # fmt: skip
+        out["singles256"] = tails
         out["serial"] = run_load(
             server.port, chunks(texts[:200], 1), model=model, concurrency=1, reference=reference
         ).summary()
