@@ -1,6 +1,6 @@
 """The existing parity suites, again with every model on `blocked` attention (a child process
 with $JAXEMBED_ATTENTION=blocked): MiniLM vs sentence-transformers, CLIP/SigLIP vs
-transformers, and the server through the official `openai` client give the same embeddings.
+transformers give the same embeddings (the server runs the same service: one path).
 (Decoders on `blocked` vs `xla`: tests/test_attention.py.)"""
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SUITES = [
     "tests/test_parity_minilm.py",
     "tests/test_clip.py",
-    "tests/server/test_openai_client.py",
 ]
 
 

@@ -369,7 +369,7 @@ FULL_STAGES = (
 )
 QUICK_GRID = "--seq-lengths 16,32,64 --batch-sizes 1,4,16"
 QUICK_STAGES = (
-    ("host", ["--shape", "host", "--dtype", "float32", "--texts", "600"], 120),
+    ("host", ["--shape", "host", "--dtype", "float32", "--texts", "256"], 120),
     (
         "server",
         [
@@ -378,7 +378,7 @@ QUICK_STAGES = (
             "--dtype",
             "float32",
             "--texts",
-            "600",
+            "256",
             "--api-workers",
             "1",
             "--client-processes",

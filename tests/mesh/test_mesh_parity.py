@@ -61,8 +61,13 @@ def _specs(embedder: Embedder) -> dict[str, P]:
     return {".".join(str(k.key) for k in path): leaf.sharding.spec for path, leaf in flat}
 
 
-@pytest.mark.parametrize("family", ["bert", "mistral"])
-@pytest.mark.parametrize("mesh_shape", MESHES, ids=lambda s: f"{s[0]}x{s[1]}")
+# Every mesh kind for the encoder (data only, both axes, model only); the decoder on the mesh
+# that splits both axes (its sharding rules are checked leaf by leaf below).
+@pytest.mark.parametrize(
+    "family, mesh_shape",
+    [*[("bert", m) for m in MESHES], ("mistral", (2, 4))],
+    ids=lambda c: c if isinstance(c, str) else f"{c[0]}x{c[1]}",
+)
 def test_mesh_matches_single_device(family, mesh_shape, texts, bert_dir, mistral_dir, reference):
     path = bert_dir if family == "bert" else mistral_dir
     on_mesh = _embedder(path, mesh_shape)
@@ -172,7 +177,7 @@ def _family_dir(family, bert_dir, mistral_dir, tmp_path_factory):
 
 
 MESH_CASES = [
-    *[(f, m) for f in ("bert", "mistral") for m in ((8, 1), (2, 4), (1, 8))],
+    *[(f, m) for f in ("bert", "mistral") for m in ((8, 1), (2, 4))],
     ("roberta", (2, 4)),
     ("qwen3", (2, 4)),
 ]

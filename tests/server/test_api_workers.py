@@ -172,15 +172,15 @@ def test_sigterm_under_load_breaks_no_request_and_every_process_exits_zero():
 
 
 def test_the_server_suites_pass_with_two_front_ends():
-    """Concurrency and drain with several models and images, LoRA adapters, reranking: the
-    same tests as in one process, every server started with --api-workers 2."""
+    """Concurrency and drain with several models and images (test_multi_model), LoRA
+    adapters, reranking: the same tests as in one process, every server started with
+    --api-workers 2."""
     root = Path(__file__).resolve().parents[2]
     files = [
         "tests/server/test_multi_model.py",
         "tests/server/test_lora_serving.py",
         "tests/server/test_rerank_api.py",
-        "tests/server/test_shutdown.py",
-    ]
+    ]  # drain: test_sigterm_under_load_breaks_no_request_and_every_process_exits_zero above
     env = {**os.environ, API_WORKERS_ENV: "2"}
     out = run_pytest_in_child([str(root / f) for f in files], env, timeout=1500)
     assert " passed" in out

@@ -42,7 +42,9 @@ def test_timeout_then_admission(timeout_server):
     # Now the server has measured its speed: the same request is refused up front (413).
     start = time.perf_counter()
     r = httpx.post(timeout_server.url + "/v1/embeddings", json=body, timeout=120)
-    assert r.status_code == 413 and time.perf_counter() - start < 3, r.text[:300]
+    # (413 itself says it was refused before its work ran: that would have been a 504 at 5 s;
+    # the bound only allows for tokenising 2,048 inputs on a busy machine.)
+    assert r.status_code == 413 and time.perf_counter() - start < 15, r.text[:300]
     error = r.json()["error"]
     assert error["code"] == "request_too_large" and "--request-timeout of 5 s" in error["message"]
     assert "split it into requests of at most about" in error["message"]

@@ -74,6 +74,10 @@ class BroadcastingRunner:
         return self._runner.lazy_compiles
 
     @property
+    def compile_log(self) -> list[tuple[Bucket, float]]:
+        return self._runner.compile_log
+
+    @property
     def attention_used(self) -> dict[int, str]:
         return self._runner.attention_used
 
@@ -88,7 +92,7 @@ class BroadcastingRunner:
         return self._runner.warmup(progress, max_len)
 
     def memories(self, buckets: Sequence[Bucket]) -> list[BucketMemory]:
-        return self.runner.memories(buckets)
+        return self._runner.memories(buckets)
 
     def memory(self, bucket: Bucket) -> BucketMemory:
         return self._runner.memory(bucket)

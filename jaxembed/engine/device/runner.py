@@ -111,6 +111,7 @@ class Runner(Protocol):
     lora_bank: LoraBank | None
     lazy_compiles: int
     compile_seconds: float
+    compile_log: list[tuple[Bucket, float]]
     attention_used: dict[int, str]
 
     def warmup(
