@@ -47,6 +47,9 @@ log = logging.getLogger("jaxembed.engine")
 COMPILE_THREADS_ENV = "JAXEMBED_COMPILE_THREADS"
 
 
+TRACE_LOCK = threading.Lock()  # one trace (jit(...).lower) at a time, in every runner
+
+
 def compile_threads() -> int:
     """Programs compiled at once at warm-up: $JAXEMBED_COMPILE_THREADS, else one per core this
     process may use, at most 16 (XLA compiles outside the GIL; lowering is short)."""
@@ -246,7 +249,11 @@ class BucketRunner:
         extra = ()
         if lora:  # same shapes whatever adapters the bank holds
             extra = (self.lora_bank.arrays(), jax.ShapeDtypeStruct((bucket.batch,), jnp.int32))
-        with activation_sharding(self.mesh), record_choices() as chosen:
+        # Tracing runs one program at a time: Flax builds and reads module classes while it
+        # traces (a concurrent trace once failed with "dictionary changed size during
+        # iteration"), and the attention choice is recorded per trace. XLA's compile, the
+        # long part, runs side by side outside the GIL.
+        with TRACE_LOCK, activation_sharding(self.mesh), record_choices() as chosen:
             lowered = jitted.lower(self._params, spec, spec, *extra)
         compiled = lowered.compile()
         seconds = time.perf_counter() - start

@@ -23,6 +23,7 @@ from PIL import Image
 
 from jaxembed.engine.batching.buckets import Bucket, PlannedBatch
 from jaxembed.engine.batching.workload import DeviceResult, Workload
+from jaxembed.engine.device.runner import TRACE_LOCK
 from jaxembed.images import ImagePreprocessor
 from jaxembed.parallel.sharding import DATA_AXIS, activation_sharding, replicated
 from jaxembed.pooling import l2_normalize
@@ -92,8 +93,9 @@ class ImageEngine:
                 spec = jax.ShapeDtypeStruct(
                     (batch, *self.pixel_shape), jnp.float32, sharding=self._sharding
                 )
-                with activation_sharding(self.mesh):
-                    self._compiled[batch] = self._jitted.lower(self._params, spec).compile()
+                with TRACE_LOCK, activation_sharding(self.mesh):  # traces one at a time
+                    lowered = self._jitted.lower(self._params, spec)
+                self._compiled[batch] = lowered.compile()
             return self._compiled[batch]
 
     def warmup(self, progress: Callable[[int, int, Bucket], None] | None = None) -> float:
