@@ -369,7 +369,11 @@ FULL_STAGES = (
 )
 QUICK_GRID = "--seq-lengths 16,32,64 --batch-sizes 1,4,16"
 QUICK_STAGES = (
-    ("host", ["--shape", "host", "--dtype", "float32", "--texts", "256"], 120),
+    (
+        "host",
+        ["--shape", "host", "--dtype", "float32", "--texts", "256", "--seq-lengths", "16,32,64"],
+        120,
+    ),
     (
         "server",
         [

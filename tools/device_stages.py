@@ -101,11 +101,8 @@ def host(args: argparse.Namespace) -> dict:
 
     texts = english_passages(args.texts)
     model = random_bert_dir(Path(args.workdir) / args.shape, args.shape)
-    grid = (
-        {"seq_lengths": [int(x) for x in BGE_SEQ_LENGTHS.split(",")]}
-        if args.shape == "bge-large"
-        else {}
-    )
+    lengths = args.seq_lengths or (BGE_SEQ_LENGTHS if args.shape == "bge-large" else None)
+    grid = {"seq_lengths": [int(x) for x in lengths.split(",")]} if lengths else {}
     embedder = Embedder.from_pretrained(
         model, dtype=args.dtype, compile_cache_dir=Path(args.workdir) / "compile-cache", **grid
     )
@@ -221,6 +218,7 @@ def main() -> int:
     p.add_argument("--client-processes", type=int, default=4)
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--serve-args", default="", help="extra `jaxembed serve` options (a grid)")
+    p.add_argument("--seq-lengths", default=None, help="host stage: bucket lengths, e.g. 16,32")
     args = p.parse_args()
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     result = {"cold": cold, "host": host, "server": server}[args.stage](args)
