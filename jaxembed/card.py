@@ -401,12 +401,6 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
     st_meta = _read_json(model_dir / "config_sentence_transformers.json") or {}
     prompts = {k: v for k, v in (st_meta.get("prompts") or {}).items() if isinstance(v, str)}
     tasks, task_prompts = _builtin_tasks(hf_config)
-    default_prompt = st_meta.get("default_prompt_name") or None
-    if default_prompt is not None and default_prompt not in prompts:
-        raise ModelLoadError(
-            f"{model_dir}: config_sentence_transformers.json names default_prompt_name "
-            f"{default_prompt!r}, which is not one of its prompts ({sorted(prompts) or 'none'})"
-        )
 
     hidden = int(hf_config.get("hidden_size", 0) or pooling_cfg.get("word_embedding_dimension", 0))
     projections = _dense_modules(model_dir, modules)
@@ -419,8 +413,8 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
         dimensions=projections[-1]["out_features"] if projections else hidden,
         projections=projections,
         prompts=task_prompts | prompts,
-        default_prompt_name=default_prompt,
-        similarity_fn_name=_similarity(model_dir, st_meta),
+        default_prompt_name=st_meta.get("default_prompt_name") or None,  # checked by the card
+        similarity_fn_name=_similarity(st_meta),
         tasks=tasks,
         task_for_input_type={k: t for k, t in TASK_INPUT_TYPES.items() if t in tasks},
         source=str(hf_config.get("_name_or_path", "")),
@@ -434,16 +428,11 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
 SIMILARITY_FUNCTIONS = ("cosine", "dot", "euclidean", "manhattan")
 
 
-def _similarity(model_dir: Path, st_meta: Mapping[str, Any]) -> str:
-    """The similarity the model was trained for (`similarity_fn_name`; cosine when unsaved)."""
+def _similarity(st_meta: Mapping[str, Any]) -> str:
+    """The similarity the model was trained for (`similarity_fn_name`; cosine when unsaved;
+    an unknown name is refused by the card)."""
     name = st_meta.get("similarity_fn_name") or "cosine"
-    if name == "dot_product":  # SimilarityFunction.DOT_PRODUCT's value in older versions
-        name = "dot"
-    if name not in SIMILARITY_FUNCTIONS:
-        raise ModelLoadError(
-            f"{model_dir}: similarity_fn_name {name!r} is not one of {SIMILARITY_FUNCTIONS}"
-        )
-    return name
+    return "dot" if name == "dot_product" else name  # DOT_PRODUCT's value in older versions
 
 
 # The sentence-transformers modules an embedder's card describes (by class name: the module

@@ -208,6 +208,38 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_plan_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plan", help="parameters and bytes per device on a mesh, from shapes only (no weights)"
+    )
+    p.add_argument("model", help="model directory, card name, or a config.json file")
+    p.add_argument(
+        "--mesh", type=mesh_shape_arg, default="data=1,model=1", help="e.g. data=2,model=4"
+    )
+    p.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default=None, help="default: the card's"
+    )
+    add_attention_option(p)
+    p.add_argument(
+        "--buckets",
+        type=_buckets_arg,
+        default=None,
+        help="buckets to compile and measure, e.g. 1x8192,4x2048 (default: the largest "
+        "bucket at 512, 2k, 8k and 32k tokens up to the model's maximum, and at the maximum)",
+    )
+    p.add_argument(
+        "--vision-buckets",
+        type=_buckets_arg,
+        default=None,
+        help="vision-language models: vision-tower buckets (rows x patches) to compile, e.g. "
+        "1x7424,8x1024 (default: the largest image a row holds, a video frame pair, 8x1024); "
+        "--buckets then sizes their decoder program (batch x tokens)",
+    )
+    p.add_argument("--no-buckets", action="store_true", help="parameters only (compile nothing)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=_cmd_plan)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxembed", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -256,35 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the model cards and where their weights are")
     p.set_defaults(func=_cmd_models)
 
-    p = sub.add_parser(
-        "plan", help="parameters and bytes per device on a mesh, from shapes only (no weights)"
-    )
-    p.add_argument("model", help="model directory, card name, or a config.json file")
-    p.add_argument(
-        "--mesh", type=mesh_shape_arg, default="data=1,model=1", help="e.g. data=2,model=4"
-    )
-    p.add_argument(
-        "--dtype", choices=["float32", "bfloat16"], default=None, help="default: the card's"
-    )
-    add_attention_option(p)
-    p.add_argument(
-        "--buckets",
-        type=_buckets_arg,
-        default=None,
-        help="buckets to compile and measure, e.g. 1x8192,4x2048 (default: the largest "
-        "bucket at 512, 2k, 8k and 32k tokens up to the model's maximum, and at the maximum)",
-    )
-    p.add_argument(
-        "--vision-buckets",
-        type=_buckets_arg,
-        default=None,
-        help="vision-language models: vision-tower buckets (rows x patches) to compile, e.g. "
-        "1x7424,8x1024 (default: the largest image a row holds, a video frame pair, 8x1024); "
-        "--buckets then sizes their decoder program (batch x tokens)",
-    )
-    p.add_argument("--no-buckets", action="store_true", help="parameters only (compile nothing)")
-    p.add_argument("--json", action="store_true", help="print the plan as JSON")
-    p.set_defaults(func=_cmd_plan)
+    _add_plan_command(sub)
 
     for ep in entry_points(group="jaxembed.commands"):
         ep.load()(sub)

@@ -131,6 +131,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         _add_model_and_access_arguments,
         _add_compile_and_attention_arguments,
         _add_limit_arguments,
+        _add_time_arguments,
         _add_batching_and_logging_arguments,
         _add_lora_arguments,
         _add_media_arguments,
@@ -259,6 +260,35 @@ def _add_compile_and_attention_arguments(p: argparse.ArgumentParser, d: ServerCo
     p.add_argument("--seq-lengths", type=_int_tuple, default=None, help="bucket sequence lengths")
 
 
+def _add_time_arguments(p: argparse.ArgumentParser, d: ServerConfig) -> None:
+    """How long a request, a slow client, an idle connection and a drain may take."""
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=d.drain_timeout,
+        help="seconds queued work may take to finish on SIGTERM",
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=d.request_timeout,
+        help="seconds a request may take from arrival to answer (0: no limit); past it a 504 "
+        "`timeout`, and requests that cannot finish in time at the measured speed get a 413",
+    )
+    p.add_argument(
+        "--read-timeout",
+        type=float,
+        default=d.read_timeout,
+        help="seconds for a client to send a request's headers and body (slow clients: 408)",
+    )
+    p.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=d.keep_alive_timeout,
+        help="seconds an idle keep-alive connection stays open (above a load balancer's 60)",
+    )
+
+
 def _add_limit_arguments(p: argparse.ArgumentParser, d: ServerConfig) -> None:
     """Request and queue limits, scheduling, time limits, the cache."""
     p.add_argument(
@@ -304,31 +334,6 @@ def _add_limit_arguments(p: argparse.ArgumentParser, d: ServerConfig) -> None:
         default=d.step_batches,
         help="token budgets the dispatcher gathers per step: larger sorts rows better, "
         "smaller lets urgent requests overtake sooner",
-    )
-    p.add_argument(
-        "--drain-timeout",
-        type=float,
-        default=d.drain_timeout,
-        help="seconds queued work may take to finish on SIGTERM",
-    )
-    p.add_argument(
-        "--request-timeout",
-        type=float,
-        default=d.request_timeout,
-        help="seconds a request may take from arrival to answer (0: no limit); past it a 504 "
-        "`timeout`, and requests that cannot finish in time at the measured speed get a 413",
-    )
-    p.add_argument(
-        "--read-timeout",
-        type=float,
-        default=d.read_timeout,
-        help="seconds for a client to send a request's headers and body (slow clients: 408)",
-    )
-    p.add_argument(
-        "--keep-alive-timeout",
-        type=float,
-        default=d.keep_alive_timeout,
-        help="seconds an idle keep-alive connection stays open (above a load balancer's 60)",
     )
     p.add_argument(
         "--quantization-ranges",

@@ -32,9 +32,10 @@ async def log_when_ready(services: Iterable[EmbeddingService], warmup: bool) -> 
     set of buckets compiled; the rest of the grid goes on compiling in the background, and no
     request waits for it)."""
     services = list(services)
-    while not all(service.status().warm for service in services):
-        await asyncio.sleep(0.05)
     statuses = [service.status() for service in services]
+    while not all(status.warm for status in statuses):
+        await asyncio.sleep(0.05)
+        statuses = [service.status() for service in services]
     programs = sum(status.programs for status in statuses)
     log.info(
         "ready: %d model%s, %d bucket%s compiled in %.1f s%s",

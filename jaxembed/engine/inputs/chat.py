@@ -60,17 +60,12 @@ class ChatTemplate:
         self.special_tokens = special_tokens
 
     @staticmethod
-    def special_tokens_of(model_dir: Path) -> dict[str, str]:
-        """The tokenizer's special tokens, which templates read (`{{ eos_token }}`)."""
+    def read_model_dir(model_dir: Path) -> tuple[str | None, dict[str, str]]:
+        """(the directory's default chat template or None, the tokenizer's special tokens,
+        which templates read as `{{ eos_token }}`), from one read of its files."""
         config_path = model_dir / "tokenizer_config.json"
         config = json.loads(config_path.read_text()) if config_path.exists() else {}
-        return {k: v for k in SPECIAL_TOKEN_KEYS if isinstance(v := config.get(k), str)}
-
-    @classmethod
-    def from_model_dir(cls, model_dir: Path) -> ChatTemplate | None:
-        """The directory's default chat template, or None if it has none."""
-        config_path = model_dir / "tokenizer_config.json"
-        config = json.loads(config_path.read_text()) if config_path.exists() else {}
+        special = {k: v for k in SPECIAL_TOKEN_KEYS if isinstance(v := config.get(k), str)}
         template = config.get("chat_template")
         if (model_dir / "chat_template.jinja").exists():
             template = (model_dir / "chat_template.jinja").read_text()
@@ -78,9 +73,8 @@ class ChatTemplate:
             named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
             template = named.get("default")
         if not isinstance(template, str) or not template.strip():
-            return None
-        special = {k: v for k in SPECIAL_TOKEN_KEYS if isinstance(v := config.get(k), str)}
-        return cls(template, special)
+            template = None
+        return template, special
 
     def render(
         self,

@@ -92,7 +92,8 @@ class ModelInputs:
             if card.kind == "reranker"
             else None
         )
-        self.chat_template = ChatTemplate.from_model_dir(self.model_dir)
+        template, self.special_tokens = ChatTemplate.read_model_dir(self.model_dir)
+        self.chat_template = ChatTemplate(template, self.special_tokens) if template else None
 
     def spec(self) -> InputsSpec:
         return InputsSpec(
@@ -184,7 +185,7 @@ class ModelInputs:
     def use_chat_template(self, template: str) -> None:
         """Replace the directory's chat template (or give a model without one its first): the
         server's `--chat-template`."""
-        self.chat_template = ChatTemplate(template, ChatTemplate.special_tokens_of(self.model_dir))
+        self.chat_template = ChatTemplate(template, self.special_tokens)
 
     def render_messages(
         self, messages: list[dict], *, template: str | None = None, **flags: Any
@@ -197,7 +198,7 @@ class ModelInputs:
                 check_template(template)
             except ValueError as e:
                 raise InvalidInputError(str(e), param="chat_template") from None
-            chat = ChatTemplate(template, ChatTemplate.special_tokens_of(self.model_dir))
+            chat = ChatTemplate(template, self.special_tokens)
         if chat is None:
             raise InvalidInputError(
                 f"{self.card.name} has no chat template (tokenizer_config.json / "
