@@ -39,6 +39,12 @@ def test_lines_are_json_with_the_request_id(json_server):
         timeout=60,
     )
     assert r.status_code == 200 and r.headers["x-request-id"] == "trace-42"
+    # The usage line is written before the access line (which follows the response out), so
+    # wait for the access line itself, then read the request's other lines.
+    _records(
+        json_server,
+        lambda r: r.get("request_id") == "trace-42" and r["logger"] == "jaxembed.access",
+    )
     records, mine = _records(json_server, lambda r: r.get("request_id") == "trace-42")
     access = [r for r in mine if r["logger"] == "jaxembed.access"]
     assert access and access[0]["status"] == 200 and access[0]["path"] == "/v1/embeddings"
@@ -59,8 +65,10 @@ def test_errors_and_generated_ids_are_logged(json_server):
     assert r.status_code == 400
     rid = r.headers["x-request-id"]
     assert len(rid) == 32
-    _, mine = _records(json_server, lambda rec: rec.get("request_id") == rid)
-    assert any(rec.get("status") == 400 for rec in mine)
+    _, mine = _records(
+        json_server, lambda rec: rec.get("request_id") == rid and rec.get("status") == 400
+    )
+    assert mine
 
     # An id that is not a sane printable token is replaced, not written into logs.
     r = httpx.get(json_server.url + "/v1/models", headers={"X-Request-Id": "x" * 500})
