@@ -21,8 +21,10 @@ from jaxembed.model_types import (
     CLIP_FAMILIES,
     DECODER_FAMILIES,
     QWEN_VL_FAMILIES,
+    STATIC_FAMILIES,
     canonical_model_type,
 )
+from jaxembed.static_layout import static_max_length, static_module_dir
 
 # SPLADE's poolings (sentence-transformers' SpladePooling max / sum over log(1 + relu(MLM
 # logits))): the model's own head pools, and the "embedding" is one weight per vocabulary entry.
@@ -126,6 +128,8 @@ class ModelCard:
         (documents always get it; a query may bring its own), the position scheme
         (`sequential` or `mrope`), the image pre-resize bounds and the video sampling
         (engine/vl_recipe.py `VLRecipe` lists every key).
+      special_tokens: the tokenizer's special tokens frame each text (False: the text's own
+        tokens only, as sentence-transformers tokenises for a StaticEmbedding model).
       splade_activation: a SPLADE model's `relu` (log(1 + relu(x))) or `log1p_relu` (log1p
         once more, OpenSearch's models); its `pooling` is splade_max or splade_sum and its
         `dimensions` the vocabulary size.
@@ -161,6 +165,7 @@ class ModelCard:
     tasks: tuple[str, ...] = ()
     task_for_input_type: Mapping[str, str] = dataclasses.field(default_factory=dict)
     splade_activation: str = "relu"
+    special_tokens: bool = True
     vl_template: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -370,6 +375,8 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
         return _reranker_card(model_dir, hf_config)
     modules = _read_json(model_dir / "modules.json") or []
     module_types = [str(m.get("type", "")) for m in modules if isinstance(m, dict)]
+    if family in STATIC_FAMILIES:
+        return _static_card(model_dir, hf_config, modules, module_types)
     if any(t.endswith("SpladePooling") for t in module_types) or (
         is_masked_lm(hf_config) and "splade" in model_dir.resolve().name.lower()
     ):
@@ -396,31 +403,62 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
                 pooling = mode
                 break
 
-    max_length = _max_length(model_dir, hf_config)
-
-    st_meta = _read_json(model_dir / "config_sentence_transformers.json") or {}
-    prompts = {k: v for k, v in (st_meta.get("prompts") or {}).items() if isinstance(v, str)}
     tasks, task_prompts = _builtin_tasks(hf_config)
-
     hidden = int(hf_config.get("hidden_size", 0) or pooling_cfg.get("word_embedding_dimension", 0))
-    projections = _dense_modules(model_dir, modules)
+    head = _st_head(model_dir, modules, module_types, hidden)
+    head["prompts"] = task_prompts | head["prompts"]
     return ModelCard(
         name=model_dir.resolve().name.lower(),
         family=family,
         pooling=pooling,
-        normalize=_normalized_output(module_types),
-        max_length=max_length,
-        dimensions=projections[-1]["out_features"] if projections else hidden,
-        projections=projections,
-        prompts=task_prompts | prompts,
-        default_prompt_name=st_meta.get("default_prompt_name") or None,  # checked by the card
-        similarity_fn_name=_similarity(st_meta),
+        max_length=_max_length(model_dir, hf_config),
+        **head,
         tasks=tasks,
         task_for_input_type={k: t for k, t in TASK_INPUT_TYPES.items() if t in tasks},
         source=str(hf_config.get("_name_or_path", "")),
         append_eos=pooling == "last_token",
         dtype="bfloat16" if is_decoder else "float32",
         causal=not bool(hf_config.get("use_bidirectional_attention", False)),
+    )
+
+
+def _st_head(
+    model_dir: Path, modules: list, module_types: list[str], hidden: int
+) -> dict[str, Any]:
+    """What a sentence-transformers model does after its input module, as card fields: its
+    Dense modules and normalisation, and its saved prompts and similarity."""
+    st_meta = _read_json(model_dir / "config_sentence_transformers.json") or {}
+    projections = _dense_modules(model_dir, modules)
+    return dict(
+        normalize=_normalized_output(module_types),
+        dimensions=projections[-1]["out_features"] if projections else hidden,
+        projections=projections,
+        prompts={k: v for k, v in (st_meta.get("prompts") or {}).items() if isinstance(v, str)},
+        default_prompt_name=st_meta.get("default_prompt_name") or None,  # checked by the card
+        similarity_fn_name=_similarity(st_meta),
+    )
+
+
+def _static_card(
+    model_dir: Path, hf_config: Mapping[str, Any], modules: list, module_types: list[str]
+) -> ModelCard:
+    """A sentence-transformers StaticEmbedding model: the mean of its tokens' table rows (no
+    special tokens, as its tokenizer is called), then any Dense and Normalize modules."""
+    _check_module_types(model_dir, module_types)
+    weights_dir = static_module_dir(model_dir) or model_dir
+    head = _st_head(model_dir, modules, module_types, int(hf_config["hidden_size"]))
+    if head["projections"] and weights_dir != model_dir:
+        raise ModelLoadError(
+            f"{model_dir}: Dense modules after a StaticEmbedding kept in its own folder "
+            f"({weights_dir.name}) are not supported"
+        )
+    return ModelCard(
+        name=model_dir.resolve().name.lower(),
+        family=str(hf_config["model_type"]),
+        pooling="mean",
+        max_length=static_max_length(weights_dir),
+        special_tokens=False,
+        **head,
     )
 
 
@@ -438,7 +476,7 @@ def _similarity(st_meta: Mapping[str, Any]) -> str:
 # The sentence-transformers modules an embedder's card describes (by class name: the module
 # paths moved between versions, e.g. sentence_transformers.models.Pooling in 2.x-5.x and
 # sentence_transformers.sentence_transformer.modules.pooling.Pooling in 6.x).
-ST_EMBEDDER_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
+ST_EMBEDDER_MODULES = ("Transformer", "StaticEmbedding", "Pooling", "Dense", "Normalize")
 
 
 def _check_module_types(model_dir: Path, module_types: list[str]) -> None:

@@ -22,6 +22,7 @@ from jaxembed.model_types import (
     CLIP_FAMILIES,
     DECODER_FAMILIES,
     QWEN_VL_FAMILIES,
+    STATIC_FAMILIES,
     canonical_model_type,
 )
 from jaxembed.models.clip import ClipConfig, ClipModel
@@ -39,6 +40,7 @@ from jaxembed.models.nomic_bert import (
 )
 from jaxembed.models.qwen_vl import QwenVLConfig, QwenVLModel
 from jaxembed.models.sparse import SparseConfig, SparseEncoder
+from jaxembed.models.static import StaticConfig, StaticEmbedding
 from jaxembed.parallel.sharding import logical_axes
 from jaxembed.weights import maps
 
@@ -137,6 +139,17 @@ _GEMMA3 = Family(
     packable=True,
 )
 
+# One table per token, averaged (sentence-transformers' StaticEmbedding). Not packed: with
+# no attention a padded position costs one gathered row, less than pooling packed segments
+# (4,000 passages on 2 vCPUs: 5,425 texts/s padded against 4,575 packed).
+_STATIC = Family(
+    config_from_hf=StaticConfig.from_hf,
+    module=StaticEmbedding,
+    rules=maps.static_rules,
+    ignored_prefixes=maps.STATIC_IGNORED_PREFIXES,
+    wrapper_prefixes=maps.STATIC_WRAPPER_PREFIXES,
+)
+
 FAMILIES: dict[str, Family] = (
     dict.fromkeys(ENCODER_FAMILIES, _ENCODER)
     | dict.fromkeys(MODERNBERT_FAMILIES, _MODERNBERT)
@@ -146,6 +159,7 @@ FAMILIES: dict[str, Family] = (
     | dict.fromkeys(DECODER_FAMILIES, _DECODER)
     | dict.fromkeys(CLIP_FAMILIES, _CLIP)
     | dict.fromkeys(QWEN_VL_FAMILIES, _QWEN_VL)
+    | dict.fromkeys(STATIC_FAMILIES, _STATIC)
 )
 
 

@@ -9,6 +9,9 @@ from typing import Any
 CLIP_FAMILIES = frozenset({"clip", "siglip"})
 DECODER_FAMILIES = frozenset({"mistral", "qwen2", "qwen3"})
 QWEN_VL_FAMILIES = frozenset({"qwen2_vl", "qwen3_vl"})
+# sentence-transformers' StaticEmbedding (no config.json of its own: registry.read_hf_config
+# describes one from its weights under this model_type).
+STATIC_FAMILIES = frozenset({"static_embedding"})  # static_layout.STATIC_MODEL_TYPE
 
 
 def canonical_model_type(hf: Mapping[str, Any]) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from jaxembed.card import CARD_FILENAME, ModelCard, card_from_model_dir
 from jaxembed.errors import ModelLoadError
+from jaxembed.static_layout import static_hf_config, static_module_dir
 
 DEFAULT_MODEL = "all-minilm-l6-v2"
 _SOURCE_ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +86,9 @@ def read_hf_config(model_dir: Path) -> dict:
     """The `config.json` of a model directory (or a config file given directly)."""
     path = model_dir if model_dir.is_file() else model_dir / "config.json"
     if not path.is_file():
+        static = static_module_dir(model_dir) if model_dir.is_dir() else None
+        if static is not None:  # sentence-transformers saves none for a static model
+            return static_hf_config(static)
         raise ModelLoadError(
             f"{model_dir} has no config.json; is it a Hugging Face model directory?"
         )
@@ -101,7 +105,10 @@ def resolve_model(spec: str | os.PathLike | None) -> tuple[Path, ModelCard]:
     if path.is_dir():
         if (path / CARD_FILENAME).is_file():
             return path, ModelCard.load(path / CARD_FILENAME)
-        return path, card_from_model_dir(path, read_hf_config(path))
+        card = card_from_model_dir(path, read_hf_config(path))
+        # A static model saved by sentence-transformers 3.x keeps its table and tokenizer in
+        # `0_StaticEmbedding/`: that is where the weights are read from.
+        return static_module_dir(path) or path, card
     card = find_card(spec)
     if card is None:
         known = ", ".join(sorted(registry_cards())) or "none"

@@ -204,7 +204,11 @@ class EngineModel(ModelInputs):
                 self.set_packing(False)  # a task applies per row, and rows are not shared
                 self.runner.lora_bank = TaskAdapters(self.card.tasks, self.card.name)
             return self.runner.lora_bank
-        if self.images is not None or self.card.kind != "embedding":
+        if (
+            self.images is not None
+            or self.card.kind != "embedding"
+            or self.model.config.num_layers == 0
+        ):
             what = "rerankers" if self.card.kind == "reranker" else f"{self.card.family} models"
             raise AdapterError(f"LoRA adapters are not supported for {what}")
         if self.runner.lora_bank is None:

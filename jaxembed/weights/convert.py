@@ -9,6 +9,7 @@ memory stays near the largest leaf rather than the whole model.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -48,7 +49,8 @@ def convert(
     src_dir = Path(src)
     if not src_dir.is_dir():
         raise ModelLoadError(f"{src} is not a directory")
-    _, card = resolve_model(src_dir)
+    # (A static model saved by sentence-transformers 3.x: its module folder holds the files.)
+    src_dir, card = resolve_model(src_dir)
     if card_name is not None:
         registry_card = find_card(card_name)
         if registry_card is None:
@@ -92,7 +94,8 @@ def convert(
     finally:
         checkpoint.close()
     card.save(out_dir / CARD_FILENAME)
-    shutil.copy2(src_dir / "config.json", out_dir / "config.json")
+    # Written from the parsed config: a static model has none of its own to copy.
+    (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     for name in COMPANION_FILES:
         if (src_dir / name).is_file():
             shutil.copy2(src_dir / name, out_dir / name)

@@ -20,6 +20,7 @@ from jaxembed.models.modernbert import ModernBertConfig
 from jaxembed.models.nomic_bert import NomicBertConfig
 from jaxembed.models.qwen2_vl_vision import QwenVisionConfig
 from jaxembed.models.qwen_vl import QwenVLConfig
+from jaxembed.models.static import StaticConfig
 
 
 class Layout(enum.Enum):
@@ -550,3 +551,16 @@ QWEN_VL_WRAPPER_PREFIXES = ("model.language_model.", "language_model.", "model."
 
 GEMMA3_IGNORED_PREFIXES = ("lm_head.", "rotary_emb.")
 GEMMA3_WRAPPER_PREFIXES = ("model.",)
+
+
+def static_rules(config: StaticConfig) -> list[ParamRule]:
+    """A static embedding's one table: sentence-transformers' `embedding.weight`
+    (nn.EmbeddingBag), or model2vec's `embeddings` (a plain table, no token mapping)."""
+    del config
+    return [ParamRule(("embedding", "embedding"), "embedding.weight", aliases=("embeddings",))]
+
+
+# model2vec's optional per-token re-mapping and weights fold into the table before serving
+# (sentence-transformers does the same at load); jaxembed refuses them rather than drop them.
+STATIC_IGNORED_PREFIXES = ()
+STATIC_WRAPPER_PREFIXES = ()

@@ -86,6 +86,7 @@ class ModelInputs:
             eos_id=eos_id,
             pad_to_max_length=card.pad_to_max_length,
             pad_id=pad_id,
+            special_tokens=card.special_tokens,
         )
         self.pairs = (
             PairTokenizer(self.tokenizer.backend, card, token_types)

@@ -32,8 +32,12 @@ class TextTokenizer:
         *,
         pad_to_max_length: bool = False,
         pad_id: int = 0,
+        special_tokens: bool = True,
     ):
+        """`special_tokens=False`: the post-processor that frames a text with [CLS]/[SEP] (or
+        <s>/</s>) is dropped, so every encoding is the text's own tokens (static models)."""
         path = Path(model_dir) / "tokenizer.json"
+        self._special_tokens = special_tokens
         self._tokenizer = self._load(path)
         self._path = path
         self._truncating: dict[tuple[str, int], Tokenizer] = {}
@@ -47,11 +51,12 @@ class TextTokenizer:
             eos_id is not None and self._tokenizer.encode("a").ids[-1:] != [eos_id]
         )
 
-    @staticmethod
-    def _load(path: Path) -> Tokenizer:
+    def _load(self, path: Path) -> Tokenizer:
         tokenizer = Tokenizer.from_file(str(path))
         tokenizer.no_padding()
         tokenizer.no_truncation()
+        if not self._special_tokens:
+            tokenizer.post_processor = None
         return tokenizer
 
     def _truncating_tokenizer(self, direction: str, limit: int) -> Tokenizer:
