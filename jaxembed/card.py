@@ -21,6 +21,7 @@ from jaxembed.model_types import (
     CLIP_FAMILIES,
     DECODER_FAMILIES,
     QWEN_VL_FAMILIES,
+    SPARSE_STATIC_FAMILY,
     STATIC_FAMILIES,
     canonical_model_type,
 )
@@ -29,8 +30,12 @@ from jaxembed.static_layout import static_max_length, static_module_dir
 # SPLADE's poolings (sentence-transformers' SpladePooling max / sum over log(1 + relu(MLM
 # logits))): the model's own head pools, and the "embedding" is one weight per vocabulary entry.
 SPLADE_POOLING = ("splade_max", "splade_sum")
+# sentence-transformers' SparseStaticEmbedding (an inference-free sparse query side): each
+# vocabulary entry present in the text gets its trained weight, whatever its count.
+SPARSE_STATIC_POOLING = "sparse_static"
+SPARSE_POOLING = (*SPLADE_POOLING, SPARSE_STATIC_POOLING)
 SPLADE_ACTIVATIONS = ("relu", "log1p_relu")
-POOLING_MODES = ("cls", "mean", "max", "last_token", "mean_sqrt_len", *SPLADE_POOLING)
+POOLING_MODES = ("cls", "mean", "max", "last_token", "mean_sqrt_len", *SPARSE_POOLING)
 MODALITIES = ("text", "image", "video")
 MAX_VIDEO_FRAMES = 64
 DTYPES = ("float32", "bfloat16")
@@ -285,8 +290,8 @@ class ModelCard:
 
     @property
     def sparse(self) -> bool:
-        """A SPLADE model: its vectors are vocabulary weights, served sparse."""
-        return self.pooling in SPLADE_POOLING
+        """A SPLADE or sparse-static model: its vectors are vocabulary weights, served sparse."""
+        return self.pooling in SPARSE_POOLING
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -356,12 +361,15 @@ def _read_json(path: Path) -> dict[str, Any] | list[Any] | None:
         raise ModelLoadError(f"{path.name} is not valid JSON: {e}") from None
 
 
-def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> ModelCard:
+def card_from_model_dir(
+    model_dir: str | Path, hf_config: Mapping[str, Any], *, modules: list | None = None
+) -> ModelCard:
     """Derive a card from a Hugging Face / sentence-transformers directory.
 
     Without sentence-transformers files the model is treated as a plain HF
     encoder: mean pooling, no normalisation (what sentence-transformers itself
-    does for a bare transformers checkpoint).
+    does for a bare transformers checkpoint). `modules`: the `modules.json` entries to use
+    instead of the directory's (one route of a Router model: jaxembed/routes.py).
     """
     model_dir = Path(model_dir)
     family = canonical_model_type(hf_config)
@@ -373,8 +381,11 @@ def card_from_model_dir(model_dir: str | Path, hf_config: Mapping[str, Any]) -> 
         family in DECODER_FAMILIES and "reranker" in model_dir.resolve().name.lower()
     ):
         return _reranker_card(model_dir, hf_config)
-    modules = _read_json(model_dir / "modules.json") or []
+    if modules is None:
+        modules = _read_json(model_dir / "modules.json") or []
     module_types = [str(m.get("type", "")) for m in modules if isinstance(m, dict)]
+    if family == SPARSE_STATIC_FAMILY:
+        return _sparse_static_card(model_dir, hf_config)
     if family in STATIC_FAMILIES:
         return _static_card(model_dir, hf_config, modules, module_types)
     if any(t.endswith("SpladePooling") for t in module_types) or (
@@ -427,15 +438,40 @@ def _st_head(
 ) -> dict[str, Any]:
     """What a sentence-transformers model does after its input module, as card fields: its
     Dense modules and normalisation, and its saved prompts and similarity."""
-    st_meta = _read_json(model_dir / "config_sentence_transformers.json") or {}
     projections = _dense_modules(model_dir, modules)
     return dict(
         normalize=_normalized_output(module_types),
         dimensions=projections[-1]["out_features"] if projections else hidden,
         projections=projections,
+        **st_meta_fields(model_dir),
+    )
+
+
+def st_meta_fields(model_dir: Path) -> dict[str, Any]:
+    """The model-wide facts of `config_sentence_transformers.json` as card fields: prompts,
+    the default prompt's name and the similarity function."""
+    st_meta = _read_json(model_dir / "config_sentence_transformers.json") or {}
+    return dict(
         prompts={k: v for k, v in (st_meta.get("prompts") or {}).items() if isinstance(v, str)},
         default_prompt_name=st_meta.get("default_prompt_name") or None,  # checked by the card
         similarity_fn_name=_similarity(st_meta),
+    )
+
+
+def _sparse_static_card(model_dir: Path, hf_config: Mapping[str, Any]) -> ModelCard:
+    """sentence-transformers' SparseStaticEmbedding: a weight per vocabulary entry present in
+    the text (no special tokens; the tokenizer's `model_max_length`, as its call truncates)."""
+    tokenizer_config = _read_json(model_dir / "tokenizer_config.json") or {}
+    limit = tokenizer_config.get("model_max_length") if isinstance(tokenizer_config, dict) else None
+    return ModelCard(
+        name=model_dir.resolve().name.lower(),
+        family=SPARSE_STATIC_FAMILY,
+        pooling=SPARSE_STATIC_POOLING,
+        normalize=False,
+        max_length=int(limit) if isinstance(limit, int) and 2 <= limit <= 2**20 else 512,
+        dimensions=int(hf_config["vocab_size"]),
+        special_tokens=False,
+        **st_meta_fields(model_dir),
     )
 
 
@@ -656,8 +692,6 @@ def _splade_card(model_dir: Path, hf_config: Mapping[str, Any], modules: list) -
     strategy = str(pooling_cfg.get("pooling_strategy", "max"))
     if f"splade_{strategy}" not in SPLADE_POOLING:
         raise ModelLoadError(f"SpladePooling strategy {strategy!r} is not max or sum")
-    st_meta = _read_json(model_dir / "config_sentence_transformers.json") or {}
-    prompts = {k: v for k, v in (st_meta.get("prompts") or {}).items() if isinstance(v, str)}
     return ModelCard(
         name=model_dir.resolve().name.lower(),
         family=canonical_model_type(hf_config),
@@ -666,7 +700,7 @@ def _splade_card(model_dir: Path, hf_config: Mapping[str, Any], modules: list) -
         normalize=False,
         max_length=_max_length(model_dir, hf_config),
         dimensions=int(hf_config["vocab_size"]),
-        prompts=prompts,
+        **st_meta_fields(model_dir),
         source=str(hf_config.get("_name_or_path", "")),
     )
 

@@ -16,12 +16,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxembed.card import is_sequence_classifier, num_labels
+from jaxembed.card import SPLADE_POOLING, is_sequence_classifier, num_labels
 from jaxembed.errors import ModelLoadError, UnsupportedArchitectureError
 from jaxembed.model_types import (
     CLIP_FAMILIES,
     DECODER_FAMILIES,
     QWEN_VL_FAMILIES,
+    SPARSE_STATIC_FAMILY,
     STATIC_FAMILIES,
     canonical_model_type,
 )
@@ -40,7 +41,12 @@ from jaxembed.models.nomic_bert import (
 )
 from jaxembed.models.qwen_vl import QwenVLConfig, QwenVLModel
 from jaxembed.models.sparse import SparseConfig, SparseEncoder
-from jaxembed.models.static import StaticConfig, StaticEmbedding
+from jaxembed.models.static import (
+    SparseStatic,
+    SparseStaticConfig,
+    StaticConfig,
+    StaticEmbedding,
+)
 from jaxembed.parallel.sharding import logical_axes
 from jaxembed.weights import maps
 
@@ -150,6 +156,15 @@ _STATIC = Family(
     wrapper_prefixes=maps.STATIC_WRAPPER_PREFIXES,
 )
 
+# A weight per vocabulary entry present in the text (a Router's inference-free query side).
+_SPARSE_STATIC = Family(
+    config_from_hf=SparseStaticConfig.from_hf,
+    module=SparseStatic,
+    rules=maps.sparse_static_rules,
+    ignored_prefixes=(),
+    wrapper_prefixes=(),
+)
+
 FAMILIES: dict[str, Family] = (
     dict.fromkeys(ENCODER_FAMILIES, _ENCODER)
     | dict.fromkeys(MODERNBERT_FAMILIES, _MODERNBERT)
@@ -160,6 +175,7 @@ FAMILIES: dict[str, Family] = (
     | dict.fromkeys(CLIP_FAMILIES, _CLIP)
     | dict.fromkeys(QWEN_VL_FAMILIES, _QWEN_VL)
     | dict.fromkeys(STATIC_FAMILIES, _STATIC)
+    | {SPARSE_STATIC_FAMILY: _SPARSE_STATIC}
 )
 
 
@@ -291,7 +307,7 @@ def model_family(
     config = family.config_from_hf(hf_config)
     if card is not None and getattr(config, "causal", card.causal) != card.causal:
         config = dataclasses.replace(config, causal=card.causal)
-    if card is not None and card.sparse:
+    if card is not None and card.pooling in SPLADE_POOLING:
         return _sparse_family(family), _sparse_config(model_type, hf_config, config, card)
     reranker = card.kind == "reranker" if card is not None else is_sequence_classifier(hf_config)
     if reranker:

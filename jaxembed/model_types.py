@@ -12,6 +12,8 @@ QWEN_VL_FAMILIES = frozenset({"qwen2_vl", "qwen3_vl"})
 # sentence-transformers' StaticEmbedding (no config.json of its own: registry.read_hf_config
 # describes one from its weights under this model_type).
 STATIC_FAMILIES = frozenset({"static_embedding"})  # static_layout.STATIC_MODEL_TYPE
+# sentence-transformers' SparseStaticEmbedding (a Router's inference-free query side).
+SPARSE_STATIC_FAMILY = "sparse_static"
 
 
 def canonical_model_type(hf: Mapping[str, Any]) -> str:

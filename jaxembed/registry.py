@@ -19,6 +19,7 @@ from pathlib import Path
 
 from jaxembed.card import CARD_FILENAME, ModelCard, card_from_model_dir
 from jaxembed.errors import ModelLoadError
+from jaxembed.routes import check_route, read_router, route_view
 from jaxembed.static_layout import static_hf_config, static_module_dir
 
 DEFAULT_MODEL = "all-minilm-l6-v2"
@@ -103,6 +104,9 @@ def resolve_model(spec: str | os.PathLike | None) -> tuple[Path, ModelCard]:
     spec = DEFAULT_MODEL if spec is None else os.fspath(spec)
     path = Path(spec).expanduser()
     if path.is_dir():
+        layout = read_router(path)
+        if layout is not None:  # a model per route: resolve_route_model
+            check_route(layout, None)
         if (path / CARD_FILENAME).is_file():
             return path, ModelCard.load(path / CARD_FILENAME)
         card = card_from_model_dir(path, read_hf_config(path))
@@ -132,3 +136,18 @@ def resolve_model(spec: str | os.PathLike | None) -> tuple[Path, ModelCard]:
         f"the weights of {card.name!r} are not here: {where}download {card.source} and run "
         f"`jaxembed convert <its directory> --card {card.name}`"
     )
+
+
+def resolve_model_config(
+    spec: str | os.PathLike | None, route: str | None = None
+) -> tuple[Path, ModelCard, dict]:
+    """(weights directory, card, architecture config) of `spec`; for a sentence-transformers
+    Router model, those of its route `route` (jaxembed/routes.py)."""
+    path = None if spec is None else Path(os.fspath(spec)).expanduser()
+    layout = read_router(path) if path is not None and path.is_dir() else None
+    if layout is not None:
+        return route_view(layout, check_route(layout, route))
+    if route is not None:
+        raise ModelLoadError(f"{spec} is not a Router model: it has no route {route!r}")
+    model_dir, card = resolve_model(spec)
+    return model_dir, card, read_hf_config(model_dir)

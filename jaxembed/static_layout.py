@@ -15,6 +15,7 @@ from typing import Any
 from jaxembed.errors import ModelLoadError
 
 STATIC_MODEL_TYPE = "static_embedding"
+SPARSE_STATIC_MODEL_TYPE = "sparse_static"
 TABLE_KEYS = ("embedding.weight", "embeddings")
 # sentence-transformers embeds a whole text with a static model (its max_seq_length is
 # infinite) unless the saved tokenizer truncates; jaxembed needs a largest bucket, so texts
@@ -90,3 +91,21 @@ def static_max_length(weights_dir: Path) -> int:
         raise ModelLoadError(f"{weights_dir}/tokenizer.json is not readable: {e}") from None
     limit = saved.get("max_length") if isinstance(saved, dict) else None
     return int(limit) if isinstance(limit, int) and limit >= 2 else STATIC_MAX_LENGTH
+
+
+def sparse_static_hf_config(weights_dir: Path) -> dict[str, Any]:
+    """The architecture config of a SparseStaticEmbedding folder (its own `config.json` holds
+    only training flags): the vocabulary size of its `weight`."""
+    from jaxembed.weights.safetensors_io import SafetensorsFile
+
+    path = weights_dir / "model.safetensors"
+    if not path.is_file():
+        raise ModelLoadError(f"{weights_dir} has no model.safetensors (a sparse static weight)")
+    table = SafetensorsFile(path)
+    try:
+        shape = table.shape("weight") if "weight" in set(table.keys()) else None
+    finally:
+        table.close()
+    if shape is None or len(shape) != 1:
+        raise ModelLoadError(f"{path}: expected one tensor `weight` of [vocabulary] weights")
+    return {"model_type": SPARSE_STATIC_MODEL_TYPE, "vocab_size": int(shape[0])}

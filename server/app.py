@@ -43,7 +43,7 @@ from jaxembed_server.metrics import Metrics
 from jaxembed_server.model_config import ModelConfig
 from jaxembed_server.openapi import ServedModel as OpenAPIModel
 from jaxembed_server.openapi import build_openapi
-from jaxembed_server.served import ServedModel, ServedModels
+from jaxembed_server.served import ServedModels, serve_models
 
 log = logging.getLogger("jaxembed.server")
 _app_ids = itertools.count()
@@ -70,33 +70,51 @@ def service_config(config: ServerConfig, model: ModelConfig) -> ServiceConfig:
     )
 
 
+def build_services(
+    config: ServerConfig,
+    embedders: Sequence[EngineModel],
+    metrics: Metrics,
+    fault_hook: FaultHook | None = None,
+) -> list[EmbeddingService]:
+    """One service per model entry (its input half over its device half, in this process);
+    models on the same devices take fair turns (one DeviceShare)."""
+    shares: dict[tuple[int, ...], DeviceShare] = {}
+    services = []
+    for model_config, embedder in zip(config.model_configs(), embedders, strict=True):
+        devices = tuple(sorted(d.id for d in embedder.model.mesh.devices.flat))
+        label = service_label(model_config, embedder.card.names)
+        metrics.add_model(label)
+        service = local_service(
+            embedder,
+            service_config(config, model_config),
+            name=label,
+            share=shares.setdefault(devices, DeviceShare()),
+            hooks=ServiceHooks(
+                on_batch=metrics.batch_observer(label),
+                on_cache=metrics.cache_observer(label),
+                fault_hook=fault_hook,
+            ),
+        )
+        services.append(service)
+    return services
+
+
+def service_label(model_config: ModelConfig, card_names: Sequence[str]) -> str:
+    """A service's name in logs and metrics: the model's first name (`/route` for a route of
+    a Router model)."""
+    name = model_config.names(card_names)[0]
+    return f"{name}/{model_config.route}" if model_config.route else name
+
+
 def build_models(
     config: ServerConfig,
     embedders: Sequence[EngineModel],
     metrics: Metrics,
     fault_hook: FaultHook | None = None,
 ) -> ServedModels:
-    """One service per model (its input half over its device half, in this process); models
-    on the same devices take fair turns (one DeviceShare)."""
-    shares: dict[tuple[int, ...], DeviceShare] = {}
-    served = []
-    for model_config, embedder in zip(config.model_configs(), embedders, strict=True):
-        devices = tuple(sorted(d.id for d in embedder.model.mesh.devices.flat))
-        names = model_config.names(embedder.card.names)
-        metrics.add_model(names[0])
-        service = local_service(
-            embedder,
-            service_config(config, model_config),
-            name=names[0],
-            share=shares.setdefault(devices, DeviceShare()),
-            hooks=ServiceHooks(
-                on_batch=metrics.batch_observer(names[0]),
-                on_cache=metrics.cache_observer(names[0]),
-                fault_hook=fault_hook,
-            ),
-        )
-        served.append(ServedModel.build(model_config, service))
-    return ServedModels(served)
+    """The server's models over services in this process (a Router model's routes as one)."""
+    services = build_services(config, embedders, metrics, fault_hook)
+    return serve_models(config.model_configs(), services)
 
 
 def openapi_document(config: ServerConfig, models: ServedModels) -> dict:

@@ -17,7 +17,13 @@ from jaxembed.engine.inputs.chat import read_template_option
 from jaxembed.engine.request import limits
 from jaxembed.parallel.distributed import MODES, DistributedConfig
 from jaxembed.parallel.mesh import MeshShape
-from jaxembed_server.model_config import ModelConfig, inherit, models_from_file, models_from_flags
+from jaxembed_server.model_config import (
+    ModelConfig,
+    expand_routes,
+    inherit,
+    models_from_file,
+    models_from_flags,
+)
 
 API_KEY_ENV = "JAXEMBED_API_KEY"
 
@@ -94,7 +100,10 @@ class ServerConfig:
         return default_api_workers(len(os.sched_getaffinity(0)))
 
     def model_configs(self) -> tuple[ModelConfig, ...]:
-        return self.models or (inherit(self, served_model_names=self.served_model_names),)
+        """One entry per model — per route of a Router model (model_config.expand_routes)."""
+        return expand_routes(
+            self.models or (inherit(self, served_model_names=self.served_model_names),)
+        )
 
 
 def default_api_workers(cores: int) -> int:

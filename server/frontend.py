@@ -27,12 +27,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # a front-end never touches an ac
 from jaxembed.engine.inputs.text import ModelInputs
 from jaxembed.engine.service.embedding import EmbeddingService
 from jaxembed_server import engine_protocol as wire
-from jaxembed_server.app import build_app, service_config
+from jaxembed_server.app import build_app, service_config, service_label
 from jaxembed_server.config import ServerConfig, add_serve_arguments, config_from_args
 from jaxembed_server.engine_client import EngineClient, RemoteRows
 from jaxembed_server.logs import configure_logging
 from jaxembed_server.metrics import Metrics
-from jaxembed_server.served import ServedModel, ServedModels
+from jaxembed_server.served import ServedModels, serve_models
 
 PR_SET_PDEATHSIG = 1
 
@@ -50,7 +50,7 @@ def build_models(
     config: ServerConfig, client: EngineClient, descriptions: list[wire.ModelDescription]
 ) -> ServedModels:
     """Each model's input half here, over its device half in the engine process."""
-    served = []
+    services = []
     for index, (model_config, description) in enumerate(
         zip(config.model_configs(), descriptions, strict=True)
     ):
@@ -61,11 +61,12 @@ def build_models(
             inputs,
             backend,
             settings,
-            name=description.names[0],
+            name=service_label(model_config, description.names),
             calibration_key=description.facts.calibration_key,
         )
-        served.append(ServedModel.build(model_config, service, names=description.names))
-    return ServedModels(served)
+        services.append(service)
+    names = [description.names for description in descriptions]
+    return serve_models(config.model_configs(), services, names)
 
 
 def die_with_parent() -> None:

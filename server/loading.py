@@ -45,7 +45,12 @@ def build_embedder(model: ModelConfig, compile_cache: str | None, mesh: Mesh) ->
     if model.seq_lengths:
         grid_options["seq_lengths"] = model.seq_lengths
     return EngineModel.from_pretrained(
-        model.spec, dtype=model.dtype, mesh=mesh, compile_cache_dir=compile_cache, **grid_options
+        model.spec,
+        dtype=model.dtype,
+        mesh=mesh,
+        compile_cache_dir=compile_cache,
+        route=model.route,
+        **grid_options,
     )
 
 
@@ -70,7 +75,7 @@ def load_models(
         log.info(
             "loaded %s (%s, %s) in %.2f s from %s on mesh %s over devices %s; %d buckets, "
             "token budget %d",
-            model.name or embedder.card.name,
+            model.label or _label(embedder.card.name, model.route),
             embedder.model.source_format,
             embedder.model.dtype,
             embedder.model.load_seconds,
@@ -82,6 +87,11 @@ def load_models(
         )
         embedders.append(embedder)
     return embedders
+
+
+def _label(name: str, route: str | None) -> str:
+    """A model's name in logs and metrics; a Router model's routes each with their own."""
+    return f"{name}/{route}" if route else name
 
 
 def _devices(embedder: EngineModel) -> set[int]:

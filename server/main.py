@@ -169,7 +169,7 @@ def warmup(args: argparse.Namespace) -> int:
             seconds += embedder.images.warmup()
         log.info(
             "warm-up %s: %d programs in %.1f s",
-            model.name or embedder.card.name,
+            model.label or embedder.card.name,
             len(embedder.runner.compile_log),
             seconds,
         )

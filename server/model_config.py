@@ -30,6 +30,7 @@ from jaxembed.engine.batching.buckets import DEFAULT_WARMUP_MAX_LEN
 from jaxembed.engine.inputs.chat import read_template_option
 from jaxembed.engine.request import limits
 from jaxembed.parallel.mesh import MeshShape
+from jaxembed.routes import read_router
 
 # Model options of a config file entry beyond `name`/`model` (each also a server-wide flag).
 INHERITED = (
@@ -83,10 +84,18 @@ class ModelConfig:
     cache_mb: float = 128.0
     quantization_ranges: str | None = None  # int8/uint8 ranges file; None: calibrated
     chat_template: str | None = None  # replaces the directory's (the template's text)
+    # One route of a sentence-transformers Router model (`expand_routes`): the server loads
+    # each route as a model and serves them together under the model's names.
+    route: str | None = None
 
     @property
     def lora_enabled(self) -> bool:
         return bool(self.lora or self.lora_root)
+
+    @property
+    def label(self) -> str | None:
+        """What logs and metrics call this entry: its name, with the route of a Router's."""
+        return f"{self.name}/{self.route}" if self.name and self.route else self.name
 
     def names(self, card_names: Sequence[str]) -> tuple[str, ...]:
         """Names clients may send for this model, the canonical one first."""
@@ -207,3 +216,21 @@ def _model_entry(defaults: Any, entry: Any, index: int) -> ModelConfig:
         devices=parse_devices(entry["devices"]) if entry.get("devices") is not None else None,
         **values,
     )
+
+
+def expand_routes(models: Sequence[ModelConfig]) -> tuple[ModelConfig, ...]:
+    """Each sentence-transformers Router model (jaxembed/routes.py) as one entry per route,
+    in the model's order; every other entry as it is."""
+    out: list[ModelConfig] = []
+    for model in models:
+        path = Path(model.spec).expanduser() if model.spec else None
+        layout = read_router(path) if path is not None and path.is_dir() else None
+        if layout is None:
+            out.append(model)
+            continue
+        if model.lora_enabled:
+            raise ModelConfigError(
+                f"{model.spec}: LoRA adapters are not supported for Router models"
+            )
+        out += [dataclasses.replace(model, route=route) for route in layout.route_names]
+    return tuple(out)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from jaxembed.engine.request.jobs import AdapterRef
 from jaxembed.engine.service.embedding import EmbeddingService
+from jaxembed.engine.service.routed import RoutedService
+from jaxembed.routes import read_router
 from jaxembed_server.adapters import AdapterResolver
 from jaxembed_server.errors import invalid, model_not_found
 from jaxembed_server.model_config import ModelConfig
@@ -20,7 +22,7 @@ from jaxembed_server.model_config import ModelConfig
 @dataclasses.dataclass
 class ServedModel:
     config: ModelConfig
-    service: EmbeddingService
+    service: EmbeddingService | RoutedService
     names: tuple[str, ...]  # names clients may send, the canonical one first
     resolver: AdapterResolver | None  # None: LoRA is off for this model
 
@@ -34,7 +36,10 @@ class ServedModel:
 
     @classmethod
     def build(
-        cls, config: ModelConfig, service: EmbeddingService, names: tuple[str, ...] | None = None
+        cls,
+        config: ModelConfig,
+        service: EmbeddingService | RoutedService,
+        names: tuple[str, ...] | None = None,
     ) -> ServedModel:
         if config.chat_template is not None:
             service.inputs.use_chat_template(config.chat_template)
@@ -159,3 +164,31 @@ class ServedModels:
             return Route(model, answer, AdapterRef(spec))
         name, path = model.resolver.resolve(spec, param)
         return Route(model, answer, AdapterRef(name, path))
+
+
+def serve_models(
+    configs: Sequence[ModelConfig],
+    services: Sequence[EmbeddingService],
+    names: Sequence[tuple[str, ...]] | None = None,
+) -> ServedModels:
+    """A served model per entry, except that the consecutive entries of one Router model's
+    routes (model_config.expand_routes) become one model over a RoutedService. `names`:
+    each entry's served names, when the engine process decided them."""
+    served: list[ServedModel] = []
+    i = 0
+    while i < len(configs):
+        config, j = configs[i], i + 1
+        if config.route is None:
+            served.append(ServedModel.build(config, services[i], names[i] if names else None))
+            i = j
+            continue
+        while j < len(configs) and (configs[j].spec, configs[j].name) == (config.spec, config.name):
+            j += 1
+        layout = read_router(Path(config.spec).expanduser())
+        routes = {configs[k].route: services[k] for k in range(i, j)}
+        whole = dataclasses.replace(config, route=None)
+        served.append(
+            ServedModel.build(whole, RoutedService(layout, routes), names[i] if names else None)
+        )
+        i = j
+    return ServedModels(served)

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from jaxembed.engine.batching.batcher import FaultHook
 from jaxembed.engine.model import EngineModel
 from jaxembed_server import startup
-from jaxembed_server.app import build_models, warmup_progress
+from jaxembed_server.app import build_services, warmup_progress
 from jaxembed_server.config import ServerConfig
 from jaxembed_server.engine_host import EngineHost, HostedModel
 from jaxembed_server.metrics import Metrics, enable_multiprocess, forget_process
@@ -72,8 +72,14 @@ class Supervisor:
         self.workdir = tempfile.mkdtemp(prefix="jaxembed-serve-")
         enable_multiprocess(os.path.join(self.workdir, "metrics"))
         os.makedirs(os.path.join(self.workdir, "metrics"))
-        served = build_models(config, embedders, Metrics(), fault_hook)
-        self.models = [HostedModel(tuple(m.names), m.service) for m in served]
+        # One hosted model per entry (per route of a Router model): the front-ends group them.
+        services = build_services(config, embedders, Metrics(), fault_hook)
+        self.models = [
+            HostedModel(model_config.names(embedder.card.names), service)
+            for model_config, embedder, service in zip(
+                config.model_configs(), embedders, services, strict=True
+            )
+        ]
         self.address = f"ipc://{self.workdir}/engine"
         self.workers: dict[int, subprocess.Popen] = {}
         self._restarts: list[float] = []

@@ -1143,3 +1143,64 @@ def qwen3_vl_embedding_reference(model, path, items, instruction=None):
     last = inputs["attention_mask"].sum(dim=1) - 1
     pooled = hidden[torch.arange(len(items)), last]
     return torch.nn.functional.normalize(pooled, dim=-1).numpy(), ids
+
+
+def save_sparse_router(out_dir: Path, *, seed: int = 0) -> Path:
+    """An inference-free sparse model as sentence-transformers 5+/6 saves one: a Router with a
+    SparseStaticEmbedding query side (random positive weights on MiniLM's vocabulary) and a
+    tiny SPLADE document side (MLMTransformer + SpladePooling), dot similarity."""
+    import torch
+    from sentence_transformers.base.modules.router import Router
+    from sentence_transformers.sparse_encoder import SparseEncoder
+    from sentence_transformers.sparse_encoder.modules import (
+        MLMTransformer,
+        SparseStaticEmbedding,
+        SpladePooling,
+    )
+    from transformers import AutoTokenizer
+
+    save_tiny_splade(out_dir.parent / f"{out_dir.name}-splade", seed=seed)
+    mlm_dir = out_dir.parent / f"{out_dir.name}-splade-mlm"
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(str(mlm_dir))
+    weight = torch.rand(tokenizer.vocab_size) + 0.1
+    router = Router.for_query_document(
+        query_modules=[SparseStaticEmbedding(tokenizer=tokenizer, weight=weight, frozen=True)],
+        document_modules=[MLMTransformer(str(mlm_dir), max_seq_length=64), SpladePooling("max")],
+    )
+    SparseEncoder(modules=[router], similarity_fn_name="dot", device="cpu").save(str(out_dir))
+    return out_dir
+
+
+def save_dense_router(out_dir: Path, *, seed: int = 0) -> Path:
+    """An asymmetric dense model: a Router with a StaticEmbedding query side and a tiny BERT +
+    mean Pooling document side of the same width, a Normalize after the Router, and
+    prompts for both sides."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules.router import Router
+    from sentence_transformers.sentence_transformer.modules import (
+        Normalize,
+        Pooling,
+        StaticEmbedding,
+        Transformer,
+    )
+    from tokenizers import Tokenizer
+
+    base = out_dir.parent / f"{out_dir.name}-bert"
+    save_tiny_model("bert", base, seed=seed)
+    transformer = Transformer(str(base), max_seq_length=48)
+    width = transformer.get_embedding_dimension()
+    torch.manual_seed(seed)
+    tokenizer = Tokenizer.from_file(str(MINILM_DIR / "tokenizer.json"))
+    table = torch.randn(tokenizer.get_vocab_size(), width)
+    router = Router.for_query_document(
+        query_modules=[StaticEmbedding(tokenizer, embedding_weights=table)],
+        document_modules=[transformer, Pooling(width, "mean")],
+    )
+    SentenceTransformer(
+        modules=[router, Normalize()],
+        device="cpu",
+        prompts={"query": "query: ", "document": "passage: "},
+    ).save(str(out_dir))
+    return out_dir

@@ -29,8 +29,7 @@ def _save_static(out, *, width=48, normalize=True, dense=0, truncation=True, see
     random rows, saved by the installed sentence-transformers."""
     import torch
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Dense, Normalize
-    from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, StaticEmbedding
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(MINILM_DIR / "tokenizer.json"))

@@ -138,9 +138,13 @@ class EngineModel(ModelInputs):
         compile_cache_dir: str | os.PathLike | bool | None = None,
         warmup: bool = False,
         warmup_progress: Callable[[int, int, Bucket], None] | None = None,
+        route: str | None = None,
         **grid_options,
     ):
         """Load `spec` (directory or card name; None = embedded default) and build its engine.
+
+        `route`: the route to load of a sentence-transformers Router model (its `query` or
+        `document` side; the server loads every route and picks one per request).
 
         `mesh`: a mesh, or a shape for one over all devices (default: one device).
         `compile_cache_dir=False` leaves JAX's persistent cache alone; None uses the default directory.
@@ -149,7 +153,7 @@ class EngineModel(ModelInputs):
             enable_compile_cache(None if compile_cache_dir is True else compile_cache_dir)
         if isinstance(mesh, MeshShape):
             mesh = make_mesh(mesh)
-        engine = cls(load_model(spec, dtype=dtype, mesh=mesh), **grid_options)
+        engine = cls(load_model(spec, dtype=dtype, mesh=mesh, route=route), **grid_options)
         if warmup:
             engine.runner.warmup(warmup_progress, engine.warmup_max_len)
             if engine.images is not None:

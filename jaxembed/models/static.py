@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxembed.errors import UnsupportedArchitectureError
-from jaxembed.model_types import STATIC_FAMILIES
+from jaxembed.model_types import SPARSE_STATIC_FAMILY, STATIC_FAMILIES
 from jaxembed.models.partitioning import with_axes
 from jaxembed.parallel.sharding import constrain
 
@@ -75,3 +75,49 @@ class StaticEmbedding(nn.Module):
             name="embedding",
         )
         return constrain(table(input_ids), ("batch", "length", "embed"))
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseStaticConfig:
+    vocab_size: int
+    pad_token_id: int = 0
+    num_layers: int = 0
+
+    @classmethod
+    def from_hf(cls, hf: Mapping[str, Any]) -> SparseStaticConfig:
+        if hf.get("model_type") != SPARSE_STATIC_FAMILY:
+            raise UnsupportedArchitectureError(
+                f"model_type {hf.get('model_type')!r} is not a sparse static embedding"
+            )
+        return cls(vocab_size=int(hf["vocab_size"]), pad_token_id=int(hf.get("pad_token_id", 0)))
+
+
+class SparseStatic(nn.Module):
+    """token ids [B, L] + mask [B, L] → [B, V]: the trained weight of every vocabulary entry
+    present among a row's real tokens, zero elsewhere (sentence-transformers'
+    SparseStaticEmbedding: a token counts once however often it occurs). It pools itself:
+    the runner takes its output as the row's vector."""
+
+    config: SparseStaticConfig
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    attention: Any = None
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        lora=None,
+        adapter_ids=None,
+        packed: bool = False,
+    ) -> jax.Array:
+        del lora, adapter_ids, packed
+        vocab = self.config.vocab_size
+        weight = self.param(
+            "weight", with_axes(nn.initializers.ones_init(), ("vocab",)), (vocab,), jnp.float32
+        )
+        rows = jnp.arange(input_ids.shape[0])[:, None]
+        real = (attention_mask > 0).astype(jnp.float32)
+        present = jnp.zeros((input_ids.shape[0], vocab), jnp.float32).at[rows, input_ids].max(real)
+        return present * weight

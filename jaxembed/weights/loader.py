@@ -28,7 +28,7 @@ from jaxembed.models.attention import AttentionConfig
 from jaxembed.models.gemma3 import GEMMA3_FAMILIES
 from jaxembed.parallel.mesh import make_mesh
 from jaxembed.parallel.sharding import param_shardings
-from jaxembed.registry import read_hf_config, resolve_model
+from jaxembed.registry import resolve_model_config
 from jaxembed.weights.convert_params import Progress, assemble_params
 from jaxembed.weights.orbax_io import abstract_with_sharding, restore_params
 from jaxembed.weights.safetensors_io import SafetensorsCheckpoint
@@ -117,14 +117,15 @@ def load_model(
     dtype: str | None = None,
     mesh: Mesh | None = None,
     progress: Progress | None = None,
+    route: str | None = None,
 ) -> LoadedModel:
     """Load `spec` (a directory or a card name; None = the embedded default model).
 
     `mesh`: where the parameters go (default: a 1x1 mesh on the first local device).
+    `route`: which route of a sentence-transformers Router model (jaxembed/routes.py).
     """
     start = time.perf_counter()
-    model_dir, card = resolve_model(spec)
-    hf_config = read_hf_config(model_dir)
+    model_dir, card, hf_config = resolve_model_config(spec, route)
     family, config = model_family(hf_config, card, model_dir)
     jdtype = jnp.dtype(dtype or card.dtype)
     if jdtype.name not in DTYPES:

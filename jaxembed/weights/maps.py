@@ -20,7 +20,7 @@ from jaxembed.models.modernbert import ModernBertConfig
 from jaxembed.models.nomic_bert import NomicBertConfig
 from jaxembed.models.qwen2_vl_vision import QwenVisionConfig
 from jaxembed.models.qwen_vl import QwenVLConfig
-from jaxembed.models.static import StaticConfig
+from jaxembed.models.static import SparseStaticConfig, StaticConfig
 
 
 class Layout(enum.Enum):
@@ -558,6 +558,12 @@ def static_rules(config: StaticConfig) -> list[ParamRule]:
     (nn.EmbeddingBag), or model2vec's `embeddings` (a plain table, no token mapping)."""
     del config
     return [ParamRule(("embedding", "embedding"), "embedding.weight", aliases=("embeddings",))]
+
+
+def sparse_static_rules(config: SparseStaticConfig) -> list[ParamRule]:
+    """SparseStaticEmbedding's one weight per vocabulary entry (`weight`, [vocab])."""
+    del config
+    return [ParamRule(("weight",), "weight")]
 
 
 # model2vec's optional per-token re-mapping and weights fold into the table before serving

@@ -180,6 +180,7 @@ def test_the_server_suites_pass_with_two_front_ends():
         "tests/server/test_multi_model.py",
         "tests/server/test_lora_serving.py",
         "tests/server/test_rerank_api.py",
+        "tests/server/test_st_models_serving.py",  # a Router model's routes, grouped again
     ]  # drain: test_sigterm_under_load_breaks_no_request_and_every_process_exits_zero above
     env = {**os.environ, API_WORKERS_ENV: "2"}
     out = run_pytest_in_child([str(root / f) for f in files], env, timeout=1500)

@@ -35,6 +35,7 @@ from jaxembed.lora import LoraBank
 from jaxembed.models.attention import record_choices
 from jaxembed.models.heads import Scorer
 from jaxembed.models.sparse import SparseEncoder
+from jaxembed.models.static import SparseStatic
 from jaxembed.parallel.sharding import (
     DATA_AXIS,
     activation_sharding,
@@ -75,6 +76,8 @@ def embed_forward(
         pooled_bd = module.apply(
             {"params": params}, hidden_bld, attention_mask, method=SparseEncoder.sparse_pool
         )
+    elif isinstance(module, SparseStatic):  # already one vector per row
+        pooled_bd = hidden_bld
     else:
         pooled_bd = pool(hidden_bld, attention_mask, pooling)
     return _finish(params, pooled_bd, module, normalize)
