@@ -71,6 +71,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _route_of(model: str | None, prompt: str | None) -> str | None:
+    """The route a sentence-transformers Router model takes for `--prompt` (query, document;
+    none: its default route), or None for any other model."""
+    from jaxembed.routes import read_router
+
+    layout = read_router(Path(model).expanduser()) if model else None
+    return layout.route_for(prompt) if layout is not None else None
+
+
 def _cmd_embed(args: argparse.Namespace) -> int:
     from jaxembed.api import Embedder
     from jaxembed.errors import MediaError
@@ -80,6 +89,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         raise InvalidInputError("give at least one TEXT, --image or --video")
     embedder = Embedder.from_pretrained(
         args.model,
+        route=_route_of(args.model, args.prompt),
         dtype=args.dtype,
         compile_cache_dir=args.compile_cache,
         attention=args.attention,
@@ -273,7 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--truncate", action="store_true", help="truncate over-long texts instead of failing"
     )
-    p.add_argument("--prompt", default=None, help="a prompt name of the card, e.g. query")
+    p.add_argument(
+        "--prompt",
+        default=None,
+        help="a prompt name of the card, e.g. query (a Router model: also picks its route)",
+    )
     p.add_argument(
         "--chunking",
         action="store_true",

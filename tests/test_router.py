@@ -90,3 +90,13 @@ def test_routes_are_chosen_as_sentence_transformers_chooses_them(dense_router, t
     )
     with pytest.raises(InvalidInputError, match="none serves input_type 'query'"):
         documents_only.route_for("query")
+
+
+def test_cli_embed_takes_the_route_of_its_prompt(dense_router, capsys):
+    import json
+
+    from jaxembed.cli import main
+
+    assert main(["embed", "--model", str(dense_router), "--prompt", "query", *TEXTS[:2]]) == 0
+    got = [json.loads(line)["embedding"] for line in capsys.readouterr().out.splitlines()]
+    np.testing.assert_allclose(got, _ours(dense_router, "query")[:2], atol=1e-6)
