@@ -80,6 +80,17 @@ def test_st6_static_model_equals_encode_with_truncation_and_prompts(static_dir):
             embedder.embed(texts, truncate=True, prompt_name="query"),
             _reference(static_dir, texts, prompt_name="query"),
         )
+        # Matryoshka widths (static-retrieval-mrl-en-v1 is trained for them): ST's truncate_dim.
+        from sentence_transformers import SentenceTransformer
+
+        # (ST cuts its normalised vectors; jaxembed normalises the cut ones again, as the
+        # OpenAI API's `dimensions` does: the same directions.)
+        short = SentenceTransformer(str(static_dir), device="cpu", truncate_dim=16)
+        want = short.encode(texts)
+        _assert_equal(
+            embedder.embed(texts, truncate=True, dimensions=16),
+            want / np.linalg.norm(want, axis=1, keepdims=True),
+        )
         # No [CLS]/[SEP]: a text's ids are its own tokens.
         assert embedder.tokenizer.encode(["hello world"])[0].tolist() == [7592, 2088]
         with pytest.raises(AdapterError, match="not supported"):
