@@ -299,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_attention_option(p)
     p.set_defaults(func=_cmd_embed)
 
+    from jaxembed.bulk.cli import add_parser as add_embed_dataset
+
+    add_embed_dataset(sub)
+
     p = sub.add_parser("models", help="list the model cards and where their weights are")
     p.set_defaults(func=_cmd_models)
 

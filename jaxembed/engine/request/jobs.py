@@ -91,6 +91,8 @@ class EmbedResult:
 
     vectors: np.ndarray
     tokens: int
+    # Tokens of each input, for texts and token ids (None for multimodal items).
+    token_counts: list[int] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

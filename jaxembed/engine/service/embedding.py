@@ -129,6 +129,7 @@ class EmbeddingService:
         """
         o = self.check_job(job)
         progress = progress or RequestProgress()
+        counts = None
         if job.multimodal or self.card.vl_template:
             job = dataclasses.replace(job, options=o)
             vectors, tokens = await self.backend.embed_items(
@@ -140,7 +141,7 @@ class EmbeddingService:
         vectors = truncate_dimensions(vectors, o.dimensions, self.card.normalize)
         if o.normalize and not self.card.normalize:
             vectors = l2_normalize_rows(vectors)
-        return EmbedResult(await self.encode(vectors, o.precision), tokens)
+        return EmbedResult(await self.encode(vectors, o.precision), tokens, counts)
 
     def check_job(self, job: EmbedJob) -> EmbedOptions:
         """Everything about a job that can be refused before any work, and its options with a

@@ -1,0 +1,105 @@
+"""`jaxembed embed-dataset INPUT... --output DIR`: the command line of jaxembed/bulk/job.py."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from jaxembed.bulk.sources import FORMATS
+from jaxembed.quantization import PRECISIONS
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "embed-dataset",
+        help="embed a corpus (JSONL, Parquet, CSV/TSV, text, HF datasets) into Parquet shards",
+        description=(
+            "Embed every row of the inputs into Parquet shards under --output (id, embedding, "
+            "tokens), with a manifest and an errors file per shard. Rerun the same command "
+            "after a crash to resume: finished shards are skipped, every row lands once."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or datasets directories")
+    p.add_argument("--output", required=True, help="output directory (created)")
+    p.add_argument("--text-column", default="text", help="the column (field) to embed")
+    p.add_argument("--id-column", default=None, help="the id column (default: the row number)")
+    p.add_argument("--input-format", choices=FORMATS, default=None, help="default: by suffix")
+    p.add_argument("--shard-rows", type=int, default=50_000, help="rows per output shard")
+    p.add_argument("--batch-rows", type=int, default=1024, help="rows per engine call")
+    p.add_argument("--dimensions", type=int, default=None, help="matryoshka truncation")
+    p.add_argument(
+        "--prompt", default=None, help="input type or prompt name of the card (query, document)"
+    )
+    p.add_argument("--instruction", default=None, help="fills the card's instruction template")
+    p.add_argument("--truncate", action="store_true", help="cut over-long texts (else bad rows)")
+    p.add_argument(
+        "--chunking", action="store_true", help="embed over-long texts as pooled windows"
+    )
+    p.add_argument("--precision", choices=PRECISIONS, default="float32")
+    p.add_argument("--task", default=None, help="a built-in task adapter (jina-embeddings-v3)")
+    p.add_argument("--adapter", default=None, help="a PEFT LoRA adapter directory")
+    p.add_argument(
+        "--sink",
+        action="append",
+        default=[],
+        help="also write to a vector database: lancedb://DIR[#TABLE] (repeatable)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model directory (HF or converted) or card name; default: the embedded all-MiniLM-L6-v2",
+    )
+    p.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default=None, help="default: the card's"
+    )
+    p.add_argument("--compile-cache", default=None, help="XLA compile cache directory")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from jaxembed.api import Embedder
+    from jaxembed.bulk.job import BulkOptions, embed_dataset
+    from jaxembed.bulk.sinks import parse_sink
+    from jaxembed.parallel.mesh import MeshShape
+    from jaxembed.routes import read_router
+
+    options = BulkOptions(
+        model=args.model,
+        text_column=args.text_column,
+        id_column=args.id_column,
+        input_format=args.input_format,
+        shard_rows=args.shard_rows,
+        batch_rows=args.batch_rows,
+        dimensions=args.dimensions,
+        prompt_name=args.prompt,
+        instruction=args.instruction,
+        truncate=args.truncate,
+        chunking=args.chunking,
+        precision=args.precision,
+        task=args.task,
+        adapter=args.adapter,
+        dtype=args.dtype,
+    )
+    sinks = [parse_sink(spec) for spec in args.sink]
+    layout = read_router(Path(args.model).expanduser()) if args.model else None
+    embedder = Embedder.from_pretrained(
+        args.model,
+        dtype=args.dtype,
+        mesh=MeshShape(),  # every local device, the batch split over them
+        compile_cache_dir=args.compile_cache,
+        route=layout.route_for(args.prompt) if layout is not None else None,
+    )
+    try:
+        summary = embed_dataset(
+            args.inputs,
+            args.output,
+            options,
+            embedder=embedder,
+            sinks=sinks,
+            progress=not args.quiet,
+        )
+    finally:
+        embedder.close()
+    print(summary.line(), flush=True)
+    return 0
