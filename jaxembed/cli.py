@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from jaxembed.bulk.cli import add_parser as add_embed_dataset
 
-    add_embed_dataset(sub)
+    add_embed_dataset(sub, _add_model_options)
 
     p = sub.add_parser("models", help="list the model cards and where their weights are")
     p.set_defaults(func=_cmd_models)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from jaxembed.bulk.sources import FORMATS
 from jaxembed.quantization import PRECISIONS
 
 
-def add_parser(sub) -> None:
+def add_parser(sub, add_model_options: Callable[[argparse.ArgumentParser], None]) -> None:
+    """`embed-dataset` on `sub`; `add_model_options`: the --model/--dtype/--compile-cache
+    options every command of jaxembed/cli.py shares."""
     p = sub.add_parser(
         "embed-dataset",
         help="embed a corpus (JSONL, Parquet, CSV/TSV, text, HF datasets) into Parquet shards",
@@ -45,15 +48,7 @@ def add_parser(sub) -> None:
         help="also write to a vector database: lancedb://DIR[#TABLE] (repeatable)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--model",
-        default=None,
-        help="model directory (HF or converted) or card name; default: the embedded all-MiniLM-L6-v2",
-    )
-    p.add_argument(
-        "--dtype", choices=["float32", "bfloat16"], default=None, help="default: the card's"
-    )
-    p.add_argument("--compile-cache", default=None, help="XLA compile cache directory")
+    add_model_options(p)
     p.set_defaults(func=run)
 
 
