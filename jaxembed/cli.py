@@ -71,25 +71,17 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _route_of(model: str | None, prompt: str | None) -> str | None:
-    """The route a sentence-transformers Router model takes for `--prompt` (query, document;
-    none: its default route), or None for any other model."""
-    from jaxembed.routes import read_router
-
-    layout = read_router(Path(model).expanduser()) if model else None
-    return layout.route_for(prompt) if layout is not None else None
-
-
 def _cmd_embed(args: argparse.Namespace) -> int:
     from jaxembed.api import Embedder
     from jaxembed.errors import MediaError
     from jaxembed.media import MediaLimits, decode_image, decode_video
+    from jaxembed.routes import route_of
 
     if not (args.texts or args.image or args.video):
         raise InvalidInputError("give at least one TEXT, --image or --video")
     embedder = Embedder.from_pretrained(
         args.model,
-        route=_route_of(args.model, args.prompt),
+        route=route_of(args.model, args.prompt),
         dtype=args.dtype,
         compile_cache_dir=args.compile_cache,
         attention=args.attention,

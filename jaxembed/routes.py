@@ -184,3 +184,11 @@ def route_view(layout: RouterLayout, route: str) -> tuple[Path, ModelCard, dict[
         name=layout.model_dir.resolve().name.lower(), **st_meta_fields(layout.model_dir)
     )
     return weights_dir, card, hf_config
+
+
+def route_of(spec: str | Path | None, input_type: str | None) -> str | None:
+    """The route a sentence-transformers Router model at `spec` takes for `input_type`
+    (query, document; None: its default route), or None when `spec` is no Router model."""
+    path = Path(spec).expanduser() if spec else None
+    layout = read_router(path) if path is not None else None
+    return layout.route_for(input_type) if layout is not None else None

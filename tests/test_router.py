@@ -100,3 +100,19 @@ def test_cli_embed_takes_the_route_of_its_prompt(dense_router, capsys):
     assert main(["embed", "--model", str(dense_router), "--prompt", "query", *TEXTS[:2]]) == 0
     got = [json.loads(line)["embedding"] for line in capsys.readouterr().out.splitlines()]
     np.testing.assert_allclose(got, _ours(dense_router, "query")[:2], atol=1e-6)
+
+
+def test_embed_dataset_takes_the_route_of_its_prompt(dense_router, tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from jaxembed.bulk import BulkOptions, embed_dataset
+
+    corpus = tmp_path / "queries.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    options = BulkOptions(model=str(dense_router), prompt_name="query", truncate=True)
+    embed_dataset([corpus], tmp_path / "out", options, progress=False)
+    table = pq.read_table(tmp_path / "out")
+    got = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(got, _ours(dense_router, "query"), atol=1e-6)

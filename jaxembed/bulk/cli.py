@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from pathlib import Path
 
 from jaxembed.bulk.sources import FORMATS
 from jaxembed.quantization import PRECISIONS
@@ -57,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from jaxembed.bulk.job import BulkOptions, embed_dataset
     from jaxembed.bulk.sinks import parse_sink
     from jaxembed.parallel.mesh import MeshShape
-    from jaxembed.routes import read_router
+    from jaxembed.routes import route_of
 
     options = BulkOptions(
         model=args.model,
@@ -77,13 +76,12 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
     )
     sinks = [parse_sink(spec) for spec in args.sink]
-    layout = read_router(Path(args.model).expanduser()) if args.model else None
     embedder = Embedder.from_pretrained(
         args.model,
         dtype=args.dtype,
         mesh=MeshShape(),  # every local device, the batch split over them
         compile_cache_dir=args.compile_cache,
-        route=layout.route_for(args.prompt) if layout is not None else None,
+        route=route_of(args.model, args.prompt),  # a Router model: its prompt's route
     )
     try:
         summary = embed_dataset(

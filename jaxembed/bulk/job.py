@@ -294,8 +294,14 @@ def _run_shard(shard, worker, out_dir, manifest, sinks) -> int:
 def _load(options: BulkOptions):
     from jaxembed.api import Embedder
     from jaxembed.parallel.mesh import MeshShape
+    from jaxembed.routes import route_of
 
-    embedder = Embedder.from_pretrained(options.model, dtype=options.dtype, mesh=MeshShape())
+    embedder = Embedder.from_pretrained(
+        options.model,
+        dtype=options.dtype,
+        mesh=MeshShape(),  # every local device, the batch split over them
+        route=route_of(options.model, options.prompt_name),  # a Router model's
+    )
     if options.adapter:
         embedder.adapter_slot(Path(options.adapter).name, options.adapter)
     return embedder
