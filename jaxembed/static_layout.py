@@ -54,19 +54,24 @@ def static_module_dir(model_dir: Path) -> Path | None:
     return model_dir if _table_shape(model_dir) is not None else None
 
 
-def _table_shape(weights_dir: Path) -> tuple[int, int] | None:
+def _tensor_shape(weights_dir: Path, keys: tuple[str, ...]) -> tuple[int, ...] | None:
+    """The shape of the first of `keys` in `weights_dir/model.safetensors` (header only)."""
     path = weights_dir / "model.safetensors"
     if not path.is_file():
         return None
     from jaxembed.weights.safetensors_io import SafetensorsFile  # numpy only, no JAX
 
-    table = SafetensorsFile(path)
+    tensors = SafetensorsFile(path)
     try:
-        names = set(table.keys())
-        key = next((k for k in TABLE_KEYS if k in names), None)
-        shape = table.shape(key) if key else None
+        names = set(tensors.keys())
+        key = next((k for k in keys if k in names), None)
+        return tensors.shape(key) if key else None
     finally:
-        table.close()
+        tensors.close()
+
+
+def _table_shape(weights_dir: Path) -> tuple[int, int] | None:
+    shape = _tensor_shape(weights_dir, TABLE_KEYS)
     return (int(shape[0]), int(shape[1])) if shape is not None and len(shape) == 2 else None
 
 
@@ -96,16 +101,10 @@ def static_max_length(weights_dir: Path) -> int:
 def sparse_static_hf_config(weights_dir: Path) -> dict[str, Any]:
     """The architecture config of a SparseStaticEmbedding folder (its own `config.json` holds
     only training flags): the vocabulary size of its `weight`."""
-    from jaxembed.weights.safetensors_io import SafetensorsFile
-
-    path = weights_dir / "model.safetensors"
-    if not path.is_file():
-        raise ModelLoadError(f"{weights_dir} has no model.safetensors (a sparse static weight)")
-    table = SafetensorsFile(path)
-    try:
-        shape = table.shape("weight") if "weight" in set(table.keys()) else None
-    finally:
-        table.close()
+    shape = _tensor_shape(weights_dir, ("weight",))
     if shape is None or len(shape) != 1:
-        raise ModelLoadError(f"{path}: expected one tensor `weight` of [vocabulary] weights")
+        raise ModelLoadError(
+            f"{weights_dir}: expected model.safetensors with one tensor `weight` of "
+            "[vocabulary] weights"
+        )
     return {"model_type": SPARSE_STATIC_MODEL_TYPE, "vocab_size": int(shape[0])}

@@ -100,10 +100,9 @@ class ServerConfig:
         return default_api_workers(len(os.sched_getaffinity(0)))
 
     def model_configs(self) -> tuple[ModelConfig, ...]:
-        """One entry per model — per route of a Router model (model_config.expand_routes)."""
-        return expand_routes(
-            self.models or (inherit(self, served_model_names=self.served_model_names),)
-        )
+        """One entry per model (per route of a Router model: `config_from_args` expanded
+        them once, model_config.expand_routes)."""
+        return self.models or (inherit(self, served_model_names=self.served_model_names),)
 
 
 def default_api_workers(cores: int) -> int:
@@ -533,5 +532,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     if args.config and args.model:
         raise ValueError("give the models with --model or in --config, not both")
     if args.config:
-        return dataclasses.replace(config, models=models_from_file(config, args.config))
-    return dataclasses.replace(config, models=models_from_flags(config, args.model))
+        models = models_from_file(config, args.config)
+    else:
+        models = models_from_flags(config, args.model)
+    return dataclasses.replace(config, models=expand_routes(models))

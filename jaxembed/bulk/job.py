@@ -89,6 +89,7 @@ class Summary:
     tokens: int  # embedded in this run
     seconds: float
     output: Path
+    rows_this_run: int = 0  # rows of the shards this run embedded
 
     def line(self) -> str:
         rate = self.rows_this_run / self.seconds if self.seconds else 0.0
@@ -97,8 +98,6 @@ class Summary:
             f"{self.error_rows:,} bad rows (see {self.output}/_errors/), {self.tokens:,} tokens "
             f"in {self.seconds:.1f} s ({rate:,.0f} rows/s this run) → {self.output}"
         )
-
-    rows_this_run: int = 0
 
 
 def card_hash(card) -> str:

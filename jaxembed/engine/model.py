@@ -45,6 +45,18 @@ from jaxembed.pooling import PACKABLE_POOLING
 from jaxembed.weights.loader import LoadedModel, load_model
 
 
+def _with_attention(model: LoadedModel, attention: AttentionConfig | str | None) -> LoadedModel:
+    """`model` run by `attention` (None: as loaded), refused where that kernel cannot run."""
+    if attention is not None:
+        config = AttentionConfig(attention) if isinstance(attention, str) else attention
+        model = model.with_attention(config)
+    if not model.attention.interpret:
+        reason = unavailable_reason(model.attention.impl)
+        if reason:
+            raise ModelLoadError(f"{reason}; use --attention auto, xla or blocked")
+    return model
+
+
 class EngineModel(ModelInputs):
     def __init__(
         self,
@@ -69,13 +81,7 @@ class EngineModel(ModelInputs):
         to this length; longer ones compile on first use. `max_embed_len`: most tokens of
         one input embedded with `chunking` (default 16x the model's maximum).
         """
-        if attention is not None:
-            config = AttentionConfig(attention) if isinstance(attention, str) else attention
-            model = model.with_attention(config)
-        if not model.attention.interpret:
-            reason = unavailable_reason(model.attention.impl)
-            if reason:
-                raise ModelLoadError(f"{reason}; use --attention auto, xla or blocked")
+        model = _with_attention(model, attention)
         config = model.config
         super().__init__(
             model.card,
@@ -90,18 +96,7 @@ class EngineModel(ModelInputs):
         )
         self.warmup_max_len = warmup_max_len
         self.model = model
-        backend = jax.default_backend()
-        will_pack = self.can_pack if packing is None else packing
-        if will_pack and backend != "cpu" and seq_lengths is None:
-            seq_lengths = packed_seq_lengths(model.card.max_length)
-            if batch_sizes == DEFAULT_BATCH_SIZES:
-                batch_sizes = PACKED_BATCH_SIZES
-        budget, sizes = data_parallel_grid_options(
-            model.mesh.shape[DATA_AXIS], token_budget or default_token_budget(backend), batch_sizes
-        )
-        self.grid = BucketGrid.for_max_length(
-            model.card.max_length, budget, batch_sizes=sizes, seq_lengths=seq_lengths
-        )
+        self.grid = self._bucket_grid(token_budget, batch_sizes, seq_lengths, packing)
         self.runner = BucketRunner(
             model.module(),
             model.params,
@@ -126,7 +121,31 @@ class EngineModel(ModelInputs):
                     f"card {model.card.name!r} lists image/video inputs but its architecture "
                     f"({model.card.family}) has no vision tower"
                 )
-            self.images = ImageEngine(model, token_budget=budget)
+            self.images = ImageEngine(model, token_budget=self.grid.token_budget)
+
+    def _bucket_grid(
+        self,
+        token_budget: int | None,
+        batch_sizes: Sequence[int],
+        seq_lengths: Sequence[int] | None,
+        packing: bool | None,
+    ) -> BucketGrid:
+        """The (batch, length) grid: packing-first on an accelerator when the model packs and
+        no lengths are given; the budget and batch sizes per data shard of the mesh."""
+        backend = jax.default_backend()
+        will_pack = self.can_pack if packing is None else packing
+        if will_pack and backend != "cpu" and seq_lengths is None:
+            seq_lengths = packed_seq_lengths(self.card.max_length)
+            if batch_sizes == DEFAULT_BATCH_SIZES:
+                batch_sizes = PACKED_BATCH_SIZES
+        budget, sizes = data_parallel_grid_options(
+            self.model.mesh.shape[DATA_AXIS],
+            token_budget or default_token_budget(backend),
+            batch_sizes,
+        )
+        return BucketGrid.for_max_length(
+            self.card.max_length, budget, batch_sizes=sizes, seq_lengths=seq_lengths
+        )
 
     @classmethod
     def from_pretrained(
