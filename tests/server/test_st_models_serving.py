@@ -33,7 +33,11 @@ def server(dirs, tmp_path_factory):
         "models:\n"
         + "".join(f"  - name: {name}\n    model: {path}\n" for name, path in dirs.items())
     )
-    proc = ServerProcess("--config", str(config), "--seq-lengths", "16,64")
+    # A small grid: five engine models (three models, two with two routes) compile in the
+    # background, and on a 2-core machine that must not starve the engine process.
+    proc = ServerProcess(
+        "--config", str(config), "--seq-lengths", "16,64", "--batch-sizes", "1,4,16"
+    )
     yield proc
     assert proc.stop() == 0, proc.log()
 
