@@ -239,3 +239,155 @@ def test_lancedb_sink_answers_neighbours_and_upserts(embedder, texts, tmp_path):
         probe = embedder.embed([texts[i]])[0]
         hit = table.search(probe).metric("cosine").limit(1).to_list()[0]
         assert hit["id"] == f"p{i}"
+
+
+# -- Ray Data (a local Ray cluster of this machine's two CPUs, started once for these tests) --
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def test_ray_equals_one_process_and_resumes_its_job(
+    ray_cluster, model_dir, embedder, corpus, reference, tmp_path
+):
+    import shutil
+
+    from jaxembed.bulk import RayOptions, embed_dataset_on_ray
+
+    options = BulkOptions(model=str(model_dir), id_column="id", shard_rows=250)
+    one = tmp_path / "one"
+    embed_dataset([corpus], one, options, embedder=embedder, progress=False)
+    # The same job started on one host and resumed on Ray: two shards uncommitted.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(one, resumed)
+    manifest = json.loads((resumed / MANIFEST).read_text())
+    for index in ("1", "6"):
+        del manifest["shards"][index]
+    (resumed / MANIFEST).write_text(json.dumps(manifest))
+    summary = embed_dataset_on_ray([corpus], resumed, options, RayOptions(actors=2), progress=False)
+    assert (summary.shards, summary.shards_skipped, summary.rows) == (9, 7, ROWS)
+    assert summary.rows_this_run == 500
+    for out in (one, resumed):
+        _check_exact(out, reference)
+        assert len(_errors(out)) == len(BAD) + 1
+    assert (
+        json.loads((resumed / MANIFEST).read_text())["job"]
+        == json.loads((one / MANIFEST).read_text())["job"]
+    )
+
+
+def _ray_actor_processes():
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or ())
+        if cmdline.startswith("ray::") and "ShardWorker" in cmdline:
+            found.append(proc)
+    return found
+
+
+def test_ray_actor_killed_mid_job_lands_every_row_once(
+    ray_cluster, model_dir, corpus, reference, tmp_path
+):
+    out = tmp_path / "out"
+    command = _cli(model_dir, corpus, out, "--ray", ray_cluster, "--ray-actors", "2")
+    command[command.index("--shard-rows") + 1] = "25"  # 81 shards: time to kill one actor
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = None
+    deadline = time.monotonic() + 300
+    try:
+        while killed is None and time.monotonic() < deadline and proc.poll() is None:
+            manifest = out / MANIFEST
+            started = manifest.is_file() and len(json.loads(manifest.read_text())["shards"]) >= 3
+            actors = _ray_actor_processes() if started else []
+            if actors:
+                killed = actors[0].pid
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(0.02)
+        assert killed is not None, "the job finished before an actor could be killed"
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, stderr[-3000:]
+    done = json.loads((out / MANIFEST).read_text())["shards"]
+    assert len(done) == 81 and "(0 already done)" in stdout
+    _check_exact(out, reference)
+    assert len(_errors(out)) == len(BAD) + 1
+
+
+def test_jaxembedder_in_a_users_pipeline(ray_cluster, model_dir, texts, reference):
+    import ray
+
+    from jaxembed.integrations.ray import JaxEmbedder
+
+    rows = [{"n": i, "text": t} for i, t in enumerate(texts[:300])]
+    rows += [{"n": -1, "text": None}, {"n": -2, "text": " "}, {"n": -3, "text": "word " * 400}]
+    out = (
+        ray.data.from_items(rows)
+        .map_batches(
+            JaxEmbedder,
+            fn_constructor_kwargs={"model": str(model_dir)},
+            compute=ray.data.ActorPoolStrategy(size=2),
+            batch_size=64,
+        )
+        .take_all()
+    )
+    by_n = {row["n"]: row for row in out}
+    assert len(by_n) == len(rows)
+    got = np.stack([by_n[i]["embedding"] for i in range(300)])
+    assert np.abs(got - reference[:300]).max() <= 1e-6
+    assert all(by_n[i]["error"] is None and by_n[i]["tokens"] > 0 for i in range(300))
+    for n, reason in ((-1, "null text"), (-2, "empty"), (-3, "more than this model's maximum")):
+        assert reason in by_n[n]["error"] and np.isnan(by_n[n]["embedding"]).all()
+
+
+def test_planned_shards_are_the_streamed_shards(tmp_path):
+    """The shards Ray's actors read from their descriptions (byte offsets, row numbers) are
+    those one host cuts while streaming: for every format, across inputs, at any size."""
+    import csv
+
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jaxembed.bulk.plan import ShardPlan, plan_shards, read_shard
+    from jaxembed.bulk.sources import Columns, iter_shards
+
+    texts = [f"row {i} " + "x" * (i % 23) + (' "q,uote"\nnext' if i % 17 == 0 else "") for i in range(523)]  # fmt: skip
+    ids = [f"p{i}" for i in range(523)]
+    with (tmp_path / "a.jsonl").open("w") as f:
+        for i in range(200):
+            f.write(json.dumps({"id": ids[i], "text": texts[i]}) + ("\n\n  \n" if i % 50 == 0 else "\n"))  # fmt: skip
+    with (tmp_path / "b.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "text"])
+        writer.writerows(zip(ids[200:300], texts[200:300], strict=True))
+        f.write("\r\n")
+    pq.write_table(
+        pa.table({"id": ids[300:400], "text": texts[300:400]}), tmp_path / "c.parquet",
+        row_group_size=7,
+    )  # fmt: skip
+    datasets.Dataset.from_dict({"id": ids[400:480], "text": texts[400:480]}).save_to_disk(
+        tmp_path / "hf"
+    )
+    (tmp_path / "e.txt").write_text("".join(t.replace("\n", " ") + "\n" for t in texts[480:]))
+    inputs = [
+        (tmp_path / "a.jsonl", "jsonl"), (tmp_path / "b.csv", "csv"),
+        (tmp_path / "c.parquet", "parquet"), (tmp_path / "hf", "hf"), (tmp_path / "e.txt", "text"),
+    ]  # fmt: skip
+    columns = Columns("text", "id")
+    for shard_rows in (1, 7, 100, 523, 1000):
+        streamed = [(s.index, s.first_row, list(s.rows())) for s in iter_shards(inputs, columns, shard_rows)]  # fmt: skip
+        planned = [
+            read_shard(ShardPlan.from_json(json.loads(json.dumps(p.to_json()))), columns)
+            for p in plan_shards(inputs, shard_rows)
+        ]
+        assert [(s.index, s.first_row, list(s.rows())) for s in planned] == streamed
+        assert sum(len(rows) for _, _, rows in streamed) == 523

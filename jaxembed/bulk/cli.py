@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 
 from jaxembed.bulk.sources import FORMATS
@@ -47,16 +48,52 @@ def add_parser(sub, add_model_options: Callable[[argparse.ArgumentParser], None]
         help="also write to a vector database: lancedb://DIR[#TABLE] (repeatable)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_ray_options(p)
     add_model_options(p)
     p.set_defaults(func=run)
 
 
+def _add_ray_options(p: argparse.ArgumentParser) -> None:
+    ray = p.add_argument_group("Ray Data (many hosts; `pip install 'jaxembed[ray]'`)")
+    ray.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run the shards on Ray actors: the cluster at ADDRESS (ray://..., or auto), "
+        "$RAY_ADDRESS, or a local cluster",
+    )
+    ray.add_argument("--ray-actors", type=int, default=1, help="embedders (actors)")
+    ray.add_argument("--ray-cpus-per-actor", type=float, default=1.0)
+    ray.add_argument("--ray-gpus-per-actor", type=float, default=0.0, help="e.g. 1")
+    ray.add_argument(
+        "--ray-resources",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help="custom resources per actor, e.g. '{\"TPU\": 4}' (one actor per TPU host)",
+    )
+
+
+def _ray_options(args: argparse.Namespace):
+    from jaxembed.bulk.ray_job import RayOptions
+
+    if args.ray_actors < 1:
+        raise SystemExit("--ray-actors must be at least 1")
+    return RayOptions(
+        address=args.ray or None,
+        actors=args.ray_actors,
+        cpus_per_actor=args.ray_cpus_per_actor,
+        gpus_per_actor=args.ray_gpus_per_actor,
+        resources=args.ray_resources,
+        compile_cache=args.compile_cache,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
-    from jaxembed.api import Embedder
-    from jaxembed.bulk.job import BulkOptions, embed_dataset
+    from jaxembed.bulk.job import BulkOptions, embed_dataset, load_embedder
     from jaxembed.bulk.sinks import parse_sink
-    from jaxembed.parallel.mesh import MeshShape
-    from jaxembed.routes import route_of
 
     options = BulkOptions(
         model=args.model,
@@ -76,13 +113,16 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
     )
     sinks = [parse_sink(spec) for spec in args.sink]
-    embedder = Embedder.from_pretrained(
-        args.model,
-        dtype=args.dtype,
-        mesh=MeshShape(),  # every local device, the batch split over them
-        compile_cache_dir=args.compile_cache,
-        route=route_of(args.model, args.prompt),  # a Router model: its prompt's route
-    )
+    if args.ray is not None:
+        from jaxembed.bulk.ray_job import embed_dataset_on_ray
+
+        summary = embed_dataset_on_ray(
+            args.inputs, args.output, options, _ray_options(args), sinks=sinks,
+            progress=not args.quiet,
+        )  # fmt: skip
+        print(summary.line(), flush=True)
+        return 0
+    embedder = load_embedder(options, args.compile_cache)
     try:
         summary = embed_dataset(
             args.inputs,

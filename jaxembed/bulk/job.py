@@ -104,19 +104,24 @@ def card_hash(card) -> str:
     return hashlib.sha256(json.dumps(card.to_json(), sort_keys=True).encode()).hexdigest()
 
 
+def text_problem(text: Any) -> str | None:
+    """Why a row's text cannot be embedded (before tokenising), or None."""
+    if isinstance(text, Unreadable):
+        return text.reason
+    if text is None:
+        return "null text"
+    if not isinstance(text, str):
+        return f"not a string ({type(text).__name__})"
+    if not text.strip():
+        return "empty or only whitespace"
+    return None
+
+
 def _checked(shard: Shard) -> tuple[list, list[str], list[int], list[dict]]:
     """(ids, texts, their rows in the shard, error records) of one shard."""
     ids, texts, positions, errors = [], [], [], []
     for position, (row, row_id, text) in enumerate(shard.rows()):
-        reason = None
-        if isinstance(text, Unreadable):
-            reason = text.reason
-        elif text is None:
-            reason = "null text"
-        elif not isinstance(text, str):
-            reason = f"not a string ({type(text).__name__})"
-        elif not text.strip():
-            reason = "empty or only whitespace"
+        reason = text_problem(text)
         if reason is not None:
             errors.append({"row": row, "id": row_id, "reason": reason})
             continue
@@ -235,7 +240,7 @@ def embed_dataset(
     resolved = resolve_inputs(inputs, options.input_format)
     own = embedder is None
     if own:
-        embedder = _load(options)
+        embedder = load_embedder(options)
     out_dir = Path(output).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = Manifest.open(out_dir, job_identity(resolved, options, embedder.card))
@@ -269,8 +274,19 @@ def embed_dataset(
     return Summary(rows, error_rows, shards, skipped, tokens, seconds, out_dir, this_run)
 
 
-def _run_shard(shard, worker, out_dir, manifest, sinks) -> int:
-    """Embed, write and commit one shard; the tokens it used."""
+@dataclasses.dataclass(frozen=True)
+class ShardResult:
+    """A shard's files written (not yet committed): the manifest record and what it holds."""
+
+    record: dict[str, Any]
+    ids: list
+    vectors: np.ndarray
+    tokens: list[int]
+
+
+def process_shard(shard: Shard, worker: ShardEmbedder, out_dir: Path) -> ShardResult:
+    """Check, embed and write one shard's part and errors files (atomically each); the
+    manifest commit is the caller's, so that a job spread over processes commits in one."""
     ids, texts, positions, errors = _checked(shard)
     vectors, tokens, refused = worker.embed(texts) if texts else (None, [], {})
     if refused:
@@ -284,13 +300,21 @@ def _run_shard(shard, worker, out_dir, manifest, sinks) -> int:
         vectors = worker.empty()
     errors.sort(key=lambda e: e["row"])
     record = write_shard(out_dir, shard.index, ids, vectors, tokens, errors)
+    return ShardResult(record, ids, vectors, tokens)
+
+
+def _run_shard(shard, worker, out_dir, manifest, sinks) -> int:
+    """Embed, write and commit one shard; the tokens it used."""
+    result = process_shard(shard, worker, out_dir)
     for sink in sinks:
-        sink.write(ids, vectors, tokens)
-    manifest.commit(out_dir, shard.index, record)
-    return int(sum(tokens))
+        sink.write(result.ids, result.vectors, result.tokens)
+    manifest.commit(out_dir, shard.index, result.record)
+    return int(sum(result.tokens))
 
 
-def _load(options: BulkOptions):
+def load_embedder(options: BulkOptions, compile_cache: str | bool | None = None):
+    """`options.model` on every local device (the batch split over them), a Router model's
+    route for `options.prompt_name`, `options.adapter` loaded."""
     from jaxembed.api import Embedder
     from jaxembed.parallel.mesh import MeshShape
     from jaxembed.routes import route_of
@@ -300,6 +324,7 @@ def _load(options: BulkOptions):
         dtype=options.dtype,
         mesh=MeshShape(),  # every local device, the batch split over them
         route=route_of(options.model, options.prompt_name),  # a Router model's
+        compile_cache_dir=compile_cache,
     )
     if options.adapter:
         embedder.adapter_slot(Path(options.adapter).name, options.adapter)

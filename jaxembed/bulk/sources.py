@@ -82,11 +82,22 @@ def _field_parser(columns: Columns) -> Callable[[dict], tuple[Any, Any]]:
     return parse
 
 
-def _jsonl(path: Path, columns: Columns) -> tuple[Iterator[Raw], Parser]:
+@dataclasses.dataclass(frozen=True)
+class Position:
+    """Where a row starts in an input: its row number there, and for the line formats its
+    byte offset (and a CSV/TSV file's header, which a reader starting mid-file needs)."""
+
+    row: int = 0
+    byte: int = 0
+    header: tuple[str, ...] | None = None
+
+
+def _jsonl(path: Path, columns: Columns, at: Position) -> tuple[Iterator[Raw], Parser]:
     fields = _field_parser(columns)
 
     def lines() -> Iterator[bytes]:
         with path.open("rb") as f:
+            f.seek(at.byte)
             for line in f:
                 if line.strip():
                     yield line
@@ -100,9 +111,10 @@ def _jsonl(path: Path, columns: Columns) -> tuple[Iterator[Raw], Parser]:
     return lines(), parse
 
 
-def _text(path: Path, columns: Columns) -> tuple[Iterator[Raw], Parser]:
+def _text(path: Path, columns: Columns, at: Position) -> tuple[Iterator[Raw], Parser]:
     def lines() -> Iterator[bytes]:
         with path.open("rb") as f:
+            f.seek(at.byte)
             yield from f
 
     def parse(line: bytes) -> tuple[Any, Any]:
@@ -114,10 +126,20 @@ def _text(path: Path, columns: Columns) -> tuple[Iterator[Raw], Parser]:
     return lines(), parse
 
 
-def _delimited(path: Path, columns: Columns, delimiter: str) -> tuple[Iterator[Raw], Parser]:
+def _decoded_lines(f) -> Iterator[str]:
+    """A binary file's lines as text (split on b"\\n" only, so that a byte offset of a line
+    start is where a reader can start again)."""
+    for line in f:
+        yield line.decode("utf-8", errors="replace")
+
+
+def _delimited(
+    path: Path, columns: Columns, delimiter: str, at: Position
+) -> tuple[Iterator[Raw], Parser]:
     def rows() -> Iterator[dict]:
-        with path.open(newline="", encoding="utf-8", errors="replace") as f:
-            reader = csv.DictReader(f, delimiter=delimiter)
+        with path.open("rb") as f:
+            f.seek(at.byte)
+            reader = csv.DictReader(_decoded_lines(f), fieldnames=at.header, delimiter=delimiter)
             if reader.fieldnames is None or columns.text not in reader.fieldnames:
                 raise DatasetError(
                     f"{path}: no column {columns.text!r} (columns: {reader.fieldnames}); "
@@ -141,7 +163,17 @@ def _arrow_batches(batches: Iterator[Any], columns: Columns, where: Path) -> Ite
         yield from zip(ids, texts, strict=True)
 
 
-def _parquet(path: Path, columns: Columns) -> tuple[Iterator[Raw], Parser]:
+def _skip_rows(batches: Iterator[Any], rows: int) -> Iterator[Any]:
+    """Record batches from row `rows` on (whole batches before it are not converted)."""
+    for batch in batches:
+        if rows >= batch.num_rows:
+            rows -= batch.num_rows
+            continue
+        yield batch.slice(rows) if rows else batch
+        rows = 0
+
+
+def _parquet(path: Path, columns: Columns, at: Position) -> tuple[Iterator[Raw], Parser]:
     import pyarrow.parquet as pq
 
     wanted = [c for c in (columns.text, columns.id) if c]
@@ -150,11 +182,19 @@ def _parquet(path: Path, columns: Columns) -> tuple[Iterator[Raw], Parser]:
     missing = [c for c in wanted if c not in names]
     if missing:
         raise DatasetError(f"{path}: no column(s) {missing} (columns: {names})")
-    rows = _arrow_batches(file.iter_batches(batch_size=4096, columns=wanted), columns, path)
-    return rows, lambda pair: pair
+    groups, skip, first = [], at.row, 0  # the row groups from the one holding `at.row`
+    for g in range(file.metadata.num_row_groups):
+        size = file.metadata.row_group(g).num_rows
+        if first + size > at.row:
+            groups.append(g)
+        else:
+            skip -= size
+        first += size
+    batches = file.iter_batches(batch_size=4096, columns=wanted, row_groups=groups)
+    return _arrow_batches(_skip_rows(batches, skip), columns, path), lambda pair: pair
 
 
-def _hf_dataset(path: Path, columns: Columns) -> tuple[Iterator[Raw], Parser]:
+def hf_batches(path: Path) -> Iterator[Any]:
     """`Dataset.save_to_disk`: `state.json` lists the Arrow stream files in order."""
     import pyarrow as pa
 
@@ -162,28 +202,32 @@ def _hf_dataset(path: Path, columns: Columns) -> tuple[Iterator[Raw], Parser]:
     files = [path / f["filename"] for f in state.get("_data_files", [])]
     if not files:
         raise DatasetError(f"{path}: state.json lists no data files")
-
-    def batches() -> Iterator[Any]:
-        for file in files:
-            with pa.memory_map(str(file)) as source:
-                yield from pa.ipc.open_stream(source)
-
-    return _arrow_batches(batches(), columns, path), lambda pair: pair
+    for file in files:
+        with pa.memory_map(str(file)) as source:
+            yield from pa.ipc.open_stream(source)
 
 
-def open_source(path: Path, fmt: str, columns: Columns) -> tuple[Iterator[Raw], Parser]:
+def _hf_dataset(path: Path, columns: Columns, at: Position) -> tuple[Iterator[Raw], Parser]:
+    batches = _skip_rows(hf_batches(path), at.row)
+    return _arrow_batches(batches, columns, path), lambda pair: pair
+
+
+def open_source(
+    path: Path, fmt: str, columns: Columns, at: Position = Position()
+) -> tuple[Iterator[Raw], Parser]:
+    """The raw records of an input from `at` (its start by default), and their parser."""
     if not path.exists():
         raise DatasetError(f"{path}: no such file or directory")
     if fmt == "jsonl":
-        return _jsonl(path, columns)
+        return _jsonl(path, columns, at)
     if fmt == "text":
-        return _text(path, columns)
+        return _text(path, columns, at)
     if fmt in ("csv", "tsv"):
-        return _delimited(path, columns, "," if fmt == "csv" else "\t")
+        return _delimited(path, columns, "," if fmt == "csv" else "\t", at)
     if fmt == "parquet":
-        return _parquet(path, columns)
+        return _parquet(path, columns, at)
     if fmt == "hf":
-        return _hf_dataset(path, columns)
+        return _hf_dataset(path, columns, at)
     raise DatasetError(f"unknown input format {fmt!r} (one of {FORMATS})")
 
 

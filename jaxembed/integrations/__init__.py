@@ -1,0 +1,1 @@
+"""jaxembed inside other frameworks' pipelines (`jaxembed.integrations.ray`: Ray Data)."""
