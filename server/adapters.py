@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from jaxembed.errors import AdapterError
-from jaxembed_server.paths import PathOutsideRoot, resolve_inside
+from jaxembed.paths import PathOutsideRoot, resolve_inside
 
 
 class AdapterResolver:

@@ -25,6 +25,7 @@ from jaxembed.engine.service.backend import ServiceHooks
 from jaxembed.engine.service.config import ServiceConfig
 from jaxembed.engine.service.embedding import EmbeddingService
 from jaxembed.engine.service.rows import local_service
+from jaxembed.media_loader import MediaLoader, MediaPolicy
 from jaxembed_server import (
     api_cohere,
     api_rerank,
@@ -38,7 +39,6 @@ from jaxembed_server import (
     startup,
 )
 from jaxembed_server.config import ServerConfig
-from jaxembed_server.media import MediaLoader, MediaPolicy
 from jaxembed_server.metrics import Metrics
 from jaxembed_server.model_config import ModelConfig
 from jaxembed_server.openapi import ServedModel as OpenAPIModel

@@ -72,7 +72,7 @@ class ServerConfig:
     max_loras: int = 8
     max_lora_rank: int = 64
     mesh: MeshShape | None = None  # None: every serving device on `data`
-    # Images and videos (models with a vision tower; server/media.py).
+    # Images and videos (models with a vision tower; jaxembed/media_loader.py).
     allow_private_media: bool = False  # fetch URLs whose host is loopback/private/link-local
     media_root: str | None = None  # local media paths must lie inside it; None: paths refused
     max_media_bytes: int = 32 * 2**20  # one download, file or decoded base64

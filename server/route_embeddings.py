@@ -21,6 +21,7 @@ from jaxembed.engine.request.jobs import EmbedJob, EmbedOptions, EmbedResult
 from jaxembed.engine.request.progress import RequestProgress
 from jaxembed.engine.service.sparse import SparseOptions, to_sparse
 from jaxembed.errors import DeadlineError
+from jaxembed.media_loader import fetch_items
 from jaxembed_server import vllm_fields
 from jaxembed_server.errors import APIError, invalid, unavailable
 from jaxembed_server.http import (
@@ -30,7 +31,6 @@ from jaxembed_server.http import (
     parse_json,
     validated,
 )
-from jaxembed_server.media import fetch_items
 from jaxembed_server.protocol import EmbeddingRequest, MultimodalItem
 from jaxembed_server.served import Route
 

@@ -5,6 +5,7 @@ that answers nearest-neighbour queries and upserts on a rerun."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -391,3 +392,47 @@ def test_planned_shards_are_the_streamed_shards(tmp_path):
         ]
         assert [(s.index, s.first_row, list(s.rows())) for s in planned] == streamed
         assert sum(len(rows) for _, _, rows in streamed) == 523
+
+
+def test_image_column_under_the_media_policy(tmp_path):
+    """An image model's corpus: paths inside --media-root and URLs (loopback ones only when
+    allowed) equal `embed_images`; a missing, undecodable, escaping or refused image is a bad
+    row with its reason."""
+    from tests.helpers import MediaHTTPServer, generated_image, image_bytes, save_tiny_clip
+
+    save_tiny_clip(tmp_path / "clip", seed=3)
+    clip = Embedder.from_pretrained(tmp_path / "clip", compile_cache_dir=False)
+    images = [generated_image((30 + i, 40), "RGB", seed=i) for i in range(12)]
+    media = tmp_path / "media"
+    (media / "sub").mkdir(parents=True)
+    for i, image in enumerate(images[:8]):
+        (media / "sub" / f"{i}.png").write_bytes(image_bytes(image))
+    (media / "bad.png").write_bytes(b"not an image")
+    served = {f"{i}.png": image_bytes(images[i]) for i in range(8, 12)}
+    with MediaHTTPServer(served) as http:
+        rows = [{"id": f"i{i}", "image": f"sub/{i}.png"} for i in range(8)]
+        rows += [{"id": f"i{i}", "image": f"{http.url}/files/{i}.png"} for i in range(8, 12)]
+        bad = {
+            "missing": ("sub/none.png", "no such file under the media root"),
+            "undecodable": ("bad.png", "not a supported image"),
+            "escaping": ("../clip/config.json", "outside the media root"),
+            "null": (None, "null image"),
+        }
+        rows += [{"id": name, "image": ref} for name, (ref, _) in bad.items()]
+        path = tmp_path / "images.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        options = BulkOptions(id_column="id", image_column="image", media_root=str(media))
+        for allow in (False, True):
+            out = tmp_path / f"out-{allow}"
+            options = dataclasses.replace(options, allow_private_media=allow, shard_rows=5)
+            embed_dataset([path], out, options, embedder=clip, progress=False)
+            ids, vectors, _ = _read(out)
+            reasons = {e["id"]: e["reason"] for e in _errors(out)}
+            for name, (_, reason) in bad.items():
+                assert reason in reasons[name], (name, reasons[name])
+            kept = 12 if allow else 8
+            assert ids == [f"i{i}" for i in range(kept)]
+            assert np.abs(vectors - clip.embed_images(images[:kept])).max() <= 1e-6
+            if not allow:
+                assert all("--allow-private-media" in reasons[f"i{i}"] for i in range(8, 12))
+    clip.close()

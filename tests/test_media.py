@@ -1,4 +1,5 @@
-"""Media safety: decoding limits (jaxembed/media.py) and fetching rules (server/media.py)."""
+"""Media safety: decoding limits (jaxembed/media.py) and fetching rules
+(jaxembed/media_loader.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import os
 import pytest
 from PIL import Image
 
+from jaxembed import media_loader as media
 from jaxembed.errors import MediaError
 from jaxembed.media import MediaLimits, decode_image, decode_video
-from jaxembed_server import media
-from jaxembed_server.media import MediaLoader, MediaPolicy, is_public_address
+from jaxembed.media_loader import MediaLoader, MediaPolicy, is_public_address
 from tests.helpers import (
     MediaHTTPServer,
     bomb_png,

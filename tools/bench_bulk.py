@@ -8,6 +8,12 @@ call after another; the job reads the file, embeds, writes Parquet shards and co
 Every job's vectors are checked against the loop's (max abs difference, ids all present once).
 
     python -m tools.bench_bulk --out docs/results/bulk.json
+    python -m tools.bench_bulk --ray --texts 60000 --out docs/results/bulk_ray.json
+
+`--ray`: the same job from cold (model loaded, programs compiled, the job run) in one process
+against `embed_dataset_on_ray` with two actors on a local Ray cluster started for it (Ray's
+start and the actors' loading included), on the same cores; also each one's steady rate
+(rows/s between the first and the last shard committed).
 """
 
 from __future__ import annotations
@@ -61,6 +67,68 @@ def check(out_dir: Path, reference: np.ndarray) -> float:
     return float(np.abs(vectors - reference[order]).max())
 
 
+class CommitClock:
+    """When a job's manifest first and last grew (polled): its steady rate, start-up aside."""
+
+    def __init__(self, out_dir: Path):
+        import threading
+
+        self.manifest = out_dir / "_manifest.json"
+        self.times: list[tuple[float, int]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        seen = 0
+        while not self.stop.wait(0.02):
+            try:
+                shards = json.loads(self.manifest.read_text())["shards"]
+            except (OSError, ValueError, KeyError):
+                continue
+            if len(shards) > seen:
+                seen = len(shards)
+                self.times.append((time.perf_counter(), sum(s["rows"] for s in shards.values())))
+
+    def steady_rate(self) -> float:
+        self.stop.set()
+        self.thread.join()
+        (t0, rows0), (t1, rows1) = self.times[0], self.times[-1]
+        return (rows1 - rows0) / (t1 - t0) if t1 > t0 else float("nan")
+
+
+def ray_against_one_process(texts, model: Path, inputs, tmp: Path, reference) -> dict:
+    from jaxembed.bulk import BulkOptions, RayOptions, embed_dataset, embed_dataset_on_ray
+    from jaxembed.bulk.job import load_embedder
+
+    options = BulkOptions(model=str(model), id_column="id", truncate=True, shard_rows=2_500)
+    out: dict = {}
+    one = tmp / "one"
+    clock = CommitClock(one)
+    start = time.perf_counter()
+    embedder = load_embedder(options, compile_cache=False)
+    embed_dataset([inputs["parquet"]], one, options, embedder=embedder, progress=False)
+    embedder.close()
+    out["one_process_seconds"] = round(time.perf_counter() - start, 2)
+    out["one_process_steady_rows_per_s"] = round(clock.steady_rate(), 1)
+    spread = tmp / "ray"
+    clock = CommitClock(spread)
+    start = time.perf_counter()
+    embed_dataset_on_ray(
+        [inputs["parquet"]], spread, options,
+        RayOptions(actors=2, compile_cache=str(tmp / "ray-compile-cache")), progress=False,
+    )  # fmt: skip
+    out["ray_2_actors_seconds"] = round(time.perf_counter() - start, 2)
+    out["ray_2_actors_steady_rows_per_s"] = round(clock.steady_rate(), 1)
+    out["ray_over_one_process"] = round(out["one_process_seconds"] / out["ray_2_actors_seconds"], 3)
+    out["ray_over_one_process_steady"] = round(
+        out["ray_2_actors_steady_rows_per_s"] / out["one_process_steady_rows_per_s"], 3
+    )
+    out["ray_max_abs_diff"] = check(spread, reference)
+    out["one_process_max_abs_diff"] = check(one, reference)
+    return out
+
+
 def main() -> None:
     from jaxembed.api import Embedder
     from jaxembed.bulk import BulkOptions, embed_dataset
@@ -70,6 +138,7 @@ def main() -> None:
     p.add_argument("--shape", default="host", choices=["host", "minilm"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default="docs/results/bulk.json")
+    p.add_argument("--ray", action="store_true", help="Ray (2 actors) against one process")
     args = p.parse_args()
     texts = corpus(args.texts)
     options = BulkOptions(id_column="id", truncate=True, shard_rows=10_000)
@@ -79,6 +148,13 @@ def main() -> None:
         model = random_bert_dir(tmp / "model", args.shape)
         inputs = write_inputs(texts, tmp)
         embedder = Embedder.from_pretrained(model, compile_cache_dir=False)
+        if args.ray:
+            reference = bare_loop(embedder, texts, options.batch_rows)
+            embedder.close()
+            results |= {"shape": args.shape, **ray_against_one_process(texts, model, inputs, tmp, reference)}  # fmt: skip
+            print(json.dumps(results, indent=2))
+            write_results(args.out, results)
+            return
         try:
             reference = bare_loop(embedder, texts, options.batch_rows)  # compiles
             loop = best_of(lambda: bare_loop(embedder, texts, options.batch_rows), args.repeats)

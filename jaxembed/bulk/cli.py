@@ -26,6 +26,21 @@ def add_parser(sub, add_model_options: Callable[[argparse.ArgumentParser], None]
     p.add_argument("--output", required=True, help="output directory (created)")
     p.add_argument("--text-column", default="text", help="the column (field) to embed")
     p.add_argument("--id-column", default=None, help="the id column (default: the row number)")
+    p.add_argument(
+        "--image-column",
+        default=None,
+        help="image models: embed this column's images (paths, http(s) URLs, data URIs)",
+    )
+    p.add_argument(
+        "--media-root",
+        default=None,
+        help="local image paths are read only inside this directory (relative ones from it)",
+    )
+    p.add_argument(
+        "--allow-private-media",
+        action="store_true",
+        help="also fetch image URLs on loopback/private addresses",
+    )
     p.add_argument("--input-format", choices=FORMATS, default=None, help="default: by suffix")
     p.add_argument("--shard-rows", type=int, default=50_000, help="rows per output shard")
     p.add_argument("--batch-rows", type=int, default=1024, help="rows per engine call")
@@ -99,6 +114,9 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         text_column=args.text_column,
         id_column=args.id_column,
+        image_column=args.image_column,
+        media_root=args.media_root,
+        allow_private_media=args.allow_private_media,
         input_format=args.input_format,
         shard_rows=args.shard_rows,
         batch_rows=args.batch_rows,

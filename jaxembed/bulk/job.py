@@ -13,10 +13,12 @@ this one is embedded: memory holds about two shards whatever the input's size.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import dataclasses
 import hashlib
 import json
+import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -35,8 +37,8 @@ from jaxembed.bulk.sources import (
     input_fingerprint,
     iter_shards,
 )
-from jaxembed.engine.request.jobs import AdapterRef, EmbedJob, EmbedOptions
-from jaxembed.errors import InvalidInputError
+from jaxembed.engine.request.jobs import AdapterRef, EmbedItem, EmbedJob, EmbedOptions
+from jaxembed.errors import InvalidInputError, MediaError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +49,12 @@ class BulkOptions:
     model: str | None = None  # directory or card name; None: the embedded default
     text_column: str = "text"
     id_column: str | None = None  # None: the row number
+    # Image models: embed this column's images (paths, URLs, data URIs) instead of text,
+    # fetched under the server's media rules: local files only inside `media_root`, URLs only
+    # to public hosts unless `allow_private_media`.
+    image_column: str | None = None
+    media_root: str | None = None
+    allow_private_media: bool = False
     input_format: str | None = None  # None: from each input's suffix
     shard_rows: int = 50_000
     batch_rows: int = 1024  # texts per engine call (two in flight)
@@ -77,7 +85,23 @@ class BulkOptions:
         """What must match for a rerun to resume (not the engine's batch size)."""
         out = dataclasses.asdict(self)
         del out["batch_rows"]
+        for name in ("image_column", "media_root", "allow_private_media"):
+            if not out[name]:  # jobs without images: as before images were possible
+                del out[name]
         return out
+
+    def columns(self) -> Columns:
+        """The column read as each row's input (the image column, for images) and the id."""
+        return Columns(self.image_column or self.text_column, self.id_column)
+
+    def media_loader(self):
+        """The fetcher of an image column's references (None for a text job)."""
+        if self.image_column is None:
+            return None
+        from jaxembed.media_loader import MediaLoader, MediaPolicy
+
+        root = Path(self.media_root).expanduser().resolve() if self.media_root else None
+        return MediaLoader(MediaPolicy(allow_private=self.allow_private_media, root=root))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,12 +128,12 @@ def card_hash(card) -> str:
     return hashlib.sha256(json.dumps(card.to_json(), sort_keys=True).encode()).hexdigest()
 
 
-def text_problem(text: Any) -> str | None:
-    """Why a row's text cannot be embedded (before tokenising), or None."""
+def text_problem(text: Any, what: str = "text") -> str | None:
+    """Why a row's text (or image reference: `what`) cannot be embedded, or None."""
     if isinstance(text, Unreadable):
         return text.reason
     if text is None:
-        return "null text"
+        return f"null {what}"
     if not isinstance(text, str):
         return f"not a string ({type(text).__name__})"
     if not text.strip():
@@ -117,11 +141,11 @@ def text_problem(text: Any) -> str | None:
     return None
 
 
-def _checked(shard: Shard) -> tuple[list, list[str], list[int], list[dict]]:
+def _checked(shard: Shard, what: str) -> tuple[list, list[str], list[int], list[dict]]:
     """(ids, texts, their rows in the shard, error records) of one shard."""
     ids, texts, positions, errors = [], [], [], []
     for position, (row, row_id, text) in enumerate(shard.rows()):
-        reason = text_problem(text)
+        reason = text_problem(text, what)
         if reason is not None:
             errors.append({"row": row, "id": row_id, "reason": reason})
             continue
@@ -132,13 +156,15 @@ def _checked(shard: Shard) -> tuple[list, list[str], list[int], list[dict]]:
 
 
 class ShardEmbedder:
-    """One shard's texts → (vectors, token counts) through an embedder's service; an input
-    the service refuses (too long without truncate/chunking) is taken out and reported."""
+    """One shard's inputs → (vectors, token counts) through an embedder's service; an input
+    the service refuses (too long without truncate/chunking, an image that does not decode)
+    or whose image cannot be fetched is taken out and reported."""
 
-    def __init__(self, embedder, options: EmbedOptions, batch_rows: int):
+    def __init__(self, embedder, options: EmbedOptions, batch_rows: int, media=None):
         self.embedder = embedder
         self.options = options
         self.batch_rows = batch_rows
+        self.media = media  # a MediaLoader: the inputs are image references
         self.pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="bulk-embed")
 
     def close(self) -> None:
@@ -155,22 +181,28 @@ class ShardEmbedder:
         )
         return np.zeros((0, width), dtype)
 
+    def _inputs(self, texts: list[str]) -> tuple[list, dict[int, str]]:
+        """What the engine embeds for `texts`: the texts, or the images they reference
+        (fetched concurrently; a reference that cannot be read is that row's reason)."""
+        if self.media is None:
+            return texts, {}
+        data = asyncio.run(_fetch_all(self.media, texts))
+        failed = {i: str(d) for i, d in enumerate(data) if isinstance(d, MediaError)}
+        return [None if i in failed else EmbedItem(image=d) for i, d in enumerate(data)], failed
+
     def _embed(self, texts: list[str]) -> tuple[np.ndarray, list[int], dict[int, str]]:
         """Vectors and token counts of `texts` (bad ones: zero rows, and their reasons)."""
-        refused: dict[int, str] = {}
-        keep = list(range(len(texts)))
-        while True:
-            job = EmbedJob([texts[i] for i in keep], self.options)
+        inputs, refused = self._inputs(texts)
+        keep = [i for i in range(len(texts)) if i not in refused]
+        while keep:
+            job = EmbedJob([inputs[i] for i in keep], self.options)
             try:
                 result = self.embedder.call_service(lambda s, job=job: s.embed(job))
-            except InvalidInputError as e:  # InputTooLongError among them
-                if e.index is None:  # about the job, not one text: the job stops
+            except InvalidInputError as e:  # InputTooLongError, MediaError among them
+                if e.index is None:  # about the job, not one input: the job stops
                     raise
-                refused[keep[e.index]] = str(e).replace(f"input[{e.index}] ", "")
-                keep.pop(e.index)
-                if keep:
-                    continue
-                return np.zeros((0, 0), np.float32), [], refused
+                refused[keep.pop(e.index)] = _INPUT_PREFIX.sub("", str(e))
+                continue
             vectors = result.vectors
             counts = result.token_counts or [0] * len(keep)
             full = np.zeros((len(texts), vectors.shape[1]), vectors.dtype)
@@ -179,6 +211,7 @@ class ShardEmbedder:
             for i, count in zip(keep, counts, strict=True):
                 tokens[i] = count
             return full, tokens, refused
+        return np.zeros((0, 0), np.float32), [], refused
 
     def embed(self, texts: list[str]) -> tuple[np.ndarray | None, list[int], dict[int, str]]:
         """Every text of a shard, longest-similar ones batched together (sorted by length),
@@ -197,6 +230,24 @@ class ShardEmbedder:
                 tokens[i] = count
             refused.update({int(chunk[i]): reason for i, reason in bad.items()})
         return vectors, tokens, refused
+
+
+# "input[3] " / "input[3].image: ": the engine's name for an input of its job, not the row's.
+_INPUT_PREFIX = re.compile(r"^input\[\d+\](\.\w+)?:? ?")
+
+
+async def _fetch_all(loader, refs: list[str], concurrency: int = 16) -> list:
+    """Each reference's bytes, or the MediaError that says why not."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(ref: str):
+        async with gate:
+            try:
+                return await loader.read(ref)
+            except MediaError as e:
+                return e
+
+    return await asyncio.gather(*(one(ref) for ref in refs))
 
 
 def _prefetched(shards: Iterator[Shard]) -> Iterator[Shard]:
@@ -248,8 +299,10 @@ def embed_dataset(
         sink.open(embedder.card, options)
     totals = [count_rows(p, f) for p, f in resolved]
     bar = Progress(None if None in totals else sum(totals), enabled=progress)
-    worker = ShardEmbedder(embedder, options.embed_options(), options.batch_rows)
-    columns = Columns(options.text_column, options.id_column)
+    worker = ShardEmbedder(
+        embedder, options.embed_options(), options.batch_rows, options.media_loader()
+    )
+    columns = options.columns()
     shards = skipped = tokens = this_run = 0
     try:
         for shard in _prefetched(iter_shards(resolved, columns, options.shard_rows)):
@@ -287,7 +340,7 @@ class ShardResult:
 def process_shard(shard: Shard, worker: ShardEmbedder, out_dir: Path) -> ShardResult:
     """Check, embed and write one shard's part and errors files (atomically each); the
     manifest commit is the caller's, so that a job spread over processes commits in one."""
-    ids, texts, positions, errors = _checked(shard)
+    ids, texts, positions, errors = _checked(shard, "text" if worker.media is None else "image")
     vectors, tokens, refused = worker.embed(texts) if texts else (None, [], {})
     if refused:
         keep = [i for i in range(len(texts)) if i not in refused]

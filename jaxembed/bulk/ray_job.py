@@ -45,7 +45,6 @@ from jaxembed.bulk.job import (
 from jaxembed.bulk.output import Manifest
 from jaxembed.bulk.plan import ShardPlan, plan_shards, read_shard
 from jaxembed.bulk.sinks import Sink
-from jaxembed.bulk.sources import Columns
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +74,10 @@ class ShardWorker:
     def __init__(self, options: dict[str, Any], output: str, compile_cache: str | None = None):
         bulk = BulkOptions(**options)
         self.embedder = load_embedder(bulk, compile_cache)
-        self.worker = ShardEmbedder(self.embedder, bulk.embed_options(), bulk.batch_rows)
-        self.columns = Columns(bulk.text_column, bulk.id_column)
+        self.worker = ShardEmbedder(
+            self.embedder, bulk.embed_options(), bulk.batch_rows, bulk.media_loader()
+        )
+        self.columns = bulk.columns()
         self.out_dir = Path(output)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
@@ -142,7 +143,11 @@ def _results(pending: list[ShardPlan], options: BulkOptions, out_dir: Path, ray_
         ShardWorker,
         fn_constructor_kwargs={
             "options": dataclasses.asdict(options)
-            | {"model": _absolute(options.model), "adapter": _absolute(options.adapter)},
+            | {
+                "model": _absolute(options.model),
+                "adapter": _absolute(options.adapter),
+                "media_root": _absolute(options.media_root),
+            },
             "output": str(out_dir),
             "compile_cache": ray_options.compile_cache,
         },

@@ -33,9 +33,10 @@ from jaxembed.bulk.job import BulkOptions, ShardEmbedder, load_embedder, text_pr
 
 class JaxEmbedder:
     """Adds `embedding_column` (float32 [N, D], or the quantised bytes), `tokens` and
-    `error_column` to each batch of `text_column`. Keyword arguments: `BulkOptions`' embedding
-    options (dimensions, prompt_name, instruction, truncate, chunking, precision, task,
-    adapter, dtype) and `compile_cache` (a directory the actors share)."""
+    `error_column` to each batch of `text_column` (or of `image_column`'s images). Keyword
+    arguments: `BulkOptions`' embedding options (dimensions, prompt_name, instruction,
+    truncate, chunking, precision, task, adapter, dtype, image_column, media_root,
+    allow_private_media) and `compile_cache` (a directory the actors share)."""
 
     def __init__(
         self,
@@ -48,15 +49,18 @@ class JaxEmbedder:
         **options: Any,
     ):
         bulk = BulkOptions(model=model, text_column=text_column, **options)
-        self.text_column = text_column
+        self.input_column = bulk.columns().text  # the image column, for images
         self.embedding_column = embedding_column
         self.error_column = error_column
         self.embedder = load_embedder(bulk, compile_cache)
-        self.worker = ShardEmbedder(self.embedder, bulk.embed_options(), bulk.batch_rows)
+        self.worker = ShardEmbedder(
+            self.embedder, bulk.embed_options(), bulk.batch_rows, bulk.media_loader()
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        texts = list(batch[self.text_column])
-        errors: list[str | None] = [text_problem(t) for t in texts]
+        texts = list(batch[self.input_column])
+        what = "text" if self.worker.media is None else "image"
+        errors: list[str | None] = [text_problem(t, what) for t in texts]
         good = [i for i, reason in enumerate(errors) if reason is None]
         vectors, tokens, refused = self.worker.embed([texts[i] for i in good])
         for i, reason in refused.items():

@@ -1,4 +1,5 @@
-"""Where a request's images and videos come from, fetched safely, then decoded within limits.
+"""Where images and videos come from (a request's items, a corpus job's image column),
+fetched safely, then decoded within limits (jaxembed/media.py).
 
 A media reference is one of: an `http(s)://` URL, a `data:` URI, raw base64,
 a `file://` URL or a plain path. Safe by default:
@@ -14,8 +15,9 @@ a `file://` URL or a plain path. Safe by default:
 * Bytes are identified by content (jaxembed/media.py), never by extension or
   the declared type; decoding limits stop decompression bombs and huge videos.
 
-Every failure is a `MediaError` (HTTP 400) that says what was wrong without
-echoing server paths.
+Every failure is a `MediaError` (the server's HTTP 400, a corpus job's bad row) that says
+what was wrong without echoing server paths. (The library's layer: the server and
+`jaxembed embed-dataset` both fetch through it.)
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from aiohttp.abc import AbstractResolver
 from jaxembed.aio import gather_or_cancel
 from jaxembed.engine.request.jobs import EmbedItem
 from jaxembed.errors import MediaError
-from jaxembed_server.paths import PathOutsideRoot, resolve_inside
+from jaxembed.paths import PathOutsideRoot, resolve_inside
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
 _BASE64 = re.compile(r"^[A-Za-z0-9+/\s]+={0,2}\s*$")
@@ -84,8 +86,8 @@ def _literal_address(host: str) -> str | None:
 
 def _forbidden_address() -> MediaError:
     return MediaError(
-        "the URL's host is a loopback, private or link-local address, which this server does "
-        "not fetch (an operator can allow it with --allow-private-media)",
+        "the URL's host is a loopback, private or link-local address, which is not fetched "
+        "unless allowed (--allow-private-media)",
         code="media_forbidden",
     )
 
@@ -180,7 +182,7 @@ class MediaLoader:
         root = self.policy.root
         if root is None:
             raise MediaError(
-                "local file paths are not enabled on this server (the operator can allow them "
+                "local file paths are not enabled (the operator can allow them "
                 "inside a directory with --media-root); send a URL, base64 or a data URI",
                 code="media_forbidden",
             )
@@ -188,7 +190,7 @@ class MediaLoader:
             resolved = resolve_inside(root, path)
         except PathOutsideRoot:
             raise MediaError(
-                "the path points outside the server's media root", code="media_forbidden"
+                "the path points outside the media root", code="media_forbidden"
             ) from None
         except ValueError:
             raise MediaError("the path is not valid", code="invalid_media") from None
@@ -196,7 +198,7 @@ class MediaLoader:
 
     def _read_limited(self, path: Path) -> bytes:
         if not path.is_file():
-            raise MediaError("no such file under the server's media root", code="media_not_found")
+            raise MediaError("no such file under the media root", code="media_not_found")
         with path.open("rb") as f:
             data = f.read(self.policy.max_bytes + 1)
         if len(data) > self.policy.max_bytes:
