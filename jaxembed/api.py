@@ -15,6 +15,7 @@ concurrent calls from several threads share device batches as requests do in the
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -47,14 +48,17 @@ class Embedder(EngineModel):
 
     _service: EmbeddingService | None = None
     _loop: BackgroundLoop | None = None
+    _starting = threading.Lock()  # first calls from several threads build one service
 
     def service(self) -> EmbeddingService:
         """The `EmbeddingService` that `embed`, `embed_images` and `embed_video` run on (built
         on first use, on a background event loop): the same pipeline the server runs."""
-        if self._service is None:
-            self._service = local_service(self, ServiceConfig(queue=QueueLimits.unbounded()))
-            self._service.start(warmup=False)  # buckets compile on first use
-            self._loop = BackgroundLoop()
+        with self._starting:
+            if self._service is None:
+                service = local_service(self, ServiceConfig(queue=QueueLimits.unbounded()))
+                service.start(warmup=False)  # buckets compile on first use
+                self._loop = BackgroundLoop()
+                self._service = service  # last: a service seen set has its loop
         return self._service
 
     def close(self) -> None:

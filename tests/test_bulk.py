@@ -436,3 +436,17 @@ def test_image_column_under_the_media_policy(tmp_path):
             if not allow:
                 assert all("--allow-private-media" in reasons[f"i{i}"] for i in range(8, 12))
     clip.close()
+
+
+def test_a_new_embedders_first_calls_from_two_threads(model_dir, texts, reference):
+    """A job's two batches in flight are the first calls of an embedder just loaded: both
+    threads find one service (it was once seen built before its event loop was)."""
+    import concurrent.futures
+
+    fresh = Embedder.from_pretrained(model_dir, compile_cache_dir=False)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda i: fresh.embed(texts[i : i + 1])[0], range(8)))
+        assert np.abs(np.stack(got) - reference[:8]).max() <= 1e-6
+    finally:
+        fresh.close()

@@ -33,7 +33,8 @@ from tools.hostpath import english_passages, random_bert_dir
 def corpus(n: int) -> list[str]:
     """`n` distinct passages: the stdlib ones (~13,800), then pairs of them joined."""
     base = english_passages(min(n, 13_000))
-    extra = [f"{base[i]} {base[(7 * i + 1) % len(base)]}" for i in range(n - len(base))]
+    m = len(base)
+    extra = [f"{base[i % m]} {base[(7 * i + 1 + i // m) % m]}" for i in range(n - m)]
     return base + extra
 
 
