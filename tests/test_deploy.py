@@ -88,3 +88,40 @@ def test_dockerfile_entrypoint_is_a_valid_serve_command():
     args = build_parser().parse_args(command[1:])
     assert args.host == "0.0.0.0"
     assert "ACCELERATOR" in text and "jax[$ACCELERATOR]" in text
+
+
+def _ray_jobs():
+    return [(name, doc) for name, doc in _documents() if doc["kind"] == "RayJob"]
+
+
+def test_there_are_ray_jobs_for_gpu_and_tpu():
+    assert {name for name, _ in _ray_jobs()} == {
+        "rayjob-embed-dataset-gpu.yaml",
+        "rayjob-embed-dataset-tpu.yaml",
+    }
+
+
+@pytest.mark.parametrize("name,doc", _ray_jobs(), ids=lambda x: str(x)[:40])
+def test_ray_jobs_fit_their_workers(name, doc):
+    """The entrypoint is a real `embed-dataset --ray` command, and its actors fit the worker
+    pods exactly: per-actor accelerators divide a pod's, actors = pods x actors per pod, and
+    the head runs no actor."""
+    import shlex
+
+    words = shlex.split(doc["spec"]["entrypoint"])
+    assert words[:2] == ["jaxembed", "embed-dataset"]
+    args = build_parser().parse_args(words[1:])  # argparse exits on an unknown flag
+    assert args.ray == ""  # RAY_ADDRESS, which `ray job submit` sets for the entrypoint
+    cluster = doc["spec"]["rayClusterSpec"]
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    (group,) = cluster["workerGroupSpecs"]
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    if "nvidia.com/gpu" in limits:
+        per_pod = limits["nvidia.com/gpu"] / args.ray_gpus_per_actor
+    else:
+        per_pod = limits["google.com/tpu"] / args.ray_resources["TPU"]
+    assert per_pod == int(per_pod) >= 1
+    assert args.ray_actors == group["replicas"] * per_pod
+    assert args.ray_cpus_per_actor * per_pod <= int(limits["cpu"])
+    mounts = {m["mountPath"] for m in group["template"]["spec"]["containers"][0]["volumeMounts"]}
+    assert {"/data", "/models"} <= mounts and args.output.startswith("/data/")
