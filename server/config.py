@@ -480,15 +480,11 @@ def _add_multihost_arguments(p: argparse.ArgumentParser, d: ServerConfig) -> Non
         "--process-id", type=int, default=None, help="this process's index (else detected)"
     )
     g.add_argument(
-        "--control-address",
-        default=None,
-        help="host:port of the leader's batch channel (default: coordinator port + 1)",
-    )
-    g.add_argument(
         "--heartbeat-timeout",
         type=float,
         default=5.0,
-        help="seconds of follower silence before the leader reports not ready",
+        help="seconds without heartbeats (JAX's coordination service) before a process "
+        "counts as lost and the leader reports not ready",
     )
 
 
@@ -522,7 +518,6 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             num_processes=args.num_processes,
             process_id=args.process_id,
             mode=args.multihost,
-            control_address=args.control_address,
             heartbeat_timeout=args.heartbeat_timeout,
         )
         if args.distributed

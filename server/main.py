@@ -19,7 +19,7 @@ from jaxembed.engine.device.compile_cache import cache_counts, default_cache_dir
 from jaxembed.engine.device.group_runner import BroadcastingRunner, follow_leader
 from jaxembed.engine.model import EngineModel
 from jaxembed.errors import JaxEmbedError, ModelLoadError
-from jaxembed.parallel import distributed, multihost
+from jaxembed.parallel import distributed, pod
 from jaxembed.parallel.mesh import make_mesh
 from jaxembed_server import startup
 from jaxembed_server.app import create_app
@@ -52,10 +52,8 @@ def run_follower(config: ServerConfig, embedder: EngineModel) -> int:
     """A non-leader process of a global multi-host group: compile, then follow the leader."""
     seconds = embedder.runner.warmup(max_len=embedder.warmup_max_len)
     log.info("follower warm-up: %d buckets in %.1f s", len(embedder.grid.buckets()), seconds)
-    address = distributed.control_address(config.distributed)
-    log.info("process %d following the leader at %s:%d", jax.process_index(), *address)
-    sock = multihost.connect_to_leader(address, jax.process_index())
-    return follow_leader(embedder.runner, sock)
+    log.info("process %d following the leader", jax.process_index())
+    return follow_leader(embedder.runner, heartbeat_timeout=config.distributed.heartbeat_timeout)
 
 
 def group_refusal(config: ServerConfig, embedders: list[EngineModel]) -> str | None:
@@ -115,14 +113,7 @@ def serve(args: argparse.Namespace) -> int:
         return rc
     channel = None
     if group:
-        host, port = distributed.control_address(dist)
-        # Loopback stays loopback (tests, one machine); otherwise listen on every interface.
-        bind = host if host in ("127.0.0.1", "localhost", "::1") else "0.0.0.0"
-        channel = multihost.LeaderChannel(
-            (bind, port),
-            jax.process_count() - 1,
-            heartbeat_timeout=dist.heartbeat_timeout,
-        )
+        channel = pod.PodLeader(heartbeat_timeout=dist.heartbeat_timeout)
         embedders[0].runner = BroadcastingRunner(embedders[0].runner, channel)
     try:
         app = create_app(config, embedders, fault_hook=fault_hook_from_env())

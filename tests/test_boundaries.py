@@ -86,6 +86,19 @@ def test_server_only_talks_to_the_service():
     assert not offenders
 
 
+def test_no_socket_of_ours_carries_steps():
+    """A pod's steps travel through JAX's collectives and its liveness through JAX's
+    coordination service (jaxembed/parallel/pod.py): neither the engine nor the parallel
+    layer opens a socket of its own."""
+    offenders = {
+        p: n
+        for layer in ("jaxembed/parallel", "jaxembed/engine")
+        for p, n in _imports(layer).items()
+        if any(x.split(".")[0] in ("socket", "socketserver", "zmq") for x in n)
+    }
+    assert not offenders
+
+
 def test_no_pickle_loading_anywhere():
     for package in ("jaxembed", "server"):
         for path, names in _imports(package).items():

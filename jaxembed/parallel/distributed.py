@@ -5,7 +5,7 @@ Two ways to use a TPU pod slice (or several GPU hosts), chosen by `mode`:
 * `replica`: every host serves its own HTTP port with its own local devices
   (a load balancer spreads requests); nothing crosses hosts at run time.
 * `global`: one model over every device of every host; process 0 serves HTTP
-  and broadcasts each batch (jaxembed/parallel/multihost.py), the others follow.
+  and publishes each batch (jaxembed/parallel/pod.py), the others follow.
 
 On Cloud TPU, `jax.distributed.initialize()` finds the coordinator, process
 count and id by itself; elsewhere they come from flags or from
@@ -35,8 +35,7 @@ class DistributedConfig:
     num_processes: int | None = None
     process_id: int | None = None
     mode: str = "global"
-    control_address: str | None = None  # leader's batch channel; default coordinator port + 1
-    heartbeat_timeout: float = 5.0
+    heartbeat_timeout: float = 5.0  # seconds without heartbeats before a process is lost
     initialization_timeout: int = 300
 
     def __post_init__(self) -> None:
@@ -74,12 +73,15 @@ def initialize(config: DistributedConfig) -> None:
         "auto" if config.process_id is None else config.process_id,
         config.num_processes or "auto",
     )
+    if config.mode == "global":
+        _enable_recoverability()
     try:
         jax.distributed.initialize(
             coordinator_address=config.coordinator_address,
             num_processes=config.num_processes,
             process_id=config.process_id,
             initialization_timeout=config.initialization_timeout,
+            heartbeat_timeout_seconds=max(1, round(config.heartbeat_timeout)),
             shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_SECONDS,
         )
     except (ValueError, RuntimeError) as e:
@@ -96,28 +98,19 @@ def initialize(config: DistributedConfig) -> None:
     )
 
 
+def _enable_recoverability() -> None:
+    """In a global group a process that dies must not take the others down with it: the
+    leader answers `/ready` 503 for a lost follower (jaxembed/parallel/pod.py). Without this
+    JAX's coordination agent ends every process when one stops heartbeating. (Replicas keep
+    JAX's default, whose shutdown barrier lets process 0 — the service — leave last.)"""
+    try:
+        jax.config.update("jax_enable_recoverability", True)
+    except AttributeError:  # a JAX without the option: a follower's death ends the leader
+        log.warning("this JAX cannot keep a group running past a lost process")
+
+
 def serving_devices(config: DistributedConfig | None) -> list[jax.Device]:
     """The devices one server process drives: its own (replica) or every process's (global)."""
     if config is None or config.mode == "replica":
         return jax.local_devices()
     return jax.devices()
-
-
-def control_address(config: DistributedConfig) -> tuple[str, int]:
-    """Where the leader listens for followers: explicit, or next to the coordinator."""
-    address = config.control_address
-    if address is None:
-        coordinator = config.coordinator_address or _detected_coordinator()
-        if not coordinator:
-            raise ValueError("set --control-address (the coordinator address is unknown)")
-        host, port = coordinator.rsplit(":", 1)
-        return host, int(port) + 1
-    host, port = address.rsplit(":", 1)
-    return host, int(port)
-
-
-def _detected_coordinator() -> str | None:
-    # After an auto-detected initialize (Cloud TPU), JAX knows the coordinator's address.
-    from jax._src import distributed
-
-    return distributed.global_state.coordinator_address

@@ -3,8 +3,9 @@
 The leader's `BroadcastingRunner` sends every batch — padded or packed — to the
 followers before dispatching it locally, so every process launches the same
 compiled program on the same arrays in the same order; each follower runs
-`follow_leader`, which maps the channel's messages back onto its own local
-runner. The transport (sockets, heartbeats) is jaxembed/parallel/multihost.py.
+`follow_leader`, which maps the leader's steps back onto its own local runner.
+The transport (JAX's collectives, the coordination service's liveness) is
+jaxembed/parallel/pod.py.
 
 Still refused on a group: LoRA adapters (adapter stacks would have to be
 broadcast and loaded in step on every host) and image models (their own batcher).
@@ -12,7 +13,6 @@ broadcast and loaded in step on every host) and image models (their own batcher)
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Callable, Sequence
 
@@ -23,7 +23,7 @@ from jaxembed.engine.batching.buckets import Bucket, BucketGrid
 from jaxembed.engine.device.memory import BucketMemory
 from jaxembed.engine.device.runner import BucketRunner, Runner
 from jaxembed.lora import AdapterError, LoraBank
-from jaxembed.parallel import multihost
+from jaxembed.parallel import pod
 
 
 class BroadcastingRunner:
@@ -33,7 +33,7 @@ class BroadcastingRunner:
     retry path can never enqueue programs in different orders on different hosts.
     """
 
-    def __init__(self, runner: BucketRunner, channel: multihost.LeaderChannel):
+    def __init__(self, runner: BucketRunner, channel: pod.PodLeader):
         self._runner = runner
         self._channel = channel
         self._lock = threading.Lock()
@@ -118,10 +118,11 @@ class BroadcastingRunner:
             return self._runner.run_packed(input_ids, segments)
 
 
-def follow_leader(runner: Runner, sock: socket.socket) -> int:
-    """A follower: run the leader's batches on the local runner until it stops (0) or vanishes (1)."""
+def follow_leader(runner: Runner, *, heartbeat_timeout: float) -> int:
+    """A follower: run the leader's batches on the local runner until it stops (0) or the
+    group breaks (1)."""
 
     def execute(ids: np.ndarray, second: np.ndarray, packed: bool) -> jax.Array:
         return runner.run_packed(ids, second) if packed else runner.run(ids, second)
 
-    return multihost.follow(execute, sock)
+    return pod.follow(execute, heartbeat_timeout=heartbeat_timeout)
