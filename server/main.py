@@ -48,21 +48,27 @@ def fault_hook_from_env():
     return hook
 
 
-def run_follower(config: ServerConfig, embedder: EngineModel) -> int:
-    """A non-leader process of a global multi-host group: compile, then follow the leader."""
-    seconds = embedder.runner.warmup(max_len=embedder.warmup_max_len)
-    log.info("follower warm-up: %d buckets in %.1f s", len(embedder.grid.buckets()), seconds)
+def run_follower(config: ServerConfig, embedders: list[EngineModel]) -> int:
+    """A non-leader process of a global multi-host group: compile every model, then follow
+    the leader (its steps name the model by its index here, the same order as the leader's)."""
+    for embedder in embedders:
+        seconds = embedder.runner.warmup(max_len=embedder.warmup_max_len)
+        log.info(
+            "follower warm-up %s: %d buckets in %.1f s",
+            embedder.card.name,
+            len(embedder.grid.buckets()),
+            seconds,
+        )
     log.info("process %d following the leader", jax.process_index())
-    return follow_leader(embedder.runner, heartbeat_timeout=config.distributed.heartbeat_timeout)
+    runners = [embedder.runner for embedder in embedders]
+    return follow_leader(runners, heartbeat_timeout=config.distributed.heartbeat_timeout)
 
 
 def group_refusal(config: ServerConfig, embedders: list[EngineModel]) -> str | None:
     """What a global multi-host group cannot serve yet (None: it can)."""
-    if len(embedders) > 1:
-        return "several models are not supported with --multihost global yet (use replica)"
-    if embedders[0].images is not None or embedders[0].fused is not None:
+    if any(e.images is not None or e.fused is not None for e in embedders):
         return "image/video models are not supported with --multihost global yet (use replica)"
-    if config.model_configs()[0].lora_enabled:
+    if any(model.lora_enabled for model in config.model_configs()):
         return "LoRA adapters are not supported with --multihost global yet"
     return None
 
@@ -107,14 +113,15 @@ def serve(args: argparse.Namespace) -> int:
     dist = config.distributed
     group = dist is not None and dist.mode == "global" and jax.process_count() > 1
     if group and jax.process_index() != 0:
-        rc = run_follower(config, embedders[0])
+        rc = run_follower(config, embedders)
         if rc:
             _exit_broken_group(rc)
         return rc
     channel = None
     if group:
         channel = pod.PodLeader(heartbeat_timeout=dist.heartbeat_timeout)
-        embedders[0].runner = BroadcastingRunner(embedders[0].runner, channel)
+        for index, embedder in enumerate(embedders):
+            embedder.runner = BroadcastingRunner(embedder.runner, channel, model=index)
     try:
         app = create_app(config, embedders, fault_hook=fault_hook_from_env())
     except ValueError as e:  # e.g. two models answering to the same name

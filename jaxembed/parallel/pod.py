@@ -43,7 +43,7 @@ from jaxembed.errors import EngineUnavailableError
 
 log = logging.getLogger("jaxembed.pod")
 
-HEADER_SIZE = 8  # int32 words: op, kind, batch, seq, step, chunks, reserved...
+HEADER_SIZE = 8  # int32 words: op, kind, batch, seq, step, chunks, model, reserved
 _RUN, _STOP = 1, 2
 _PADDED, _PACKED = 0, 1
 LIVENESS_INTERVAL = 0.1  # seconds between rounds of get_live_nodes
@@ -52,8 +52,8 @@ KEEP_STEPS = 32  # steps kept in the store (followers are never more than a few 
 CHUNK_BYTES = 1 << 20  # one value per MiB (gRPC's message limit is 4 MiB)
 _WAIT_MS = 1000  # a follower's wait for the next step, in slices (to notice a broken group)
 
-# What a follower does with a batch: (ids, mask or segment ids, packed) → device result.
-Execute = Callable[[np.ndarray, np.ndarray, bool], Any]
+# What a follower does with a batch: (ids, mask or segment ids, packed, model) → device result.
+Execute = Callable[[np.ndarray, np.ndarray, bool, int], Any]
 
 
 def _key(step: int, chunk: int = 0) -> str:
@@ -174,6 +174,9 @@ class PodLeader:
         self.liveness = Liveness(heartbeat_timeout)
         self.sender = StepSender()
         self.steps = 0
+        # Held by every model's runner around (publish, dispatch): the leader's devices then
+        # run the steps of all its models in the order the followers read them.
+        self.lock = threading.Lock()
 
     def unhealthy_reason(self) -> str | None:
         return self.sender.failed or self.liveness.lost_reason()
@@ -183,13 +186,17 @@ class PodLeader:
         self.sender.put(self.steps, _encode(header, arrays))
         self.steps += 1
 
-    def broadcast(self, input_ids: np.ndarray, second: np.ndarray, *, packed: bool = False) -> None:
-        """Send one batch: ids and the attention mask, or ids and segment ids (`packed`)."""
+    def broadcast(
+        self, input_ids: np.ndarray, second: np.ndarray, *, packed: bool = False, model: int = 0
+    ) -> None:
+        """Send one batch of model `model` (its index among the served models): ids and the
+        attention mask, or ids and segment ids (`packed`)."""
         reason = self.unhealthy_reason()
         if reason:
             raise EngineUnavailableError(f"the model group is not available: {reason}")
         header = np.zeros(HEADER_SIZE, np.int32)
         header[:4] = (_RUN, _PACKED if packed else _PADDED, *input_ids.shape)
+        header[6] = model
         self._publish(header, np.stack([input_ids, second]))
 
     def close(self, leave_timeout: float = 10.0) -> None:
@@ -247,7 +254,7 @@ def follow(execute: Execute, *, heartbeat_timeout: float) -> int:
                 log.error("unknown step header %s from the leader; exiting", header.tolist())
                 return 1
             arrays = np.frombuffer(body, np.int32).reshape(2, batch, seq)
-            result = execute(arrays[0], arrays[1], kind == _PACKED)
+            result = execute(arrays[0], arrays[1], kind == _PACKED, int(header[6]))
             if pending is not None:
                 jax.block_until_ready(pending)  # work never piles up here
             pending = result

@@ -39,14 +39,15 @@ def tiny_dir(tmp_path_factory):
 class ProcessGroup:
     """A follower (process 1) started first, then the leader (process 0) as a ServerProcess."""
 
-    def __init__(self, model_dir: Path, tmp: Path):
+    def __init__(self, model_dir: Path, tmp: Path, *more_models: Path):
         coordinator = f"127.0.0.1:{free_port()}"
         env = {
             **os.environ,
             "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
         }
         common = [
-            "--model", str(model_dir), "--distributed", "--coordinator-address", coordinator,
+            "--model", str(model_dir), *(a for m in more_models for a in ("--model", str(m))),
+            "--distributed", "--coordinator-address", coordinator,
             "--num-processes", "2", "--mesh", "data=2,model=4", "--heartbeat-timeout", "1",
             *GRID,
         ]  # fmt: skip
@@ -175,6 +176,45 @@ def test_a_dead_leader_ends_the_followers(tiny_dir, tmp_path):
         took = time.monotonic() - killed
         assert rc != 0 and took < 5.0, (rc, took, group.follower_output())
         print(f"follower exited {rc} {took:.1f} s after the leader was killed")
+    finally:
+        group.cleanup()
+
+
+def test_an_embedder_and_a_reranker_in_one_group(tiny_dir, tmp_path):
+    """Several models in one group, each step naming its model: the embedder equals
+    sentence-transformers (min cos >= 0.99999), the reranker equals CrossEncoder."""
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+
+    from tests.helpers import save_tiny_cross_encoder
+
+    ranker_dir = tmp_path / "tiny-ce"
+    save_tiny_cross_encoder("bert", ranker_dir, seed=3)
+    texts = varied_texts()[:16]
+    expected = SentenceTransformer(str(tiny_dir), device="cpu").encode(texts)
+    query = "what runs on the accelerator?"
+    scores = CrossEncoder(str(ranker_dir), device="cpu").predict([(query, t) for t in texts])
+    group = ProcessGroup(tiny_dir, tmp_path, ranker_dir)
+    try:
+        url = group.leader.url
+        r = httpx.post(
+            url + "/v1/embeddings", json={"model": tiny_dir.name, "input": texts}, timeout=120
+        )
+        assert r.status_code == 200, r.text
+        got = np.asarray([d["embedding"] for d in r.json()["data"]], np.float32)
+        cos = (
+            (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+        )
+        assert cos.min() >= 0.99999, cos.min()
+        r = httpx.post(
+            url + "/v1/rerank",
+            json={"model": ranker_dir.name, "query": query, "documents": texts},
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+        ranked = {e["index"]: e["relevance_score"] for e in r.json()["results"]}
+        assert np.abs(np.array([ranked[i] for i in range(len(texts))]) - scores).max() <= 1e-5
+        assert group.leader.stop() == 0, group.leader.log()
+        assert group.follower.wait(30) == 0, group.follower_output()
     finally:
         group.cleanup()
 

@@ -13,7 +13,6 @@ broadcast and loaded in step on every host) and image models (their own batcher)
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 
 import jax
@@ -29,14 +28,16 @@ from jaxembed.parallel import pod
 class BroadcastingRunner:
     """The leader's runner: each batch goes to the followers, then to the local devices.
 
-    A lock makes (broadcast, dispatch) atomic, so the batcher's dispatcher and its
-    retry path can never enqueue programs in different orders on different hosts.
+    The channel's lock makes (broadcast, dispatch) atomic across every model's runner, so
+    batchers, their retry paths and several models can never enqueue programs in different
+    orders on different hosts.
     """
 
-    def __init__(self, runner: BucketRunner, channel: pod.PodLeader):
+    def __init__(self, runner: BucketRunner, channel: pod.PodLeader, model: int = 0):
         self._runner = runner
         self._channel = channel
-        self._lock = threading.Lock()
+        self._model = model  # this model's index among the served ones (the followers' too)
+        self._lock = channel.lock  # one order for every model's steps
         self.mesh = runner.mesh
 
     # The grid and packing are the local runner's (a memory fit or set_packing changes them).
@@ -109,20 +110,21 @@ class BroadcastingRunner:
         if adapter_ids is not None and adapter_ids.any():
             raise AdapterError("LoRA adapters are not supported on a --multihost global group")
         with self._lock:
-            self._channel.broadcast(input_ids, attention_mask)
+            self._channel.broadcast(input_ids, attention_mask, model=self._model)
             return self._runner.run(input_ids, attention_mask)
 
     def run_packed(self, input_ids: np.ndarray, segments: np.ndarray) -> jax.Array:
         with self._lock:
-            self._channel.broadcast(input_ids, segments, packed=True)
+            self._channel.broadcast(input_ids, segments, packed=True, model=self._model)
             return self._runner.run_packed(input_ids, segments)
 
 
-def follow_leader(runner: Runner, *, heartbeat_timeout: float) -> int:
-    """A follower: run the leader's batches on the local runner until it stops (0) or the
-    group breaks (1)."""
+def follow_leader(runners: Sequence[Runner], *, heartbeat_timeout: float) -> int:
+    """A follower: run the leader's batches on the local runners (one per served model, in
+    the leader's order) until it stops (0) or the group breaks (1)."""
 
-    def execute(ids: np.ndarray, second: np.ndarray, packed: bool) -> jax.Array:
+    def execute(ids: np.ndarray, second: np.ndarray, packed: bool, model: int) -> jax.Array:
+        runner = runners[model]
         return runner.run_packed(ids, second) if packed else runner.run(ids, second)
 
     return pod.follow(execute, heartbeat_timeout=heartbeat_timeout)
