@@ -320,6 +320,11 @@ def embed_dataset(
         bar.close()
         if own:
             embedder.close()
+    return finish_job(manifest, sinks, out_dir, start, shards, skipped, tokens, this_run)
+
+
+def finish_job(manifest, sinks, out_dir, start, shards, skipped, tokens, this_run) -> Summary:
+    """Close the sinks (an index is built there) and sum up the job, every run so far."""
     for sink in sinks:
         sink.finish()
     rows, error_rows = manifest.totals()

@@ -37,6 +37,7 @@ from jaxembed.bulk.job import (
     BulkOptions,
     ShardEmbedder,
     Summary,
+    finish_job,
     job_identity,
     load_embedder,
     process_shard,
@@ -199,9 +200,5 @@ def embed_dataset_on_ray(
             import ray
 
             ray.shutdown()
-    for sink in sinks:
-        sink.finish()
-    rows, error_rows = manifest.totals()
     skipped = len(plans) - len(pending)
-    seconds = time.perf_counter() - start
-    return Summary(rows, error_rows, len(plans), skipped, tokens, seconds, out_dir, this_run)
+    return finish_job(manifest, sinks, out_dir, start, len(plans), skipped, tokens, this_run)
