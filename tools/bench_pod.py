@@ -25,18 +25,11 @@ from pathlib import Path
 
 import httpx
 
+from tests.helpers import free_port
 from tools.bench_embed import cpu_model, write_results
 from tools.hostpath import english_passages, random_bert_dir
 
 GRID = ["--seq-lengths", "16,32,64,128", "--token-budget", "2048"]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start_pod(tree: Path, model: Path, logs: Path) -> tuple[list[subprocess.Popen], str]:
@@ -52,15 +45,15 @@ def _start_pod(tree: Path, model: Path, logs: Path) -> tuple[list[subprocess.Pop
     }
     common = [
         "--model", str(model), "--distributed", "--num-processes", "2",
-        "--coordinator-address", f"127.0.0.1:{_free_port()}", "--mesh", "data=2,model=4",
+        "--coordinator-address", f"127.0.0.1:{free_port()}", "--mesh", "data=2,model=4",
         "--compile-cache", str(logs / "xla"), *GRID,
     ]  # fmt: skip
     if "--control-address" in (tree / "server" / "config.py").read_text():  # the socket version
-        common += ["--control-address", f"127.0.0.1:{_free_port()}"]
-    port = _free_port()
+        common += ["--control-address", f"127.0.0.1:{free_port()}"]
+    port = free_port()
     procs = []
     for pid in (1, 0):
-        serve_port = port if pid == 0 else _free_port()
+        serve_port = port if pid == 0 else free_port()
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-m", "jaxembed.cli", "serve", *common, "--process-id", str(pid),

@@ -167,6 +167,16 @@ class ShardEmbedder:
         self.media = media  # a MediaLoader: the inputs are image references
         self.pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="bulk-embed")
 
+    @classmethod
+    def for_job(cls, embedder, options: BulkOptions) -> ShardEmbedder:
+        """The embedder of a job with `options` (its embedding options, batch size, media)."""
+        return cls(embedder, options.embed_options(), options.batch_rows, options.media_loader())
+
+    @property
+    def kind(self) -> str:
+        """What a row's input is: "text", or "image" (a reference to fetch)."""
+        return "text" if self.media is None else "image"
+
     def close(self) -> None:
         self.pool.shutdown(wait=True)
 
@@ -299,9 +309,7 @@ def embed_dataset(
         sink.open(embedder.card, options)
     totals = [count_rows(p, f) for p, f in resolved]
     bar = Progress(None if None in totals else sum(totals), enabled=progress)
-    worker = ShardEmbedder(
-        embedder, options.embed_options(), options.batch_rows, options.media_loader()
-    )
+    worker = ShardEmbedder.for_job(embedder, options)
     columns = options.columns()
     shards = skipped = tokens = this_run = 0
     try:
@@ -345,7 +353,7 @@ class ShardResult:
 def process_shard(shard: Shard, worker: ShardEmbedder, out_dir: Path) -> ShardResult:
     """Check, embed and write one shard's part and errors files (atomically each); the
     manifest commit is the caller's, so that a job spread over processes commits in one."""
-    ids, texts, positions, errors = _checked(shard, "text" if worker.media is None else "image")
+    ids, texts, positions, errors = _checked(shard, worker.kind)
     vectors, tokens, refused = worker.embed(texts) if texts else (None, [], {})
     if refused:
         keep = [i for i in range(len(texts)) if i not in refused]

@@ -75,9 +75,7 @@ class ShardWorker:
     def __init__(self, options: dict[str, Any], output: str, compile_cache: str | None = None):
         bulk = BulkOptions(**options)
         self.embedder = load_embedder(bulk, compile_cache)
-        self.worker = ShardEmbedder(
-            self.embedder, bulk.embed_options(), bulk.batch_rows, bulk.media_loader()
-        )
+        self.worker = ShardEmbedder.for_job(self.embedder, bulk)
         self.columns = bulk.columns()
         self.out_dir = Path(output)
 

@@ -53,29 +53,23 @@ class JaxEmbedder:
         self.embedding_column = embedding_column
         self.error_column = error_column
         self.embedder = load_embedder(bulk, compile_cache)
-        self.worker = ShardEmbedder(
-            self.embedder, bulk.embed_options(), bulk.batch_rows, bulk.media_loader()
-        )
+        self.worker = ShardEmbedder.for_job(self.embedder, bulk)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         texts = list(batch[self.input_column])
-        what = "text" if self.worker.media is None else "image"
-        errors: list[str | None] = [text_problem(t, what) for t in texts]
+        errors: list[str | None] = [text_problem(t, self.worker.kind) for t in texts]
         good = [i for i, reason in enumerate(errors) if reason is None]
         vectors, tokens, refused = self.worker.embed([texts[i] for i in good])
         for i, reason in refused.items():
             errors[good[i]] = reason
-        empty = self.worker.empty()
-        dtype = vectors.dtype if vectors is not None else empty.dtype
-        width = vectors.shape[1] if vectors is not None else empty.shape[1]
-        fill = np.nan if np.issubdtype(dtype, np.floating) else 0
-        out_vectors = np.full((len(texts), width), fill, dtype)
+        if vectors is None:  # no row embedded
+            vectors, tokens = self.worker.empty(), []
+        fill = np.nan if np.issubdtype(vectors.dtype, np.floating) else 0
+        out_vectors = np.full((len(texts), vectors.shape[1]), fill, vectors.dtype)
         out_tokens = np.zeros(len(texts), np.int32)
-        if vectors is not None:
-            out_vectors[good] = vectors
-            out_tokens[good] = tokens
-        out_vectors[[i for i, r in enumerate(errors) if r is not None]] = fill
-        out_tokens[[i for i, r in enumerate(errors) if r is not None]] = 0
+        embedded = [i for i, j in enumerate(good) if errors[j] is None]  # refused ones: no
+        out_vectors[[good[i] for i in embedded]] = vectors[embedded]
+        out_tokens[[good[i] for i in embedded]] = [tokens[i] for i in embedded]
         return dict(batch) | {
             self.embedding_column: out_vectors,
             "tokens": out_tokens,

@@ -43,7 +43,8 @@ from jaxembed.errors import EngineUnavailableError
 
 log = logging.getLogger("jaxembed.pod")
 
-HEADER_SIZE = 8  # int32 words: op, kind, batch, seq, step, chunks, model, reserved
+HEADER_SIZE = 8  # int32 words, at these positions (the last one reserved):
+_OP, _KIND, _BATCH, _SEQ, _STEP, _CHUNKS, _MODEL = range(7)
 _RUN, _STOP = 1, 2
 _PADDED, _PACKED = 0, 1
 LIVENESS_INTERVAL = 0.1  # seconds between rounds of get_live_nodes
@@ -60,12 +61,17 @@ def _key(step: int, chunk: int = 0) -> str:
     return f"{STEPS}/{step}/{chunk}"
 
 
-def _encode(header: np.ndarray, arrays: np.ndarray | None) -> list[bytes]:
-    """A step as store values: the header (with the chunk count) and the arrays' bytes."""
+def _encode(step: int, op: int, arrays: np.ndarray | None = None, **fields: int) -> list[bytes]:
+    """A step as store values: its header (op, step number, chunk count and `fields` at
+    their positions: kind, batch, seq, model) with the first chunk of the arrays' bytes, then
+    the other chunks."""
     body = b"" if arrays is None else np.ascontiguousarray(arrays, np.int32).tobytes()
     chunks = [body[i : i + CHUNK_BYTES] for i in range(0, len(body), CHUNK_BYTES)] or [b""]
-    header = header.copy()
-    header[5] = len(chunks)
+    header = np.zeros(HEADER_SIZE, np.int32)
+    header[[_OP, _STEP, _CHUNKS]] = (op, step, len(chunks))
+    positions = {"kind": _KIND, "batch": _BATCH, "seq": _SEQ, "model": _MODEL}
+    for name, value in fields.items():
+        header[positions[name]] = value
     return [header.tobytes() + chunks[0], *chunks[1:]]
 
 
@@ -181,9 +187,8 @@ class PodLeader:
     def unhealthy_reason(self) -> str | None:
         return self.sender.failed or self.liveness.lost_reason()
 
-    def _publish(self, header: np.ndarray, arrays: np.ndarray | None) -> None:
-        header[4] = self.steps
-        self.sender.put(self.steps, _encode(header, arrays))
+    def _publish(self, op: int, arrays: np.ndarray | None = None, **fields: int) -> None:
+        self.sender.put(self.steps, _encode(self.steps, op, arrays, **fields))
         self.steps += 1
 
     def broadcast(
@@ -194,18 +199,16 @@ class PodLeader:
         reason = self.unhealthy_reason()
         if reason:
             raise EngineUnavailableError(f"the model group is not available: {reason}")
-        header = np.zeros(HEADER_SIZE, np.int32)
-        header[:4] = (_RUN, _PACKED if packed else _PADDED, *input_ids.shape)
-        header[6] = model
-        self._publish(header, np.stack([input_ids, second]))
+        batch, seq = input_ids.shape
+        kind = _PACKED if packed else _PADDED
+        arrays = np.stack([input_ids, second])
+        self._publish(_RUN, arrays, kind=kind, batch=batch, seq=seq, model=model)
 
     def close(self, leave_timeout: float = 10.0) -> None:
         """Tell every follower to stop and wait until they have left (unless the group is
         already broken: then nobody is waited for)."""
         if self.unhealthy_reason() is None:
-            header = np.zeros(HEADER_SIZE, np.int32)
-            header[0] = _STOP
-            self._publish(header, None)
+            self._publish(_STOP)
             self.sender.close()
             if not self.liveness.wait_until_alone(leave_timeout):
                 log.warning("followers still connected %.0f s after STOP", leave_timeout)
@@ -226,7 +229,7 @@ def _next_step(client, step: int, liveness: Liveness) -> tuple[np.ndarray, bytes
     header = np.frombuffer(first[: HEADER_SIZE * 4], np.int32)
     rest = [
         client.blocking_key_value_get_bytes(_key(step, k), _WAIT_MS)
-        for k in range(1, int(header[5]))
+        for k in range(1, int(header[_CHUNKS]))
     ]
     return header, b"".join([first[HEADER_SIZE * 4 :], *rest])
 
@@ -244,7 +247,9 @@ def follow(execute: Execute, *, heartbeat_timeout: float) -> int:
             except Exception as e:  # the service is gone with the leader
                 log.error("the group broke after %d steps (%s); exiting", steps, e)
                 return 1
-            op, kind, batch, seq = (int(v) for v in header[:4])
+            op, kind, batch, seq, model = (
+                int(header[i]) for i in (_OP, _KIND, _BATCH, _SEQ, _MODEL)
+            )
             if op == _STOP:
                 log.info(
                     "the leader stopped after %d steps (%d packed); exiting", steps, packed_steps
@@ -254,7 +259,7 @@ def follow(execute: Execute, *, heartbeat_timeout: float) -> int:
                 log.error("unknown step header %s from the leader; exiting", header.tolist())
                 return 1
             arrays = np.frombuffer(body, np.int32).reshape(2, batch, seq)
-            result = execute(arrays[0], arrays[1], kind == _PACKED, int(header[6]))
+            result = execute(arrays[0], arrays[1], kind == _PACKED, model)
             if pending is not None:
                 jax.block_until_ready(pending)  # work never piles up here
             pending = result
