@@ -244,6 +244,9 @@ class RemoteRows:
                 f"the queue is full ({status.queued_requests} requests waiting)", retry_after=1.0
             )
 
+    def unhealthy(self) -> str | None:
+        return self.status().unhealthy
+
     def status(self) -> EngineStatus:
         status = self.client.status(self.model)
         if status is None:

@@ -124,7 +124,6 @@ async def run_job(
     when the model's queue is full, check and fetch media, run the job on the model's
     service under --request-timeout, and count what was embedded."""
     ctx = request.app.ctx
-    check_serving(request, route)
     check_size(inputs, ctx.config.max_inputs)
     service = route.model.service
 

@@ -8,6 +8,7 @@ part and keeps the special tokens, as sentence-transformers does.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from jaxembed.engine.inputs.chunking import split_ids
 from jaxembed.errors import InputTooLongError, InvalidInputError
 
 TRUNCATION_DIRECTIONS = ("right", "left")
+_NO_FRAME = (np.zeros(0, np.int32), np.zeros(0, np.int32))
 
 
 class TextTokenizer:
@@ -46,10 +48,16 @@ class TextTokenizer:
         self.eos_id = eos_id
         self.pad_to_max_length = pad_to_max_length
         self.pad_id = pad_id
-        # Reserve room for an EOS we add ourselves (not for one the post-processor adds).
-        self._eos_slot = int(
-            eos_id is not None and self._tokenizer.encode("a").ids[-1:] != [eos_id]
-        )
+        # Room for an EOS we add ourselves (none where the post-processor adds it), by
+        # whether the special tokens are added: without them we always add it.
+        self._eos_slots = {
+            special: int(
+                eos_id is not None
+                and self._tokenizer.encode("a", add_special_tokens=special).ids[-1:] != [eos_id]
+            )
+            for special in (True, False)
+        }
+        self._eos_slot = self._eos_slots[True]
 
     def _load(self, path: Path) -> Tokenizer:
         tokenizer = Tokenizer.from_file(str(path))
@@ -59,11 +67,12 @@ class TextTokenizer:
             tokenizer.post_processor = None
         return tokenizer
 
-    def _truncating_tokenizer(self, direction: str, limit: int) -> Tokenizer:
-        key = (direction, limit)
+    def _truncating_tokenizer(self, direction: str, length: int) -> Tokenizer:
+        """A copy that truncates every encoding to `length` tokens, special tokens included."""
+        key = (direction, length)
         if key not in self._truncating:
             tokenizer = self._load(self._path)
-            tokenizer.enable_truncation(limit - self._eos_slot, direction=direction)
+            tokenizer.enable_truncation(length, direction=direction)
             self._truncating[key] = tokenizer
         return self._truncating[key]
 
@@ -134,8 +143,9 @@ class TextTokenizer:
         max_tokens: int | None = None,
         add_special_tokens: bool = True,
     ) -> list[np.ndarray]:
-        """`raw_ids` of `texts` within the limit: over-long ones refused, or re-encoded cut
-        (special tokens kept) when `truncate`; padded where the model pads."""
+        """`raw_ids` of `texts` within the limit: over-long ones refused, or cut (special
+        tokens kept, as the tokenizer's own truncation) when `truncate`; padded where the
+        model pads."""
         limit = self.limit(max_tokens)
         lengths = np.fromiter(map(len, ids), np.int64, len(ids))
         too_long = np.flatnonzero(lengths > limit).tolist()
@@ -143,24 +153,91 @@ class TextTokenizer:
             i = too_long[0]
             raise InputTooLongError(i, len(ids[i]), limit)
         if too_long:
-            redone = self._truncating_tokenizer(direction, limit).encode_batch(
-                [texts[i] for i in too_long], add_special_tokens=add_special_tokens
-            )
-            ids = list(ids)
-            for i, enc in zip(too_long, redone, strict=True):
-                ids[i] = self._with_eos(enc.ids)
+            ids = self._truncated(texts, ids, too_long, limit, direction, add_special_tokens)
         if self.pad_to_max_length:
             return [self._padded(x) for x in ids]
         return ids
 
-    def _special_frame(self) -> tuple[list[int], list[int]]:
-        """The special tokens the tokenizer puts before and after a text's own tokens."""
+    def _truncated(
+        self,
+        texts: Sequence[str],
+        ids: list[np.ndarray],
+        too_long: list[int],
+        limit: int,
+        direction: str,
+        add_special_tokens: bool,
+    ) -> list[np.ndarray]:
+        """`ids` with the over-long rows cut to `limit`: from their ids where the cut is
+        certain (`_cut`), by encoding the text again with truncation on otherwise."""
+        ids = list(ids)
+        redo = []
+        for i in too_long:
+            cut = self._cut(ids[i], texts[i], limit, direction, add_special_tokens)
+            if cut is None:
+                redo.append(i)
+            else:
+                ids[i] = cut
+        if redo:
+            length = limit - self._eos_slots[add_special_tokens]
+            redone = self._truncating_tokenizer(direction, length).encode_batch(
+                [texts[i] for i in redo], add_special_tokens=add_special_tokens
+            )
+            for i, enc in zip(redo, redone, strict=True):
+                ids[i] = self._with_eos(enc.ids)
+        return ids
+
+    @functools.cached_property
+    def _frame(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The special tokens the tokenizer puts before and after a text's own tokens, or
+        None when they are not one fixed frame around the text."""
         framed = self._tokenizer.encode("a").ids
         bare = self._tokenizer.encode("a", add_special_tokens=False).ids
         for start in range(len(framed) - len(bare) + 1):
             if framed[start : start + len(bare)] == bare:
-                return framed[:start], framed[start + len(bare) :]
-        return [], []
+                before, after = framed[:start], framed[start + len(bare) :]
+                return np.asarray(before, np.int32), np.asarray(after, np.int32)
+        return None
+
+    def _special_frame(self) -> tuple[list[int], list[int]]:
+        frame = self._frame
+        return ([], []) if frame is None else (frame[0].tolist(), frame[1].tolist())
+
+    @functools.cached_property
+    def _eos_text(self) -> str | None:
+        """How a text spells our EOS token, when only spelling it can make it: an added token
+        matched on the raw text. None otherwise (an ordinary vocabulary token could end any
+        text's encoding, so an EOS at the end of a row might be the text's own)."""
+        added = self._tokenizer.get_added_tokens_decoder().get(self.eos_id)
+        return None if added is None or added.normalized else added.content
+
+    def _cut(
+        self, ids: np.ndarray, text: str, limit: int, direction: str, special: bool
+    ) -> np.ndarray | None:
+        """`ids` (a `raw_ids` row) cut to `limit` exactly as the truncating tokenizer would
+        cut the text — the text's own tokens shortened, the special tokens (and our EOS)
+        kept —, without encoding it again; None where that cannot be told from the ids
+        alone (the row does not show the frame, or the text spells the EOS token itself)."""
+        frame = self._frame if special else _NO_FRAME
+        if frame is None:
+            return None
+        before, after = frame
+        core = ids
+        slot = self._eos_slots[special]
+        if slot:  # the EOS we appended: only ours when the text cannot make one
+            if self._eos_text is None or self._eos_text in text:
+                return None
+            core = ids[:-1]
+        keep = limit - slot - len(before) - len(after)
+        body_end = len(core) - len(after)
+        if keep < 1 or body_end < len(before):
+            return None
+        if not (
+            np.array_equal(core[: len(before)], before) and np.array_equal(core[body_end:], after)
+        ):
+            return None
+        body = core[len(before) : body_end]
+        body = body[:keep] if direction == "right" else body[len(body) - keep :]
+        return self._with_eos(np.concatenate([before, body, after]))
 
     def encode_windows(self, texts: Sequence[str], *, max_tokens: int) -> list[list[np.ndarray]]:
         """Per text: its ids as one input if they fit, else windows of the model's length,
@@ -207,8 +284,8 @@ class TextTokenizer:
         pads = np.full(self.max_length - len(ids), self.pad_id, dtype=np.int32)
         return np.concatenate([ids.astype(np.int32), pads])
 
-    def _with_eos(self, ids: list[int]) -> np.ndarray:
-        if self.eos_id is not None and ids[-1:] != [self.eos_id]:
+    def _with_eos(self, ids: list[int] | np.ndarray) -> np.ndarray:
+        if self.eos_id is not None and (len(ids) == 0 or ids[-1] != self.eos_id):
             ids = [*ids, self.eos_id]
         return np.asarray(ids, dtype=np.int32)
 

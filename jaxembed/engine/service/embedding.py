@@ -98,7 +98,7 @@ class EmbeddingService:
 
     def unhealthy_reason(self) -> str | None:
         """Why the engine cannot serve now (e.g. a lost follower host), or None."""
-        return self.backend.status().unhealthy
+        return self.backend.unhealthy()
 
     def check_capacity(self) -> None:
         """OverloadedError now if this model's queue is full (before any work on a request)."""

@@ -108,6 +108,9 @@ class RowEngine:
             stop()
         return drained
 
+    def unhealthy(self) -> str | None:
+        return self.engine.unhealthy_reason()
+
     def status(self) -> EngineStatus:
         return EngineStatus(
             warm=all(b.ready.is_set() for b in self.batchers),
