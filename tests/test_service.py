@@ -119,3 +119,60 @@ def test_calibration_is_computed_once_and_then_read_from_the_cache(embedder, tmp
         )
     finally:
         second.close(timeout=5)
+
+
+@pytest.fixture
+def sliced_service(embedder, monkeypatch):
+    """A service that takes large requests in slices of 64 texts, as it does on an
+    accelerator (on CPU devices it does not: the tokenizer and XLA would share the cores)."""
+    import dataclasses
+
+    import jaxembed.engine.service.slices as slices
+
+    monkeypatch.setattr(slices, "SLICE_TEXTS", 64)
+    batches: list[int] = []
+    svc = local_service(
+        embedder,
+        ServiceConfig(max_request_tokens=30_000),
+        name="sliced",
+        hooks=ServiceHooks(on_batch=lambda stats: batches.append(stats.rows)),
+    )
+    svc.facts = dataclasses.replace(svc.facts, host_devices=False)
+    svc.start(warmup=False)
+    svc.batches, svc.slices = batches, []
+    tokenize = svc.tokenizing.tokenize
+
+    async def counting(inputs, options):
+        svc.slices.append(len(inputs))
+        return await tokenize(inputs, options)
+
+    svc.tokenizing.tokenize = counting
+    yield svc
+    assert svc.close(timeout=10)
+
+
+def test_a_large_request_in_slices_equals_one_call(sliced_service, embedder):
+    from tests.texts import distinct_passages
+
+    texts = distinct_passages(300)
+    whole = embedder.embed(texts, truncate=True)
+    result = _run(sliced_service, EmbedJob(texts, EmbedOptions(truncate=True)))
+    assert sliced_service.slices == [64, 64, 64, 64, 44]
+    np.testing.assert_allclose(result.vectors, whole, atol=2e-6)
+    assert result.tokens == sum(len(t) for t in embedder.tokenize(texts, truncate=True))
+    assert result.token_counts == [len(t) for t in embedder.tokenize(texts, truncate=True)]
+
+
+def test_a_sliced_request_names_inputs_by_their_place_in_it(sliced_service):
+    from jaxembed.errors import InputTooLongError, InvalidInputError
+
+    texts = [f"text number {i}" for i in range(200)]
+    sliced_service.batches.clear()
+    with pytest.raises(InvalidInputError, match=r"input\[170\] is empty"):
+        _run(sliced_service, EmbedJob([*texts[:170], " ", *texts[171:]]))
+    assert sliced_service.batches == []  # refused before any slice ran
+    with pytest.raises(InputTooLongError, match=r"input\[150\] has \d+ tokens") as e:
+        _run(sliced_service, EmbedJob([*texts[:150], "word " * 400, *texts[151:]]))
+    assert e.value.index == 150
+    with pytest.raises(RequestTooLargeError, match="first 192 inputs have 38784 tokens"):
+        _run(sliced_service, EmbedJob(["word " * 200] * 200, EmbedOptions(truncate=True)))

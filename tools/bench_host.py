@@ -7,6 +7,9 @@ share of the work ~nothing, so what is left is jaxembed's own host path:
   http-batch   `jaxembed serve`, 256 texts/request   vs the same tokenizer alone
   http-singles 64 clients sending one text each      vs a bare Sanic app answering a fixed vector
 
+and in-process over a simulated accelerator (tools/hostpath.SimulatedDevice, --simulated-rates):
+a large request tokenised in one call vs in slices that overlap the device.
+
 Each figure is the best of `--repeats` passes; every HTTP answer is checked against the
 in-process vectors. `--ab-ref REV` adds all-MiniLM-L6-v2 over HTTP served by REV's code (a git
 worktree) and by this tree, same run: 16-text requests from 8 clients, 32 concurrent singles,
@@ -19,6 +22,7 @@ serial single texts.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -60,6 +64,30 @@ def in_process(model_dir: Path, texts: list[str], repeats: int) -> tuple[float, 
     finally:
         embedder.close()
     return rate, dict(zip(texts, vectors, strict=True))
+
+
+def simulated_device(model_dir: Path, texts: list[str], rates: list[float], repeats: int) -> dict:
+    """In-process texts/s over a `SimulatedDevice` of each rate, a large request in one
+    tokenizer call vs in slices (what the service does when the device is not the CPU)."""
+    import dataclasses
+
+    from jaxembed.api import Embedder
+    from tools.hostpath import SimulatedDevice
+
+    out = {}
+    for rate in rates:
+        embedder = Embedder.from_pretrained(model_dir, compile_cache_dir=False, token_budget=16384)
+        SimulatedDevice(rate, embedder.dimensions).install(embedder.runner)
+        service = embedder.service()
+        try:
+            for label, host in (("one_call", True), ("slices", False)):
+                service.facts = dataclasses.replace(service.facts, host_devices=host)
+                embedder.embed(texts, truncate=True)
+                seconds = best_of(functools.partial(embedder.embed, texts, truncate=True), repeats)
+                out[f"{rate:.0e}_tokens_per_s_{label}"] = round(len(texts) / seconds)
+        finally:
+            embedder.close()
+    return out
 
 
 def best_load(port: int, batches, *, repeats: int, **options) -> dict:
@@ -134,9 +162,11 @@ def host_ratios(args: argparse.Namespace, workdir: Path) -> dict:
         model="host-bert",
     )
     bare = bare_singles(texts, args.singles, 32, args.repeats)
+    rates = [float(r) for r in args.simulated_rates.split(",") if r]
     return {
         "tokenizer_texts_per_s": round(tokenizer_rate),
         "in_process_texts_per_s": round(embed_rate),
+        "in_process_simulated_device": simulated_device(model_dir, texts, rates, args.repeats),
         "http": http,
         "bare_singles64": bare,
         "ratios": {
@@ -213,6 +243,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--serve-args", default="", help="extra `jaxembed serve` options")
     p.add_argument("--ab-ref", default=None, help="git revision for the MiniLM before/after")
     p.add_argument("--skip-ratios", action="store_true")
+    p.add_argument(
+        "--simulated-rates",
+        default="1e6,3e6",
+        help="tokens/s of the simulated accelerators for the in-process overlap rows",
+    )
     p.add_argument("--workdir", default=None, help="models and worktree (default: a temp dir)")
     p.add_argument("--out", default=None)
     return p.parse_args()

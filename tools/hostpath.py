@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -309,3 +310,35 @@ def run_load_processes(
         )
     latencies = [x for _, _, lat in results for x in lat]
     return LoadStats(sum(r for r, _, _ in results), max(s for _, s, _ in results), latencies)
+
+
+class SimulatedDevice:
+    """A stand-in accelerator for host-path measurements: one serial device that takes
+    `tokens_per_second` of padded batch and answers zeros. Waiting on it sleeps (the GIL is
+    free, as while a real device computes), so what it measures is the host path's overlap
+    with a device that is not the CPU — the case a 2-core CPU run cannot show otherwise."""
+
+    def __init__(self, tokens_per_second: float, dimensions: int):
+        self.rate = tokens_per_second
+        self.dimensions = dimensions
+        self._free_at = 0.0
+        self._lock = threading.Lock()
+
+    def install(self, runner) -> None:
+        runner.run_packed = lambda ids, segments: self._dispatch(ids, (ids.shape[0], 64))
+        runner.run = lambda ids, mask, slots=None: self._dispatch(ids, (ids.shape[0],))
+
+    def _dispatch(self, ids: np.ndarray, lead: tuple[int, ...]) -> _Pending:
+        with self._lock:
+            start = max(time.perf_counter(), self._free_at)
+            self._free_at = start + ids.size / self.rate
+            return _Pending((*lead, self.dimensions), self._free_at)
+
+
+class _Pending:
+    def __init__(self, shape: tuple[int, ...], ready: float):
+        self.shape, self.ready = shape, ready
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        time.sleep(max(0.0, self.ready - time.perf_counter()))
+        return np.zeros(self.shape, np.float32)

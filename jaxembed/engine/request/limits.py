@@ -30,9 +30,15 @@ class QueueLimits:
         return cls(max_queued_requests=2**62, max_queued_tokens=2**62)
 
 
-def check_request_tokens(tokens: int, limit: int | None) -> None:
-    """A request's tokens (all its inputs, windows included) within --max-request-tokens."""
-    if limit is not None and tokens > limit:
-        raise RequestTooLargeError(
-            f"the request has {tokens} tokens; the maximum per request is {limit}"
-        )
+def check_request_tokens(tokens: int, limit: int | None, *, inputs: int | None = None) -> None:
+    """A request's tokens (all its inputs, windows included) within --max-request-tokens;
+    `inputs`: the tokens are those of the request's first `inputs` inputs so far (a request
+    tokenised in slices is refused as soon as it is over)."""
+    if limit is None or tokens <= limit:
+        return
+    counted = (
+        f"the request has {tokens} tokens"
+        if inputs is None
+        else (f"the request's first {inputs} inputs have {tokens} tokens")
+    )
+    raise RequestTooLargeError(f"{counted}; the maximum per request is {limit}")

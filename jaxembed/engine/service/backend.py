@@ -49,6 +49,9 @@ class EngineFacts:
     token_budget: int
     id2label: dict[str, str]
     calibration_key: tuple[str, ...]
+    # The devices are the host's own CPU cores: host work beside them (tokenising the next
+    # slice of a request) competes for the same cores instead of overlapping.
+    host_devices: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

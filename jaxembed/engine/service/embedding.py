@@ -23,7 +23,7 @@ import numpy as np
 
 from jaxembed.engine.inputs.items import check_items
 from jaxembed.engine.inputs.queue import TokenizeQueue
-from jaxembed.engine.inputs.text import ModelInputs
+from jaxembed.engine.inputs.text import ModelInputs, classify_inputs
 from jaxembed.engine.request.jobs import (
     EmbedJob,
     EmbedOptions,
@@ -39,6 +39,7 @@ from jaxembed.engine.service.backend import EngineFacts, EngineStatus, RowBacken
 from jaxembed.engine.service.calibration import Calibration
 from jaxembed.engine.service.config import ServiceConfig
 from jaxembed.engine.service.scores import activate
+from jaxembed.engine.service.slices import embed_in_slices, sliced
 from jaxembed.errors import InvalidInputError
 from jaxembed.quantization import check_precision, quantize
 from jaxembed.vectors import l2_normalize_rows, truncate_dimensions
@@ -181,6 +182,8 @@ class EmbeddingService:
         """Texts or token ids → (full-width vectors, tokens per input): windows pooled back
         when chunking. Multimodal items' texts come through here too."""
         row_options = RowOptions(o.priority, o.adapter, o.deadline)
+        if self._slices_pay(inputs, o):
+            return await self._embed_sliced(inputs, o, row_options, progress)
         if not o.chunking:
             with progress.timed("tokenize"):
                 token_lists = await self.tokenize(inputs, o)
@@ -195,6 +198,31 @@ class EmbeddingService:
         self._check_tokens(plan.windows)
         vectors = await self.backend.embed_rows(plan.windows, row_options, progress)
         return plan.combine(vectors, self.card.normalize), plan.token_counts
+
+    def _slices_pay(self, inputs: TextInputs, o: EmbedOptions) -> bool:
+        """A large text request on an accelerator: tokenising its next slice overlaps the
+        device's work on the last (on CPU devices both would share the same cores: measured
+        slower, docs/benchmarks.md)."""
+        if o.chunking or not isinstance(inputs, list) or not sliced(inputs):
+            return False
+        return not self.facts.host_devices and classify_inputs(inputs)[0] == "text"
+
+    async def _embed_sliced(
+        self, texts: list[str], o: EmbedOptions, row_options: RowOptions, progress
+    ) -> tuple[np.ndarray, list[int]]:
+        """A large request's texts in slices (service/slices.py), every text checked first so
+        that a bad one refuses the request before any slice runs."""
+        prompted = self.inputs.apply_prompt(texts, o.prompt_name, o.instruction)
+        self.inputs.tokenizer.check_texts(prompted, o.truncation_direction)
+
+        async def tokenize(part: list[str]) -> list[np.ndarray]:
+            with progress.timed("tokenize"):
+                return await self.tokenizing.tokenize(part, o)
+
+        async def embed_rows(rows: list[np.ndarray]) -> np.ndarray:
+            return await self.backend.embed_rows(rows, row_options, progress)
+
+        return await embed_in_slices(texts, tokenize, embed_rows, self.config.max_request_tokens)
 
     async def tokenize(self, inputs: TextInputs, options: EmbedOptions) -> list[np.ndarray]:
         """Token ids per input exactly as `embed` would run them (prompt, truncation)."""

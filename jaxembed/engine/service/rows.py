@@ -135,6 +135,7 @@ class RowEngine:
             token_budget=self.engine.grid.token_budget,
             id2label={str(k): str(v) for k, v in labels.items()},
             calibration_key=(str(model.model_dir), self.card.name, str(model.dtype)),
+            host_devices=model.mesh.devices.flat[0].platform == "cpu",
         )
 
     def check_capacity(self) -> None:
