@@ -18,6 +18,7 @@ unpinned one is evicted when a slot is needed.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import math
@@ -120,6 +121,7 @@ class LoraAdapter:
     scaling: float
     # site -> (a [layers, in, rank], b [layers, rank, out] with the scaling folded in)
     weights: dict[str, tuple[np.ndarray, np.ndarray]]
+    path: str = ""  # the directory it was read from
 
 
 def load_adapter(path: str | Path, config: Any, *, name: str, max_rank: int) -> LoraAdapter:
@@ -199,7 +201,7 @@ def load_adapter(path: str | Path, config: Any, *, name: str, max_rank: int) -> 
         )
     if not weights:
         raise AdapterError(f"adapter {name!r} holds no LoRA weights")
-    return LoraAdapter(name=name, rank=rank, scaling=scaling, weights=weights)
+    return LoraAdapter(name=name, rank=rank, scaling=scaling, weights=weights, path=str(path))
 
 
 class TaskAdapters:
@@ -264,6 +266,12 @@ class LoraBank:
         self._loads: dict[str, int] = {}  # name -> load number (a reload may read new files)
         self._load_count = 0
         self._lock = threading.Lock()
+        # Around every write into a slot: a model spread over several processes publishes
+        # the load as a step there (engine/device/group_runner.py), so every process writes
+        # the same slot at the same point between batches.
+        self.write_guard: Callable[[int, LoraAdapter], contextlib.AbstractContextManager] = (
+            lambda slot, adapter: contextlib.nullcontext()
+        )
 
     def arrays(self) -> dict[str, tuple[jax.Array, jax.Array]]:
         """The current stacks (replaced, never mutated, when an adapter is loaded)."""
@@ -309,7 +317,15 @@ class LoraBank:
             if self._pins[name] > 0:
                 self._pins[name] -= 1
 
+    def load_into(self, slot: int, path: str) -> None:
+        """Read the adapter at `path` into `slot` (a pod's follower, told by the leader)."""
+        self._write_arrays(slot, load_adapter(path, self.config, name=path, max_rank=self.max_rank))
+
     def _write(self, slot: int, adapter: LoraAdapter) -> None:
+        with self.write_guard(slot, adapter):
+            self._write_arrays(slot, adapter)
+
+    def _write_arrays(self, slot: int, adapter: LoraAdapter) -> None:
         arrays = dict(self._arrays)
         for site, (a_stack, b_stack) in arrays.items():
             d_in, d_out = self.dims[site]

@@ -68,8 +68,6 @@ def group_refusal(config: ServerConfig, embedders: list[EngineModel]) -> str | N
     """What a global multi-host group cannot serve yet (None: it can)."""
     if any(e.images is not None or e.fused is not None for e in embedders):
         return "image/video models are not supported with --multihost global yet (use replica)"
-    if any(model.lora_enabled for model in config.model_configs()):
-        return "LoRA adapters are not supported with --multihost global yet"
     return None
 
 

@@ -45,16 +45,20 @@ log = logging.getLogger("jaxembed.pod")
 
 HEADER_SIZE = 8  # int32 words, at these positions (the last one reserved):
 _OP, _KIND, _BATCH, _SEQ, _STEP, _CHUNKS, _MODEL = range(7)
-_RUN, _STOP = 1, 2
-_PADDED, _PACKED = 0, 1
+_RUN, _STOP, _ADAPTER = 1, 2, 3
+_PADDED, _PACKED, _PADDED_LORA = 0, 1, 2  # kinds of a RUN step: its arrays'
+
 LIVENESS_INTERVAL = 0.1  # seconds between rounds of get_live_nodes
 STEPS = "jaxembed/steps"  # the store's directory of published steps
 KEEP_STEPS = 32  # steps kept in the store (followers are never more than a few behind)
 CHUNK_BYTES = 1 << 20  # one value per MiB (gRPC's message limit is 4 MiB)
 _WAIT_MS = 1000  # a follower's wait for the next step, in slices (to notice a broken group)
 
-# What a follower does with a batch: (ids, mask or segment ids, packed, model) → device result.
-Execute = Callable[[np.ndarray, np.ndarray, bool, int], Any]
+# What a follower does with a batch: (ids, mask or segment ids, packed, model, each row's
+# adapter slot or None) → device result.
+Execute = Callable[[np.ndarray, np.ndarray, bool, int, np.ndarray | None], Any]
+# ... and with an adapter load: (model, slot, the adapter's directory).
+LoadAdapter = Callable[[int, int, str], None]
 
 
 def _key(step: int, chunk: int = 0) -> str:
@@ -191,18 +195,38 @@ class PodLeader:
         self.sender.put(self.steps, _encode(self.steps, op, arrays, **fields))
         self.steps += 1
 
+    def _check(self) -> None:
+        if reason := self.unhealthy_reason():
+            raise EngineUnavailableError(f"the model group is not available: {reason}")
+
     def broadcast(
-        self, input_ids: np.ndarray, second: np.ndarray, *, packed: bool = False, model: int = 0
+        self,
+        input_ids: np.ndarray,
+        second: np.ndarray,
+        *,
+        packed: bool = False,
+        model: int = 0,
+        adapter_ids: np.ndarray | None = None,
     ) -> None:
         """Send one batch of model `model` (its index among the served models): ids and the
-        attention mask, or ids and segment ids (`packed`)."""
-        reason = self.unhealthy_reason()
-        if reason:
-            raise EngineUnavailableError(f"the model group is not available: {reason}")
+        attention mask, or ids and segment ids (`packed`); `adapter_ids`: each row's LoRA
+        slot (padded batches), as a third array (in its first column)."""
+        self._check()
         batch, seq = input_ids.shape
         kind = _PACKED if packed else _PADDED
-        arrays = np.stack([input_ids, second])
-        self._publish(_RUN, arrays, kind=kind, batch=batch, seq=seq, model=model)
+        arrays = [input_ids, second]
+        if adapter_ids is not None:
+            kind = _PADDED_LORA
+            arrays.append(np.repeat(np.asarray(adapter_ids, np.int32)[:, None], seq, axis=1))
+        self._publish(_RUN, np.stack(arrays), kind=kind, batch=batch, seq=seq, model=model)
+
+    def publish_adapter(self, model: int, slot: int, path: str) -> None:
+        """Every process loads the adapter at `path` into `slot` of model `model` at this
+        point between batches (the path must be readable on every host)."""
+        self._check()
+        data = path.encode()
+        words = np.frombuffer(data.ljust(-(-len(data) // 4) * 4, b"\0"), np.int32)
+        self._publish(_ADAPTER, words, batch=slot, seq=len(data), model=model)
 
     def close(self, leave_timeout: float = 10.0) -> None:
         """Tell every follower to stop and wait until they have left (unless the group is
@@ -234,7 +258,7 @@ def _next_step(client, step: int, liveness: Liveness) -> tuple[np.ndarray, bytes
     return header, b"".join([first[HEADER_SIZE * 4 :], *rest])
 
 
-def follow(execute: Execute, *, heartbeat_timeout: float) -> int:
+def follow(execute: Execute, load_adapter: LoadAdapter, *, heartbeat_timeout: float) -> int:
     """Run every batch the leader sends until STOP (returns 0) or the group breaks (1)."""
     client = _client()
     liveness = Liveness(heartbeat_timeout)
@@ -255,11 +279,21 @@ def follow(execute: Execute, *, heartbeat_timeout: float) -> int:
                     "the leader stopped after %d steps (%d packed); exiting", steps, packed_steps
                 )
                 return 0
+            if op == _ADAPTER:
+                path = body[:seq].decode()
+                try:
+                    load_adapter(model, batch, path)
+                except Exception as e:  # this host would now compute other vectors: leave
+                    log.error("cannot load adapter %s as the leader did (%s); exiting", path, e)
+                    return 1
+                steps += 1
+                continue
             if op != _RUN:
                 log.error("unknown step header %s from the leader; exiting", header.tolist())
                 return 1
-            arrays = np.frombuffer(body, np.int32).reshape(2, batch, seq)
-            result = execute(arrays[0], arrays[1], kind == _PACKED, model)
+            arrays = np.frombuffer(body, np.int32).reshape(-1, batch, seq)
+            slots = arrays[2, :, 0] if kind == _PADDED_LORA else None
+            result = execute(arrays[0], arrays[1], kind == _PACKED, model, slots)
             if pending is not None:
                 jax.block_until_ready(pending)  # work never piles up here
             pending = result

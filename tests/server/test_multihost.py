@@ -39,7 +39,7 @@ def tiny_dir(tmp_path_factory):
 class ProcessGroup:
     """A follower (process 1) started first, then the leader (process 0) as a ServerProcess."""
 
-    def __init__(self, model_dir: Path, tmp: Path, *more_models: Path):
+    def __init__(self, model_dir: Path, tmp: Path, *more_models: Path, extra: tuple = ()):
         coordinator = f"127.0.0.1:{free_port()}"
         env = {
             **os.environ,
@@ -49,7 +49,7 @@ class ProcessGroup:
             "--model", str(model_dir), *(a for m in more_models for a in ("--model", str(m))),
             "--distributed", "--coordinator-address", coordinator,
             "--num-processes", "2", "--mesh", "data=2,model=4", "--heartbeat-timeout", "1",
-            *GRID,
+            *GRID, *extra,
         ]  # fmt: skip
         self.follower_log = (tmp / "follower.log").open("wb")
         self.follower = subprocess.Popen(
@@ -213,6 +213,72 @@ def test_an_embedder_and_a_reranker_in_one_group(tiny_dir, tmp_path):
         assert r.status_code == 200, r.text
         ranked = {e["index"]: e["relevance_score"] for e in r.json()["results"]}
         assert np.abs(np.array([ranked[i] for i in range(len(texts))]) - scores).max() <= 1e-5
+        assert group.leader.stop() == 0, group.leader.log()
+        assert group.follower.wait(30) == 0, group.follower_output()
+    finally:
+        group.cleanup()
+
+
+def _peft_adapter(base_dir: Path, out_dir: Path, targets: list[str], seed: int) -> None:
+    import peft
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    model = transformers.AutoModel.from_pretrained(base_dir).eval()
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
+    peft.get_peft_model(model, config).save_pretrained(out_dir)
+
+
+def _with_peft(base_dir: Path, adapter_dir: Path | None, texts: list[str]) -> np.ndarray:
+    """sentence-transformers' vectors with the PEFT adapter on its transformer (or none)."""
+    import peft
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(base_dir), device="cpu")
+    if adapter_dir is not None:
+        model[0].auto_model = peft.PeftModel.from_pretrained(model[0].auto_model, adapter_dir)
+    return model.encode(texts)
+
+
+def test_lora_adapters_in_one_group_equal_peft(tiny_dir, tmp_path):
+    """A preloaded adapter and adapters loaded while serving (each load a step of its own,
+    one evicting another from the same slot), mixed with base rows in the same batches:
+    every answer equals PEFT on sentence-transformers (min cos >= 0.99999)."""
+    root = tmp_path / "adapters"
+    targets = {"a1": ["query", "value"], "a2": ["dense"], "a3": ["key", "query"]}
+    for seed, (name, modules) in enumerate(targets.items(), start=1):
+        _peft_adapter(tiny_dir, root / name, modules, seed)
+    texts = varied_texts()[:12]
+    want = {name: _with_peft(tiny_dir, root / name, texts) for name in targets}
+    want[None] = _with_peft(tiny_dir, None, texts)
+    extra = ("--lora", f"a1={root / 'a1'}", "--lora-root", str(root), "--max-loras", "2")
+    group = ProcessGroup(tiny_dir, tmp_path, extra=extra)
+    base = tiny_dir.name
+
+    def embed(adapter: str | None, part: list[str]) -> np.ndarray:
+        body: dict = {"model": base, "input": part}
+        if adapter == "a1":
+            body["model"] = f"{base}:a1"
+        elif adapter is not None:
+            body["lora_path"] = adapter
+        r = httpx.post(group.leader.url + "/v1/embeddings", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        return np.asarray([d["embedding"] for d in r.json()["data"]], np.float32)
+
+    def check(adapter: str | None, got: np.ndarray, rows: slice) -> None:
+        ref = want[adapter][rows]
+        cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+        assert cos.min() >= 0.99999, (adapter, cos.min())
+
+    try:
+        for adapter in ("a1", "a2", "a3", "a2", None):  # a2, a3, a2: three loads into slot 2
+            check(adapter, embed(adapter, texts), slice(None))
+        jobs = [(a, i) for a in (None, "a1", "a3") for i in range(0, 12, 3)]
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:  # adapters and base share batches
+            answers = list(pool.map(lambda job: embed(job[0], texts[job[1] : job[1] + 3]), jobs))
+        for (adapter, i), got in zip(jobs, answers, strict=True):
+            check(adapter, got, slice(i, i + 3))
         assert group.leader.stop() == 0, group.leader.log()
         assert group.follower.wait(30) == 0, group.follower_output()
     finally:

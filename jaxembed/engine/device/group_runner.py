@@ -7,12 +7,16 @@ compiled program on the same arrays in the same order; each follower runs
 The transport (JAX's collectives, the coordination service's liveness) is
 jaxembed/parallel/pod.py.
 
-Still refused on a group: LoRA adapters (adapter stacks would have to be
-broadcast and loaded in step on every host) and image models (their own batcher).
+LoRA adapters: each process holds the same slot bank; an adapter loaded while serving is a
+step of its own (the leader publishes the slot and the adapter's directory under the same
+lock as batches, and writes its own bank; followers read the same directory into the same
+slot at that point), and each padded batch carries its rows' slots. Still refused on a
+group: image and video models (their own batcher).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import jax
@@ -21,7 +25,7 @@ import numpy as np
 from jaxembed.engine.batching.buckets import Bucket, BucketGrid
 from jaxembed.engine.device.memory import BucketMemory
 from jaxembed.engine.device.runner import BucketRunner, Runner
-from jaxembed.lora import AdapterError, LoraBank
+from jaxembed.lora import AdapterError, LoraAdapter, LoraBank, TaskAdapters
 from jaxembed.parallel import pod
 
 
@@ -39,6 +43,8 @@ class BroadcastingRunner:
         self._model = model  # this model's index among the served ones (the followers' too)
         self._lock = channel.lock  # one order for every model's steps
         self.mesh = runner.mesh
+        if isinstance(runner.lora_bank, LoraBank):  # preloaded on every process alike
+            runner.lora_bank.write_guard = self._adapter_step
 
     # The grid and packing are the local runner's (a memory fit or set_packing changes them).
     @property
@@ -58,13 +64,23 @@ class BroadcastingRunner:
         self._runner.packed = on
 
     @property
-    def lora_bank(self) -> LoraBank | None:
-        return None
+    def lora_bank(self) -> LoraBank | TaskAdapters | None:
+        return self._runner.lora_bank
 
     @lora_bank.setter
-    def lora_bank(self, bank: LoraBank | None) -> None:
-        if bank is not None:
-            raise AdapterError("LoRA adapters are not supported on a --multihost global group")
+    def lora_bank(self, bank: LoraBank | TaskAdapters | None) -> None:
+        raise AdapterError(
+            "on a --multihost global group, adapter slots are reserved before the group "
+            "starts (--lora / --lora-root at start-up), the same on every process"
+        )
+
+    @contextlib.contextmanager
+    def _adapter_step(self, slot: int, adapter: LoraAdapter):
+        """An adapter written into `slot` while serving: published, then written here, under
+        the lock that orders batches — every process writes it between the same two steps."""
+        with self._lock:
+            self._channel.publish_adapter(self._model, slot, adapter.path)
+            yield
 
     @property
     def compile_seconds(self) -> float:
@@ -107,11 +123,13 @@ class BroadcastingRunner:
         attention_mask: np.ndarray,
         adapter_ids: np.ndarray | None = None,
     ) -> jax.Array:
-        if adapter_ids is not None and adapter_ids.any():
-            raise AdapterError("LoRA adapters are not supported on a --multihost global group")
+        if adapter_ids is not None and not adapter_ids.any():
+            adapter_ids = None  # base rows only: the plain program, as on one process
         with self._lock:
-            self._channel.broadcast(input_ids, attention_mask, model=self._model)
-            return self._runner.run(input_ids, attention_mask)
+            self._channel.broadcast(
+                input_ids, attention_mask, model=self._model, adapter_ids=adapter_ids
+            )
+            return self._runner.run(input_ids, attention_mask, adapter_ids)
 
     def run_packed(self, input_ids: np.ndarray, segments: np.ndarray) -> jax.Array:
         with self._lock:
@@ -123,8 +141,16 @@ def follow_leader(runners: Sequence[Runner], *, heartbeat_timeout: float) -> int
     """A follower: run the leader's batches on the local runners (one per served model, in
     the leader's order) until it stops (0) or the group breaks (1)."""
 
-    def execute(ids: np.ndarray, second: np.ndarray, packed: bool, model: int) -> jax.Array:
+    def execute(
+        ids: np.ndarray, second: np.ndarray, packed: bool, model: int, slots: np.ndarray | None
+    ) -> jax.Array:
         runner = runners[model]
-        return runner.run_packed(ids, second) if packed else runner.run(ids, second)
+        return runner.run_packed(ids, second) if packed else runner.run(ids, second, slots)
 
-    return pod.follow(execute, heartbeat_timeout=heartbeat_timeout)
+    def load_adapter(model: int, slot: int, path: str) -> None:
+        bank = runners[model].lora_bank
+        if not isinstance(bank, LoraBank):
+            raise AdapterError(f"model {model} has no adapter slots on this process")
+        bank.load_into(slot, path)
+
+    return pod.follow(execute, load_adapter, heartbeat_timeout=heartbeat_timeout)
