@@ -59,15 +59,18 @@ def run_follower(config: ServerConfig, embedders: list[EngineModel]) -> int:
             len(embedder.grid.buckets()),
             seconds,
         )
+        if embedder.images is not None:
+            embedder.images.warmup()
     log.info("process %d following the leader", jax.process_index())
     runners = [embedder.runner for embedder in embedders]
-    return follow_leader(runners, heartbeat_timeout=config.distributed.heartbeat_timeout)
+    images = [embedder.images for embedder in embedders]
+    return follow_leader(runners, images, heartbeat_timeout=config.distributed.heartbeat_timeout)
 
 
 def group_refusal(config: ServerConfig, embedders: list[EngineModel]) -> str | None:
     """What a global multi-host group cannot serve yet (None: it can)."""
-    if any(e.images is not None or e.fused is not None for e in embedders):
-        return "image/video models are not supported with --multihost global yet (use replica)"
+    if any(e.fused is not None for e in embedders):
+        return "vision-language models are not supported with --multihost global yet (use replica)"
     return None
 
 
@@ -120,6 +123,8 @@ def serve(args: argparse.Namespace) -> int:
         channel = pod.PodLeader(heartbeat_timeout=dist.heartbeat_timeout)
         for index, embedder in enumerate(embedders):
             embedder.runner = BroadcastingRunner(embedder.runner, channel, model=index)
+            if embedder.images is not None:
+                embedder.runner.publish_images(embedder.images)
     try:
         app = create_app(config, embedders, fault_hook=fault_hook_from_env())
     except ValueError as e:  # e.g. two models answering to the same name

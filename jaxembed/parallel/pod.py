@@ -46,7 +46,7 @@ log = logging.getLogger("jaxembed.pod")
 HEADER_SIZE = 8  # int32 words, at these positions (the last one reserved):
 _OP, _KIND, _BATCH, _SEQ, _STEP, _CHUNKS, _MODEL = range(7)
 _RUN, _STOP, _ADAPTER = 1, 2, 3
-_PADDED, _PACKED, _PADDED_LORA = 0, 1, 2  # kinds of a RUN step: its arrays'
+_PADDED, _PACKED, _PADDED_LORA, _IMAGES = 0, 1, 2, 3  # kinds of a RUN step: its arrays'
 
 LIVENESS_INTERVAL = 0.1  # seconds between rounds of get_live_nodes
 STEPS = "jaxembed/steps"  # the store's directory of published steps
@@ -57,8 +57,10 @@ _WAIT_MS = 1000  # a follower's wait for the next step, in slices (to notice a b
 # What a follower does with a batch: (ids, mask or segment ids, packed, model, each row's
 # adapter slot or None) → device result.
 Execute = Callable[[np.ndarray, np.ndarray, bool, int, np.ndarray | None], Any]
-# ... and with an adapter load: (model, slot, the adapter's directory).
+# ... with an adapter load: (model, slot, the adapter's directory).
 LoadAdapter = Callable[[int, int, str], None]
+# ... with a batch of images: (model, [batch, ...] float32 pixels) → device result.
+RunImages = Callable[[int, np.ndarray], Any]
 
 
 def _key(step: int, chunk: int = 0) -> str:
@@ -220,6 +222,12 @@ class PodLeader:
             arrays.append(np.repeat(np.asarray(adapter_ids, np.int32)[:, None], seq, axis=1))
         self._publish(_RUN, np.stack(arrays), kind=kind, batch=batch, seq=seq, model=model)
 
+    def broadcast_images(self, pixels: np.ndarray, *, model: int = 0) -> None:
+        """Send one batch of preprocessed images ([batch, ...] float32, bit for bit)."""
+        self._check()
+        body = np.ascontiguousarray(pixels, np.float32).view(np.int32)
+        self._publish(_RUN, body, kind=_IMAGES, batch=len(pixels), model=model)
+
     def publish_adapter(self, model: int, slot: int, path: str) -> None:
         """Every process loads the adapter at `path` into `slot` of model `model` at this
         point between batches (the path must be readable on every host)."""
@@ -258,7 +266,13 @@ def _next_step(client, step: int, liveness: Liveness) -> tuple[np.ndarray, bytes
     return header, b"".join([first[HEADER_SIZE * 4 :], *rest])
 
 
-def follow(execute: Execute, load_adapter: LoadAdapter, *, heartbeat_timeout: float) -> int:
+def follow(
+    execute: Execute,
+    load_adapter: LoadAdapter,
+    run_images: RunImages,
+    *,
+    heartbeat_timeout: float,
+) -> int:
     """Run every batch the leader sends until STOP (returns 0) or the group breaks (1)."""
     client = _client()
     liveness = Liveness(heartbeat_timeout)
@@ -291,9 +305,13 @@ def follow(execute: Execute, load_adapter: LoadAdapter, *, heartbeat_timeout: fl
             if op != _RUN:
                 log.error("unknown step header %s from the leader; exiting", header.tolist())
                 return 1
-            arrays = np.frombuffer(body, np.int32).reshape(-1, batch, seq)
-            slots = arrays[2, :, 0] if kind == _PADDED_LORA else None
-            result = execute(arrays[0], arrays[1], kind == _PACKED, model, slots)
+            if kind == _IMAGES:
+                pixels = np.frombuffer(body, np.float32).reshape(batch, -1)
+                result = run_images(model, pixels)
+            else:
+                arrays = np.frombuffer(body, np.int32).reshape(-1, batch, seq)
+                slots = arrays[2, :, 0] if kind == _PADDED_LORA else None
+                result = execute(arrays[0], arrays[1], kind == _PACKED, model, slots)
             if pending is not None:
                 jax.block_until_ready(pending)  # work never piles up here
             pending = result

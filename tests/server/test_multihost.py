@@ -285,6 +285,44 @@ def test_lora_adapters_in_one_group_equal_peft(tiny_dir, tmp_path):
         group.cleanup()
 
 
+def test_clip_images_and_texts_in_one_group_equal_transformers(tmp_path):
+    """A CLIP model on the pod: image batches are steps of their own (float pixels, bit for
+    bit), text rows go the usual way; both equal transformers (min cos >= 0.99999)."""
+    import torch
+
+    from tests.helpers import generated_image, image_bytes, save_tiny_clip
+
+    clip_dir = tmp_path / "tiny-clip"
+    model, tokenizer, processor = save_tiny_clip(clip_dir, seed=3)
+    images = [generated_image((40 + 3 * i, 50), "RGB", seed=i) for i in range(10)]
+    texts = ["a photo of a cat", "a diagram of a pod", "two processes, one model"]
+    with torch.no_grad():
+        pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+        image_ref = model.get_image_features(pixel_values=pixels).pooler_output.numpy()
+        tokens = tokenizer(texts, padding=True, return_tensors="pt")
+        text_ref = model.get_text_features(**tokens).pooler_output.numpy()
+    items = [
+        {"image": "data:image/png;base64," + base64.b64encode(image_bytes(im)).decode()}
+        for im in images
+    ]
+    group = ProcessGroup(clip_dir, tmp_path)
+    try:
+        for inputs, ref in ((items, image_ref), (texts, text_ref)):
+            r = httpx.post(
+                group.leader.url + "/v1/embeddings",
+                json={"model": clip_dir.name, "input": inputs},
+                timeout=120,
+            )
+            assert r.status_code == 200, r.text
+            got = np.asarray([d["embedding"] for d in r.json()["data"]], np.float32)
+            cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+            assert cos.min() >= 0.99999, cos.min()
+        assert group.leader.stop() == 0, group.leader.log()
+        assert group.follower.wait(30) == 0, group.follower_output()
+    finally:
+        group.cleanup()
+
+
 def test_replica_mode_serves_a_copy_per_process(tiny_dir, tmp_path):
     """Mode (a): both processes join the group but each serves its own port on its own devices."""
     texts = varied_texts()[:6]

@@ -10,14 +10,16 @@ jaxembed/parallel/pod.py.
 LoRA adapters: each process holds the same slot bank; an adapter loaded while serving is a
 step of its own (the leader publishes the slot and the adapter's directory under the same
 lock as batches, and writes its own bank; followers read the same directory into the same
-slot at that point), and each padded batch carries its rows' slots. Still refused on a
-group: image and video models (their own batcher).
+slot at that point), and each padded batch carries its rows' slots. Images: the leader
+publishes each stacked pixel batch (float32, bit for bit) and followers run it on their
+vision tower. Still refused on a group: vision-language models (their fused items).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -73,6 +75,18 @@ class BroadcastingRunner:
             "on a --multihost global group, adapter slots are reserved before the group "
             "starts (--lora / --lora-root at start-up), the same on every process"
         )
+
+    def publish_images(self, engine: Any) -> None:
+        """Make `engine` (the model's ImageEngine) publish each image batch as a step before
+        dispatching it, under the same lock as this model's token batches."""
+
+        @contextlib.contextmanager
+        def image_step(stacked: np.ndarray):
+            with self._lock:
+                self._channel.broadcast_images(stacked, model=self._model)
+                yield
+
+        engine.dispatch_guard = image_step
 
     @contextlib.contextmanager
     def _adapter_step(self, slot: int, adapter: LoraAdapter):
@@ -137,9 +151,12 @@ class BroadcastingRunner:
             return self._runner.run_packed(input_ids, segments)
 
 
-def follow_leader(runners: Sequence[Runner], *, heartbeat_timeout: float) -> int:
+def follow_leader(
+    runners: Sequence[Runner], images: Sequence[Any], *, heartbeat_timeout: float
+) -> int:
     """A follower: run the leader's batches on the local runners (one per served model, in
-    the leader's order) until it stops (0) or the group breaks (1)."""
+    the leader's order; `images`: each model's ImageEngine or None) until it stops (0) or
+    the group breaks (1)."""
 
     def execute(
         ids: np.ndarray, second: np.ndarray, packed: bool, model: int, slots: np.ndarray | None
@@ -147,10 +164,16 @@ def follow_leader(runners: Sequence[Runner], *, heartbeat_timeout: float) -> int
         runner = runners[model]
         return runner.run_packed(ids, second) if packed else runner.run(ids, second, slots)
 
+    def run_images(model: int, pixels: np.ndarray) -> jax.Array:
+        engine = images[model]
+        if engine is None:
+            raise RuntimeError(f"model {model} has no vision tower on this process")
+        return engine.run_stacked(pixels.reshape(len(pixels), *engine.pixel_shape))
+
     def load_adapter(model: int, slot: int, path: str) -> None:
         bank = runners[model].lora_bank
         if not isinstance(bank, LoraBank):
             raise AdapterError(f"model {model} has no adapter slots on this process")
         bank.load_into(slot, path)
 
-    return pod.follow(execute, load_adapter, heartbeat_timeout=heartbeat_timeout)
+    return pod.follow(execute, load_adapter, run_images, heartbeat_timeout=heartbeat_timeout)

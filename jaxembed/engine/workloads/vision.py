@@ -9,6 +9,7 @@ Videos are frames: the caller samples them and averages the frame vectors.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
@@ -75,6 +76,12 @@ class ImageEngine:
         self._compiled: dict[int, Callable[..., jax.Array]] = {}
         self._lock = threading.Lock()
         self.dimensions = model.card.dimensions
+        # Around every dispatch: a model spread over several processes publishes the stacked
+        # pixels as a step there first (engine/device/group_runner.py), so every process runs
+        # the same batch.
+        self.dispatch_guard: Callable[[np.ndarray], contextlib.AbstractContextManager] = (
+            lambda stacked: contextlib.nullcontext()
+        )
 
     @property
     def max_batch(self) -> int:
@@ -111,7 +118,13 @@ class ImageEngine:
         batch = self.batch_bucket(len(pixels))
         stacked = np.zeros((batch, *self.pixel_shape), dtype=np.float32)
         stacked[: len(pixels)] = pixels
-        compiled = self._compiled.get(batch) or self._compile(batch)
+        with self.dispatch_guard(stacked):
+            return self.run_stacked(stacked)
+
+    def run_stacked(self, stacked: np.ndarray) -> jax.Array:
+        """Dispatch a bucket-sized [batch, C, H, W] float32 array (a pod's follower: the
+        leader's batch as it published it)."""
+        compiled = self._compiled.get(len(stacked)) or self._compile(len(stacked))
         return compiled(self._params, stacked)
 
     def plan(self, count: int) -> list[PlannedBatch]:
