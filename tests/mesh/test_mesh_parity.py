@@ -176,18 +176,20 @@ def _family_dir(family, bert_dir, mistral_dir, tmp_path_factory):
     return path
 
 
+# (family, mesh, packings): 2x4 splits rows and heads both (8x1 splits rows only: the
+# same kernels on fewer rows, covered by test_mesh_matches_single_device); padded rows are
+# checked on the two families whose masks differ most (a window, bidirectional).
 MESH_CASES = [
-    *[(f, m) for f in ("bert", "mistral") for m in ((8, 1), (2, 4))],
-    ("roberta", (2, 4)),
-    ("qwen3", (2, 4)),
+    ("bert", (2, 4), (True, False)),
+    ("mistral", (2, 4), (True, False)),
+    ("roberta", (2, 4), (True,)),
+    ("qwen3", (2, 4), (True,)),
 ]
 
 
-@pytest.mark.parametrize(
-    "family, mesh_shape", MESH_CASES, ids=lambda c: c if isinstance(c, str) else f"{c[0]}x{c[1]}"
-)
+@pytest.mark.parametrize("family, mesh_shape, packings", MESH_CASES, ids=[c[0] for c in MESH_CASES])
 def test_attention_implementations_on_a_mesh(
-    family, mesh_shape, texts, bert_dir, mistral_dir, tmp_path_factory
+    family, mesh_shape, packings, texts, bert_dir, mistral_dir, tmp_path_factory
 ):
     """Blocked and splash equal xla on the mesh (≤ 2e-6), packed (the default) and padded;
     Mistral's window (8) is shorter than the inputs, Qwen3 has one KV head."""
@@ -207,7 +209,7 @@ def test_attention_implementations_on_a_mesh(
             **GRID,
         ).embed(texts, truncate=True)
 
-    for packing in (True, False):
+    for packing in packings:
         reference = on_mesh(AttentionConfig("xla"), packing)
         for impl, options in IMPLEMENTATIONS_UNDER_TEST:
             ours = on_mesh(AttentionConfig(impl, **options), packing)
