@@ -15,6 +15,10 @@ coordination service that `jax.distributed.initialize` started.
   `multihost_utils.broadcast_one_to_all` of the same header and arrays (docs/benchmarks.md):
   a device collective per step waits behind each process's previous step, which serialises
   the pod; the store does not.
+* **Other steps.** A LoRA adapter loaded while serving is a step (ADAPTER: model, slot and
+  the adapter's directory: every process reads it into the same slot at that point); padded
+  batches with adapters carry each row's slot as a third array; an image batch is a RUN step
+  of kind IMAGES whose body is the float32 pixels, bit for bit.
 * **Liveness.** Every process runs a thread that calls the coordination service's
   `get_live_nodes` in rounds (a barrier among the live processes: it returns once each has
   called, and the service drops a process whose heartbeats stopped for the heartbeat timeout).
