@@ -18,7 +18,7 @@ import jax
 from jaxembed.engine.device.compile_cache import cache_counts, default_cache_dir
 from jaxembed.engine.device.group_runner import BroadcastingRunner, follow_leader
 from jaxembed.engine.model import EngineModel
-from jaxembed.errors import JaxEmbedError, ModelLoadError
+from jaxembed.errors import JaxEmbedError
 from jaxembed.parallel import distributed, pod
 from jaxembed.parallel.mesh import make_mesh
 from jaxembed_server import startup
@@ -49,29 +49,26 @@ def fault_hook_from_env():
 
 
 def run_follower(config: ServerConfig, embedders: list[EngineModel]) -> int:
-    """A non-leader process of a global multi-host group: compile every model, then follow
-    the leader (its steps name the model by its index here, the same order as the leader's)."""
+    """A non-leader process of a global multi-host group: compile what the leader compiles
+    before ready (its liveness rounds already answered meanwhile), then follow the leader (its
+    steps name the model by its index here, the same order as the leader's)."""
+    liveness = pod.Liveness(config.distributed.heartbeat_timeout)
     for embedder in embedders:
-        seconds = embedder.runner.warmup(max_len=embedder.warmup_max_len)
-        log.info(
-            "follower warm-up %s: %d buckets in %.1f s",
-            embedder.card.name,
-            len(embedder.grid.buckets()),
-            seconds,
-        )
+        if embedder.fused is None:  # a vision-language model's programs compile on first use
+            seconds = embedder.runner.warmup(max_len=embedder.warmup_max_len)
+            log.info(
+                "follower warm-up %s: %d buckets in %.1f s",
+                embedder.card.name,
+                len(embedder.grid.buckets()),
+                seconds,
+            )
         if embedder.images is not None:
             embedder.images.warmup()
     log.info("process %d following the leader", jax.process_index())
     runners = [embedder.runner for embedder in embedders]
     images = [embedder.images for embedder in embedders]
-    return follow_leader(runners, images, heartbeat_timeout=config.distributed.heartbeat_timeout)
-
-
-def group_refusal(config: ServerConfig, embedders: list[EngineModel]) -> str | None:
-    """What a global multi-host group cannot serve yet (None: it can)."""
-    if any(e.fused is not None for e in embedders):
-        return "vision-language models are not supported with --multihost global yet (use replica)"
-    return None
+    fused = [embedder.fused for embedder in embedders]
+    return follow_leader(runners, images, fused, liveness=liveness)
 
 
 def load(config: ServerConfig) -> list[EngineModel]:
@@ -81,9 +78,6 @@ def load(config: ServerConfig) -> list[EngineModel]:
         distributed.initialize(dist)
     devices = distributed.serving_devices(dist)
     embedders = load_models(config, devices, make_mesh(config.mesh, devices))
-    group = dist is not None and dist.mode == "global" and jax.process_count() > 1
-    if group and (reason := group_refusal(config, embedders)):
-        raise ModelLoadError(reason)
     check_memory(config, embedders)
     return embedders
 
@@ -125,6 +119,8 @@ def serve(args: argparse.Namespace) -> int:
             embedder.runner = BroadcastingRunner(embedder.runner, channel, model=index)
             if embedder.images is not None:
                 embedder.runner.publish_images(embedder.images)
+            if embedder.fused is not None:
+                embedder.runner.publish_fused(embedder.fused)
     try:
         app = create_app(config, embedders, fault_hook=fault_hook_from_env())
     except ValueError as e:  # e.g. two models answering to the same name

@@ -18,7 +18,8 @@ coordination service that `jax.distributed.initialize` started.
 * **Other steps.** A LoRA adapter loaded while serving is a step (ADAPTER: model, slot and
   the adapter's directory: every process reads it into the same slot at that point); padded
   batches with adapters carry each row's slot as a third array; an image batch is a RUN step
-  of kind IMAGES whose body is the float32 pixels, bit for bit.
+  of kind IMAGES whose body is the float32 pixels, bit for bit; a vision-language batch is
+  one of kind ARRAYS: its programs' host arrays with a manifest of dtypes and shapes.
 * **Liveness.** Every process runs a thread that calls the coordination service's
   `get_live_nodes` in rounds (a barrier among the live processes: it returns once each has
   called, and the service drops a process whose heartbeats stopped for the heartbeat timeout).
@@ -50,7 +51,8 @@ log = logging.getLogger("jaxembed.pod")
 HEADER_SIZE = 8  # int32 words, at these positions (the last one reserved):
 _OP, _KIND, _BATCH, _SEQ, _STEP, _CHUNKS, _MODEL = range(7)
 _RUN, _STOP, _ADAPTER = 1, 2, 3
-_PADDED, _PACKED, _PADDED_LORA, _IMAGES = 0, 1, 2, 3  # kinds of a RUN step: its arrays'
+_PADDED, _PACKED, _PADDED_LORA, _IMAGES, _ARRAYS = 0, 1, 2, 3, 4  # kinds of a RUN step
+_DTYPES = {1: np.dtype(np.int32), 2: np.dtype(np.float32)}  # an ARRAYS step's (0: None)
 
 LIVENESS_INTERVAL = 0.1  # seconds between rounds of get_live_nodes
 STEPS = "jaxembed/steps"  # the store's directory of published steps
@@ -65,6 +67,41 @@ Execute = Callable[[np.ndarray, np.ndarray, bool, int, np.ndarray | None], Any]
 LoadAdapter = Callable[[int, int, str], None]
 # ... with a batch of images: (model, [batch, ...] float32 pixels) → device result.
 RunImages = Callable[[int, np.ndarray], Any]
+# ... with a batch given as its program's host arrays (a vision-language model's).
+RunArrays = Callable[[int, list], Any]
+
+
+def pack_arrays(arrays: list[np.ndarray | None]) -> np.ndarray:
+    """int32 and float32 arrays (or None) of any shapes as one int32 body: a manifest (count,
+    then per array its dtype code, rank and shape), then every array's bytes in order."""
+    codes = {dtype: code for code, dtype in _DTYPES.items()}
+    manifest, data = [len(arrays)], []
+    for array in arrays:
+        if array is None:
+            manifest += [0, 0]
+            continue
+        array = np.asarray(array, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+        manifest += [codes[array.dtype], array.ndim, *array.shape]
+        data.append(array.reshape(-1).view(np.int32))
+    return np.concatenate([np.asarray(manifest, np.int32), *data])
+
+
+def unpack_arrays(body: np.ndarray) -> list[np.ndarray | None]:
+    """`pack_arrays`' arrays back, bit for bit."""
+    count, at, shapes = int(body[0]), 1, []
+    for _ in range(count):
+        code, rank = int(body[at]), int(body[at + 1])
+        shapes.append((code, tuple(int(d) for d in body[at + 2 : at + 2 + rank])))
+        at += 2 + rank
+    out = []
+    for code, shape in shapes:
+        if code == 0:
+            out.append(None)
+            continue
+        size = int(np.prod(shape))
+        out.append(body[at : at + size].view(_DTYPES[code]).reshape(shape).copy())
+        at += size
+    return out
 
 
 def _key(step: int, chunk: int = 0) -> str:
@@ -232,6 +269,11 @@ class PodLeader:
         body = np.ascontiguousarray(pixels, np.float32).view(np.int32)
         self._publish(_RUN, body, kind=_IMAGES, batch=len(pixels), model=model)
 
+    def broadcast_arrays(self, arrays: list[np.ndarray | None], *, model: int = 0) -> None:
+        """Send one batch as its program's host arrays (`pack_arrays`)."""
+        self._check()
+        self._publish(_RUN, pack_arrays(arrays), kind=_ARRAYS, model=model)
+
     def publish_adapter(self, model: int, slot: int, path: str) -> None:
         """Every process loads the adapter at `path` into `slot` of model `model` at this
         point between batches (the path must be readable on every host)."""
@@ -274,12 +316,15 @@ def follow(
     execute: Execute,
     load_adapter: LoadAdapter,
     run_images: RunImages,
+    run_arrays: RunArrays,
     *,
-    heartbeat_timeout: float,
+    liveness: Liveness,
 ) -> int:
-    """Run every batch the leader sends until STOP (returns 0) or the group breaks (1)."""
+    """Run every batch the leader sends until STOP (returns 0) or the group breaks (1).
+
+    `liveness`: this process's rounds, started before its warm-up — the leader may be ready
+    (and count this process in its rounds) while this one still compiles."""
     client = _client()
-    liveness = Liveness(heartbeat_timeout)
     steps = packed_steps = 0
     pending = None  # the previous step's result: one step runs while the next is fetched
     try:
@@ -312,6 +357,8 @@ def follow(
             if kind == _IMAGES:
                 pixels = np.frombuffer(body, np.float32).reshape(batch, -1)
                 result = run_images(model, pixels)
+            elif kind == _ARRAYS:
+                result = run_arrays(model, unpack_arrays(np.frombuffer(body, np.int32)))
             else:
                 arrays = np.frombuffer(body, np.int32).reshape(-1, batch, seq)
                 slots = arrays[2, :, 0] if kind == _PADDED_LORA else None

@@ -323,6 +323,73 @@ def test_clip_images_and_texts_in_one_group_equal_transformers(tmp_path):
         group.cleanup()
 
 
+def test_step_arrays_round_trip_bit_for_bit():
+    from jaxembed.parallel.pod import pack_arrays, unpack_arrays
+
+    rng = np.random.default_rng(0)
+    arrays = [
+        rng.standard_normal((2, 3, 5)).astype(np.float32),
+        None,
+        rng.integers(-(2**31), 2**31 - 1, (4, 7), dtype=np.int32),
+        np.zeros((0, 3), np.float32),
+        np.array(7, np.int32),
+    ]
+    back = unpack_arrays(pack_arrays(arrays))
+    assert back[1] is None and len(back) == len(arrays)
+    for want, got in zip(arrays, back, strict=True):
+        if want is not None:
+            assert got.dtype == want.dtype and got.shape == want.shape
+            assert got.tobytes() == want.tobytes()
+
+
+def test_a_vision_language_model_in_one_group_equals_one_process(tmp_path):
+    """Qwen3-VL-Embedding on the pod: each batch goes as its programs' host arrays (patches,
+    grids, deep-stack taps, M-RoPE positions); texts, images and a video through the
+    leader's HTTP server equal one process's embed_items."""
+    from jaxembed.engine.request.jobs import EmbedItem
+    from tests.helpers import generated_image, generated_video, image_bytes, save_tiny_qwen3_vl
+
+    path = tmp_path / "tiny-qwen3-vl"
+    save_tiny_qwen3_vl(path, seed=3)
+    cat, dog = (image_bytes(generated_image(s, seed=k)) for k, s in ((4, (90, 60)), (5, (40, 70))))
+    clip = generated_video(12, size=(48, 32), fps=6)
+    items = [
+        EmbedItem(text="a cat on a mat"),
+        EmbedItem(image=cat),
+        EmbedItem(text="a dog", image=dog),
+        EmbedItem(video=clip),
+    ]
+    embedder = Embedder.from_pretrained(path, compile_cache_dir=False)
+    try:
+        want = embedder.embed_items(items)
+    finally:
+        embedder.close()
+
+    def uri(kind: str, data: bytes) -> str:
+        return f"data:{kind};base64," + base64.b64encode(data).decode()
+
+    inputs = [
+        {"text": "a cat on a mat"},
+        {"image": uri("image/png", cat)},
+        {"text": "a dog", "image": uri("image/png", dog)},
+        {"video": uri("video/mp4", clip)},
+    ]
+    group = ProcessGroup(path, tmp_path)
+    try:
+        r = httpx.post(
+            group.leader.url + "/v1/embeddings",
+            json={"model": path.name, "input": inputs},
+            timeout=300,
+        )
+        assert r.status_code == 200, (r.text, group.follower_output())
+        got = np.asarray([d["embedding"] for d in r.json()["data"]], np.float32)
+        np.testing.assert_allclose(got, want, atol=2e-5)
+        assert group.leader.stop() == 0, group.leader.log()
+        assert group.follower.wait(30) == 0, group.follower_output()
+    finally:
+        group.cleanup()
+
+
 def test_replica_mode_serves_a_copy_per_process(tiny_dir, tmp_path):
     """Mode (a): both processes join the group but each serves its own port on its own devices."""
     texts = varied_texts()[:6]

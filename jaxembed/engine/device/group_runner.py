@@ -12,7 +12,7 @@ step of its own (the leader publishes the slot and the adapter's directory under
 lock as batches, and writes its own bank; followers read the same directory into the same
 slot at that point), and each padded batch carries its rows' slots. Images: the leader
 publishes each stacked pixel batch (float32, bit for bit) and followers run it on their
-vision tower. Still refused on a group: vision-language models (their fused items).
+vision tower; a vision-language model's batch goes as its programs' host arrays.
 """
 
 from __future__ import annotations
@@ -88,6 +88,18 @@ class BroadcastingRunner:
 
         engine.dispatch_guard = image_step
 
+    def publish_fused(self, engine: Any) -> None:
+        """Make `engine` (the model's QwenVLEngine) publish each batch's host arrays as a step
+        before dispatching them, under the same lock as this model's other batches."""
+
+        @contextlib.contextmanager
+        def arrays_step(arrays: list):
+            with self._lock:
+                self._channel.broadcast_arrays(arrays, model=self._model)
+                yield
+
+        engine.dispatch_guard = arrays_step
+
     @contextlib.contextmanager
     def _adapter_step(self, slot: int, adapter: LoraAdapter):
         """An adapter written into `slot` while serving: published, then written here, under
@@ -152,11 +164,15 @@ class BroadcastingRunner:
 
 
 def follow_leader(
-    runners: Sequence[Runner], images: Sequence[Any], *, heartbeat_timeout: float
+    runners: Sequence[Runner],
+    images: Sequence[Any],
+    fused: Sequence[Any],
+    *,
+    liveness: pod.Liveness,
 ) -> int:
     """A follower: run the leader's batches on the local runners (one per served model, in
-    the leader's order; `images`: each model's ImageEngine or None) until it stops (0) or
-    the group breaks (1)."""
+    the leader's order; `images`, `fused`: each model's ImageEngine / QwenVLEngine or None)
+    until it stops (0) or the group breaks (1)."""
 
     def execute(
         ids: np.ndarray, second: np.ndarray, packed: bool, model: int, slots: np.ndarray | None
@@ -170,10 +186,16 @@ def follow_leader(
             raise RuntimeError(f"model {model} has no vision tower on this process")
         return engine.run_stacked(pixels.reshape(len(pixels), *engine.pixel_shape))
 
+    def run_arrays(model: int, arrays: list) -> jax.Array:
+        engine = fused[model]
+        if engine is None:
+            raise RuntimeError(f"model {model} is not a vision-language model on this process")
+        return engine.run_arrays(arrays)
+
     def load_adapter(model: int, slot: int, path: str) -> None:
         bank = runners[model].lora_bank
         if not isinstance(bank, LoraBank):
             raise AdapterError(f"model {model} has no adapter slots on this process")
         bank.load_into(slot, path)
 
-    return pod.follow(execute, load_adapter, run_images, heartbeat_timeout=heartbeat_timeout)
+    return pod.follow(execute, load_adapter, run_images, run_arrays, liveness=liveness)

@@ -21,10 +21,11 @@ so that XLA compiles each once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -105,6 +106,12 @@ class QwenVLEngine:
         module = model.module()
         self._vision = jax.jit(functools.partial(module.apply, method=QwenVLModel.encode_vision))
         self._fused = jax.jit(functools.partial(fused_forward, module))
+        # Around every dispatch: a model spread over several processes publishes the batch's
+        # host arrays as a step there first (engine/device/group_runner.py), so every process
+        # runs the same programs on the same arrays.
+        self.dispatch_guard: Callable[[list], contextlib.AbstractContextManager] = lambda arrays: (
+            contextlib.nullcontext()
+        )
 
     @property
     def takes_video(self) -> bool:
@@ -202,11 +209,10 @@ class QwenVLEngine:
 
     # -- programs ------------------------------------------------------------------------
 
-    def _vision_rows(self, units):
-        """Every vision unit's merged features on the device: (flattened [R·N', D], deep-stack
-        [K, R·N', D] or None, N' the merged tokens per row)."""
+    def _vision_inputs(self, units) -> list[np.ndarray | None]:
+        """The vision tower's host arrays for every unit of a batch: patches, positions,
+        segments, and (Qwen3-VL) position-table taps and weights (else None)."""
         vision = self.config.vision
-        merge = vision.merge_size**2
         rows = _bucket(len(units), 1)
         length = _round_up(max(len(p) for p, _ in units), PATCH_STEP)
         batch = np.zeros((rows, length, vision.patch_features), np.float32)
@@ -223,13 +229,21 @@ class QwenVLEngine:
             )
             if table:
                 taps[r, :n], weights[r, :n] = taps_r, weights_r
-        interpolation = (taps, weights) if table else None
+        return [batch, positions, segments, taps, weights]
+
+    def _vision_rows(self, batch, positions, segments, taps, weights):
+        """Every vision unit's merged features on the device: (flattened [R·N', D], deep-stack
+        [K, R·N', D] or None)."""
+        vision = self.config.vision
+        rows, length = segments.shape
+        interpolation = (taps, weights) if taps is not None else None
         out = self._vision({"params": self.model.params}, batch, positions, segments, interpolation)
         merged, deep = out if vision.deepstack else (out, None)
-        flat = merged.reshape(rows * (length // merge), -1)
+        per_row = length // vision.merge_size**2
+        flat = merged.reshape(rows * per_row, -1)
         if deep is not None:
-            deep = deep.reshape(deep.shape[0], rows * (length // merge), -1)
-        return flat, deep, length // merge
+            deep = deep.reshape(deep.shape[0], rows * per_row, -1)
+        return flat, deep
 
     def embed(self, items: Sequence[EmbedItem], instruction: str | None = None) -> np.ndarray:
         """One normalised vector per item."""
@@ -254,12 +268,24 @@ class QwenVLEngine:
     def launch(self, rows: Sequence[_Prepared]) -> jax.Array:
         """Dispatch the vision and decoder programs for `rows` (one batch) without waiting:
         [bucket rows, D] on the device, the first len(rows) meaningful."""
-        units = [u for p in rows for u in p.units]
-        return self._run(rows, self._vision_rows(units) if units else None)
+        arrays = self.host_arrays(rows)
+        with self.dispatch_guard(arrays):
+            return self.run_arrays(arrays)
 
-    def _run(self, prepared: Sequence[_Prepared], vision) -> jax.Array:
-        flat, deep, per_row = vision if vision else (self._no_vision(), None, 0)
-        ids, mask, source, positions = self._token_batch(prepared, per_row)
+    def host_arrays(self, prepared: Sequence[_Prepared]) -> list[np.ndarray | None]:
+        """Every host array one batch's programs take (`run_arrays`): the vision tower's five
+        (None without images or videos) and the decoder's ids, mask, source, positions."""
+        units = [u for p in prepared for u in p.units]
+        vision = self._vision_inputs(units) if units else [None] * 5
+        per_row = 0 if not units else vision[2].shape[1] // self.config.vision.merge_size**2
+        return [*vision, *self._token_batch(prepared, per_row)]
+
+    def run_arrays(self, arrays: Sequence[np.ndarray | None]) -> jax.Array:
+        """Dispatch one batch from its host arrays (a pod's follower: as the leader sent
+        them)."""
+        vision, (ids, mask, source, positions) = arrays[:5], arrays[5:]
+        flat, deep = self._vision_rows(*vision) if vision[0] is not None else (None, None)
+        flat = self._no_vision() if flat is None else flat
         return self._fused({"params": self.model.params}, ids, mask, flat, source, positions, deep)
 
     def _token_batch(self, prepared: Sequence[_Prepared], per_row: int):
