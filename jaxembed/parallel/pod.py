@@ -34,6 +34,7 @@ coordination service that `jax.distributed.initialize` started.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -60,15 +61,30 @@ KEEP_STEPS = 32  # steps kept in the store (followers are never more than a few 
 CHUNK_BYTES = 1 << 20  # one value per MiB (gRPC's message limit is 4 MiB)
 _WAIT_MS = 1000  # a follower's wait for the next step, in slices (to notice a broken group)
 
-# What a follower does with a batch: (ids, mask or segment ids, packed, model, each row's
-# adapter slot or None) → device result.
-Execute = Callable[[np.ndarray, np.ndarray, bool, int, np.ndarray | None], Any]
-# ... with an adapter load: (model, slot, the adapter's directory).
-LoadAdapter = Callable[[int, int, str], None]
-# ... with a batch of images: (model, [batch, ...] float32 pixels) → device result.
-RunImages = Callable[[int, np.ndarray], Any]
-# ... with a batch given as its program's host arrays (a vision-language model's).
-RunArrays = Callable[[int, list], Any]
+
+@dataclasses.dataclass(frozen=True)
+class StepHandlers:
+    """What a follower does with each kind of step; each RUN handler returns the device
+    result without waiting."""
+
+    # (ids, mask or segment ids, packed, model, each row's adapter slot or None)
+    tokens: Callable[[np.ndarray, np.ndarray, bool, int, np.ndarray | None], Any]
+    # (model, slot, the adapter's directory)
+    load_adapter: Callable[[int, int, str], None]
+    # (model, [batch, ...] float32 pixels)
+    images: Callable[[int, np.ndarray], Any]
+    # (model, a vision-language batch's host arrays)
+    arrays: Callable[[int, list], Any]
+
+    def run(self, kind: int, batch: int, seq: int, model: int, body: bytes) -> Any:
+        """Dispatch one RUN step's batch."""
+        if kind == _IMAGES:
+            return self.images(model, np.frombuffer(body, np.float32).reshape(batch, -1))
+        if kind == _ARRAYS:
+            return self.arrays(model, unpack_arrays(np.frombuffer(body, np.int32)))
+        arrays = np.frombuffer(body, np.int32).reshape(-1, batch, seq)
+        slots = arrays[2, :, 0] if kind == _PADDED_LORA else None
+        return self.tokens(arrays[0], arrays[1], kind == _PACKED, model, slots)
 
 
 def pack_arrays(arrays: list[np.ndarray | None]) -> np.ndarray:
@@ -312,14 +328,7 @@ def _next_step(client, step: int, liveness: Liveness) -> tuple[np.ndarray, bytes
     return header, b"".join([first[HEADER_SIZE * 4 :], *rest])
 
 
-def follow(
-    execute: Execute,
-    load_adapter: LoadAdapter,
-    run_images: RunImages,
-    run_arrays: RunArrays,
-    *,
-    liveness: Liveness,
-) -> int:
+def follow(handlers: StepHandlers, *, liveness: Liveness) -> int:
     """Run every batch the leader sends until STOP (returns 0) or the group breaks (1).
 
     `liveness`: this process's rounds, started before its warm-up — the leader may be ready
@@ -345,7 +354,7 @@ def follow(
             if op == _ADAPTER:
                 path = body[:seq].decode()
                 try:
-                    load_adapter(model, batch, path)
+                    handlers.load_adapter(model, batch, path)
                 except Exception as e:  # this host would now compute other vectors: leave
                     log.error("cannot load adapter %s as the leader did (%s); exiting", path, e)
                     return 1
@@ -354,15 +363,7 @@ def follow(
             if op != _RUN:
                 log.error("unknown step header %s from the leader; exiting", header.tolist())
                 return 1
-            if kind == _IMAGES:
-                pixels = np.frombuffer(body, np.float32).reshape(batch, -1)
-                result = run_images(model, pixels)
-            elif kind == _ARRAYS:
-                result = run_arrays(model, unpack_arrays(np.frombuffer(body, np.int32)))
-            else:
-                arrays = np.frombuffer(body, np.int32).reshape(-1, batch, seq)
-                slots = arrays[2, :, 0] if kind == _PADDED_LORA else None
-                result = execute(arrays[0], arrays[1], kind == _PACKED, model, slots)
+            result = handlers.run(kind, batch, seq, model, body)
             if pending is not None:
                 jax.block_until_ready(pending)  # work never piles up here
             pending = result

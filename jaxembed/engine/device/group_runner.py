@@ -77,28 +77,26 @@ class BroadcastingRunner:
         )
 
     def publish_images(self, engine: Any) -> None:
-        """Make `engine` (the model's ImageEngine) publish each image batch as a step before
-        dispatching it, under the same lock as this model's token batches."""
-
-        @contextlib.contextmanager
-        def image_step(stacked: np.ndarray):
-            with self._lock:
-                self._channel.broadcast_images(stacked, model=self._model)
-                yield
-
-        engine.dispatch_guard = image_step
+        """Make `engine` (the model's ImageEngine) publish each stacked pixel batch as a step
+        before dispatching it."""
+        engine.dispatch_guard = self._step_guard(self._channel.broadcast_images)
 
     def publish_fused(self, engine: Any) -> None:
         """Make `engine` (the model's QwenVLEngine) publish each batch's host arrays as a step
-        before dispatching them, under the same lock as this model's other batches."""
+        before dispatching them."""
+        engine.dispatch_guard = self._step_guard(self._channel.broadcast_arrays)
+
+    def _step_guard(self, broadcast: Callable[..., None]):
+        """A dispatch guard: the batch published, then dispatched here, under the lock that
+        orders every model's steps."""
 
         @contextlib.contextmanager
-        def arrays_step(arrays: list):
+        def guard(batch):
             with self._lock:
-                self._channel.broadcast_arrays(arrays, model=self._model)
+                broadcast(batch, model=self._model)
                 yield
 
-        engine.dispatch_guard = arrays_step
+        return guard
 
     @contextlib.contextmanager
     def _adapter_step(self, slot: int, adapter: LoraAdapter):
@@ -198,4 +196,5 @@ def follow_leader(
             raise AdapterError(f"model {model} has no adapter slots on this process")
         bank.load_into(slot, path)
 
-    return pod.follow(execute, load_adapter, run_images, run_arrays, liveness=liveness)
+    handlers = pod.StepHandlers(execute, load_adapter, run_images, run_arrays)
+    return pod.follow(handlers, liveness=liveness)
