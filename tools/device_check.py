@@ -17,8 +17,9 @@ downloads), and put the table in docs/benchmarks.md with the card's name:
     bge-large shapes with MiniLM's real tokenizer; sentence-transformers on the same GPU
     when torch has CUDA), and a spawned `jaxembed serve` over HTTP (256 texts per request,
     64 and 256 concurrent single-text clients, serial singles; every answer checked).
-`--quick` shrinks every shape (a CPU smoke run: what CI executes). Exit status 1 if a
-parity row fails. `--json FILE` writes every figure as JSON as well.
+`--quick` shrinks every shape, checks bfloat16 parity on one family and runs the server
+stages beside the kernel rows (a CPU smoke run: what CI executes, ~75 s on 2 cores; its
+figures are not measurements). Exit status 1 if a parity row fails. `--json FILE` writes every figure as JSON as well.
 
 On a bare GPU machine with JAX but not the server's packages: pip install sanic pydantic
 orjson pyzmq msgpack swagger-ui-py prometheus-client (as wheels if it has no network) and
@@ -30,7 +31,9 @@ exists — carry torch, or point $JAXEMBED_TOKENIZER_DIR at MiniLM's tokenizer f
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
+import functools
 import itertools
 import json
 import subprocess
@@ -160,6 +163,12 @@ def _runner(family, config, params, impl, dtype, grid, mesh, pooling, packed):
     )
 
 
+def _outcome(runner: BucketRunner, ids, mask, bucket: Bucket) -> tuple[np.ndarray, str]:
+    """A runner's output on the batch and the attention it ran."""
+    run = runner.run_packed if runner.packed else runner.run
+    return np.asarray(run(ids, mask)), runner.memory(bucket).attention
+
+
 def _batch(bucket: Bucket, packed: bool, vocab: int, seed=0):
     """Random ids; rows of varied lengths (padded) or several sequences per row (packed)."""
     rng = np.random.default_rng(seed)
@@ -182,25 +191,28 @@ def _available(impls=IMPLEMENTATIONS) -> list[str]:
 
 
 def parity_rows(mesh, quick: bool) -> list[Row]:
+    """Every implementation against `xla` per tiny family, dtype and layout (`quick`, the CPU
+    smoke run: bfloat16 on the first family only — the CPU runs the same kernels in both)."""
     rows = []
     seq = 64 if quick else 256
-    for name, hf in TINY.items():
+    for k, (name, hf) in enumerate(TINY.items()):
         family = get_family(hf["model_type"])
         config = family.config_from_hf(hf)
         pooling = POOLING.get(name, "last_token")
-        for dtype in ("float32", "bfloat16"):
+        for dtype in ("float32", "bfloat16") if not quick or k == 0 else ("float32",):
             params = _random_params(family, config, dtype, mesh)
             for packed in (False, True) if family.packable else (False,):
                 bucket = Bucket(4, min(seq, 64) if name == "clip" else seq)
                 grid = BucketGrid((bucket.seq,), (bucket.batch,), bucket.batch * bucket.seq)
                 ids, mask = _batch(bucket, packed, 1000)
-                results = {}
-                for impl in ["xla", *[i for i in _available() if i != "xla"]]:
-                    runner = _runner(
-                        family, config, params, impl, dtype, grid, mesh, pooling, packed
-                    )
-                    run = runner.run_packed if packed else runner.run
-                    results[impl] = (np.asarray(run(ids, mask)), runner.memory(bucket).attention)
+                impls = ["xla", *[i for i in _available() if i != "xla"]]
+                runners = {
+                    impl: _runner(family, config, params, impl, dtype, grid, mesh, pooling, packed)
+                    for impl in impls
+                }
+                outcome = functools.partial(_outcome, ids=ids, mask=mask, bucket=bucket)
+                with concurrent.futures.ThreadPoolExecutor(len(impls)) as pool:  # compiles overlap
+                    results = dict(zip(impls, pool.map(outcome, runners.values()), strict=True))
                 bound = F32_BOUND if dtype == "float32" else BF16_BOUND
                 for impl, (out, ran) in results.items():
                     if impl == "xla":
@@ -474,6 +486,15 @@ def to_markdown(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def kernel_rows(mesh, args: argparse.Namespace) -> list[Row]:
+    """Parity (at full float32 matmul precision), then throughput and memory."""
+    jax.config.update("jax_default_matmul_precision", "highest")  # f32 parity means f32
+    rows = parity_rows(mesh, args.quick)
+    jax.config.update("jax_default_matmul_precision", None)  # speed rows: the default
+    speed, memory = throughput_rows(mesh, args.quick, 0.2 if args.quick else args.seconds)
+    return rows + speed + memory
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small shapes (a CPU smoke run)")
@@ -486,18 +507,22 @@ def main() -> int:
     args = p.parse_args()
     start = time.perf_counter()
     rows, stages = [], []
-    if not args.skip_server:  # first, before this process takes the device's memory
-        workdir = args.workdir or tempfile.mkdtemp(prefix="jaxembed-device-check-")
-        rows, stages = server_rows(workdir, args.quick)
-        print(to_markdown(rows), flush=True)
-    jax.config.update("jax_default_matmul_precision", "highest")  # f32 parity means f32
-    device = jax.devices()[0]
-    mesh = make_mesh(devices=[device])
-    if not args.skip_kernels:
-        rows += parity_rows(mesh, args.quick)
-        jax.config.update("jax_default_matmul_precision", None)  # speed rows: the default
-        speed, memory = throughput_rows(mesh, args.quick, 0.2 if args.quick else args.seconds)
-        rows += speed + memory
+    workdir = args.workdir or tempfile.mkdtemp(prefix="jaxembed-device-check-")
+    beside = None
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        if not args.skip_server and args.quick and not args.skip_kernels:
+            # The CPU smoke run: the server stages' processes beside the kernel rows (its
+            # figures are a smoke test's anyway; a device run measures one thing at a time).
+            beside = pool.submit(server_rows, workdir, args.quick)
+        elif not args.skip_server:  # first, before this process takes the device's memory
+            rows, stages = server_rows(workdir, args.quick)
+            print(to_markdown(rows), flush=True)
+        device = jax.devices()[0]
+        if not args.skip_kernels:
+            rows += kernel_rows(make_mesh(devices=[device]), args)
+        if beside is not None:
+            server, stages = beside.result()
+            rows = server + rows
     header = (
         f"device: {device.device_kind} ({jax.default_backend()}, {jax.device_count()} device(s)), "
         f"jax {jax.__version__}, implementations available: {', '.join(_available())}, "
