@@ -16,7 +16,7 @@ import sys
 import jax
 
 from jaxembed.engine.device.compile_cache import cache_counts, default_cache_dir
-from jaxembed.engine.device.group_runner import BroadcastingRunner, follow_leader
+from jaxembed.engine.device.group_runner import follow_leader, lead
 from jaxembed.engine.model import EngineModel
 from jaxembed.errors import JaxEmbedError
 from jaxembed.parallel import distributed, pod
@@ -54,21 +54,15 @@ def run_follower(config: ServerConfig, embedders: list[EngineModel]) -> int:
     steps name the model by its index here, the same order as the leader's)."""
     liveness = pod.Liveness(config.distributed.heartbeat_timeout)
     for embedder in embedders:
-        if embedder.fused is None:  # a vision-language model's programs compile on first use
-            seconds = embedder.runner.warmup(max_len=embedder.warmup_max_len)
-            log.info(
-                "follower warm-up %s: %d buckets in %.1f s",
-                embedder.card.name,
-                len(embedder.grid.buckets()),
-                seconds,
-            )
-        if embedder.images is not None:
-            embedder.images.warmup()
+        seconds = embedder.warmup()
+        log.info(
+            "follower warm-up %s: %d programs in %.1f s",
+            embedder.card.name,
+            len(embedder.runner.compile_log),
+            seconds,
+        )
     log.info("process %d following the leader", jax.process_index())
-    runners = [embedder.runner for embedder in embedders]
-    images = [embedder.images for embedder in embedders]
-    fused = [embedder.fused for embedder in embedders]
-    return follow_leader(runners, images, fused, liveness=liveness)
+    return follow_leader(embedders, liveness=liveness)
 
 
 def load(config: ServerConfig) -> list[EngineModel]:
@@ -115,12 +109,7 @@ def serve(args: argparse.Namespace) -> int:
     channel = None
     if group:
         channel = pod.PodLeader(heartbeat_timeout=dist.heartbeat_timeout)
-        for index, embedder in enumerate(embedders):
-            embedder.runner = BroadcastingRunner(embedder.runner, channel, model=index)
-            if embedder.images is not None:
-                embedder.runner.publish_images(embedder.images)
-            if embedder.fused is not None:
-                embedder.runner.publish_fused(embedder.fused)
+        lead(embedders, channel)
     try:
         app = create_app(config, embedders, fault_hook=fault_hook_from_env())
     except ValueError as e:  # e.g. two models answering to the same name
@@ -161,9 +150,7 @@ def warmup(args: argparse.Namespace) -> int:
         return 2
     counts = cache_counts()
     for model, embedder in zip(config.model_configs(), embedders, strict=True):
-        seconds = embedder.runner.warmup(max_len=embedder.warmup_max_len)
-        if embedder.images is not None:
-            seconds += embedder.images.warmup()
+        seconds = embedder.warmup()
         log.info(
             "warm-up %s: %d programs in %.1f s",
             model.label or embedder.card.name,

@@ -7,6 +7,7 @@ through a Batcher. The synchronous `Embedder` API (jaxembed/api.py) is built on 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 
 import jax
@@ -174,10 +175,25 @@ class EngineModel(ModelInputs):
             mesh = make_mesh(mesh)
         engine = cls(load_model(spec, dtype=dtype, mesh=mesh, route=route), **grid_options)
         if warmup:
-            engine.runner.warmup(warmup_progress, engine.warmup_max_len)
-            if engine.images is not None:
-                engine.images.warmup(warmup_progress)
+            engine.warmup(warmup_progress)
         return engine
+
+    def warmup(self, progress: Callable[[int, int, Bucket], None] | None = None) -> float:
+        """Compile every program this model's requests run, before any arrives: its token
+        grid and its image programs (a vision-language model's items compile per shape on
+        first use). Seconds taken."""
+        start = time.perf_counter()
+        if self.token_grid_used:
+            self.runner.warmup(progress, self.warmup_max_len)
+        if self.images is not None:
+            self.images.warmup(progress)
+        return time.perf_counter() - start
+
+    @property
+    def token_grid_used(self) -> bool:
+        """Whether requests run on the token-row grid: not a vision-language model's, whose
+        jobs run on its own programs."""
+        return self.fused is None
 
     # -- packing ------------------------------------------------------------------------------
 
@@ -346,7 +362,7 @@ class TextWorkload(Workload):
         return self.engine.dispatch(rows, planned, slots)
 
     def warmup(self, progress=None) -> float:
-        if self.engine.fused is not None:
-            return 0.0  # a vision-language model's jobs run on its own programs, never these
+        if not self.engine.token_grid_used:
+            return 0.0
         # Ready once every length has its largest batch; the rest compiles behind traffic.
         return self.engine.runner.warmup(progress, self.engine.warmup_max_len, background=True)

@@ -17,7 +17,7 @@ coordination service that `jax.distributed.initialize` started.
   the pod; the store does not.
 * **Other steps.** A LoRA adapter loaded while serving is a step (ADAPTER: model, slot and
   the adapter's directory: every process reads it into the same slot at that point); padded
-  batches with adapters carry each row's slot as a third array; an image batch is a RUN step
+  batches with adapters carry each row's slot after their two arrays; an image batch is a RUN step
   of kind IMAGES whose body is the float32 pixels, bit for bit; a vision-language batch is
   one of kind ARRAYS: its programs' host arrays with a manifest of dtypes and shapes.
 * **Liveness.** Every process runs a thread that calls the coordination service's
@@ -82,8 +82,9 @@ class StepHandlers:
             return self.images(model, np.frombuffer(body, np.float32).reshape(batch, -1))
         if kind == _ARRAYS:
             return self.arrays(model, unpack_arrays(np.frombuffer(body, np.int32)))
-        arrays = np.frombuffer(body, np.int32).reshape(-1, batch, seq)
-        slots = arrays[2, :, 0] if kind == _PADDED_LORA else None
+        words = np.frombuffer(body, np.int32)
+        arrays = words[: 2 * batch * seq].reshape(2, batch, seq)
+        slots = words[2 * batch * seq :] if kind == _PADDED_LORA else None
         return self.tokens(arrays[0], arrays[1], kind == _PACKED, model, slots)
 
 
@@ -269,15 +270,15 @@ class PodLeader:
     ) -> None:
         """Send one batch of model `model` (its index among the served models): ids and the
         attention mask, or ids and segment ids (`packed`); `adapter_ids`: each row's LoRA
-        slot (padded batches), as a third array (in its first column)."""
+        slot (padded batches), after the two arrays."""
         self._check()
         batch, seq = input_ids.shape
         kind = _PACKED if packed else _PADDED
-        arrays = [input_ids, second]
+        body = [input_ids.ravel(), second.ravel()]
         if adapter_ids is not None:
             kind = _PADDED_LORA
-            arrays.append(np.repeat(np.asarray(adapter_ids, np.int32)[:, None], seq, axis=1))
-        self._publish(_RUN, np.stack(arrays), kind=kind, batch=batch, seq=seq, model=model)
+            body.append(np.asarray(adapter_ids, np.int32))
+        self._publish(_RUN, np.concatenate(body), kind=kind, batch=batch, seq=seq, model=model)
 
     def broadcast_images(self, pixels: np.ndarray, *, model: int = 0) -> None:
         """Send one batch of preprocessed images ([batch, ...] float32, bit for bit)."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import numpy as np
@@ -29,6 +29,28 @@ from jaxembed.engine.device.memory import BucketMemory
 from jaxembed.engine.device.runner import BucketRunner, Runner
 from jaxembed.lora import AdapterError, LoraAdapter, LoraBank, TaskAdapters
 from jaxembed.parallel import pod
+
+
+class PodMember(Protocol):
+    """A served model's engines as a pod sees them (an EngineModel, which lives above this
+    layer): its token runner and, where it has them, its image and vision-language engines."""
+
+    runner: Runner
+    images: Any  # ImageEngine | None: publishes through its `dispatch_guard`
+    fused: Any  # QwenVLEngine | None: likewise
+
+
+def lead(members: Sequence[PodMember], channel: pod.PodLeader) -> None:
+    """Make every served model publish each step before dispatching it: token batches through
+    a `BroadcastingRunner`, image and vision-language batches through their engines' dispatch
+    guards, adapter loads through the bank's write guard (model = its index here, the same on
+    every process)."""
+    for index, member in enumerate(members):
+        runner = member.runner = BroadcastingRunner(member.runner, channel, model=index)
+        if member.images is not None:
+            member.images.dispatch_guard = runner.step_guard(channel.broadcast_images)
+        if member.fused is not None:
+            member.fused.dispatch_guard = runner.step_guard(channel.broadcast_arrays)
 
 
 class BroadcastingRunner:
@@ -76,17 +98,7 @@ class BroadcastingRunner:
             "starts (--lora / --lora-root at start-up), the same on every process"
         )
 
-    def publish_images(self, engine: Any) -> None:
-        """Make `engine` (the model's ImageEngine) publish each stacked pixel batch as a step
-        before dispatching it."""
-        engine.dispatch_guard = self._step_guard(self._channel.broadcast_images)
-
-    def publish_fused(self, engine: Any) -> None:
-        """Make `engine` (the model's QwenVLEngine) publish each batch's host arrays as a step
-        before dispatching them."""
-        engine.dispatch_guard = self._step_guard(self._channel.broadcast_arrays)
-
-    def _step_guard(self, broadcast: Callable[..., None]):
+    def step_guard(self, broadcast: Callable[..., None]):
         """A dispatch guard: the batch published, then dispatched here, under the lock that
         orders every model's steps."""
 
@@ -161,16 +173,12 @@ class BroadcastingRunner:
             return self._runner.run_packed(input_ids, segments)
 
 
-def follow_leader(
-    runners: Sequence[Runner],
-    images: Sequence[Any],
-    fused: Sequence[Any],
-    *,
-    liveness: pod.Liveness,
-) -> int:
-    """A follower: run the leader's batches on the local runners (one per served model, in
-    the leader's order; `images`, `fused`: each model's ImageEngine / QwenVLEngine or None)
-    until it stops (0) or the group breaks (1)."""
+def follow_leader(members: Sequence[PodMember], *, liveness: pod.Liveness) -> int:
+    """A follower: run the leader's steps on the served models' engines (in the leader's
+    order) until it stops (0) or the group breaks (1)."""
+    runners = [m.runner for m in members]
+    images = [m.images for m in members]
+    fused = [m.fused for m in members]
 
     def execute(
         ids: np.ndarray, second: np.ndarray, packed: bool, model: int, slots: np.ndarray | None

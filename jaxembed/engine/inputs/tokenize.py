@@ -57,7 +57,6 @@ class TextTokenizer:
             )
             for special in (True, False)
         }
-        self._eos_slot = self._eos_slots[True]
 
     def _load(self, path: Path) -> Tokenizer:
         tokenizer = Tokenizer.from_file(str(path))
@@ -198,10 +197,6 @@ class TextTokenizer:
                 return np.asarray(before, np.int32), np.asarray(after, np.int32)
         return None
 
-    def _special_frame(self) -> tuple[list[int], list[int]]:
-        frame = self._frame
-        return ([], []) if frame is None else (frame[0].tolist(), frame[1].tolist())
-
     @functools.cached_property
     def _eos_text(self) -> str | None:
         """How a text spells our EOS token, when only spelling it can make it: an added token
@@ -253,13 +248,13 @@ class TextTokenizer:
         out = [[self._padded(x)] for x in ids]
         if not long:
             return out
-        prefix, suffix = self._special_frame()
-        width = self.max_length - len(prefix) - len(suffix) - self._eos_slot
+        prefix, suffix = self._frame or _NO_FRAME
+        width = self.max_length - len(prefix) - len(suffix) - self._eos_slots[True]
         content = self._tokenizer.encode_batch([texts[i] for i in long], add_special_tokens=False)
         for i, encoding in zip(long, content, strict=True):
             body = np.asarray(encoding.ids, dtype=np.int32)
             out[i] = [
-                self._padded(self._with_eos([*prefix, *chunk.tolist(), *suffix]))
+                self._padded(self._with_eos(np.concatenate([prefix, chunk, suffix])))
                 for chunk in split_ids(body, width)
             ]
         return out

@@ -284,8 +284,10 @@ class QwenVLEngine:
         """Dispatch one batch from its host arrays (a pod's follower: as the leader sent
         them)."""
         vision, (ids, mask, source, positions) = arrays[:5], arrays[5:]
-        flat, deep = self._vision_rows(*vision) if vision[0] is not None else (None, None)
-        flat = self._no_vision() if flat is None else flat
+        if vision[0] is None:  # no images or videos in the batch
+            flat, deep = self._no_vision(), None
+        else:
+            flat, deep = self._vision_rows(*vision)
         return self._fused({"params": self.model.params}, ids, mask, flat, source, positions, deep)
 
     def _token_batch(self, prepared: Sequence[_Prepared], per_row: int):
