@@ -109,6 +109,12 @@ class EngineError(JaxEmbedError):
     """The device computation of a batch failed; only that batch's requests are affected."""
 
 
+class DeviceMemoryError(EngineError):
+    """A bucket's program needs more device memory than the start-up plan allows: found as
+    it compiled (a length the memory check left to the background, or beyond warm-up), so
+    its batch is retried in smaller buckets, as for an out-of-memory error from XLA."""
+
+
 class OverloadedError(JaxEmbedError):
     """The queue is full (or the server is draining); the client should retry later."""
 

@@ -129,8 +129,9 @@ def check_memory(config: ServerConfig, embedders: Sequence[EngineModel]) -> None
             ) from None
         log.info(
             "memory plan %s: every bucket fits %.2f GiB per device (%.0f%% of %.2f GiB, "
-            "less %.2f GiB of other models' parameters), checked in %.1f s on the covering "
-            "set's programs (compiled side by side, kept for warm-up)",
+            "less %.2f GiB of other models' parameters), checked in %.1f s on the ready "
+            "set's programs (compiled side by side, kept for warm-up; later ones are checked as "
+            "they compile)",
             embedder.card.name,
             (budget - others) / 2**30,
             config.memory_fraction * 100,

@@ -28,7 +28,7 @@ def log_listening(host: str, port: int, detail: str = "") -> None:
 
 
 async def log_when_ready(services: Iterable[EmbeddingService], warmup: bool) -> None:
-    """Says "ready: N models, M buckets in S s" once every model answers /ready (its covering
+    """Says "ready: N models, M buckets in S s" once every model answers /ready (its ready
     set of buckets compiled; the rest of the grid goes on compiling in the background, and no
     request waits for it)."""
     services = list(services)

@@ -34,7 +34,7 @@ def one_start(model: str, cache: Path, extra: list[str]) -> dict:
     return {
         "ready_s": round(server.ready_seconds, 2),
         "whole_grid_s": round(grid_s, 2),
-        "covering_programs": int(ready.group(1)) if ready else None,
+        "ready_programs": int(ready.group(1)) if ready else None,
         "cache_hits": int(summary.group(1)) if summary else None,
         "compiled": int(summary.group(2)) if summary else None,
     }

@@ -32,7 +32,7 @@ from jaxembed.engine.batching.buckets import (
 from jaxembed.engine.batching.workload import DeviceResult, Workload
 from jaxembed.engine.device.compile_cache import enable_compile_cache
 from jaxembed.engine.device.memory import fit_grid
-from jaxembed.engine.device.runner import BucketRunner
+from jaxembed.engine.device.runner import BucketRunner, Runner
 from jaxembed.engine.inputs.pairs import TokenTypes
 from jaxembed.engine.inputs.text import ModelInputs
 from jaxembed.engine.workloads.qwen_vl import QwenVLEngine
@@ -97,13 +97,12 @@ class EngineModel(ModelInputs):
         )
         self.warmup_max_len = warmup_max_len
         self.model = model
-        self.grid = self._bucket_grid(token_budget, batch_sizes, seq_lengths, packing)
-        self.runner = BucketRunner(
+        self.runner: Runner = BucketRunner(
             model.module(),
             model.params,
             pooling=model.card.pooling,
             normalize=model.card.normalize,
-            grid=self.grid,
+            grid=self._bucket_grid(token_budget, batch_sizes, seq_lengths, packing),
             mesh=model.mesh,
             pad_id=self.pad_id,
         )
@@ -222,12 +221,27 @@ class EngineModel(ModelInputs):
         """Shrink the batch of any bucket whose compiled program needs more than `budget_bytes`
         per device (parameters included); a length that fits no batch is a ModelLoadError.
 
-        Checks every length warm-up compiles and the model's maximum (longer lazy buckets
-        hold about as many tokens as their neighbours: the budget caps rows x length).
+        Checks up front the lengths /ready waits for (the shortest and longest warm-up
+        lengths) and the model's maximum, which between them bound the others (rows x length
+        is capped by the token budget; attention grows with length); the runner then checks
+        every later program as it compiles (`BucketRunner.memory_budget`). Where it cannot
+        (a multi-process group, which must plan one grid everywhere) every warm-up length is
+        checked up front.
         """
         lengths = [s for s in self.grid.seq_lengths if s <= self.warmup_max_len]
-        self.grid = fit_grid(self.runner, budget_bytes, [*lengths, self.grid.max_length])
+        on_compile = self.runner.checks_memory_on_compile
+        if on_compile and lengths:
+            lengths = sorted({lengths[0], lengths[-1]})
+        fit_grid(self.runner, budget_bytes, [*lengths, self.grid.max_length])
+        if on_compile:
+            self.runner.memory_budget = budget_bytes
         return self.grid
+
+    @property
+    def grid(self) -> BucketGrid:
+        """The runner's grid: one place, which the memory check and the runner's later
+        memory checks (rows capped at a length) change."""
+        return self.runner.grid
 
     # -- LoRA adapters ----------------------------------------------------------------------
 
@@ -315,7 +329,7 @@ class EngineModel(ModelInputs):
         packing = self.packing if packing is None else packing
         if lengths is None:
             lengths = np.fromiter(map(len, token_lists), np.int64, len(token_lists))
-        return (plan_packed if packing else plan_batches)(lengths, self.grid)
+        return (plan_packed if packing else plan_batches)(lengths, self.runner.planning_grid())
 
     def embed_token_lists(
         self, token_lists: Sequence[np.ndarray], adapter_slots: Sequence[int] | None = None
@@ -364,5 +378,6 @@ class TextWorkload(Workload):
     def warmup(self, progress=None) -> float:
         if not self.engine.token_grid_used:
             return 0.0
-        # Ready once every length has its largest batch; the rest compiles behind traffic.
+        # Ready once the shortest and longest lengths have their largest batch; the rest
+        # compiles behind traffic (the planner uses only what is compiled meanwhile).
         return self.engine.runner.warmup(progress, self.engine.warmup_max_len, background=True)

@@ -43,7 +43,12 @@ from jaxembed.engine.batching.scheduler import ThroughputEstimate, take_step
 from jaxembed.engine.batching.workload import DeviceResult, Workload
 from jaxembed.engine.request.limits import QueueLimits
 from jaxembed.engine.request.progress import RequestProgress
-from jaxembed.errors import EngineError, EngineUnavailableError, OverloadedError
+from jaxembed.errors import (
+    DeviceMemoryError,
+    EngineError,
+    EngineUnavailableError,
+    OverloadedError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -547,6 +552,9 @@ class Batcher:
 
 
 def is_out_of_memory(error: Exception) -> bool:
-    """XLA reports device OOM as RESOURCE_EXHAUSTED (XlaRuntimeError) on every backend."""
+    """XLA reports device OOM as RESOURCE_EXHAUSTED (XlaRuntimeError) on every backend; the
+    runner's own memory check as DeviceMemoryError."""
+    if isinstance(error, DeviceMemoryError):
+        return True
     text = str(error)
     return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()

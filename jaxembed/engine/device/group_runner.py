@@ -79,6 +79,12 @@ class BroadcastingRunner:
     def grid(self, grid: BucketGrid) -> None:
         self._runner.grid = grid
 
+    def planning_grid(self) -> BucketGrid:
+        return self._runner.planning_grid()  # the whole grid: a pod warms up before serving
+
+    # Every process must plan one grid: the memory check covers every length at start-up.
+    checks_memory_on_compile = False
+
     @property
     def packed(self) -> bool:
         return self._runner.packed

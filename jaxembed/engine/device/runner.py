@@ -15,6 +15,7 @@ that every process (on a multi-host mesh: the leader) can read all rows.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import functools
 import logging
 import os
@@ -31,6 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxembed.engine.batching.buckets import Bucket, BucketGrid, segments_per_row
 from jaxembed.engine.device.memory import BucketMemory, from_compiled
+from jaxembed.errors import DeviceMemoryError
 from jaxembed.lora import LoraBank
 from jaxembed.models.attention import record_choices
 from jaxembed.models.heads import Scorer
@@ -119,6 +121,7 @@ class Runner(Protocol):
     compile_seconds: float
     compile_log: list[tuple[Bucket, float]]
     attention_used: dict[int, str]
+    checks_memory_on_compile: bool
 
     def warmup(
         self,
@@ -132,6 +135,8 @@ class Runner(Protocol):
     def memories(self, buckets: Sequence[Bucket]) -> list[BucketMemory]: ...
 
     def unhealthy_reason(self) -> str | None: ...
+
+    def planning_grid(self) -> BucketGrid: ...
 
     def run(
         self,
@@ -201,6 +206,7 @@ class BucketRunner:
         # Programs compiled on first use after warm-up (buckets beyond `warmup_max_len`).
         self.lazy_compiles = 0
         self._warm = False
+        self._warmup_max_len: int | None = None  # lengths beyond it compile on first use
         self.attention_used: dict[int, str] = {}  # length → implementation traced for it
         self.lora_bank: LoraBank | None = None
         self._lora_compiled: dict[Bucket, Callable[..., jax.Array]] = {}
@@ -208,6 +214,16 @@ class BucketRunner:
         self._stop_compiling = threading.Event()
         self.substitutions = 0  # batches run in a larger compiled bucket meanwhile
         self.pad_id = pad_id
+        # Bytes per device a program may need, once the start-up memory check has set it:
+        # programs compiled after it (the background's, lazy ones) are checked as they compile.
+        self.memory_budget: int | None = None
+
+    @property
+    def checks_memory_on_compile(self) -> bool:
+        """Whether programs compiled after the memory check are checked as they compile (so
+        the check need not compile every length up front). Not across processes, where every
+        process must plan the same grid: there the check covers every length at start-up."""
+        return not self._spans_processes
 
     def _compile_into(
         self, programs: dict, jitted: Any, bucket: Bucket, lora: bool
@@ -233,6 +249,8 @@ class BucketRunner:
             return pending.result()
         try:
             compiled = self._build(jitted, bucket, lora)
+            if not lora:
+                self._check_memory(compiled, bucket)
         except BaseException as e:
             with self._lock:
                 del self._pending[key]
@@ -275,6 +293,35 @@ class BucketRunner:
             )
         return compiled
 
+    def _check_memory(self, compiled: Any, bucket: Bucket) -> None:
+        """Against `memory_budget`: a program over it is never kept; its length's batches are
+        capped below it (the grid, so the planner stops asking) and DeviceMemoryError raised,
+        which the batcher treats as out of memory (retried in halves)."""
+        if self.memory_budget is None:
+            return
+        memory = from_compiled(compiled, bucket, self.attention_used.get(bucket.seq, "?"))
+        if memory.total_bytes <= self.memory_budget:
+            return
+        with self._lock:
+            if bucket.batch <= self.grid.max_rows(bucket.seq):
+                smaller = [b for b in self.grid.batch_sizes if b < bucket.batch]
+                if smaller:
+                    self.grid = self.grid.with_row_cap(bucket.seq, smaller[-1])
+        log.warning(
+            "bucket %dx%d needs %.2f GiB > %.2f GiB allowed: batches of length %d limited to "
+            "%d rows",
+            bucket.batch,
+            bucket.seq,
+            memory.total_bytes / 2**30,
+            self.memory_budget / 2**30,
+            bucket.seq,
+            self.grid.max_rows(bucket.seq),
+        )
+        raise DeviceMemoryError(
+            f"bucket {bucket.batch}x{bucket.seq} needs {memory.total_bytes / 2**30:.2f} GiB "
+            f"per device, more than the {self.memory_budget / 2**30:.2f} GiB allowed"
+        )
+
     def _compile(self, bucket: Bucket) -> Callable[..., jax.Array]:
         return self._compile_into(self._compiled, self._jitted, bucket, lora=False)
 
@@ -298,17 +345,20 @@ class BucketRunner:
         start-up for lengths nobody may send. With adapters enabled every bucket also
         gets its adapter variant. Programs compile side by side (`compile_threads`).
 
-        `background`: return once a *covering set* is compiled — for every length, its
-        largest batch, which can run any smaller batch of that length or shorter padded into
-        it — and compile the rest on a thread; until a bucket's own program exists, its
-        batches run in the smallest compiled bucket that holds them (never waiting for a
-        compile). Not on a multi-process mesh, where every process must run the same program.
+        `background`: return once a *ready set* is compiled — the largest batch of the
+        shortest and of the longest warm-up length, which between them can run any input
+        (short ones cheaply) — and compile the rest on a thread. Until the rest is done the
+        planner plans only lengths whose largest batch is compiled (`planning_grid`), and a
+        smaller batch of such a length runs in that largest one (`_substitute`): no batch
+        waits for a compile. Not on a multi-process mesh, where every process must run the
+        same program.
         """
         start = time.perf_counter()
         programs = self._warmup_programs(max_len)
         background = background and not self._spans_processes
-        covering = self._covering(b for _, b in programs)
-        first = [p for p in programs if p[1] in covering]
+        self._warmup_max_len = max_len
+        ready = self._ready_set(b for _, b in programs)
+        first = [p for p in programs if p[1] in ready]
         later = [p for p in programs if p not in first] if background else []
         if not background:
             first = programs
@@ -334,12 +384,37 @@ class BucketRunner:
         return programs
 
     @staticmethod
-    def _covering(buckets) -> set[Bucket]:
-        """The largest batch of every length: together they can run any bucket of the grid."""
+    def _ready_set(buckets) -> set[Bucket]:
+        """The largest batch of the shortest and the longest length: the longest runs any
+        input (packed rows, or one padded row each), the shortest keeps short requests from
+        paying for the longest's length while the rest of the grid compiles."""
         largest: dict[int, int] = {}
         for b in buckets:
             largest[b.seq] = max(largest.get(b.seq, 0), b.batch)
-        return {Bucket(batch, seq) for seq, batch in largest.items()}
+        if not largest:
+            return set()
+        ends = {min(largest), max(largest)}
+        return {Bucket(largest[seq], seq) for seq in ends}
+
+    def planning_grid(self) -> BucketGrid:
+        """The grid the planner may use now: all of it once warm; while the rest compiles in
+        the background, the lengths whose largest batch (and its adapter variant, with
+        adapters on) is compiled, and the lengths beyond warm-up, which compile on first use
+        whatever happens."""
+        if self._warm or self._background is None:
+            return self.grid
+        grid = self.grid
+        kinds = [self._packed_compiled if self.packed else self._compiled]
+        if self.lora_bank is not None:
+            kinds.append(self._lora_compiled)
+        limit = self._warmup_max_len
+        ready = tuple(
+            seq
+            for seq in grid.seq_lengths
+            if (limit is not None and seq > limit)
+            or all(Bucket(grid.max_rows(seq), seq) in programs for programs in kinds)
+        )
+        return dataclasses.replace(grid, seq_lengths=ready) if ready else grid
 
     def _compile_all(self, programs, progress, done: int, total: int) -> int:
         """`programs` compiled by `compile_threads()` threads taking the next one in turn,
@@ -358,6 +433,8 @@ class BucketRunner:
                 compile_one, bucket = item
                 try:
                     compile_one(bucket)
+                except DeviceMemoryError:  # logged; the grid no longer plans it
+                    pass
                 except BaseException as e:  # raised to the caller once every thread stops
                     errors.append(e)
                     return
@@ -411,7 +488,7 @@ class BucketRunner:
     def memories(self, buckets: Sequence[Bucket]) -> list[BucketMemory]:
         """`memory` of several buckets, their programs compiled side by side: the start-up
         memory check costs about one compile, not one per length (the programs are kept
-        for warm-up, whose covering set they are)."""
+        for warm-up, whose ready set they are)."""
         compile_one = self._compile_packed if self.packed else self._compile
         self._compile_all([(compile_one, b) for b in buckets], None, 0, len(buckets))
         return [self.memory(b) for b in buckets]
