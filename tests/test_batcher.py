@@ -247,3 +247,57 @@ def test_out_of_memory_for_a_single_row_fails_that_request_only(embedder, make_b
 
     failed, ok = asyncio.run(main())
     assert isinstance(failed, EngineError) and isinstance(ok, np.ndarray)
+
+
+def test_rows_arriving_while_the_pipeline_is_full_gather_into_one_step(embedder):
+    """With `pipeline_depth` batches waiting behind the one on the device, no step is taken:
+    single texts that arrive meanwhile go out together once there is room (a step taken at
+    once could only have waited, with fewer rows to pack)."""
+    import threading
+
+    gate = threading.Event()
+    steps = []
+
+    class Held(TextWorkload):  # every result's read waits for the gate; steps are recorded
+        def plan(self, rows, sizes):
+            steps.append(len(rows))
+            return super().plan(rows, sizes)
+
+        def run(self, rows, planned, slots):
+            result = super().run(rows, planned, slots)
+
+            class Waiting:
+                def read(self):
+                    gate.wait(timeout=60)
+                    return result.read()
+
+            return Waiting()
+
+    batcher = Batcher(Held(embedder), pipeline_depth=2)
+    batcher.start(warmup=False)
+    rng = np.random.default_rng(3)
+    long_rows = [rng.integers(1000, 2000, 250).astype(np.int32) for _ in range(6)]  # 3 batches
+    singles = [rng.integers(1000, 2000, 60).astype(np.int32) for _ in range(20)]
+    expected = embedder.embed_token_lists(long_rows + singles)
+
+    async def main():
+        bulk = asyncio.ensure_future(batcher.embed(long_rows))
+        while batcher._on_device < 3:  # one read waiting at the gate, two queued behind it
+            await asyncio.sleep(0.01)
+        queued = []
+        for row in singles:  # more than a batch's budget (512 tokens) arrives meanwhile
+            queued.append(asyncio.ensure_future(batcher.embed([row])))
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.2)
+        assert steps == [6]  # nothing taken while the pipeline is full
+        gate.set()
+        return await bulk, await asyncio.gather(*queued)
+
+    try:
+        bulk, single = asyncio.run(main())
+    finally:
+        gate.set()
+        batcher.close(timeout=10)
+    assert steps == [6, 20]
+    got = np.concatenate([bulk, *single])
+    assert np.abs(got - expected).max() <= 1e-6

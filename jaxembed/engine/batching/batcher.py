@@ -189,6 +189,7 @@ class Batcher:
         self._on_device = 0  # batches dispatched and not yet collected
         self._seq = itertools.count()
         self._inflight: queue.Queue[_Dispatched | None] = queue.Queue(maxsize=pipeline_depth)
+        self._pipeline_depth = pipeline_depth
         self._stopping = False
         self._accepting = True
         self.ready = threading.Event()
@@ -390,11 +391,22 @@ class Batcher:
 
     def _step_due(self) -> bool:  # caller holds the lock
         """Continuous batching: a step goes out when the device is idle, or when a full batch is
-        already waiting; while the device works, smaller arrivals gather into the next step
-        (a batch that went out with a few rows would cost a whole batch's overhead)."""
+        already waiting and the pipeline has room for it; while the device works, smaller
+        arrivals gather into the next step (a batch that went out with a few rows would cost
+        a whole batch's overhead).
+
+        With the pipeline full (`pipeline_depth` batches waiting behind the one being read)
+        a step taken now could only wait to be dispatched, and the rows arriving meanwhile
+        would miss it: under many single-text clients that made steps of a few rows, each
+        planned into a full batch or two and a partly empty one (in-process MiniLM, 32
+        clients: 0.89 fill and 16% more batches than 16-text requests for the same texts).
+        """
         if not self._pending:
             return False
-        return self._on_device == 0 or self._queued_cost >= self.workload.step_budget
+        if self._on_device == 0:
+            return True
+        room = self._on_device <= self._pipeline_depth
+        return room and self._queued_cost >= self.workload.step_budget
 
     def _dispatch_loop(self) -> None:
         while (selection := self._next_work()) is not None:
