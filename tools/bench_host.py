@@ -107,7 +107,10 @@ def http_scenarios(
 ) -> dict:
     server = Spawned(argv)
     try:
-        out = {"ready_s": round(server.ready_seconds, 1)}
+        out = {
+            "ready_s": round(server.ready_seconds, 1),
+            "grid_s": round(server.wait_for_grid(), 1),
+        }
         batch = best_load(
             server.port,
             chunks(texts, 256),
@@ -225,6 +228,7 @@ def minilm_ab(args: argparse.Namespace, workdir: Path) -> dict:
             cwd=str(workdir),
         )
         try:
+            server.wait_for_grid()
             common = dict(model=model, reference=reference)
             # The same 512 texts both ways (the two halves of the corpus differ by ~9% in
             # tokens per text, which once showed as a gap between the two).

@@ -154,6 +154,17 @@ class Spawned:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 
+    def wait_for_grid(self, timeout: float = 300.0) -> float:
+        """Seconds from start until the whole bucket grid is compiled (the warm-up summary
+        line; /ready comes sooner, with the rest compiling in the background): measure a
+        steady state only after this, or the background's compiles share the cores."""
+        deadline = time.monotonic() + timeout
+        while "from the compile cache" not in self.log_path.read_text(errors="replace"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the grid did not finish compiling: {self.log()}")
+            time.sleep(0.2)
+        return time.perf_counter() - self.started
+
     def stop(self, timeout: float = 60.0) -> int | None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)  # the server and any workers it started
