@@ -39,6 +39,7 @@ def test_a_batch_runs_in_a_larger_compiled_bucket_while_the_rest_compiles(
     expected = [reference.embed_token_lists(short), reference.embed_token_lists(medium)]
     embedder = Embedder.from_pretrained(tiny_dir, compile_cache_dir=False, packing=packing, **GRID)
     runner = embedder.runner
+    monkeypatch.setenv(runner_module.COMPILE_THREADS_ENV, "2")  # the background gets one
     hold = threading.Event()
     original = runner_module.BucketRunner._compile_rest
 
@@ -62,6 +63,17 @@ def test_a_batch_runs_in_a_larger_compiled_bucket_while_the_rest_compiles(
     runner._background.join(timeout=120)
     assert len(compiled) == len(embedder.grid.buckets())
     assert runner.planning_grid() == embedder.grid
+    # Behind traffic, the most useful first: the largest batch of the length still missing,
+    # then single rows, then the rest, shorter lengths first.
+    background = [b for b, _ in runner.compile_log if b not in ready and b != Bucket(8, 32)]
+    assert runner.compile_log[2][0] == Bucket(8, 32)
+    assert background == [Bucket(1, s) for s in (16, 32, 64)] + [
+        Bucket(2, 16),
+        Bucket(4, 16),
+        Bucket(2, 32),
+        Bucket(4, 32),
+        Bucket(2, 64),
+    ]
     before = runner.substitutions
     embedder.embed_token_lists(short)
     assert runner.substitutions == before  # its own program now

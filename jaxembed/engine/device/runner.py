@@ -15,6 +15,7 @@ that every process (on a multi-host mesh: the leader) can read all rows.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -359,7 +360,9 @@ class BucketRunner:
         self._warmup_max_len = max_len
         ready = self._ready_set(b for _, b in programs)
         first = [p for p in programs if p[1] in ready]
-        later = [p for p in programs if p not in first] if background else []
+        later = (
+            _by_usefulness(programs, [p for p in programs if p not in first]) if background else []
+        )
         if not background:
             first = programs
         done = self._compile_all(first, progress, 0, len(programs))
@@ -416,15 +419,23 @@ class BucketRunner:
         )
         return dataclasses.replace(grid, seq_lengths=ready) if ready else grid
 
-    def _compile_all(self, programs, progress, done: int, total: int) -> int:
+    def _compile_all(
+        self, programs, progress, done: int, total: int, *, background: bool = False
+    ) -> int:
         """`programs` compiled by `compile_threads()` threads taking the next one in turn,
-        until all are done or `stop_background` says stop; progress is reported in order."""
+        until all are done or `stop_background` says stop; progress is reported in order.
+
+        `background` (the rest of the grid, behind traffic): half the threads, each at a
+        lower CPU priority, so batches being served keep the cores they need."""
+        workers = max(1, compile_threads() // 2) if background else compile_threads()
         pending = iter(programs)
         lock = threading.Lock()
         count = [done]
         errors: list[BaseException] = []
 
         def work() -> None:
+            if background:
+                _lower_thread_priority()
             while not self._stop_compiling.is_set():
                 with lock:
                     item = next(pending, None)
@@ -445,7 +456,7 @@ class BucketRunner:
 
         threads = [
             threading.Thread(target=work, name=f"jaxembed-compile-{i}", daemon=True)
-            for i in range(min(len(programs), compile_threads()) or 1)
+            for i in range(min(len(programs), workers) or 1)
         ]
         for t in threads:
             t.start()
@@ -457,7 +468,7 @@ class BucketRunner:
 
     def _compile_rest(self, programs, progress, done: int, total: int) -> None:
         try:
-            self._compile_all(programs, progress, done, total)
+            self._compile_all(programs, progress, done, total, background=True)
         except Exception:  # a later bucket that fails to compile fails its first use instead
             log.exception("compiling the rest of the bucket grid in the background failed")
         finally:
@@ -553,6 +564,31 @@ class BucketRunner:
         compiled = compiled or self._compile_packed(bucket)
         result = compiled(self._params, self._to_mesh(input_ids), self._to_mesh(segments))
         return result.addressable_data(0) if self._spans_processes else result
+
+
+def _by_usefulness(grid_programs: list, later: list) -> list:
+    """The background's order for `later`: each length's largest batch first (shortest length
+    first; each one lets the planner use its length, `planning_grid`), then single rows (what
+    a lone query runs in, instead of a larger batch's padding), then the rest, smaller lengths
+    first. "Largest" is over the whole grid's `grid_programs`."""
+    largest: dict[int, int] = {}
+    for _, b in grid_programs:
+        largest[b.seq] = max(largest.get(b.seq, 0), b.batch)
+
+    def rank(item) -> tuple[int, int, int]:
+        bucket = item[1]
+        if bucket.batch == largest[bucket.seq]:
+            return (0, bucket.seq, 0)
+        return (1 if bucket.batch == 1 else 2, bucket.seq, bucket.batch)
+
+    return sorted(later, key=rank)
+
+
+def _lower_thread_priority(niceness: int = 10) -> None:
+    """This thread (and threads it starts) at a lower CPU priority: on Linux a thread has its
+    own nice value (setpriority on its thread id); elsewhere a no-op."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
 
 
 def _grow(array: np.ndarray, bucket: Bucket, fill: int) -> np.ndarray:
