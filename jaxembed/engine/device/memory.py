@@ -110,8 +110,8 @@ def fit_grid(runner: Any, budget_bytes: int, lengths: Sequence[int]) -> BucketGr
             memory = runner.memory(bucket)
             if memory.total_bytes <= budget_bytes:
                 break
-            smaller = [b for b in grid.batch_sizes if b < bucket.batch]
-            if not smaller:
+            capped = cap_below(grid, bucket, memory, budget_bytes)
+            if capped is None:
                 raise ModelLoadError(
                     f"bucket {bucket.batch}x{bucket.seq} needs {memory.total_bytes / 2**30:.2f} "
                     f"GiB per device ({memory.attention} attention; parameters and batch "
@@ -121,19 +121,29 @@ def fit_grid(runner: Any, budget_bytes: int, lengths: Sequence[int]) -> BucketGr
                     "--seq-lengths maximum, a larger --mesh model axis, or raise "
                     "--memory-fraction"
                 )
-            log.warning(
-                "bucket %dx%d needs %.2f GiB > %.2f GiB allowed: batches of length %d "
-                "limited to %d rows",
-                bucket.batch,
-                seq,
-                memory.total_bytes / 2**30,
-                budget_bytes / 2**30,
-                seq,
-                smaller[-1],
-            )
-            grid = grid.with_row_cap(seq, smaller[-1])
-            runner.grid = grid
+            grid = runner.grid = capped
     return grid
+
+
+def cap_below(
+    grid: BucketGrid, bucket: Bucket, memory: BucketMemory, budget_bytes: int
+) -> BucketGrid | None:
+    """`grid` with batches of `bucket`'s length limited to the batch size below `bucket`'s
+    (logged), since its program needs `memory` > `budget_bytes`; None when no batch is
+    smaller. The one rule for the start-up check and for programs checked as they compile."""
+    smaller = [b for b in grid.batch_sizes if b < bucket.batch]
+    if not smaller:
+        return None
+    log.warning(
+        "bucket %dx%d needs %.2f GiB > %.2f GiB allowed: batches of length %d limited to %d rows",
+        bucket.batch,
+        bucket.seq,
+        memory.total_bytes / 2**30,
+        budget_bytes / 2**30,
+        bucket.seq,
+        smaller[-1],
+    )
+    return grid.with_row_cap(bucket.seq, smaller[-1])
 
 
 def abstract_params_on(family: Any, config: Any, dtype: str, mesh: Any) -> Any:

@@ -32,7 +32,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxembed.engine.batching.buckets import Bucket, BucketGrid, segments_per_row
-from jaxembed.engine.device.memory import BucketMemory, from_compiled
+from jaxembed.engine.device.memory import BucketMemory, cap_below, from_compiled
 from jaxembed.errors import DeviceMemoryError
 from jaxembed.lora import LoraBank
 from jaxembed.models.attention import record_choices
@@ -303,21 +303,10 @@ class BucketRunner:
         memory = from_compiled(compiled, bucket, self.attention_used.get(bucket.seq, "?"))
         if memory.total_bytes <= self.memory_budget:
             return
-        with self._lock:
+        with self._lock:  # unless another thread already capped this length lower
             if bucket.batch <= self.grid.max_rows(bucket.seq):
-                smaller = [b for b in self.grid.batch_sizes if b < bucket.batch]
-                if smaller:
-                    self.grid = self.grid.with_row_cap(bucket.seq, smaller[-1])
-        log.warning(
-            "bucket %dx%d needs %.2f GiB > %.2f GiB allowed: batches of length %d limited to "
-            "%d rows",
-            bucket.batch,
-            bucket.seq,
-            memory.total_bytes / 2**30,
-            self.memory_budget / 2**30,
-            bucket.seq,
-            self.grid.max_rows(bucket.seq),
-        )
+                capped = cap_below(self.grid, bucket, memory, self.memory_budget)
+                self.grid = capped or self.grid
         raise DeviceMemoryError(
             f"bucket {bucket.batch}x{bucket.seq} needs {memory.total_bytes / 2**30:.2f} GiB "
             f"per device, more than the {self.memory_budget / 2**30:.2f} GiB allowed"
@@ -360,9 +349,8 @@ class BucketRunner:
         self._warmup_max_len = max_len
         ready = self._ready_set(b for _, b in programs)
         first = [p for p in programs if p[1] in ready]
-        later = (
-            _by_usefulness(programs, [p for p in programs if p not in first]) if background else []
-        )
+        later = [p for p in programs if p[1] not in ready] if background else []
+        later = _by_usefulness(programs, later)
         if not background:
             first = programs
         done = self._compile_all(first, progress, 0, len(programs))
@@ -391,9 +379,7 @@ class BucketRunner:
         """The largest batch of the shortest and the longest length: the longest runs any
         input (packed rows, or one padded row each), the shortest keeps short requests from
         paying for the longest's length while the rest of the grid compiles."""
-        largest: dict[int, int] = {}
-        for b in buckets:
-            largest[b.seq] = max(largest.get(b.seq, 0), b.batch)
+        largest = _largest_batches(buckets)
         if not largest:
             return set()
         ends = {min(largest), max(largest)}
@@ -566,14 +552,20 @@ class BucketRunner:
         return result.addressable_data(0) if self._spans_processes else result
 
 
+def _largest_batches(buckets) -> dict[int, int]:
+    """Each length's largest batch among `buckets`."""
+    largest: dict[int, int] = {}
+    for b in buckets:
+        largest[b.seq] = max(largest.get(b.seq, 0), b.batch)
+    return largest
+
+
 def _by_usefulness(grid_programs: list, later: list) -> list:
     """The background's order for `later`: each length's largest batch first (shortest length
     first; each one lets the planner use its length, `planning_grid`), then single rows (what
     a lone query runs in, instead of a larger batch's padding), then the rest, smaller lengths
     first. "Largest" is over the whole grid's `grid_programs`."""
-    largest: dict[int, int] = {}
-    for _, b in grid_programs:
-        largest[b.seq] = max(largest.get(b.seq, 0), b.batch)
+    largest = _largest_batches(b for _, b in grid_programs)
 
     def rank(item) -> tuple[int, int, int]:
         bucket = item[1]
